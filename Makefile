@@ -1,0 +1,44 @@
+# bpfsup — see README.md. Every target runs as root on a Linux machine with BPF.
+GO       ?= go
+BIN      := bin/bpfsup
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+# The BPF tests need root, a kernel with BPF and bpffs; -p 1 keeps packages
+# that create namespaces and pins from racing each other for the 2 cores.
+TESTFLAGS ?= -count=1 -p 1 -timeout 40m
+FUZZTIME ?= 10s
+
+.PHONY: all build test unit fuzz bench demo lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/bpfsup
+
+include bpf/Makefile.inc
+
+# The whole suite, against the real kernel, then each fuzz target briefly.
+test: build
+	$(GO) vet ./...
+	$(GO) test $(TESTFLAGS) ./...
+	$(MAKE) fuzz
+
+fuzz:
+	@for t in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/func //' | sort -u); do \
+		pkg=$$(grep -rlE "^func $$t\(" --include='*_test.go' . | head -1 | xargs dirname); \
+		echo "fuzz $$pkg $$t"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+bench: build
+	./bench/run.sh
+
+demo: build
+	./examples/xdp-counter/demo.sh
+
+lint:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+clean:
+	rm -rf bin

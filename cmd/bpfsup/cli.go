@@ -1,0 +1,542 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/crash"
+	"github.com/bpfsup/bpfsup/pinstore"
+	"github.com/bpfsup/bpfsup/supervisor"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func bpfsupVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}
+
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+// execute runs the command line and returns bpfsup's exit status.
+func execute(args []string) (int, error) {
+	code := 0
+	root := &cobra.Command{
+		Use:           "bpfsup",
+		Short:         "A supervisor for crash-safe BPF programs",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(runCmd(&code), statusCmd(), downCmd(), reloadCmd(), inspectCmd(), debugCmd(), versionCmd())
+	root.SetArgs(args)
+	err := root.Execute()
+	if err != nil && strings.HasPrefix(err.Error(), "unknown command") {
+		err = usageError{err}
+	}
+	return code, err
+}
+
+type storeFlags struct {
+	pinRoot, stateDir string
+}
+
+func (s *storeFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&s.pinRoot, "pin-root", pinstore.DefaultPinRoot, "pin root on bpffs")
+	c.Flags().StringVar(&s.stateDir, "state-dir", pinstore.DefaultStateDir, "state directory (locks, manifests, sockets)")
+}
+
+func (s *storeFlags) store() pinstore.Store {
+	return pinstore.Store{Root: s.pinRoot, StateDir: s.stateDir}
+}
+
+func newLogger(format string) (*slog.Logger, error) {
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, nil)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: must be text or json", format)}
+}
+
+func runCmd(code *int) *cobra.Command {
+	var (
+		sf                                        storeFlags
+		configPath, netns, restart, userName      string
+		groupName, notify, logFormat, metricsAddr string
+		onUpgrade                                 string
+		objects, attaches, mapAccess              []string
+		restartDelay, restartMaxDelay             time.Duration
+		stableAfter, startLimitInterval           time.Duration
+		stopTimeout                               time.Duration
+		startLimit                                int
+		watch, force                              bool
+	)
+	def := supervisor.DefaultRestartPolicy()
+	c := &cobra.Command{
+		Use:   "run [-c FILE] [-o OBJECT]... [-a PROG@HOOK[:TARGET]]... [flags] -- CMD [ARG...]",
+		Short: "Install BPF objects and supervise an application that uses them",
+		Long: `Install BPF objects (adopting what is already pinned), attach their programs, and run
+CMD with the objects' fds named in LISTEN_FDS/LISTEN_FDNAMES. CMD is restarted by policy;
+the programs stay attached when CMD or bpfsup dies.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var file *supervisor.File
+			if configPath != "" {
+				data, err := os.ReadFile(configPath)
+				if err != nil {
+					return fmt.Errorf("config: %w", err)
+				}
+				file, err = supervisor.ParseConfig(data)
+				if err != nil {
+					return fmt.Errorf("%s: %w", configPath, err)
+				}
+			} else {
+				file = &supervisor.File{}
+			}
+			fl := cmd.Flags()
+			str := func(flag, fromFile string, v *string) {
+				if !fl.Changed(flag) && fromFile != "" {
+					*v = fromFile
+				}
+			}
+			dur := func(flag string, fromFile *supervisor.Duration, v *time.Duration) {
+				if !fl.Changed(flag) && fromFile != nil {
+					*v = time.Duration(*fromFile)
+				}
+			}
+			str("pin-root", file.PinRoot, &sf.pinRoot)
+			str("state-dir", file.StateDir, &sf.stateDir)
+			str("netns", file.Netns, &netns)
+			str("restart", file.Restart, &restart)
+			str("user", file.User, &userName)
+			str("group", file.Group, &groupName)
+			str("notify", file.Notify, &notify)
+			str("log-format", file.LogFormat, &logFormat)
+			str("metrics-addr", file.MetricsAddr, &metricsAddr)
+			str("on-upgrade", file.OnUpgrade, &onUpgrade)
+			dur("restart-delay", file.RestartDelay, &restartDelay)
+			dur("restart-max-delay", file.RestartMaxDelay, &restartMaxDelay)
+			dur("stable-after", file.StableAfter, &stableAfter)
+			dur("start-limit-interval", file.StartLimitInterval, &startLimitInterval)
+			dur("stop-timeout", file.StopTimeout, &stopTimeout)
+			if !fl.Changed("start-limit") && file.StartLimit != nil {
+				startLimit = *file.StartLimit
+			}
+			watch = watch || file.Watch
+			force = force || file.Force
+
+			log, err := newLogger(logFormat)
+			if err != nil {
+				return err
+			}
+			command := args
+			if len(command) == 0 {
+				command = file.Command
+			}
+			if len(command) == 0 {
+				return usageError{errors.New("no command: bpfsup run [flags] -- CMD [ARG...]")}
+			}
+			if notify != "" && notify != "child" && notify != "none" {
+				return usageError{fmt.Errorf("--notify %q: must be child or none", notify)}
+			}
+
+			build := func() ([]supervisor.ObjectConfig, error) {
+				objs := append([]supervisor.ObjectConfig(nil), file.Objects...)
+				if configPath != "" && fl.Changed("c") {
+					// Re-read on reload: the file may have changed.
+					data, err := os.ReadFile(configPath)
+					if err != nil {
+						return nil, fmt.Errorf("config: %w", err)
+					}
+					f, err := supervisor.ParseConfig(data)
+					if err != nil {
+						return nil, fmt.Errorf("%s: %w", configPath, err)
+					}
+					objs = append([]supervisor.ObjectConfig(nil), f.Objects...)
+				}
+				for _, o := range objects {
+					objs = append(objs, supervisor.ObjectConfig{Path: o})
+				}
+				return applyFlags(objs, attaches, mapAccess)
+			}
+			objs, err := build()
+			if err != nil {
+				return usageError{err}
+			}
+
+			var cred *handoff.Credential
+			if userName != "" || groupName != "" {
+				cred, err = lookupCredential(userName, groupName)
+				if err != nil {
+					return usageError{err}
+				}
+			}
+			inherited, err := inheritedFiles()
+			if err != nil {
+				return err
+			}
+
+			opts := supervisor.Options{
+				Store:   sf.store(),
+				Objects: objs,
+				Netns:   netns,
+				Command: command,
+				Restart: supervisor.RestartPolicy{
+					Mode: restart, Delay: restartDelay, MaxDelay: restartMaxDelay, StableAfter: stableAfter,
+					StartLimit: startLimit, StartLimitInterval: startLimitInterval,
+				},
+				StopTimeout: stopTimeout,
+				Credential:  cred,
+				NotifyChild: notify == "child",
+				MetricsAddr: metricsAddr,
+				OnUpgrade:   onUpgrade,
+				Watch:       watch,
+				Reconfigure: build,
+				Inherited:   inherited,
+				Logger:      log,
+				Version:     bpfsupVersion(),
+				Force:       force,
+			}
+			if configPath != "" {
+				opts.WatchFiles = []string{configPath}
+			}
+			*code, err = supervisor.Run(context.Background(), opts)
+			if err != nil && *code == 0 {
+				*code = 1
+			}
+			return err
+		},
+	}
+	fl := c.Flags()
+	fl.StringVarP(&configPath, "config", "c", "", "TOML configuration file")
+	fl.StringArrayVarP(&objects, "object", "o", nil, "BPF ELF object to install (repeatable)")
+	fl.StringArrayVarP(&attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET] (repeatable)")
+	sf.add(c)
+	fl.StringVar(&netns, "netns", "", "network namespace (path) of network hooks' interfaces")
+	fl.StringVar(&restart, "restart", def.Mode, "restart policy: always, on-failure or never")
+	fl.DurationVar(&restartDelay, "restart-delay", def.Delay, "first restart delay; doubles on every restart")
+	fl.DurationVar(&restartMaxDelay, "restart-max-delay", def.MaxDelay, "longest restart delay")
+	fl.DurationVar(&stableAfter, "stable-after", def.StableAfter, "a child that ran this long resets the back-off")
+	fl.IntVar(&startLimit, "start-limit", def.StartLimit, "starts allowed within --start-limit-interval (0: no limit)")
+	fl.DurationVar(&startLimitInterval, "start-limit-interval", def.StartLimitInterval, "window of the start limit")
+	fl.DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between the stop signal and SIGKILL")
+	fl.StringVar(&userName, "user", "", "run the child as this user (name or uid)")
+	fl.StringVar(&groupName, "group", "", "run the child with this group (name or gid); the user's group by default")
+	fl.StringArrayVar(&mapAccess, "map-access", nil, "hand a map to the child as [OBJECT/]MAP=rw|ro|wo|none (repeatable)")
+	fl.StringVar(&notify, "notify", "", "child: systemd READY=1 waits for the child's own READY=1")
+	fl.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT")
+	fl.StringVar(&onUpgrade, "on-upgrade", supervisor.OnUpgradeRestart, "child on upgrade: restart, none or signal:NAME")
+	fl.BoolVar(&watch, "watch", false, "reload when an object file or the config changes")
+	fl.BoolVar(&force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
+	return c
+}
+
+// applyFlags adds -a and --map-access to the objects.
+func applyFlags(objs []supervisor.ObjectConfig, attaches, mapAccess []string) ([]supervisor.ObjectConfig, error) {
+	for _, a := range attaches {
+		progPart, hook, ok := strings.Cut(a, "@")
+		if !ok || progPart == "" || hook == "" {
+			return nil, fmt.Errorf("-a %q: want [OBJECT/]PROG@HOOK[:TARGET]", a)
+		}
+		i, prog, err := findObject(objs, progPart, func(o supervisor.ObjectConfig, name string) bool {
+			return objectHasProgram(o.Path, name)
+		}, "program")
+		if err != nil {
+			return nil, fmt.Errorf("-a %q: %w", a, err)
+		}
+		objs[i].Attach = append(objs[i].Attach, supervisor.AttachConfig{Program: prog, Hook: hook})
+	}
+	for _, m := range mapAccess {
+		mapPart, access, ok := strings.Cut(m, "=")
+		if !ok || mapPart == "" {
+			return nil, fmt.Errorf("--map-access %q: want [OBJECT/]MAP=rw|ro|wo|none", m)
+		}
+		i, name, err := findObject(objs, mapPart, func(o supervisor.ObjectConfig, name string) bool {
+			return objectHasMap(o.Path, name)
+		}, "map")
+		if err != nil {
+			return nil, fmt.Errorf("--map-access %q: %w", m, err)
+		}
+		if objs[i].Maps == nil {
+			objs[i].Maps = map[string]supervisor.MapConfig{}
+		}
+		mc := objs[i].Maps[name]
+		mc.Access = access
+		objs[i].Maps[name] = mc
+	}
+	return objs, nil
+}
+
+// findObject resolves "[OBJECT/]NAME" to the index of the one object that has
+// NAME.
+func findObject(objs []supervisor.ObjectConfig, ref string, has func(supervisor.ObjectConfig, string) bool, what string) (int, string, error) {
+	objName, name, qualified := strings.Cut(ref, "/")
+	if !qualified {
+		name, objName = objName, ""
+	}
+	if len(objs) == 0 {
+		return 0, "", errors.New("no object given (-o OBJECT)")
+	}
+	var found []int
+	for i, o := range objs {
+		n := o.Name
+		if n == "" {
+			n = pinstore.ObjectName(o.Path)
+		}
+		if objName != "" {
+			if n == objName {
+				return i, name, nil
+			}
+			continue
+		}
+		if has(o, name) {
+			found = append(found, i)
+		}
+	}
+	switch {
+	case objName != "":
+		return 0, "", fmt.Errorf("no object named %q", objName)
+	case len(found) == 1:
+		return found[0], name, nil
+	case len(found) == 0 && len(objs) == 1:
+		// Let the install say what the object has.
+		return 0, name, nil
+	case len(found) == 0:
+		return 0, "", fmt.Errorf("%s %q is in none of the objects", what, name)
+	default:
+		return 0, "", fmt.Errorf("%s %q is in several objects; write OBJECT/%s", what, name, name)
+	}
+}
+
+func lookupCredential(userName, groupName string) (*handoff.Credential, error) {
+	cred := &handoff.Credential{Groups: []uint32{}}
+	if userName != "" {
+		u, err := user.Lookup(userName)
+		if err != nil {
+			if _, nerr := strconv.Atoi(userName); nerr == nil {
+				u, err = user.LookupId(userName)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--user %q: %w", userName, err)
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		cred.UID, cred.GID = uint32(uid), uint32(gid)
+	}
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			if _, nerr := strconv.Atoi(groupName); nerr == nil {
+				g, err = user.LookupGroupId(groupName)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--group %q: %w", groupName, err)
+		}
+		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
+		cred.GID = uint32(gid)
+	}
+	return cred, nil
+}
+
+// inheritedFiles takes the fds bpfsup itself received by socket activation.
+func inheritedFiles() ([]handoff.NamedFile, error) {
+	l, err := handoff.Decode(os.Environ(), os.Getpid())
+	if errors.Is(err, handoff.ErrNoHandoff) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("socket activation: %w", err)
+	}
+	files := make([]handoff.NamedFile, l.N)
+	for i := range files {
+		fd := handoff.FirstFD + i
+		files[i] = handoff.NamedFile{Name: l.Names[i], File: os.NewFile(uintptr(fd), l.Names[i])}
+		// Ours to pass on as ExtraFiles, not to leak otherwise.
+		_ = closeOnExec(fd)
+	}
+	for _, v := range []string{handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames} {
+		os.Unsetenv(v)
+	}
+	return files, nil
+}
+
+func statusCmd() *cobra.Command {
+	var sf storeFlags
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status [--pin-root DIR] [--state-dir DIR] [--json] [OBJECT...]",
+		Short: "Show objects, maps, programs and links, from the pins and the kernel",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := supervisor.ReadStatus(sf.store(), args...)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				b, err := st.JSON()
+				if err != nil {
+					return err
+				}
+				fmt.Println(string(b))
+				return nil
+			}
+			fmt.Print(st.Render())
+			return nil
+		},
+	}
+	sf.add(c)
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (schema in the README)")
+	return c
+}
+
+func downCmd() *cobra.Command {
+	var sf storeFlags
+	c := &cobra.Command{
+		Use:   "down [--pin-root DIR] [--state-dir DIR] [OBJECT...]",
+		Short: "Detach and unpin what bpfsup installed (every object when none is named)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			store := sf.store()
+			names := args
+			if len(names) == 0 {
+				var err error
+				if names, err = store.Objects(); err != nil {
+					return err
+				}
+			}
+			var errs []error
+			for _, n := range names {
+				if err := pinstore.CheckName("object", n); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if !pinstore.Exists(store.ObjectDir(n)) {
+					errs = append(errs, fmt.Errorf("object %s: nothing pinned at %s", n, store.ObjectDir(n)))
+					continue
+				}
+				obj, err := store.Open(n)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%w (stop that supervisor first)", err))
+					continue
+				}
+				if err := obj.Remove(); err != nil {
+					errs = append(errs, fmt.Errorf("object %s: %w", n, err))
+					continue
+				}
+				fmt.Printf("removed %s\n", n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	sf.add(c)
+	return c
+}
+
+func reloadCmd() *cobra.Command {
+	var sf storeFlags
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "reload [--pin-root DIR] [--state-dir DIR]",
+		Short: "Ask the running supervisor to upgrade its objects, and print the result",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			store := sf.store()
+			pids, err := supervisorPIDs(store)
+			if err != nil {
+				return err
+			}
+			if len(pids) == 0 {
+				return fmt.Errorf("no supervisor is running for %s (state in %s)", store.RootDir(), store.StateDirectory())
+			}
+			var errs []error
+			for _, pid := range pids {
+				reply, err := supervisor.Request(supervisor.ControlSocket(store.StateDirectory(), pid), "reload", timeout)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("supervisor %d: %w", pid, err))
+					continue
+				}
+				if !reply.OK {
+					errs = append(errs, fmt.Errorf("supervisor %d: %s", pid, reply.Error))
+					continue
+				}
+				fmt.Printf("supervisor %d: reloaded in %s\n", pid, reply.Took)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	sf.add(c)
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the result")
+	return c
+}
+
+// supervisorPIDs finds the supervisors managing objects under the store.
+func supervisorPIDs(store pinstore.Store) ([]int, error) {
+	names, err := store.Objects()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[int]bool{}
+	var pids []int
+	for _, n := range names {
+		if pid, ok := pinstore.LockHolder(store.LockPath(n)); ok && !seen[pid] {
+			seen[pid] = true
+			pids = append(pids, pid)
+		}
+	}
+	sort.Ints(pids)
+	return pids, nil
+}
+
+func debugCmd() *cobra.Command {
+	c := &cobra.Command{Use: "debug", Short: "Tools for testing bpfsup itself", Hidden: true}
+	c.AddCommand(&cobra.Command{
+		Use:   "crash-points",
+		Short: "List the steps at which " + crash.EnvVar + " can make bpfsup kill itself (tests only)",
+		Run: func(cmd *cobra.Command, args []string) {
+			for _, p := range crash.Points() {
+				fmt.Println(p)
+			}
+		},
+	})
+	return c
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print bpfsup's version",
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Println(bpfsupVersion())
+		},
+	}
+}
+

@@ -1,0 +1,63 @@
+package hooks
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+func init() {
+	register("tcx", kind{
+		variants:    []string{"ingress", "egress"},
+		needsTarget: true,
+		network:     true,
+		make:        func(s Spec) (Hook, error) { return &tcxHook{spec: s}, nil },
+	})
+}
+
+// tcxHook attaches a SchedCLS program to an interface's ingress or egress
+// with a tcx bpf_link (Linux 6.6+).
+type tcxHook struct{ spec Spec }
+
+func (h *tcxHook) Spec() Spec        { return h.spec }
+func (h *tcxHook) Updatable() bool   { return true }
+func (h *tcxHook) Mechanism() string { return "bpf_link tcx" }
+
+func (h *tcxHook) attachType() ebpf.AttachType {
+	if h.spec.Variant == "egress" {
+		return ebpf.AttachTCXEgress
+	}
+	return ebpf.AttachTCXIngress
+}
+
+func (h *tcxHook) Attach(prog *ebpf.Program) (link.Link, error) {
+	if err := checkType(h.spec, prog, ebpf.SchedCLS); err != nil {
+		return nil, err
+	}
+	var l link.Link
+	err := inNetns(h.spec.Netns, func() error {
+		idx, err := ifindex("", h.spec.Target)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: idx, Attach: h.attachType()})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
+	}
+	return l, nil
+}
+
+func (h *tcxHook) Check(l link.Link) (State, error) {
+	info, err := l.Info()
+	if err != nil {
+		return 0, err
+	}
+	ti := info.TCX()
+	if info.Type != link.TCXType || ti == nil || ebpf.AttachType(ti.AttachType) != h.attachType() {
+		return Elsewhere, nil
+	}
+	return ifaceState(h.spec, int(ti.Ifindex))
+}

@@ -1,0 +1,89 @@
+package hooks
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+func init() {
+	register("xdp", kind{
+		variants:    []string{"", "generic", "native"},
+		needsTarget: true,
+		network:     true,
+		make:        func(s Spec) (Hook, error) { return &xdpHook{spec: s}, nil },
+	})
+}
+
+// xdpHook attaches an XDP program to an interface with an XDP bpf_link.
+// Without a variant the kernel picks the mode: native where the driver has
+// it, generic otherwise.
+type xdpHook struct{ spec Spec }
+
+func (h *xdpHook) Spec() Spec      { return h.spec }
+func (h *xdpHook) Updatable() bool { return true }
+
+func (h *xdpHook) Mechanism() string {
+	if h.spec.Variant != "" {
+		return "bpf_link xdp (" + h.spec.Variant + ")"
+	}
+	return "bpf_link xdp"
+}
+
+func (h *xdpHook) flags() link.XDPAttachFlags {
+	switch h.spec.Variant {
+	case "generic":
+		return link.XDPGenericMode
+	case "native":
+		return link.XDPDriverMode
+	}
+	return 0
+}
+
+func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
+	if err := checkType(h.spec, prog, ebpf.XDP); err != nil {
+		return nil, err
+	}
+	var l link.Link
+	err := inNetns(h.spec.Netns, func() error {
+		idx, err := ifindex("", h.spec.Target)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: idx, Flags: h.flags()})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
+	}
+	return l, nil
+}
+
+func (h *xdpHook) Check(l link.Link) (State, error) {
+	info, err := l.Info()
+	if err != nil {
+		return 0, err
+	}
+	xi := info.XDP()
+	if info.Type != link.XDPType || xi == nil {
+		return Elsewhere, nil
+	}
+	return ifaceState(h.spec, int(xi.Ifindex))
+}
+
+// ifaceState compares the ifindex a link reports with the hook's interface.
+func ifaceState(spec Spec, linkIfindex int) (State, error) {
+	if linkIfindex == 0 {
+		return Defunct, nil
+	}
+	idx, err := ifindex(spec.Netns, spec.Target)
+	if err != nil {
+		// The link is on an interface, but ours is gone: not ours.
+		return Elsewhere, nil
+	}
+	if idx != linkIfindex {
+		return Elsewhere, nil
+	}
+	return Attached, nil
+}

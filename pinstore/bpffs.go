@@ -1,0 +1,92 @@
+package pinstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFS is where bpffs is mounted on every distribution.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// IsBPFFS reports whether path (which must exist) is on a bpffs.
+func IsBPFFS(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return uint32(st.Type) == unix.BPF_FS_MAGIC, nil
+}
+
+// InHostMountNS reports whether this process shares PID 1's mount namespace.
+func InHostMountNS() (bool, error) {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return false, fmt.Errorf("read own mount namespace: %w", err)
+	}
+	init, err := os.Readlink("/proc/1/ns/mnt")
+	if err != nil {
+		return false, fmt.Errorf("read PID 1's mount namespace: %w", err)
+	}
+	return self == init, nil
+}
+
+// EnsureBPFFS makes sure that root can hold pins: the root itself or its
+// closest existing ancestor must be on bpffs. When root lies under
+// /sys/fs/bpf and nothing is mounted there, EnsureBPFFS mounts bpffs at
+// /sys/fs/bpf, as systemd and Cilium do, and reports mounted = true; it does so
+// only in the host's mount namespace, because a bpffs mounted in a private one
+// (as under `ip netns exec`) dies with it and takes every pin along.
+func EnsureBPFFS(root string) (mounted bool, err error) {
+	root = filepath.Clean(root)
+	existing := root
+	for {
+		if _, err := os.Stat(existing); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("pin root %s: %w", root, err)
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
+	}
+
+	ok, err := IsBPFFS(existing)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		return false, nil
+	}
+
+	underDefault := root == DefaultBPFFS || strings.HasPrefix(root, DefaultBPFFS+"/")
+	if !underDefault || (existing != DefaultBPFFS && strings.HasPrefix(existing, DefaultBPFFS+"/")) {
+		return false, fmt.Errorf("pin root %s: %s is %w; point --pin-root at a directory on bpffs (mount -t bpf bpf DIR)",
+			root, existing, ErrNotBPFFS)
+	}
+
+	host, err := InHostMountNS()
+	if err != nil {
+		return false, err
+	}
+	if !host {
+		return false, fmt.Errorf("pin root %s: bpffs is not mounted at %s and this process is %w: "+
+			"a bpffs mounted here would be private to this namespace and its pins would vanish with it "+
+			"(this happens under `ip netns exec`); run bpfsup in the host's mount namespace and use --netns, "+
+			"or point --pin-root at a bind mount of the host's bpffs", root, DefaultBPFFS, ErrForeignMountNS)
+	}
+
+	if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", DefaultBPFFS, err)
+	}
+	if err := unix.Mount("bpf", DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
+		return false, fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
+	}
+	return true, nil
+}

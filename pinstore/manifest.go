@@ -1,0 +1,130 @@
+package pinstore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bpfsup/bpfsup/internal/crash"
+)
+
+// ManifestVersion is the schema version of Manifest; it changes only when a
+// field changes meaning or goes away.
+const ManifestVersion = 1
+
+// Manifest records what bpfsup believes it installed for one object. It is
+// used for status and to recognise bpfsup's own pins, and never trusted over
+// what the kernel and the pins say.
+type Manifest struct {
+	Version int    `json:"version"`
+	Object  string `json:"object"`
+	PinRoot string `json:"pin_root"`
+	// Source is the object file, ObjectSHA256 its content's hash.
+	Source       string `json:"source"`
+	ObjectSHA256 string `json:"object_sha256"`
+	// ConfigHash is a hash of the object's configuration.
+	ConfigHash string `json:"config_hash"`
+	// Generation counts installs that changed a program.
+	Generation uint64    `json:"generation"`
+	Updated    time.Time `json:"updated"`
+
+	Maps     map[string]MapRecord     `json:"maps"`
+	Programs map[string]ProgramRecord `json:"programs"`
+	Links    map[string]LinkRecord    `json:"links"`
+
+	// Supervisor describes the running supervisor, if any.
+	Supervisor *SupervisorRecord `json:"supervisor,omitempty"`
+}
+
+// MapRecord is one map in the manifest.
+type MapRecord struct {
+	ID   uint32 `json:"id"`
+	Path string `json:"path"`
+}
+
+// ProgramRecord is one program in the manifest. PreviousIDs are ids this
+// program had in earlier generations that may still be pinned after a crash.
+type ProgramRecord struct {
+	ID          uint32   `json:"id"`
+	Tag         string   `json:"tag"`
+	Type        string   `json:"type"`
+	PreviousIDs []uint32 `json:"previous_ids,omitempty"`
+}
+
+// LinkRecord is one link in the manifest.
+type LinkRecord struct {
+	ID      uint32 `json:"id"`
+	Program string `json:"program"`
+	// Hook is the hook spec, e.g. "xdp:veth0".
+	Hook  string `json:"hook"`
+	Netns string `json:"netns,omitempty"`
+	// Mechanism is how the program is attached, e.g. "bpf_link (xdp)".
+	Mechanism string `json:"mechanism"`
+	// Updatable says whether the link's program can be swapped in place.
+	Updatable   bool     `json:"updatable"`
+	PreviousIDs []uint32 `json:"previous_ids,omitempty"`
+}
+
+// SupervisorRecord describes the supervisor that manages the object.
+type SupervisorRecord struct {
+	PID      int       `json:"pid"`
+	Version  string    `json:"version"`
+	Started  time.Time `json:"started"`
+	ChildPID int       `json:"child_pid,omitempty"`
+	Restarts int       `json:"restarts"`
+}
+
+// ReadManifest reads the manifest of object name. A missing manifest is
+// (nil, nil).
+func (s Store) ReadManifest(name string) (*Manifest, error) {
+	data, err := os.ReadFile(s.ManifestPath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read manifest of %s: %w", name, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", s.ManifestPath(name), err)
+	}
+	if m.PinRoot != "" && m.PinRoot != s.root() {
+		// A manifest of a same-named object under another pin root.
+		return nil, nil
+	}
+	return &m, nil
+}
+
+// WriteManifest replaces the object's manifest atomically.
+func (o *Object) WriteManifest(m *Manifest) error {
+	m.Version = ManifestVersion
+	m.Object = o.Name
+	m.PinRoot = o.store.root()
+	m.Updated = time.Now().UTC()
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	crash.At("manifest/before-write")
+	path := o.store.ManifestPath(o.Name)
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+o.Name+".json-*")
+	if err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	crash.At("manifest/after-write")
+	return nil
+}

@@ -1,0 +1,117 @@
+package pinstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfsup/bpfsup/internal/crash"
+)
+
+// MapPolicy says how one map is reconciled with its pin.
+type MapPolicy struct {
+	// PinPath pins the map here instead of <object>/maps/<name>, to share it
+	// with another object or tool. Must be on the same bpffs.
+	PinPath string
+	// Reset allows an incompatible pinned map to be replaced by a new, empty one.
+	Reset bool
+	// Migrate "copy" allows an incompatible pinned map whose key and value
+	// sizes and type are unchanged to be replaced by a new one holding a copy
+	// of its entries.
+	Migrate string
+}
+
+// MapResult is one reconciled map.
+type MapResult struct {
+	// Map is owned by the caller.
+	Map *ebpf.Map
+	// Path is where the map is (or will be) pinned.
+	Path string
+	// Adopted is true when Map is the pinned map, false when it is new and
+	// must still be pinned with Object.Pin.
+	Adopted bool
+	// Replaced describes the incompatible map a new one replaces, if any.
+	Replaced string
+}
+
+// MapPath is where map name of the object is pinned under policy pol.
+func (o *Object) MapPath(name string, pol MapPolicy) string {
+	if pol.PinPath != "" {
+		return pol.PinPath
+	}
+	return o.Path(Maps, name)
+}
+
+// AdoptOrCreateMap returns the map pinned for name when it is compatible with
+// spec, or else a new map (not yet pinned) made from spec. An incompatible
+// pinned map is an error naming the map and the fields that differ, unless pol
+// allows it to be reset or migrated. Nothing is pinned or unpinned here.
+func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy) (_ *MapResult, err error) {
+	if err := CheckName("map", name); err != nil {
+		return nil, err
+	}
+	path := o.MapPath(name, pol)
+	spec = spec.Copy()
+	spec.Pinning = ebpf.PinNone
+
+	pinned, err := ebpf.LoadPinnedMap(path, nil)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			return nil, fmt.Errorf("create map %s: %w", name, err)
+		}
+		crash.At("maps/created")
+		return &MapResult{Map: m, Path: path}, nil
+	case err != nil:
+		return nil, fmt.Errorf("load pinned map %s from %s: %w", name, path, err)
+	}
+	defer func() {
+		if err != nil {
+			pinned.Close()
+		}
+	}()
+
+	incompat := spec.Compatible(pinned)
+	if incompat == nil {
+		return &MapResult{Map: pinned, Path: path, Adopted: true}, nil
+	}
+	if !pol.Reset && pol.Migrate == "" {
+		return nil, fmt.Errorf("map %s pinned at %s is incompatible with the object (%w); "+
+			"set reset = true or migrate = \"copy\" for this map to replace it", name, path, incompat)
+	}
+
+	fresh, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, fmt.Errorf("create map %s: %w", name, err)
+	}
+	crash.At("maps/created")
+	res := &MapResult{Map: fresh, Path: path, Replaced: incompat.Error()}
+	if pol.Migrate == "copy" && !pol.Reset {
+		if err := copyEntries(pinned, fresh); err != nil {
+			fresh.Close()
+			return nil, fmt.Errorf("migrate map %s: %w", name, err)
+		}
+	}
+	pinned.Close()
+	return res, nil
+}
+
+// copyEntries copies every entry of from into to. Both must have the same
+// type and key and value sizes.
+func copyEntries(from, to *ebpf.Map) error {
+	if from.Type() != to.Type() || from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
+		return fmt.Errorf("copy needs the same type, key and value size: have %s %d/%d, want %s %d/%d",
+			from.Type(), from.KeySize(), from.ValueSize(), to.Type(), to.KeySize(), to.ValueSize())
+	}
+	var key, value []byte
+	it := from.Iterate()
+	for it.Next(&key, &value) {
+		if err := to.Put(key, value); err != nil {
+			return fmt.Errorf("copy entry: %w", err)
+		}
+	}
+	return it.Err()
+}

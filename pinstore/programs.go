@@ -1,0 +1,208 @@
+package pinstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfsup/bpfsup/internal/crash"
+)
+
+// ProgramResult is one reconciled program.
+type ProgramResult struct {
+	// Program is owned by the caller.
+	Program *ebpf.Program
+	// Path is the program's pin path.
+	Path string
+	// Adopted is true when Program is the pinned program, taken over without
+	// running the verifier; false when it was loaded and must still be pinned.
+	Adopted bool
+	// Pinned is the program that is pinned at Path now, when it was not
+	// adopted: nil when nothing is pinned there. Owned by the caller.
+	Pinned *ebpf.Program
+	// Mismatch says why a pinned program was not adopted.
+	Mismatch string
+}
+
+// ProgramNames lists the programs of spec that bpfsup manages: every program
+// whose type is known, sorted by name.
+func ProgramNames(spec *ebpf.CollectionSpec) []string {
+	var names []string
+	for name, p := range spec.Programs {
+		if p.Type != ebpf.UnspecifiedProgram {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// AdoptOrLoadPrograms reconciles every program of spec with its pin. A pinned
+// program is adopted without loading when its instructions match the spec
+// (ProgramSpec.Compatible, which knows the kernel's tag) and it uses exactly
+// the maps given in maps; every other program is loaded, with maps standing in
+// for the object's maps. Nothing is pinned here. On error every program is
+// closed; the verifier's log is in the error (see VerifierLog).
+func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, opts ebpf.ProgramOptions) (_ map[string]*ProgramResult, err error) {
+	names := ProgramNames(spec)
+	for _, name := range names {
+		if err := CheckName("program", name); err != nil {
+			return nil, err
+		}
+	}
+
+	results := make(map[string]*ProgramResult, len(names))
+	defer func() {
+		if err != nil {
+			for _, r := range results {
+				r.close()
+			}
+		}
+	}()
+
+	ids := make(map[ebpf.MapID]bool, len(maps))
+	for _, m := range maps {
+		info, err := m.Info()
+		if err != nil {
+			return nil, fmt.Errorf("map info: %w", err)
+		}
+		if id, ok := info.ID(); ok {
+			ids[id] = true
+		}
+	}
+
+	var toLoad []string
+	for _, name := range names {
+		r := &ProgramResult{Path: o.Path(Programs, name)}
+		results[name] = r
+		pinned, err := ebpf.LoadPinnedProgram(r.Path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			toLoad = append(toLoad, name)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load pinned program %s from %s: %w", name, r.Path, err)
+		}
+		mismatch, err := programMismatch(spec.Programs[name], pinned, ids)
+		if err != nil {
+			pinned.Close()
+			return nil, fmt.Errorf("program %s pinned at %s: %w", name, r.Path, err)
+		}
+		if mismatch == "" {
+			r.Program, r.Adopted = pinned, true
+			continue
+		}
+		r.Pinned, r.Mismatch = pinned, mismatch
+		toLoad = append(toLoad, name)
+	}
+	if len(toLoad) == 0 {
+		return results, nil
+	}
+
+	cs := spec.Copy()
+	for name := range cs.Programs {
+		if !contains(toLoad, name) {
+			delete(cs.Programs, name)
+		}
+	}
+	for _, ms := range cs.Maps {
+		ms.Pinning = ebpf.PinNone
+	}
+	replacements := make(map[string]*ebpf.Map, len(maps))
+	for name, m := range maps {
+		if _, ok := cs.Maps[name]; ok {
+			replacements[name] = m
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{
+		Programs:        opts,
+		MapReplacements: replacements,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load object %s: %w", o.Name, err)
+	}
+	defer coll.Close()
+	for _, name := range toLoad {
+		results[name].Program = coll.DetachProgram(name)
+		crash.At("programs/loaded")
+	}
+	return results, nil
+}
+
+func (r *ProgramResult) close() {
+	if r.Program != nil {
+		r.Program.Close()
+	}
+	if r.Pinned != nil {
+		r.Pinned.Close()
+	}
+}
+
+// programMismatch says why pinned is not the program of ps using maps ids, or
+// "" when it is.
+func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.MapID]bool) (string, error) {
+	info, err := pinned.Info()
+	if err != nil {
+		return "", fmt.Errorf("program info: %w", err)
+	}
+	if pinned.Type() != ps.Type {
+		return fmt.Sprintf("type %s, the object's is %s", pinned.Type(), ps.Type), nil
+	}
+	if err := ps.Compatible(info); err != nil {
+		if errors.Is(err, ebpf.ErrProgIncompatible) {
+			return fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
+		}
+		return "", err
+	}
+	// The program must use the maps bpfsup holds, not an older, replaced map
+	// of the same name. Maps the compiler made (.rodata, .bss) are its own.
+	want := referencedMaps(ps)
+	used, _ := info.MapIDs()
+	have := 0
+	for _, id := range used {
+		if ids[id] {
+			have++
+		}
+	}
+	if have != len(want) {
+		return fmt.Sprintf("it uses other maps than the pinned ones (%d of %d match)", have, len(want)), nil
+	}
+	return "", nil
+}
+
+func referencedMaps(ps *ebpf.ProgramSpec) map[string]bool {
+	refs := make(map[string]bool)
+	for _, ins := range ps.Instructions {
+		if ins.IsLoadFromMap() && ins.Reference() != "" && !IsInternalMap(ins.Reference()) {
+			refs[ins.Reference()] = true
+		}
+	}
+	return refs
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// VerifierLog returns the last n lines of the verifier's log when err is the
+// verifier refusing a program, and "" otherwise.
+func VerifierLog(err error, n int) string {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) || len(ve.Log) == 0 {
+		return ""
+	}
+	lines := ve.Log
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,243 @@
+package pinstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/crash"
+)
+
+// Default locations.
+const (
+	DefaultPinRoot  = DefaultBPFFS + "/bpfsup"
+	DefaultStateDir = "/run/bpfsup"
+)
+
+// Kind is one of the three kinds of pinned objects, and the name of the
+// directory that holds them.
+type Kind string
+
+// The kinds of pins.
+const (
+	Maps     Kind = "maps"
+	Programs Kind = "programs"
+	Links    Kind = "links"
+)
+
+const stagingDir = "staging"
+
+// Store is a pin root and the state directory that goes with it.
+type Store struct {
+	// Root is the pin root on bpffs; DefaultPinRoot when empty.
+	Root string
+	// StateDir holds the lock and the manifest of each object; DefaultStateDir
+	// when empty.
+	StateDir string
+}
+
+func (s Store) root() string {
+	if s.Root == "" {
+		return DefaultPinRoot
+	}
+	return filepath.Clean(s.Root)
+}
+
+func (s Store) stateDir() string {
+	if s.StateDir == "" {
+		return DefaultStateDir
+	}
+	return filepath.Clean(s.StateDir)
+}
+
+// RootDir is the pin root in use.
+func (s Store) RootDir() string { return s.root() }
+
+// StateDirectory is the state directory in use.
+func (s Store) StateDirectory() string { return s.stateDir() }
+
+// ObjectDir is where the pins of object name live.
+func (s Store) ObjectDir(name string) string { return filepath.Join(s.root(), name) }
+
+// LockPath is the lock file of object name.
+func (s Store) LockPath(name string) string { return filepath.Join(s.stateDir(), name+".lock") }
+
+// ManifestPath is the manifest of object name.
+func (s Store) ManifestPath(name string) string { return filepath.Join(s.stateDir(), name+".json") }
+
+// Objects lists the objects that have a directory under the pin root.
+func (s Store) Objects() ([]string, error) {
+	entries, err := os.ReadDir(s.root())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list pin root: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && CheckName("object", e.Name()) == nil {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// Object is an object's place in the store, locked for the caller.
+type Object struct {
+	Name  string
+	Dir   string
+	store Store
+	lock  *os.File
+}
+
+// Open locks object name for this process and makes its directories. It
+// fails with ErrLocked, naming the holder's pid, when another live process
+// holds the object. Staging debris of an earlier crash is removed.
+func (s Store) Open(name string) (_ *Object, err error) {
+	if err := CheckName("object", name); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(s.stateDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	lock, err := lockFile(s.LockPath(name))
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", name, err)
+	}
+	o := &Object{Name: name, Dir: s.ObjectDir(name), store: s, lock: lock}
+	defer func() {
+		if err != nil {
+			o.Close()
+		}
+	}()
+	for _, d := range []string{string(Maps), string(Programs), string(Links), stagingDir} {
+		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
+		}
+	}
+	if err := o.clearStaging(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// Store is the store the object belongs to.
+func (o *Object) Store() Store { return o.store }
+
+// Path is the default pin path of the named map, program or link.
+func (o *Object) Path(kind Kind, name string) string {
+	return filepath.Join(o.Dir, string(kind), name)
+}
+
+// Close releases the object's lock. The pins stay.
+func (o *Object) Close() error {
+	if o.lock == nil {
+		return nil
+	}
+	err := o.lock.Close()
+	o.lock = nil
+	return err
+}
+
+func (o *Object) stagingPath(target string) string {
+	dir, base := filepath.Split(target)
+	if filepath.Clean(filepath.Dir(dir)) == o.Dir {
+		// <obj>/<kind>/<name> -> <obj>/staging/<kind>-<name>
+		return filepath.Join(o.Dir, stagingDir, filepath.Base(dir)+"-"+base)
+	}
+	// A pin outside the object's directory (a map with its own pin path) is
+	// staged beside its target: a rename cannot cross bpffs instances.
+	return filepath.Join(dir, "bpfsup-staging-"+base)
+}
+
+// Pinner is anything that pins itself: *ebpf.Map, *ebpf.Program, link.Link.
+type Pinner interface {
+	Pin(string) error
+}
+
+// Pin pins p at target: first under a staging name, then moved into place with
+// renameat2, which atomically replaces a pin already at target. A crash leaves
+// either the old pin or the new one at target.
+func (o *Object) Pin(kind Kind, target string, p Pinner) error {
+	staging := o.stagingPath(target)
+	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+		return fmt.Errorf("pin %s: %w", target, err)
+	}
+	if err := os.Remove(staging); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pin %s: remove staging debris: %w", target, err)
+	}
+	if err := p.Pin(staging); err != nil {
+		return fmt.Errorf("pin %s: %w", target, err)
+	}
+	if err := os.Chmod(staging, 0o600); err != nil {
+		os.Remove(staging)
+		return fmt.Errorf("pin %s: %w", target, err)
+	}
+	crash.At(string(kind) + "/staged")
+	if err := unix.Renameat2(unix.AT_FDCWD, staging, unix.AT_FDCWD, target, 0); err != nil {
+		os.Remove(staging)
+		return fmt.Errorf("pin %s: move from staging: %w", target, err)
+	}
+	crash.At(string(kind) + "/moved")
+	return nil
+}
+
+func (o *Object) clearStaging() error {
+	dir := filepath.Join(o.Dir, stagingDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("object %s: read staging: %w", o.Name, err)
+	}
+	for _, e := range entries {
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("object %s: remove staging debris %s: %w", o.Name, e.Name(), err)
+		}
+	}
+	return nil
+}
+
+// ClearStagingBeside removes the staging debris of a pin kept outside the
+// object's directory.
+func (o *Object) ClearStagingBeside(target string) error {
+	staging := o.stagingPath(target)
+	if !strings.HasPrefix(filepath.Base(staging), "bpfsup-staging-") {
+		return nil
+	}
+	if err := os.Remove(staging); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove staging debris %s: %w", staging, err)
+	}
+	return nil
+}
+
+// Pins lists the names pinned under kind.
+func (o *Object) Pins(kind Kind) ([]string, error) {
+	return listPins(filepath.Join(o.Dir, string(kind)))
+}
+
+func listPins(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// Exists reports whether something is pinned at path.
+func Exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}

@@ -1,0 +1,18 @@
+// Package supervisor is bpfsup's run loop: it installs the configured BPF
+// objects (adopting what is pinned, see install), starts the application with
+// their fds, restarts it by policy, forwards signals, stops it, speaks
+// sd_notify, serves metrics and a control socket, and reloads (upgrades)
+// objects on request.
+//
+// One goroutine owns all state and loops over a select (Run); the other
+// actors of its run.Group (signals, control socket, notify socket, metrics
+// server, file watcher) only send it requests.
+//
+// File descriptors held for the life of a run: every map, program and link of
+// every object, the lock of every object, one duplicate per fd handed to the
+// child, the control socket, and the notify socket when --notify=child.
+//
+// What survives a restart of the process: the pins and the manifests, so the
+// next run adopts everything without reloading; the child does not (it dies
+// with bpfsup by its parent-death signal).
+package supervisor

@@ -1,0 +1,91 @@
+package supervisor
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// File is bpfsup's TOML configuration file. It says everything the flags
+// say; a flag given on the command line wins over the file.
+//
+//	pin_root = "/sys/fs/bpf/bpfsup"
+//	command = ["/usr/bin/fwctl", "--listen", ":9000"]
+//	restart = "always"
+//
+//	[[object]]
+//	path = "/usr/lib/fw/fw.bpf.o"
+//	[[object.attach]]
+//	program = "xdp_fw"
+//	hook = "xdp:eth1"
+//	[object.maps.counters]
+//	access = "ro"
+type File struct {
+	PinRoot  string `toml:"pin_root"`
+	StateDir string `toml:"state_dir"`
+	Netns    string `toml:"netns"`
+	// Command is the application, used when none follows "--".
+	Command []string `toml:"command"`
+
+	Restart            string    `toml:"restart"`
+	RestartDelay       *Duration `toml:"restart_delay"`
+	RestartMaxDelay    *Duration `toml:"restart_max_delay"`
+	StableAfter        *Duration `toml:"stable_after"`
+	StartLimit         *int      `toml:"start_limit"`
+	StartLimitInterval *Duration `toml:"start_limit_interval"`
+	StopTimeout        *Duration `toml:"stop_timeout"`
+
+	User  string `toml:"user"`
+	Group string `toml:"group"`
+	// Notify is "" (bpfsup is ready once the child started) or "child".
+	Notify      string `toml:"notify"`
+	LogFormat   string `toml:"log_format"`
+	MetricsAddr string `toml:"metrics_addr"`
+	OnUpgrade   string `toml:"on_upgrade"`
+	Watch       bool   `toml:"watch"`
+	Force       bool   `toml:"force"`
+
+	Objects []ObjectConfig `toml:"object"`
+}
+
+// ParseConfig parses a configuration file. Unknown keys are errors that name
+// them: a misspelt key silently ignored is a firewall silently open.
+func ParseConfig(data []byte) (*File, error) {
+	var f File
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		sort.Strings(keys)
+		return nil, fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
+	}
+	for i, o := range f.Objects {
+		if o.Path == "" {
+			return nil, fmt.Errorf("config: object %d has no path", i+1)
+		}
+		for j, a := range o.Attach {
+			if a.Program == "" || a.Hook == "" {
+				return nil, fmt.Errorf("config: object %s: attach %d needs program and hook", o.Path, j+1)
+			}
+		}
+		for name, m := range o.Maps {
+			if err := checkAccess(m.Access); err != nil {
+				return nil, fmt.Errorf("config: object %s: map %s: %w", o.Path, name, err)
+			}
+		}
+	}
+	switch f.Notify {
+	case "", "child", "none":
+	default:
+		return nil, fmt.Errorf("config: notify %q: must be \"child\" or empty", f.Notify)
+	}
+	return &f, nil
+}

@@ -1,0 +1,652 @@
+package supervisor
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/crash"
+	"github.com/bpfsup/bpfsup/pinstore"
+)
+
+// plan is an object's configuration checked against its ELF, before anything
+// is created: every error of the user's input shows up here.
+type plan struct {
+	cfg      ObjectConfig
+	name     string
+	spec     *ebpf.CollectionSpec
+	sha256   string
+	maps     []string // non-internal maps, sorted
+	links    []plannedLink
+	mapCfg   map[string]MapConfig
+	progCfg  map[string]ProgramConfig
+	progList []string
+}
+
+type plannedLink struct {
+	name    string
+	program string
+	hook    hooks.Hook
+}
+
+// planObject reads and checks one object's configuration. defaultNetns is the
+// run's --netns.
+func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("object without a path")
+	}
+	data, err := os.ReadFile(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", cfg.Path, err)
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(strings.NewReader(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("object %s: not a BPF ELF object bpfsup can load: %w", cfg.Path, err)
+	}
+	if spec.ByteOrder != nil && spec.ByteOrder.String() != nativeEndian().String() {
+		return nil, fmt.Errorf("object %s: built for %s byte order, this machine is %s", cfg.Path, spec.ByteOrder, nativeEndian())
+	}
+	name := cfg.Name
+	if name == "" {
+		name = pinstore.ObjectName(cfg.Path)
+	}
+	if err := pinstore.CheckName("object", name); err != nil {
+		return nil, fmt.Errorf("object %s: %w (set a name for it)", cfg.Path, err)
+	}
+	sum := sha256.Sum256(data)
+	p := &plan{cfg: cfg, name: name, spec: spec, sha256: hex.EncodeToString(sum[:]),
+		mapCfg: cfg.Maps, progCfg: cfg.Programs}
+
+	for vname, value := range cfg.Variables {
+		v, ok := spec.Variables[vname]
+		if !ok {
+			return nil, fmt.Errorf("object %s: variable %q not in the object", name, vname)
+		}
+		if err := v.Set(convertNumber(value, v.Size())); err != nil {
+			return nil, fmt.Errorf("object %s: set variable %s: %w", name, vname, err)
+		}
+	}
+
+	for mname := range spec.Maps {
+		if pinstore.IsInternalMap(mname) {
+			continue
+		}
+		if err := pinstore.CheckName("map", mname); err != nil {
+			return nil, fmt.Errorf("object %s: %w", name, err)
+		}
+		p.maps = append(p.maps, mname)
+	}
+	sort.Strings(p.maps)
+	for mname, mc := range cfg.Maps {
+		if _, ok := spec.Maps[mname]; !ok || pinstore.IsInternalMap(mname) {
+			return nil, fmt.Errorf("object %s: map %q in the configuration is not in the object (has: %s)", name, mname, strings.Join(p.maps, ", "))
+		}
+		if err := checkAccess(mc.Access); err != nil {
+			return nil, fmt.Errorf("object %s: map %s: %w", name, mname, err)
+		}
+		if mc.Migrate != "" && mc.Migrate != "copy" {
+			return nil, fmt.Errorf("object %s: map %s: migrate %q: only \"copy\" is known", name, mname, mc.Migrate)
+		}
+	}
+
+	p.progList = pinstore.ProgramNames(spec)
+	for _, pname := range p.progList {
+		if err := pinstore.CheckName("program", pname); err != nil {
+			return nil, fmt.Errorf("object %s: %w", name, err)
+		}
+	}
+	for pname := range cfg.Programs {
+		if !contains(p.progList, pname) {
+			return nil, fmt.Errorf("object %s: program %q in the configuration is not in the object (has: %s)", name, pname, strings.Join(p.progList, ", "))
+		}
+	}
+
+	count := map[string]int{}
+	for _, a := range cfg.Attach {
+		count[a.Program]++
+	}
+	seen := map[string]string{}
+	for _, a := range cfg.Attach {
+		ps, ok := spec.Programs[a.Program]
+		if !ok || ps.Type == ebpf.UnspecifiedProgram {
+			return nil, fmt.Errorf("object %s: program %q not in the object (has: %s)", name, a.Program, strings.Join(p.progList, ", "))
+		}
+		hs, err := hooks.Parse(a.Hook)
+		if err != nil {
+			return nil, fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
+		}
+		if hs.IsNetwork() {
+			hs.Netns = a.Netns
+			if hs.Netns == "" {
+				hs.Netns = defaultNetns
+			}
+		} else if a.Netns != "" {
+			return nil, fmt.Errorf("object %s: program %s: netns given for %s, which is not a network hook", name, a.Program, hs)
+		}
+		h, err := hooks.New(hs)
+		if err != nil {
+			return nil, fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
+		}
+		lname := a.Name
+		if lname == "" {
+			lname = pinstore.LinkName(a.Program, hs.Target, count[a.Program] == 1)
+		}
+		if err := pinstore.CheckName("link", lname); err != nil {
+			return nil, fmt.Errorf("object %s: %w", name, err)
+		}
+		if prev, dup := seen[lname]; dup {
+			return nil, fmt.Errorf("object %s: attachments %s and %s would both pin link %q; give one a name", name, prev, hs, lname)
+		}
+		seen[lname] = hs.String()
+		p.links = append(p.links, plannedLink{name: lname, program: a.Program, hook: h})
+	}
+	return p, nil
+}
+
+// installed is an object as installed: the lock held, every map, program and
+// link open.
+type installed struct {
+	plan     *plan
+	obj      *pinstore.Object
+	maps     map[string]*ebpf.Map
+	progs    map[string]*ebpf.Program
+	links    map[string]link.Link
+	manifest *pinstore.Manifest
+	adopted  int // programs adopted without loading
+	loaded   int
+}
+
+func (in *installed) close() {
+	for _, m := range in.maps {
+		m.Close()
+	}
+	for _, p := range in.progs {
+		p.Close()
+	}
+	for _, l := range in.links {
+		l.Close()
+	}
+	if in.obj != nil {
+		in.obj.Close()
+	}
+}
+
+// undo is a stack of actions that roll back an install that failed half-way.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// hooksPrecheck checks that every network hook's interface exists, unless a
+// link is already pinned for it (a defunct link is kept until its interface
+// is back): a missing interface is the user's input, said before anything is
+// made.
+func hooksPrecheck(store pinstore.Store, p *plan) error {
+	for _, pl := range p.links {
+		spec := pl.hook.Spec()
+		if !spec.IsNetwork() {
+			continue
+		}
+		if pinstore.Exists(filepath.Join(store.ObjectDir(p.name), string(pinstore.Links), pl.name)) {
+			continue
+		}
+		if err := hooks.CheckTarget(spec); err != nil {
+			return fmt.Errorf("object %s: program %s: %w", p.name, pl.program, err)
+		}
+	}
+	return nil
+}
+
+// install converges one object to its plan: adopts what is pinned and
+// compatible, creates and pins what is missing, swaps links whose program
+// changed (in place where the hook allows, make-before-break elsewhere) and
+// removes pins the configuration no longer has. Until it returns an error
+// it changes nothing it cannot undo; on error, it undoes what it did.
+func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err error) {
+	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}}
+	var rollback undo
+	defer func() {
+		if err != nil {
+			rollback.run()
+			in.obj = nil // the caller owns obj
+			in.close()
+		}
+	}()
+	store := obj.Store()
+	old, err := store.ReadManifest(p.name)
+	if err != nil {
+		log.Warn("ignoring unreadable manifest", "object", p.name, "err", err)
+		old = nil
+	}
+
+	// Maps.
+	fresh := map[string]bool{}
+	for _, name := range p.maps {
+		mc := p.mapCfg[name]
+		res, err := obj.AdoptOrCreateMap(name, p.spec.Maps[name], pinstore.MapPolicy{PinPath: mc.PinPath, Reset: mc.Reset, Migrate: mc.Migrate})
+		if err != nil {
+			return nil, fmt.Errorf("object %s: %w", p.name, err)
+		}
+		in.maps[name] = res.Map
+		if res.Replaced != "" {
+			log.Warn("replacing incompatible pinned map", "object", p.name, "map", name, "diff", res.Replaced)
+		}
+		if !res.Adopted {
+			fresh[name] = true
+		}
+	}
+
+	// Programs.
+	progs, err := obj.AdoptOrLoadPrograms(p.spec, in.maps, ebpf.ProgramOptions{})
+	if err != nil {
+		if vlog := pinstore.VerifierLog(err, 20); vlog != "" {
+			return nil, fmt.Errorf("%w\nverifier log (last lines):\n%s", err, vlog)
+		}
+		return nil, err
+	}
+	var replacedProgs []*ebpf.Program
+	defer func() {
+		for _, pr := range replacedProgs {
+			pr.Close()
+		}
+	}()
+	changed := false
+	for name, r := range progs {
+		in.progs[name] = r.Program
+		if r.Adopted {
+			in.adopted++
+		} else {
+			in.loaded++
+			changed = true
+			if r.Pinned != nil {
+				log.Info("pinned program differs from the object, loading it anew", "object", p.name, "program", name, "reason", r.Mismatch)
+				replacedProgs = append(replacedProgs, r.Pinned)
+			}
+		}
+	}
+
+	// Write-ahead: the manifest names what is about to be pinned, so that a
+	// crash between here and the renames leaves pins the next start knows.
+	man := newManifest(p, old, in)
+	if changed && old != nil {
+		man.Generation = old.Generation + 1
+	}
+	if err := obj.WriteManifest(man); err != nil {
+		return nil, err
+	}
+	rollback.push(func() {
+		if old != nil {
+			_ = obj.WriteManifest(old)
+		}
+	})
+
+	for _, name := range p.maps {
+		if !fresh[name] {
+			continue
+		}
+		path := obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath})
+		existed := pinstore.Exists(path)
+		if err := obj.Pin(pinstore.Maps, path, in.maps[name]); err != nil {
+			return nil, err
+		}
+		if !existed {
+			rollback.push(func() { os.Remove(path) })
+		}
+	}
+
+	// Programs with no pin yet are pinned before their links; programs that
+	// replace a pinned one are moved into place after the links swapped.
+	for _, name := range p.progList {
+		r := progs[name]
+		if r.Adopted || r.Pinned != nil {
+			continue
+		}
+		path := r.Path
+		if err := obj.Pin(pinstore.Programs, path, r.Program); err != nil {
+			return nil, err
+		}
+		rollback.push(func() { os.Remove(path) })
+	}
+
+	for _, pl := range p.links {
+		l, err := reconcileLink(obj, pl, in.progs[pl.program], &rollback, log)
+		if err != nil {
+			return nil, fmt.Errorf("object %s: %w", p.name, err)
+		}
+		if l != nil {
+			in.links[pl.name] = l
+		}
+	}
+
+	for _, name := range p.progList {
+		r := progs[name]
+		if r.Adopted || r.Pinned == nil {
+			continue
+		}
+		if err := obj.Pin(pinstore.Programs, r.Path, r.Program); err != nil {
+			return nil, err
+		}
+	}
+
+	// Past this point nothing fails in a way that needs undoing.
+	rollback = nil
+	removeStale(obj, p, log)
+
+	man = newManifest(p, old, in)
+	if changed && old != nil {
+		man.Generation = old.Generation + 1
+	}
+	if err := obj.WriteManifest(man); err != nil {
+		log.Warn("could not write manifest", "object", p.name, "err", err)
+	}
+	in.manifest = man
+	return in, nil
+}
+
+// reconcileLink makes the link pl exist, pinned, with prog attached. It
+// returns the open link, or nil when the link is kept defunct because its
+// target is gone.
+func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback *undo, log *slog.Logger) (link.Link, error) {
+	path := obj.Path(pinstore.Links, pl.name)
+	spec := pl.hook.Spec()
+	pinned, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		l, err := pl.hook.Attach(prog)
+		if err != nil {
+			return nil, fmt.Errorf("program %s: %w", pl.program, err)
+		}
+		crash.At("links/attached")
+		if err := obj.Pin(pinstore.Links, path, l); err != nil {
+			l.Close()
+			return nil, err
+		}
+		rollback.push(func() { os.Remove(path) })
+		return l, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
+	}
+
+	state, err := pl.hook.Check(pinned)
+	if err != nil {
+		pinned.Close()
+		return nil, fmt.Errorf("link %s: %w", pl.name, err)
+	}
+	info, err := pinned.Info()
+	if err != nil {
+		pinned.Close()
+		return nil, fmt.Errorf("link %s: %w", pl.name, err)
+	}
+	progInfo, err := prog.Info()
+	if err != nil {
+		pinned.Close()
+		return nil, err
+	}
+	progID, _ := progInfo.ID()
+
+	switch state {
+	case hooks.Attached:
+		if info.Program == progID {
+			return pinned, nil
+		}
+		if pl.hook.Updatable() {
+			oldProg, err := ebpf.NewProgramFromID(info.Program)
+			if err != nil {
+				pinned.Close()
+				return nil, fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
+			}
+			if err := updateLink(pinned, prog, oldProg); err != nil {
+				oldProg.Close()
+				pinned.Close()
+				return nil, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, err)
+			}
+			crash.At("links/updated")
+			rollback.push(func() {
+				if err := updateLink(pinned, oldProg, prog); err != nil {
+					log.Error("could not swap link back", "link", pl.name, "err", err)
+				}
+				oldProg.Close()
+			})
+			log.Info("swapped program in place", "link", pl.name, "hook", spec.String(), "old_program", info.Program, "new_program", progID)
+			return pinned, nil
+		}
+	case hooks.Defunct:
+		if hooks.CheckTarget(spec) != nil {
+			log.Warn("link is defunct and its target is gone; keeping it until the target is back", "link", pl.name, "hook", spec.String())
+			return pinned, nil
+		}
+	}
+
+	// Make-before-break: the new link first, then the pin moves onto it, then
+	// the old one goes. Both may run for an instant, never neither.
+	l, err := pl.hook.Attach(prog)
+	if err != nil {
+		pinned.Close()
+		return nil, fmt.Errorf("program %s: %w", pl.program, err)
+	}
+	crash.At("links/attached")
+	if err := obj.Pin(pinstore.Links, path, l); err != nil {
+		l.Close()
+		pinned.Close()
+		return nil, err
+	}
+	log.Info("replaced link", "link", pl.name, "hook", spec.String(), "was", state.String(), "old_link", info.ID)
+	pinned.Close()
+	return l, nil
+}
+
+// updateLink swaps the link's program from old to prog, atomically and only
+// if old is still the link's program (BPF_F_REPLACE).
+func updateLink(l link.Link, prog, old *ebpf.Program) error {
+	u, ok := l.(interface {
+		UpdateArgs(link.RawLinkUpdateOptions) error
+	})
+	if !ok {
+		return l.Update(prog)
+	}
+	return u.UpdateArgs(link.RawLinkUpdateOptions{New: prog, Old: old, Flags: unix.BPF_F_REPLACE})
+}
+
+// removeStale unpins links and programs of the object that the configuration
+// no longer has. Maps stay: their contents may be wanted again.
+func removeStale(obj *pinstore.Object, p *plan, log *slog.Logger) {
+	want := map[string]bool{}
+	for _, pl := range p.links {
+		want[pl.name] = true
+	}
+	names, _ := obj.Pins(pinstore.Links)
+	for _, n := range names {
+		if !want[n] {
+			log.Info("removing link no longer configured", "object", p.name, "link", n)
+			os.Remove(obj.Path(pinstore.Links, n))
+		}
+	}
+	names, _ = obj.Pins(pinstore.Programs)
+	for _, n := range names {
+		if !contains(p.progList, n) {
+			log.Info("removing program no longer in the object", "object", p.name, "program", n)
+			os.Remove(obj.Path(pinstore.Programs, n))
+		}
+	}
+}
+
+func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manifest {
+	m := &pinstore.Manifest{
+		Source:       p.cfg.Path,
+		ObjectSHA256: p.sha256,
+		ConfigHash:   p.cfg.hash(),
+		Maps:         map[string]pinstore.MapRecord{},
+		Programs:     map[string]pinstore.ProgramRecord{},
+		Links:        map[string]pinstore.LinkRecord{},
+	}
+	if old != nil {
+		m.Generation = old.Generation
+		m.Supervisor = old.Supervisor
+	}
+	for name, mp := range in.maps {
+		rec := pinstore.MapRecord{Path: in.obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath})}
+		if info, err := mp.Info(); err == nil {
+			id, _ := info.ID()
+			rec.ID = uint32(id)
+		}
+		m.Maps[name] = rec
+	}
+	for name, pr := range in.progs {
+		rec := pinstore.ProgramRecord{Type: pr.Type().String()}
+		if info, err := pr.Info(); err == nil {
+			id, _ := info.ID()
+			rec.ID, rec.Tag = uint32(id), info.Tag
+		}
+		if old != nil {
+			if o, ok := old.Programs[name]; ok && o.ID != rec.ID {
+				rec.PreviousIDs = appendID(o.PreviousIDs, o.ID)
+			} else if ok {
+				rec.PreviousIDs = o.PreviousIDs
+			}
+		}
+		m.Programs[name] = rec
+	}
+	for _, pl := range p.links {
+		spec := pl.hook.Spec()
+		rec := pinstore.LinkRecord{Program: pl.program, Hook: spec.String(), Netns: spec.Netns,
+			Mechanism: pl.hook.Mechanism(), Updatable: pl.hook.Updatable()}
+		if l, ok := in.links[pl.name]; ok {
+			if info, err := l.Info(); err == nil {
+				rec.ID = uint32(info.ID)
+			}
+		}
+		if old != nil {
+			if o, ok := old.Links[pl.name]; ok && o.ID != rec.ID && o.ID != 0 {
+				rec.PreviousIDs = appendID(o.PreviousIDs, o.ID)
+			}
+		}
+		m.Links[pl.name] = rec
+	}
+	return m
+}
+
+// appendID keeps the last few ids a name had.
+func appendID(ids []uint32, id uint32) []uint32 {
+	ids = append(ids, id)
+	if len(ids) > 4 {
+		ids = ids[len(ids)-4:]
+	}
+	return ids
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// handoffFiles opens the fds the child gets for this object, in a stable
+// order: maps, then programs and links where asked for. The caller closes them.
+func (in *installed) handoffFiles() (_ []handoff.NamedFile, err error) {
+	var files []handoff.NamedFile
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.File.Close()
+			}
+		}
+	}()
+	p := in.plan
+	for _, name := range p.maps {
+		access := p.mapCfg[name].Access
+		fname := p.name + "/maps/" + name
+		var fd int
+		switch access {
+		case AccessNone:
+			continue
+		case AccessRO, AccessWO:
+			m, err := ebpf.LoadPinnedMap(in.obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath}),
+				&ebpf.LoadPinOptions{ReadOnly: access == AccessRO, WriteOnly: access == AccessWO})
+			if err != nil {
+				return nil, fmt.Errorf("open map %s %s for the child: %w", fname, access, err)
+			}
+			fd, err = dupFD(m.FD())
+			m.Close()
+			if err != nil {
+				return nil, err
+			}
+		default:
+			fd, err = dupFD(in.maps[name].FD())
+			if err != nil {
+				return nil, err
+			}
+		}
+		files = append(files, handoff.NamedFile{Name: fname, File: os.NewFile(uintptr(fd), fname)})
+	}
+	for _, name := range p.progList {
+		if !p.progCfg[name].Handoff {
+			continue
+		}
+		fname := p.name + "/programs/" + name
+		fd, err := dupFD(in.progs[name].FD())
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, handoff.NamedFile{Name: fname, File: os.NewFile(uintptr(fd), fname)})
+	}
+	if p.cfg.HandoffLinks {
+		for _, pl := range p.links {
+			l, ok := in.links[pl.name]
+			if !ok {
+				continue
+			}
+			fd, err := linkFD(l)
+			if err != nil {
+				return nil, err
+			}
+			fname := p.name + "/links/" + pl.name
+			files = append(files, handoff.NamedFile{Name: fname, File: os.NewFile(uintptr(fd), fname)})
+		}
+	}
+	return files, nil
+}
+
+func dupFD(fd int) (int, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("dup fd %d: %w", fd, err)
+	}
+	return nfd, nil
+}
+
+// linkFD opens a new fd for l, by its id.
+func linkFD(l link.Link) (int, error) {
+	info, err := l.Info()
+	if err != nil {
+		return -1, err
+	}
+	nl, err := link.NewFromID(info.ID)
+	if err != nil {
+		return -1, err
+	}
+	defer nl.Close()
+	fder, ok := nl.(interface{ FD() int })
+	if !ok {
+		return -1, fmt.Errorf("link %d has no fd", info.ID)
+	}
+	return dupFD(fder.FD())
+}

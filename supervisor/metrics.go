@@ -1,0 +1,110 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are bpfsup's Prometheus metrics, on a registry of their own.
+type metrics struct {
+	reg            *prometheus.Registry
+	childUp        prometheus.Gauge
+	restarts       prometheus.Counter
+	startLimitHits prometheus.Counter
+	objects        prometheus.Gauge
+	maps           prometheus.Gauge
+	programs       *prometheus.GaugeVec
+	links          prometheus.Gauge
+	lastReload     prometheus.Gauge
+	lastReloadTime prometheus.Gauge
+	reloads        *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:            prometheus.NewRegistry(),
+		childUp:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_child_up", Help: "1 while the child runs."}),
+		restarts:       prometheus.NewCounter(prometheus.CounterOpts{Name: "bpfsup_child_restarts_total", Help: "Times the child was started again."}),
+		startLimitHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "bpfsup_start_limit_hits_total", Help: "Times the start limit stopped restarts."}),
+		objects:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_objects", Help: "BPF objects installed."}),
+		maps:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_maps", Help: "Maps pinned."}),
+		programs:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bpfsup_programs", Help: "Programs, by how the last install got them (adopted from a pin or loaded)."}, []string{"how"}),
+		links:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_links", Help: "Links pinned and open."}),
+		lastReload:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_last_reload_success", Help: "1 if the last reload succeeded, 0 if it failed, -1 before any."}),
+		lastReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_last_reload_timestamp_seconds", Help: "When the last reload ended."}),
+		reloads:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bpfsup_reloads_total", Help: "Reloads, by result."}, []string{"result"}),
+	}
+	m.lastReload.Set(-1)
+	m.reg.MustRegister(m.childUp, m.restarts, m.startLimitHits, m.objects, m.maps, m.programs, m.links,
+		m.lastReload, m.lastReloadTime, m.reloads,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) setReload(err error) {
+	m.lastReloadTime.Set(float64(time.Now().Unix()))
+	if err != nil {
+		m.lastReload.Set(0)
+		m.reloads.WithLabelValues("failure").Inc()
+		return
+	}
+	m.lastReload.Set(1)
+	m.reloads.WithLabelValues("success").Inc()
+}
+
+func (s *supervisor) updateMetrics() {
+	if s.metrics == nil {
+		return
+	}
+	var maps, links, adopted, loaded int
+	for _, in := range s.objects {
+		maps += len(in.maps)
+		links += len(in.links)
+		adopted += in.adopted
+		loaded += in.loaded
+	}
+	s.metrics.objects.Set(float64(len(s.objects)))
+	s.metrics.maps.Set(float64(maps))
+	s.metrics.links.Set(float64(links))
+	s.metrics.programs.WithLabelValues("adopted").Set(float64(adopted))
+	s.metrics.programs.WithLabelValues("loaded").Set(float64(loaded))
+}
+
+type metricsServer struct {
+	l   net.Listener
+	srv *http.Server
+}
+
+func (m *metrics) listen(addr string) (*metricsServer, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return &metricsServer{l: l, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+}
+
+func (ms *metricsServer) addr() string { return ms.l.Addr().String() }
+
+func (ms *metricsServer) serve() error {
+	err := ms.srv.Serve(ms.l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (ms *metricsServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = ms.srv.Shutdown(ctx)
+}

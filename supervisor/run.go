@@ -1,0 +1,608 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/oklog/run"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/pinstore"
+)
+
+// Child behaviours on upgrade.
+const (
+	OnUpgradeRestart = "restart"
+	OnUpgradeNone    = "none"
+	// "signal:NAME" sends the child a signal, e.g. "signal:HUP".
+)
+
+// Options is everything a run needs.
+type Options struct {
+	// Store is the pin root and state directory.
+	Store pinstore.Store
+	// Objects to install, in order.
+	Objects []ObjectConfig
+	// Netns is the default network namespace of network hooks (a path).
+	Netns string
+	// Command is the application; required.
+	Command []string
+	// Restart is the restart policy; see DefaultRestartPolicy.
+	Restart RestartPolicy
+	// StopTimeout is how long a stopping child has between the stop signal
+	// and SIGKILL (default 10s).
+	StopTimeout time.Duration
+	// Credential runs the child as another user.
+	Credential *handoff.Credential
+	// NotifyChild gives the child its own notify socket; READY=1 goes to
+	// systemd when the child sends it, not when it starts.
+	NotifyChild bool
+	// MetricsAddr serves Prometheus metrics on HOST:PORT when set.
+	MetricsAddr string
+	// OnUpgrade is what happens to the child after a reload: "restart"
+	// (default), "none" or "signal:NAME".
+	OnUpgrade string
+	// Force replaces foreign pins found at bpfsup's paths.
+	Force bool
+	// Watch reloads when an object file or the config changes.
+	Watch bool
+	// WatchFiles are extra files to watch (the config file).
+	WatchFiles []string
+	// Reconfigure, when set, is called on reload to read the configuration
+	// anew (the config file may have changed); nil keeps Objects.
+	Reconfigure func() ([]ObjectConfig, error)
+	// Inherited are fds bpfsup received by socket activation; they go to the
+	// child first, with their names.
+	Inherited []handoff.NamedFile
+	// Logger; slog.Default() when nil.
+	Logger *slog.Logger
+	// Version of bpfsup, for status.
+	Version string
+	// ChildStdout and ChildStderr; bpfsup's own when nil.
+	ChildStdout, ChildStderr *os.File
+}
+
+// ErrStartLimit: the child was started too often; bpfsup gave up.
+var ErrStartLimit = errors.New("start limit hit")
+
+// Install installs every object once, without starting a child, and
+// returns when it is done: the pins and links stay. Used by tests, the
+// benchmarks and `bpfsup run` alike.
+func Install(opts Options) (adopted, loaded int, err error) {
+	s, err := newSupervisor(opts)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer s.close()
+	if err := s.installAll(); err != nil {
+		return 0, 0, err
+	}
+	for _, in := range s.objects {
+		adopted += in.adopted
+		loaded += in.loaded
+	}
+	return adopted, loaded, nil
+}
+
+type supervisor struct {
+	opts    Options
+	log     *slog.Logger
+	objects []*installed
+	files   []handoff.NamedFile // BPF fds for the child, owned
+
+	child        *handoff.Process
+	childStarted time.Time
+	lastExit     *os.ProcessState
+	restarts     int
+	backoff      *backoff
+	stopping     bool
+	restartNow   bool // the child was stopped by a reload: start it again at once
+	ready        bool
+	restartTimer *time.Timer
+	killTimer    *time.Timer
+	metrics      *metrics
+	started      time.Time
+
+	runtime   atomic.Pointer[[]byte] // JSON of SupervisorRecord, for the control socket
+
+	reloads   chan reloadRequest
+	childNote chan string
+	notify    *notifySocket
+}
+
+type reloadRequest struct {
+	reason string
+	reply  chan error
+}
+
+func newSupervisor(opts Options) (*supervisor, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Restart.Mode == "" {
+		opts.Restart = DefaultRestartPolicy()
+	}
+	if err := opts.Restart.Check(); err != nil {
+		return nil, err
+	}
+	if opts.StopTimeout == 0 {
+		opts.StopTimeout = 10 * time.Second
+	}
+	if opts.OnUpgrade == "" {
+		opts.OnUpgrade = OnUpgradeRestart
+	}
+	if _, err := upgradeSignal(opts.OnUpgrade); err != nil {
+		return nil, err
+	}
+	return &supervisor{
+		opts:      opts,
+		log:       opts.Logger,
+		backoff:   newBackoff(opts.Restart),
+		reloads:   make(chan reloadRequest),
+		childNote: make(chan string, 16),
+		started:   time.Now(),
+	}, nil
+}
+
+// upgradeSignal parses OnUpgrade: the signal to send, or 0.
+func upgradeSignal(s string) (syscall.Signal, error) {
+	switch s {
+	case OnUpgradeRestart, OnUpgradeNone:
+		return 0, nil
+	}
+	name, ok := strings.CutPrefix(s, "signal:")
+	if !ok {
+		return 0, fmt.Errorf("on-upgrade %q: must be restart, none or signal:NAME", s)
+	}
+	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(name), "SIG"))
+	if sig == 0 {
+		return 0, fmt.Errorf("on-upgrade %q: unknown signal %q", s, name)
+	}
+	return sig, nil
+}
+
+func (s *supervisor) close() {
+	s.closeFiles()
+	for _, in := range s.objects {
+		in.close()
+	}
+	s.objects = nil
+}
+
+func (s *supervisor) closeFiles() {
+	for _, f := range s.files {
+		f.File.Close()
+	}
+	s.files = nil
+}
+
+// installAll plans every object (so that any error of the input shows before
+// anything is made), then installs them in order.
+func (s *supervisor) installAll() error {
+	if len(s.opts.Objects) == 0 {
+		return errors.New("no BPF object given (-o OBJECT or [[object]] in the config)")
+	}
+	if mounted, err := pinstore.EnsureBPFFS(s.opts.Store.RootDir()); err != nil {
+		return err
+	} else if mounted {
+		s.log.Info("mounted bpffs", "path", pinstore.DefaultBPFFS)
+	}
+	plans, err := s.planAll(s.opts.Objects)
+	if err != nil {
+		return err
+	}
+	for _, p := range plans {
+		if err := hooksPrecheck(s.opts.Store, p); err != nil {
+			return err
+		}
+	}
+	for _, p := range plans {
+		obj, err := s.opts.Store.Open(p.name)
+		if err != nil {
+			return err
+		}
+		in, err := install(obj, p, s.log)
+		if err != nil {
+			obj.RemoveIfEmpty()
+			obj.Close()
+			return err
+		}
+		s.objects = append(s.objects, in)
+		s.log.Info("object ready", "object", p.name, "maps", len(in.maps), "programs", len(in.progs),
+			"links", len(in.links), "adopted", in.adopted, "loaded", in.loaded, "generation", in.manifest.Generation)
+	}
+	return nil
+}
+
+func (s *supervisor) planAll(cfgs []ObjectConfig) ([]*plan, error) {
+	var plans []*plan
+	names := map[string]string{}
+	for _, c := range cfgs {
+		p, err := planObject(c, s.opts.Netns)
+		if err != nil {
+			return nil, err
+		}
+		if prev, ok := names[p.name]; ok {
+			return nil, fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, p.name)
+		}
+		names[p.name] = c.Path
+		plans = append(plans, p)
+	}
+	return plans, nil
+}
+
+// openFiles builds the child's fd list: inherited sockets, then every
+// object's hand-off.
+func (s *supervisor) openFiles() error {
+	s.closeFiles()
+	var files []handoff.NamedFile
+	for _, in := range s.objects {
+		fs, err := in.handoffFiles()
+		if err != nil {
+			for _, f := range files {
+				f.File.Close()
+			}
+			return err
+		}
+		files = append(files, fs...)
+	}
+	s.files = files
+	return nil
+}
+
+// Run installs the objects, starts the child and supervises it until it
+// exits for good or bpfsup is stopped. It returns the exit status bpfsup
+// should exit with: the child's (128+signal when a signal killed it). The
+// pins stay whatever happens.
+func Run(ctx context.Context, opts Options) (int, error) {
+	s, err := newSupervisor(opts)
+	if err != nil {
+		return 2, err
+	}
+	if len(opts.Command) == 0 {
+		return 2, errors.New("no command to run (bpfsup run ... -- CMD [ARG...])")
+	}
+	defer s.close()
+
+	// Grandchildren that lose their parent are reparented to us and reaped.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		s.log.Warn("cannot become child subreaper", "err", err)
+	}
+
+	if err := s.installAll(); err != nil {
+		return 1, err
+	}
+	if err := s.openFiles(); err != nil {
+		return 1, err
+	}
+	s.metrics = newMetrics()
+	s.updateMetrics()
+
+	var g run.Group
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCHLD)
+	defer signal.Stop(sigc)
+
+	if opts.NotifyChild {
+		ns, err := listenNotify(s.opts.Store.StateDirectory(), s.childNote)
+		if err != nil {
+			return 1, err
+		}
+		s.notify = ns
+		g.Add(ns.serve, func(error) { ns.close() })
+	}
+	if opts.MetricsAddr != "" {
+		srv, err := s.metrics.listen(opts.MetricsAddr)
+		if err != nil {
+			return 1, err
+		}
+		g.Add(srv.serve, func(error) { srv.close() })
+		s.log.Info("serving metrics", "addr", srv.addr())
+	}
+	ctl, err := listenControl(s.opts.Store.StateDirectory(), s.reloads, s.statusJSON)
+	if err != nil {
+		return 1, err
+	}
+	g.Add(ctl.serve, func(error) { ctl.close() })
+	if opts.Watch {
+		w, err := newWatcher(s.watchedFiles(), s.reloads, s.log)
+		if err != nil {
+			return 1, err
+		}
+		g.Add(w.run, func(error) { w.close() })
+	}
+
+	exitCode := 0
+	g.Add(func() error {
+		var err error
+		exitCode, err = s.loop(ctx, sigc)
+		return err
+	}, func(error) { cancel() })
+
+	err = g.Run()
+	if errors.Is(err, errLoopDone) {
+		err = nil
+	}
+	_, _ = daemon.SdNotify(false, "STOPPING=1")
+	return exitCode, err
+}
+
+var errLoopDone = errors.New("supervisor done")
+
+// loop owns the state. It returns the exit status and errLoopDone (or the
+// error that ended it), so that the group stops the other actors.
+func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, error) {
+	s.restartTimer, s.killTimer = stoppedTimer(), stoppedTimer()
+	restartTimer, killTimer := s.restartTimer, s.killTimer
+	var watchdog <-chan time.Time
+	if d, err := daemon.SdWatchdogEnabled(false); err == nil && d > 0 {
+		t := time.NewTicker(d / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	upgradeSig, _ := upgradeSignal(s.opts.OnUpgrade)
+
+	if err := s.startChild(); err != nil {
+		return 1, err
+	}
+	s.notifyStatus()
+
+	for {
+		var done <-chan *os.ProcessState
+		if s.child != nil {
+			done = s.child.Done
+		}
+		select {
+		case <-ctx.Done():
+			if s.child == nil {
+				return ExitCode(s.lastExit), errLoopDone
+			}
+			if !s.stopping {
+				s.stop(syscall.SIGTERM, killTimer)
+			}
+
+		case st := <-done:
+			s.child = nil
+			s.lastExit = st
+			ran := time.Since(s.childStarted)
+			s.metrics.childUp.Set(0)
+			s.reap()
+			code := ExitCode(st)
+			s.log.Info("child exited", "status", st.String(), "ran", ran.Round(time.Millisecond))
+			if s.stopping {
+				killTimer.Stop()
+				return code, errLoopDone
+			}
+			if s.restartNow {
+				s.restartNow = false
+				killTimer.Stop()
+				restartTimer.Reset(0)
+				continue
+			}
+			if !s.opts.Restart.ShouldRestart(st) {
+				s.log.Info("not restarting the child", "restart", s.opts.Restart.Mode, "exit_code", code)
+				return code, errLoopDone
+			}
+			d := s.backoff.delay(ran)
+			s.log.Info("restarting child", "in", d)
+			restartTimer.Reset(d)
+			s.notifyStatus()
+
+		case <-restartTimer.C:
+			if s.stopping || s.child != nil {
+				continue
+			}
+			if err := s.startChild(); err != nil {
+				s.metrics.childUp.Set(0)
+				if errors.Is(err, ErrStartLimit) {
+					s.metrics.startLimitHits.Inc()
+				}
+				return 1, err
+			}
+			s.restarts++
+			s.metrics.restarts.Inc()
+			s.notifyStatus()
+
+		case <-killTimer.C:
+			if s.child != nil {
+				s.log.Warn("child did not stop in time, killing it", "pid", s.child.Pid, "timeout", s.opts.StopTimeout)
+				_ = unix.Kill(s.child.Pid, unix.SIGKILL)
+			}
+
+		case sig := <-sigc:
+			ss := sig.(syscall.Signal)
+			switch ss {
+			case syscall.SIGCHLD:
+				s.reap()
+			case syscall.SIGTERM, syscall.SIGINT:
+				if s.child == nil {
+					s.log.Info("stopping", "signal", ss.String())
+					return ExitCode(s.lastExit), errLoopDone
+				}
+				s.stop(ss, killTimer)
+			case syscall.SIGHUP:
+				go func() {
+					reply := make(chan error, 1)
+					s.reloads <- reloadRequest{reason: "SIGHUP", reply: reply}
+					<-reply
+				}()
+			default:
+				if s.child != nil {
+					_ = unix.Kill(s.child.Pid, ss)
+				}
+			}
+
+		case req := <-s.reloads:
+			err := s.reload(req.reason, upgradeSig)
+			s.metrics.setReload(err)
+			req.reply <- err
+
+		case msg := <-s.childNote:
+			s.childNotified(msg)
+
+		case <-watchdog:
+			_, _ = daemon.SdNotify(false, "WATCHDOG=1")
+		}
+	}
+}
+
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+// stop forwards the stop signal and arms the SIGKILL timeout.
+func (s *supervisor) stop(sig syscall.Signal, killTimer *time.Timer) {
+	if s.stopping {
+		_ = unix.Kill(s.child.Pid, sig)
+		return
+	}
+	s.stopping = true
+	_, _ = daemon.SdNotify(false, "STOPPING=1")
+	s.log.Info("stopping child", "pid", s.child.Pid, "signal", sig.String(), "timeout", s.opts.StopTimeout)
+	_ = unix.Kill(s.child.Pid, sig)
+	killTimer.Reset(s.opts.StopTimeout)
+}
+
+func (s *supervisor) startChild() error {
+	now := time.Now()
+	if !s.backoff.started(now) {
+		return fmt.Errorf("%w: the child was started %d times within %s; giving up (the BPF programs stay attached)",
+			ErrStartLimit, s.opts.Restart.StartLimit+1, s.opts.Restart.StartLimitInterval)
+	}
+	files := append(append([]handoff.NamedFile(nil), s.opts.Inherited...), s.files...)
+	env := os.Environ()
+	env = dropEnv(env, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+	if s.notify != nil {
+		env = append(env, "NOTIFY_SOCKET="+s.notify.path)
+	}
+	c := handoff.Child{
+		Args:       s.opts.Command,
+		Env:        env,
+		Files:      files,
+		PinRoot:    s.opts.Store.RootDir(),
+		Credential: s.opts.Credential,
+	}
+	if s.opts.ChildStdout != nil {
+		c.Stdout = s.opts.ChildStdout
+	}
+	if s.opts.ChildStderr != nil {
+		c.Stderr = s.opts.ChildStderr
+	}
+	p, err := handoff.Start(c)
+	if err != nil {
+		return err
+	}
+	s.child, s.childStarted = p, now
+	s.metrics.childUp.Set(1)
+	s.log.Info("child started", "pid", p.Pid, "command", s.opts.Command[0], "fds", len(files))
+	s.recordSupervisor()
+	if !s.ready && s.notify == nil {
+		s.ready = true
+		_, _ = daemon.SdNotify(false, "READY=1")
+	}
+	return nil
+}
+
+// childNotified handles a datagram from the child's notify socket.
+func (s *supervisor) childNotified(msg string) {
+	for _, line := range strings.Split(msg, "\n") {
+		switch {
+		case line == "READY=1":
+			if !s.ready {
+				s.ready = true
+				s.log.Info("child is ready")
+				_, _ = daemon.SdNotify(false, "READY=1")
+			}
+		case strings.HasPrefix(line, "STATUS="):
+			_, _ = daemon.SdNotify(false, "STATUS=child: "+strings.TrimPrefix(line, "STATUS="))
+		}
+	}
+}
+
+func (s *supervisor) notifyStatus() {
+	links, progs := 0, 0
+	for _, in := range s.objects {
+		links += len(in.links)
+		progs += len(in.progs)
+	}
+	pid := "none"
+	if s.child != nil {
+		pid = strconv.Itoa(s.child.Pid)
+	}
+	_, _ = daemon.SdNotify(false, fmt.Sprintf("STATUS=objects=%d programs=%d links=%d child=%s restarts=%d",
+		len(s.objects), progs, links, pid, s.restarts))
+}
+
+// recordSupervisor writes the supervisor's pid, the child's pid and the
+// restart count into every object's manifest, for status.
+func (s *supervisor) recordSupervisor() {
+	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts}
+	if s.child != nil {
+		rec.ChildPID = s.child.Pid
+	}
+	if b, err := json.Marshal(rec); err == nil {
+		s.runtime.Store(&b)
+	}
+	for _, in := range s.objects {
+		in.manifest.Supervisor = rec
+		if err := in.obj.WriteManifest(in.manifest); err != nil {
+			s.log.Warn("could not write manifest", "object", in.obj.Name, "err", err)
+		}
+	}
+}
+
+// reap collects zombies other than the child (which its own goroutine waits
+// for): grandchildren reparented to bpfsup as subreaper.
+func (s *supervisor) reap() {
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil || (s.child != nil && pid == s.child.Pid) {
+				continue
+			}
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		}
+	}
+}
+
+func dropEnv(env []string, names ...string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		keep := true
+		for _, n := range names {
+			if k == n {
+				keep = false
+			}
+		}
+		if keep {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
