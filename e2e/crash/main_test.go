@@ -1,0 +1,16 @@
+// Package crash holds end-to-end tests that run the real bpfsup binary against
+// the real kernel, as root.
+package crash
+
+import (
+	"os"
+	"testing"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	code := testutil.CheckNoFDLeaks(m)
+	testutil.BuildCleanup()
+	os.Exit(code)
+}
