@@ -8,7 +8,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit fuzz bench demo lint clean
+.PHONY: all build setup test fuzz bench demo lint clean
 
 all: build
 
@@ -17,8 +17,12 @@ build:
 
 include bpf/Makefile.inc
 
+# Installs the Debian packages the tests and demo use; mounts bpffs, tracefs.
+setup:
+	./scripts/setup.sh
+
 # The whole suite, against the real kernel, then each fuzz target briefly.
-test: build
+test: setup build
 	$(GO) vet ./...
 	$(GO) test $(TESTFLAGS) ./...
 	$(MAKE) fuzz
@@ -30,10 +34,10 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
-bench: build
+bench: setup build
 	./bench/run.sh
 
-demo: build
+demo: setup build
 	./examples/xdp-counter/demo.sh
 
 lint:
