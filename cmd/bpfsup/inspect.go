@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
@@ -56,6 +58,37 @@ type ProgramSection struct {
 	Type       string `json:"type"`
 	AttachType string `json:"attach_type"`
 	AttachTo   string `json:"attach_to,omitempty"`
+	// Hook is the hook the section names (hooks.FromSection): a whole spec
+	// ("tracepoint:sched/sched_process_exec"), attached without -a, or a
+	// kind of hook ("xdp") that takes its target from -a PROG@TARGET.
+	Hook string `json:"hook,omitempty"`
+	// HookNeedsTarget says that Hook lacks its target.
+	HookNeedsTarget bool `json:"hook_needs_target,omitempty"`
+	// NoHook says why the section names no hook bpfsup attaches.
+	NoHook string `json:"no_hook,omitempty"`
+}
+
+// inferHook fills the hook fields of p from its section.
+func inferHook(p *ProgramSection) {
+	inf, err := hooks.FromSection(p.Section)
+	if err != nil {
+		// The reason, without the sentinel every such error ends with.
+		p.NoHook = strings.TrimSuffix(err.Error(), ": "+hooks.ErrUnknownHook.Error())
+		return
+	}
+	p.Hook, p.HookNeedsTarget = inf.Spec.String(), inf.NeedsTarget
+}
+
+// hookText is the hook column of the text output.
+func (p ProgramSection) hookText() string {
+	switch {
+	case p.NoHook != "":
+		return "no hook (" + p.NoHook + ")"
+	case p.HookNeedsTarget:
+		return p.Hook + " (needs a target: -a " + p.Name + "@TARGET)"
+	default:
+		return p.Hook + " (attached without -a)"
+	}
 }
 
 // MapSection is one map of an object.
@@ -82,8 +115,10 @@ func inspectCmd() *cobra.Command {
 			}
 			ins := Inspection{Object: args[0], Name: pinstore.ObjectName(args[0]), Programs: []ProgramSection{}, Maps: []MapSection{}}
 			for name, p := range spec.Programs {
-				ins.Programs = append(ins.Programs, ProgramSection{Name: name, Section: p.SectionName, Type: p.Type.String(),
-					AttachType: p.AttachType.String(), AttachTo: p.AttachTo})
+				ps := ProgramSection{Name: name, Section: p.SectionName, Type: p.Type.String(),
+					AttachType: p.AttachType.String(), AttachTo: p.AttachTo}
+				inferHook(&ps)
+				ins.Programs = append(ins.Programs, ps)
 			}
 			sort.Slice(ins.Programs, func(i, j int) bool { return ins.Programs[i].Name < ins.Programs[j].Name })
 			for name, m := range spec.Maps {
@@ -102,7 +137,7 @@ func inspectCmd() *cobra.Command {
 			}
 			fmt.Printf("object %s (name %s)\n", ins.Object, ins.Name)
 			for _, p := range ins.Programs {
-				fmt.Printf("  program %-20s section %-24s type %s attach %s\n", p.Name, p.Section, p.Type, p.AttachType)
+				fmt.Printf("  program %-20s section %-24s type %s attach %s hook %s\n", p.Name, p.Section, p.Type, p.AttachType, p.hookText())
 			}
 			for _, m := range ins.Maps {
 				fmt.Printf("  map     %-20s %s key %d value %d max %d pinning %s\n", m.Name, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, m.Pinning)

@@ -1,6 +1,7 @@
-// Package hooks holds end-to-end tests that run the real bpfsup binary against
-// the real kernel, as root.
-package hooks
+// Package hookstest holds end-to-end tests of bpfsup's hooks: the real bpfsup
+// binary against the real kernel, as root. Events come from hookshelper, a
+// small program built once per test binary.
+package hookstest
 
 import (
 	"os"
@@ -12,5 +13,6 @@ import (
 func TestMain(m *testing.M) {
 	code := testutil.CheckNoFDLeaks(m)
 	testutil.BuildCleanup()
+	removeHelper()
 	os.Exit(code)
 }
