@@ -106,6 +106,9 @@ type kind struct {
 	// network says whether the target lives in a network namespace.
 	network bool
 	make    func(Spec) (Hook, error)
+	// check, when set, replaces CheckTarget's interface lookup: for kinds
+	// whose target is not an interface (a cgroup, a binary, a namespace).
+	check func(Spec) error
 }
 
 var kinds = map[string]kind{}
@@ -136,7 +139,11 @@ func Parse(s string) (Spec, error) {
 		return Spec{}, fmt.Errorf("empty hook spec: %w", ErrBadSpec)
 	}
 	head, target, _ := strings.Cut(s, ":")
-	kindName, variant, _ := strings.Cut(head, "/")
+	kindName, variant, slash := strings.Cut(head, "/")
+	if slash && variant == "" {
+		// "xdp/:veth0" would mean "xdp:veth0" but not say so.
+		return Spec{}, fmt.Errorf("hook %q: empty variant after '/': %w", s, ErrBadSpec)
+	}
 	k, ok := kinds[kindName]
 	if !ok {
 		return Spec{}, fmt.Errorf("hook %q: %w %q; known hooks: %s", s, ErrUnknownHook, kindName, strings.Join(Known(), ", "))
@@ -193,6 +200,9 @@ func CheckTarget(spec Spec) error {
 	k, ok := kinds[spec.Kind]
 	if !ok {
 		return fmt.Errorf("hook %q: %w", spec, ErrUnknownHook)
+	}
+	if k.check != nil {
+		return k.check(spec)
 	}
 	if k.network {
 		_, err := ifindex(spec.Netns, spec.Target)

@@ -52,17 +52,24 @@ func inNetns(path string, fn func() error) error {
 // ifindex resolves an interface name in the namespace at netnsPath.
 func ifindex(netnsPath, name string) (int, error) {
 	var idx int
-	err := inNetns(netnsPath, func() error {
-		iface, err := net.InterfaceByName(name)
-		if err != nil {
-			where := "this network namespace"
-			if netnsPath != "" {
-				where = "network namespace " + netnsPath
-			}
-			return fmt.Errorf("interface %q in %s: %w", name, where, ErrTargetNotFound)
-		}
-		idx = iface.Index
-		return nil
+	err := inNetns(netnsPath, func() (err error) {
+		idx, err = ifindexHere(netnsPath, name)
+		return err
 	})
 	return idx, err
+}
+
+// ifindexHere resolves an interface name in the network namespace of the
+// calling thread, which inNetns has switched to netnsPath; the path only
+// names that namespace in the error.
+func ifindexHere(netnsPath, name string) (int, error) {
+	iface, err := net.InterfaceByName(name)
+	if err != nil {
+		where := "this network namespace"
+		if netnsPath != "" {
+			where = "network namespace " + netnsPath
+		}
+		return 0, fmt.Errorf("interface %q in %s: %w", name, where, ErrTargetNotFound)
+	}
+	return iface.Index, nil
 }

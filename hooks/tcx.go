@@ -12,7 +12,7 @@ func init() {
 		variants:    []string{"ingress", "egress"},
 		needsTarget: true,
 		network:     true,
-		make:        func(s Spec) (Hook, error) { return &tcxHook{spec: s}, nil },
+		make:        newTCXHook, // tcx_fallback.go: tc on kernels without tcx
 	})
 }
 
@@ -37,7 +37,7 @@ func (h *tcxHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	}
 	var l link.Link
 	err := inNetns(h.spec.Netns, func() error {
-		idx, err := ifindex("", h.spec.Target)
+		idx, err := ifindexHere(h.spec.Netns, h.spec.Target)
 		if err != nil {
 			return err
 		}

@@ -47,7 +47,7 @@ func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	}
 	var l link.Link
 	err := inNetns(h.spec.Netns, func() error {
-		idx, err := ifindex("", h.spec.Target)
+		idx, err := ifindexHere(h.spec.Netns, h.spec.Target)
 		if err != nil {
 			return err
 		}

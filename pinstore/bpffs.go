@@ -71,15 +71,19 @@ func EnsureBPFFS(root string) (mounted bool, err error) {
 			root, existing, ErrNotBPFFS)
 	}
 
+	// A process in another mount namespace may be refused PID 1's namespace
+	// link (EACCES under `ip netns exec`): what cannot be shown to be the
+	// host's namespace is treated as a foreign one, never mounted in.
 	host, err := InHostMountNS()
-	if err != nil {
-		return false, err
-	}
-	if !host {
-		return false, fmt.Errorf("pin root %s: bpffs is not mounted at %s and this process is %w: "+
+	if err != nil || !host {
+		unknown := ""
+		if err != nil {
+			unknown = fmt.Sprintf(" (as far as it can tell: %v)", err)
+		}
+		return false, fmt.Errorf("pin root %s: bpffs is not mounted at %s and this process is %w%s: "+
 			"a bpffs mounted here would be private to this namespace and its pins would vanish with it "+
 			"(this happens under `ip netns exec`); run bpfsup in the host's mount namespace and use --netns, "+
-			"or point --pin-root at a bind mount of the host's bpffs", root, DefaultBPFFS, ErrForeignMountNS)
+			"or point --pin-root at a bind mount of the host's bpffs", root, DefaultBPFFS, ErrForeignMountNS, unknown)
 	}
 
 	if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {

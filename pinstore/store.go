@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
@@ -146,7 +147,8 @@ func (o *Object) Close() error {
 
 func (o *Object) stagingPath(target string) string {
 	dir, base := filepath.Split(target)
-	if filepath.Clean(filepath.Dir(dir)) == o.Dir {
+	// dir ends in '/': Dir of it is dir itself, so take Dir twice.
+	if filepath.Dir(filepath.Clean(dir)) == o.Dir {
 		// <obj>/<kind>/<name> -> <obj>/staging/<kind>-<name>
 		return filepath.Join(o.Dir, stagingDir, filepath.Base(dir)+"-"+base)
 	}
@@ -162,7 +164,9 @@ type Pinner interface {
 
 // Pin pins p at target: first under a staging name, then moved into place with
 // renameat2, which atomically replaces a pin already at target. A crash leaves
-// either the old pin or the new one at target.
+// either the old pin or the new one at target. p may be pinned again later;
+// an object that cilium/ebpf knows as pinned elsewhere (loaded from a pin)
+// has that pin moved to target rather than a second one made.
 func (o *Object) Pin(kind Kind, target string, p Pinner) error {
 	staging := o.stagingPath(target)
 	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
@@ -173,6 +177,14 @@ func (o *Object) Pin(kind Kind, target string, p Pinner) error {
 	}
 	if err := p.Pin(staging); err != nil {
 		return fmt.Errorf("pin %s: %w", target, err)
+	}
+	// cilium/ebpf now records the staging name as the object's pin. Once the
+	// pin has moved (or failed and been removed) that record is stale, and a
+	// later Pin of the same object would "move" the pin from there, which is
+	// a no-op when the staging name is the same. Unpin forgets the record,
+	// and removes the staged pin only where it is still there.
+	if u, ok := p.(interface{ Unpin() error }); ok {
+		defer u.Unpin()
 	}
 	if err := os.Chmod(staging, 0o600); err != nil {
 		os.Remove(staging)
@@ -194,6 +206,9 @@ func (o *Object) clearStaging() error {
 		return fmt.Errorf("object %s: read staging: %w", o.Name, err)
 	}
 	for _, e := range entries {
+		if o.finishStagedLink(e.Name()) {
+			continue
+		}
 		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("object %s: remove staging debris %s: %w", o.Name, e.Name(), err)
 		}
@@ -240,4 +255,24 @@ func listPins(dir string) ([]string, error) {
 func Exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
+}
+
+// finishStagedLink moves a link left in staging by a crash into its place and
+// reports whether it did. Such a link is attached: removing it would leave
+// its hook without a program until a new link is attached (and an XDP hook
+// takes no second link while it lives), so the move the crash interrupted is
+// completed instead. Reconciling the link afterwards corrects its program or
+// target where the configuration differs.
+func (o *Object) finishStagedLink(entry string) bool {
+	name, ok := strings.CutPrefix(entry, string(Links)+"-")
+	if !ok || CheckName("link", name) != nil {
+		return false
+	}
+	staged := filepath.Join(o.Dir, stagingDir, entry)
+	l, err := link.LoadPinnedLink(staged, nil)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, o.Path(Links, name), 0) == nil
 }

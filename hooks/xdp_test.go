@@ -1,0 +1,193 @@
+package hooks
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// XDP attach modes as the kernel reports them (IFLA_XDP_ATTACHED).
+const (
+	xdpModeDriver  = 1
+	xdpModeGeneric = 2
+)
+
+// xdpProg is one XDP program on an interface, as `ip -j link` reports it.
+type xdpProg struct {
+	Mode int
+	ID   ebpf.ProgramID
+}
+
+// xdpProgs asks the kernel (through iproute2) which XDP programs run on
+// iface in ns, and in which mode.
+func xdpProgs(tb testing.TB, ns *testutil.Netns, iface string) []xdpProg {
+	tb.Helper()
+	out := mustIP(tb, "-n", ns.Name, "-j", "link", "show", "dev", iface)
+	var links []struct {
+		XDP *struct {
+			Attached []struct {
+				Mode int `json:"mode"`
+				Prog struct {
+					ID uint32 `json:"id"`
+				} `json:"prog"`
+			} `json:"attached"`
+		} `json:"xdp"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
+		tb.Fatalf("ip -j link show dev %s: %q (%v)", iface, out, err)
+	}
+	var progs []xdpProg
+	if links[0].XDP != nil {
+		for _, a := range links[0].XDP.Attached {
+			progs = append(progs, xdpProg{Mode: a.Mode, ID: ebpf.ProgramID(a.Prog.ID)})
+		}
+	}
+	return progs
+}
+
+// xdpAttached lists the ids of the XDP programs on iface in ns.
+func xdpAttached(tb testing.TB, ns *testutil.Netns, iface string) []ebpf.ProgramID {
+	tb.Helper()
+	var ids []ebpf.ProgramID
+	for _, p := range xdpProgs(tb, ns, iface) {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
+// skipIfNativeXDPRefused skips the test when the kernel refuses native XDP
+// on the interface, with the kernel's reason; any other error is not a skip.
+func skipIfNativeXDPRefused(tb testing.TB, spec Spec, err error) {
+	tb.Helper()
+	if spec.Kind == "xdp" && spec.Variant == "native" && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, ErrNotSupported)) {
+		tb.Skipf("the kernel refuses native XDP here: %v", err)
+	}
+}
+
+func TestXDPModes(t *testing.T) {
+	for _, tc := range []struct {
+		variant   string
+		wantMode  int
+		mechanism string
+	}{
+		// veth has a native XDP driver, so the kernel's default is native.
+		{"", xdpModeDriver, "bpf_link xdp"},
+		{"generic", xdpModeGeneric, "bpf_link xdp (generic)"},
+		{"native", xdpModeDriver, "bpf_link xdp (native)"},
+	} {
+		name := "xdp"
+		if tc.variant != "" {
+			name += "/" + tc.variant
+		}
+		t.Run(name, func(t *testing.T) {
+			testutil.RequireRoot(t)
+			nsA := testutil.MustNetns(t, "xdp")
+			nsB := testutil.MustNetns(t, "xdp")
+			ifA, ifB := testutil.MustVethPair(t, nsA, nsB)
+			prog, maps := mustProgramWithMaps(t, "counter", "count_packets")
+
+			h := mustHook(t, name+":"+ifA.Name, nsA.Path)
+			if got := h.Mechanism(); got != tc.mechanism {
+				t.Errorf("Mechanism() = %q, want %q", got, tc.mechanism)
+			}
+			l, err := h.Attach(prog)
+			if err != nil {
+				skipIfNativeXDPRefused(t, h.Spec(), err)
+				t.Fatalf("attach: %v", err)
+			}
+			t.Cleanup(func() { l.Close() })
+
+			want := []xdpProg{{Mode: tc.wantMode, ID: progID(t, prog)}}
+			if got := xdpProgs(t, nsA, ifA.Name); len(got) != 1 || got[0] != want[0] {
+				t.Fatalf("kernel reports XDP programs %+v on %s, want %+v", got, ifA.Name, want)
+			}
+			if got := xdpProgs(t, nsB, ifB.Name); len(got) != 0 {
+				t.Fatalf("the peer %s has XDP programs %+v", ifB.Name, got)
+			}
+			info := linkInfo(t, l)
+			if info.Type != link.XDPType || info.XDP() == nil || int(info.XDP().Ifindex) != ifA.Index {
+				t.Fatalf("link info %+v, want an XDP link on ifindex %d", info, ifA.Index)
+			}
+			wantState(t, h, l, Attached)
+			// A tcx hook on the same interface does not own an XDP link.
+			wantState(t, mustHook(t, "tcx/ingress:"+ifA.Name, nsA.Path), l, Elsewhere)
+
+			// The program sees the traffic arriving on the interface.
+			recv := testutil.StartUDPReceiver(t, nsA, 0)
+			send := testutil.StartUDPSender(t, nsB, netip.AddrPortFrom(ifA.Addr, uint16(recv.Port())), 200)
+			recv.WaitCount(t, 5, 5*time.Second)
+			send.Stop()
+			var udp uint64
+			if err := maps["counters"].Lookup(uint32(unix.IPPROTO_UDP), &udp); err != nil {
+				t.Fatal(err)
+			}
+			if udp < 5 {
+				t.Fatalf("the program counted %d UDP packets, the receiver got %d", udp, recv.Count())
+			}
+		})
+	}
+}
+
+func TestXDPWrongProgramType(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.MustNetns(t, "xdp")
+	ifA, _ := testutil.MustVethPair(t, ns, ns)
+	h := mustHook(t, "xdp:"+ifA.Name, ns.Path)
+	l, err := h.Attach(mustProgram(t, "counter", "count_tc"))
+	if err == nil {
+		l.Close()
+		t.Fatal("attached a tc program to XDP")
+	}
+	if !errors.Is(err, ErrWrongProgramType) || !strings.Contains(err.Error(), "xdp:"+ifA.Name) {
+		t.Fatalf("attach tc program: %v, want ErrWrongProgramType naming the hook", err)
+	}
+	if got := xdpAttached(t, ns, ifA.Name); len(got) != 0 {
+		t.Fatalf("XDP programs %v on %s after a refused attach", got, ifA.Name)
+	}
+}
+
+func TestXDPTargetNotFound(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.MustNetns(t, "xdp")
+	prog := mustProgram(t, "counter", "count_packets")
+
+	h := mustHook(t, "xdp:bpfsupnone0", ns.Path)
+	l, err := h.Attach(prog)
+	if err == nil {
+		l.Close()
+		t.Fatal("attached to a missing interface")
+	}
+	if !errors.Is(err, ErrTargetNotFound) || !strings.Contains(err.Error(), `"bpfsupnone0"`) || !strings.Contains(err.Error(), ns.Path) {
+		t.Fatalf("attach to a missing interface: %v, want ErrTargetNotFound naming the interface and %s", err, ns.Path)
+	}
+	if err := CheckTarget(h.Spec()); !errors.Is(err, ErrTargetNotFound) || !strings.Contains(err.Error(), ns.Path) {
+		t.Fatalf("CheckTarget: %v, want ErrTargetNotFound naming %s", err, ns.Path)
+	}
+
+	// In bpfsup's own namespace the error says so (only looked up, never attached).
+	err = CheckTarget(Spec{Kind: "xdp", Target: "bpfsupnone0"})
+	if !errors.Is(err, ErrTargetNotFound) || !strings.Contains(err.Error(), "this network namespace") {
+		t.Fatalf("CheckTarget in own namespace: %v", err)
+	}
+
+	// A namespace that does not exist is named too.
+	missing := ns.Path + "-gone"
+	h = mustHook(t, "xdp:lo", missing)
+	if l, err = h.Attach(prog); err == nil {
+		l.Close()
+		t.Fatal("attached in a missing namespace")
+	}
+	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("attach in a missing namespace: %v, want ErrNotExist naming %s", err, missing)
+	}
+}
