@@ -14,7 +14,10 @@
 // LISTEN_PID must be the child's pid, which its parent cannot know before it
 // forks; so bpfsup starts the child through a re-exec of itself (Exec, in
 // the helper process) that sets LISTEN_PID to its own pid, optionally drops
-// privileges, and then execs the application in place.
+// privileges, and then execs the application in place. Just before that exec
+// the helper marks every fd above the handed ones close-on-exec, so the
+// application holds fds 0, 1, 2 and the handed ones and nothing else, not
+// even an fd that bpfsup itself inherited without close-on-exec.
 //
 // For Go children, Map, Program, Link and Files give typed access:
 //

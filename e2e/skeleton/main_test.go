@@ -10,6 +10,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The test binary is also the application bpfsup supervises: started with
+	// childModeEnv set, it plays the child and never runs a test.
+	if mode := os.Getenv(childModeEnv); mode != "" {
+		os.Exit(runChild(mode))
+	}
 	code := testutil.CheckNoFDLeaks(m)
 	testutil.BuildCleanup()
 	os.Exit(code)

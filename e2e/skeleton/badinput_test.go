@@ -1,0 +1,208 @@
+package skeleton
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// Bad input is a clear error that names the thing, a non-zero exit, and
+// nothing half-made: no pin under the pin root, no manifest or lock in the
+// state directory, nothing attached, no child started.
+func TestBadInput(t *testing.T) {
+	testutil.RequireRoot(t)
+	a, b := testutil.MustNetns(t, "bad-a"), testutil.MustNetns(t, "bad-b")
+	_, ifB := testutil.MustVethPair(t, a, b)
+	counter := testutil.BPFObject("counter")
+
+	notBPF := filepath.Join(t.TempDir(), "notes.bpf.o")
+	if err := os.WriteFile(notBPF, []byte("not an ELF file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notOnBPFFS := filepath.Join(t.TempDir(), "pins")
+
+	for _, tc := range []struct {
+		name string
+		// args for bpfsup run, before "--"; config, when not empty, is
+		// written to a file and given with -c.
+		args   []string
+		config string
+		// pinRoot replaces the env's pin root.
+		pinRoot string
+		// want are substrings of the error, all of them.
+		want []string
+	}{
+		{
+			name: "missing object file",
+			args: []string{"-o", "/nonexistent/fw.bpf.o", "-a", "xdp_fw@xdp:" + ifB.Name},
+			want: []string{"/nonexistent/fw.bpf.o", "no such file"},
+		},
+		{
+			name: "not an ELF file",
+			args: []string{"-o", notBPF, "-a", "count_packets@xdp:" + ifB.Name},
+			want: []string{notBPF, "not a", "ELF"},
+		},
+		{
+			name: "ELF but not BPF",
+			args: []string{"-o", "/bin/true", "-a", "count_packets@xdp:" + ifB.Name},
+			want: []string{"/bin/true", "not a BPF ELF"},
+		},
+		{
+			name: "program not in the object",
+			args: []string{"-o", counter, "-a", "no_such_prog@xdp:" + ifB.Name},
+			want: []string{`"no_such_prog"`, "not in the object", "count_packets"},
+		},
+		{
+			name: "unknown hook",
+			args: []string{"-o", counter, "-a", "count_packets@xdq:" + ifB.Name},
+			want: []string{`"xdq"`, "unknown hook", "xdp"},
+		},
+		{
+			name: "missing interface",
+			args: []string{"-o", counter, "-a", "count_packets@xdp:nosuch0"},
+			want: []string{`"nosuch0"`, b.Path, "not found"},
+		},
+		{
+			name: "object name with a dot",
+			config: fmt.Sprintf(`
+[[object]]
+path = %q
+name = "a.b"
+[[object.attach]]
+program = "count_packets"
+hook = "xdp:%s"
+`, counter, ifB.Name),
+			want: []string{`object name "a.b"`, `'.'`},
+		},
+		{
+			name: "link name with a dot",
+			config: fmt.Sprintf(`
+[[object]]
+path = %q
+[[object.attach]]
+program = "count_packets"
+hook = "xdp:%s"
+name = "count.packets"
+`, counter, ifB.Name),
+			want: []string{`link name "count.packets"`, `'.'`},
+		},
+		{
+			// Refused after the object's directory and lock were made.
+			name: "program the verifier refuses",
+			args: []string{"-o", testutil.BPFObject("bad_verifier"), "-a", "bad@xdp:" + ifB.Name},
+			want: []string{"bad", "verifier"},
+		},
+		{
+			name:    "pin root not on bpffs",
+			args:    []string{"-o", counter, "-a", "count_packets@xdp:" + ifB.Name},
+			pinRoot: notOnBPFFS,
+			want:    []string{notOnBPFFS, "not on bpffs"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testutil.MustEnv(t)
+			if tc.pinRoot != "" {
+				env.PinRoot = tc.pinRoot
+			}
+			args := append([]string{"--netns", b.Path}, tc.args...)
+			if tc.config != "" {
+				args = append(args, "-c", writeConfig(t, tc.config))
+			}
+			args = append(args, "--", "/bin/true")
+			out, code := env.Run(t, "run", args...)
+			t.Logf("bpfsup run %s:\n%s", strings.Join(args, " "), out)
+			if code == 0 {
+				t.Fatalf("bpfsup run exited 0")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("error does not say %q", w)
+				}
+			}
+			if strings.Contains(out, "child started") {
+				t.Errorf("the child was started")
+			}
+			if left := dirEntries(t, env.PinRoot); len(left) > 0 {
+				t.Errorf("left under the pin root %s: %v", env.PinRoot, left)
+			}
+			if left := dirEntries(t, env.StateDir); len(left) > 0 {
+				t.Errorf("left in the state directory %s: %v", env.StateDir, left)
+			}
+			if got := netAttachments(t, b, ifB.Name); len(got) > 0 {
+				t.Errorf("left attached to %s: %v", ifB.Name, got)
+			}
+		})
+	}
+}
+
+// An object whose pinned map does not match: the error names the map and the
+// field, and the installed object is untouched and still attached.
+func TestIncompatiblePinnedMap(t *testing.T) {
+	env := testutil.MustEnv(t)
+	a, b := testutil.MustNetns(t, "inc-a"), testutil.MustNetns(t, "inc-b")
+	_, ifB := testutil.MustVethPair(t, a, b)
+
+	out, code := env.Run(t, "run", "--netns", b.Path, "-o", testutil.BPFObject("dropfilter"),
+		"-a", "xdp_drop@xdp:"+ifB.Name, "--restart", "never", "--", "/bin/true")
+	if code != 0 {
+		t.Fatalf("install dropfilter: exit %d\n%s", code, out)
+	}
+	before := objectStatus(t, env, "dropfilter")
+	pinsBefore := dirEntries(t, env.PinRoot)
+	manifest := filepath.Join(env.StateDir, "dropfilter.json")
+	manBefore, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdpLink := findLink(t, before, "xdp_drop")
+	requireAttached(t, ifB, xdpLink.ID, findProgram(t, before, "xdp_drop").ID)
+
+	cfg := writeConfig(t, fmt.Sprintf(`
+[[object]]
+path = %q
+name = "dropfilter"
+[[object.attach]]
+program = "xdp_drop"
+hook = "xdp:%s"
+`, testutil.BPFObject("dropfilter_bigmap"), ifB.Name))
+	out, code = env.Run(t, "run", "--netns", b.Path, "-c", cfg, "--", "/bin/true")
+	t.Logf("bpfsup run with dropfilter_bigmap:\n%s", out)
+	if code == 0 {
+		t.Fatal("bpfsup run exited 0 with an incompatible pinned map")
+	}
+	for _, w := range []string{"drop_ports", "MaxEntries"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("error does not say %q", w)
+		}
+	}
+	if strings.Contains(out, "child started") {
+		t.Errorf("the child was started")
+	}
+
+	after := objectStatus(t, env, "dropfilter")
+	if pins := dirEntries(t, env.PinRoot); !slices.Equal(pins, pinsBefore) {
+		t.Errorf("pins changed: before %v, after %v", pinsBefore, pins)
+	}
+	if manAfter, err := os.ReadFile(manifest); err != nil || string(manAfter) != string(manBefore) {
+		t.Errorf("manifest changed (err %v):\nbefore %s\nafter %s", err, manBefore, manAfter)
+	}
+	for _, m := range before.Maps {
+		if got := findMap(t, after, m.Name); got != m {
+			t.Errorf("map %s: before %+v, after %+v", m.Name, m, got)
+		}
+	}
+	for _, p := range before.Programs {
+		if got := findProgram(t, after, p.Name); got != p {
+			t.Errorf("program %s: before %+v, after %+v", p.Name, p, got)
+		}
+	}
+	if got := findLink(t, after, "xdp_drop"); got != xdpLink {
+		t.Errorf("link xdp_drop: before %+v, after %+v", xdpLink, got)
+	}
+	requireAttached(t, ifB, xdpLink.ID, findProgram(t, before, "xdp_drop").ID)
+}

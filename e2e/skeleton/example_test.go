@@ -1,0 +1,56 @@
+package skeleton
+
+import (
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// examples/xdp-counter, the child of `make demo`, works under bpfsup: it gets
+// the counters map and prints the counts as they rise.
+func TestExampleXDPCounter(t *testing.T) {
+	env := testutil.MustEnv(t)
+	bin := filepath.Join(t.TempDir(), "xdp-counter")
+	// testutil.GoBuild: prebuilt in the VMs of `make kernels`.
+	if out, err := testutil.GoBuild("./examples/xdp-counter", bin); err != nil {
+		t.Fatalf("build examples/xdp-counter: %v\n%s", err, out)
+	}
+
+	a, b := testutil.MustNetns(t, "ex-a"), testutil.MustNetns(t, "ex-b")
+	_, ifB := testutil.MustVethPair(t, a, b)
+	recv := testutil.StartUDPReceiver(t, b, 0)
+	testutil.StartUDPSender(t, a, netip.AddrPortFrom(ifB.Addr, uint16(recv.Port())), 200)
+	sup := startRun(t, env, nil, "--netns", b.Path, "-o", testutil.BPFObject("counter"),
+		"-a", "count_packets@xdp:"+ifB.Name, "--", bin)
+
+	sup.WaitOutput(t, "counters map id", startTimeout)
+	m := regexp.MustCompile(`counters map id (\d+)`).FindStringSubmatch(sup.Output())
+	if m == nil {
+		t.Fatalf("no map id in the example's output:\n%s", sup.Output())
+	}
+	if id := findMap(t, objectStatus(t, env, "counter"), "counters").ID; m[1] != strconv.FormatUint(uint64(id), 10) {
+		t.Fatalf("example says counters map id %s, status says %d", m[1], id)
+	}
+	// The example prints once a second; two lines with UDP counts that grew
+	// show it reads the live map.
+	udp := regexp.MustCompile(`(?m)^counts: .*\budp=(\d+)`)
+	var counts []uint64
+	deadline := time.Now().Add(waitTimeout)
+	for len(counts) < 2 || counts[len(counts)-1] <= counts[0] {
+		if time.Now().After(deadline) {
+			t.Fatalf("the example's UDP counts did not rise within %v:\n%s", waitTimeout, sup.Output())
+		}
+		counts = counts[:0]
+		for _, c := range udp.FindAllStringSubmatch(sup.Output(), -1) {
+			n, _ := strconv.ParseUint(c[1], 10, 64)
+			counts = append(counts, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("the example printed UDP counts %v", counts)
+}
