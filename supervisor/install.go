@@ -1,15 +1,18 @@
 package supervisor
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -33,6 +36,11 @@ type plan struct {
 	mapCfg   map[string]MapConfig
 	progCfg  map[string]ProgramConfig
 	progList []string
+	// force replaces foreign pins (Options.Force) instead of stopping.
+	force bool
+	// unattached lists the programs no attachment names and whose section
+	// names no whole hook, for the log.
+	unattached []unattachedProgram
 }
 
 type plannedLink struct {
@@ -51,7 +59,13 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", cfg.Path, err)
 	}
+	if !bytes.HasPrefix(data, []byte("\x7fELF")) {
+		return nil, fmt.Errorf("object %s: not an ELF file (%d bytes, starting %q)", cfg.Path, len(data), data[:min(len(data), 8)])
+	}
 	spec, err := ebpf.LoadCollectionSpecFromReader(strings.NewReader(string(data)))
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, fmt.Errorf("object %s: the ELF file is truncated (%d bytes): %w", cfg.Path, len(data), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("object %s: not a BPF ELF object bpfsup can load: %w", cfg.Path, err)
 	}
@@ -107,6 +121,12 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 			return nil, fmt.Errorf("object %s: %w", name, err)
 		}
 	}
+	if len(p.progList) > 0 && spec.Programs[p.progList[0]].License == "" {
+		// The kernel would load most programs without one, and refuse only
+		// GPL-only helpers, with an error that does not say why.
+		return nil, fmt.Errorf("object %s: no license section: add char LICENSE[] SEC(\"license\") = \"GPL\"; "+
+			"(or another license) to the source, the kernel decides by it which helpers the programs may call", cfg.Path)
+	}
 	for pname := range cfg.Programs {
 		if !contains(p.progList, pname) {
 			return nil, fmt.Errorf("object %s: program %q in the configuration is not in the object (has: %s)", name, pname, strings.Join(p.progList, ", "))
@@ -123,7 +143,9 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 		if !ok || ps.Type == ebpf.UnspecifiedProgram {
 			return nil, fmt.Errorf("object %s: program %q not in the object (has: %s)", name, a.Program, strings.Join(p.progList, ", "))
 		}
-		hs, err := hooks.Parse(a.Hook)
+		// A whole hook spec, or only its target where the section names the
+		// kind of hook (-a count@veth0 for SEC("xdp")).
+		hs, err := hooks.Resolve(a.Hook, a.Program, ps)
 		if err != nil {
 			return nil, fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
 		}
@@ -139,6 +161,9 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 		if err != nil {
 			return nil, fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
 		}
+		if err := hooks.Prepare(h, a.Program, ps); err != nil {
+			return nil, fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
+		}
 		lname := a.Name
 		if lname == "" {
 			lname = pinstore.LinkName(a.Program, hs.Target, count[a.Program] == 1)
@@ -152,8 +177,57 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 		seen[lname] = hs.String()
 		p.links = append(p.links, plannedLink{name: lname, program: a.Program, hook: h})
 	}
+	if err := planSectionHooks(p, count, seen); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
+
+// planSectionHooks attaches the programs no attachment names where their
+// section names a whole hook (SEC("tp/sched/sched_process_exec")). The
+// others, whose hook needs a target (SEC("xdp")) or that have none (tail
+// calls, socket filters), are loaded and pinned only: for the child, or for
+// a later -a.
+func planSectionHooks(p *plan, count map[string]int, seen map[string]string) error {
+	for _, pname := range p.progList {
+		ps := p.spec.Programs[pname]
+		if count[pname] > 0 || ps == nil || ps.Type == ebpf.UnspecifiedProgram {
+			continue
+		}
+		inf, err := hooks.FromSection(ps.SectionName)
+		if err != nil {
+			p.unattached = append(p.unattached, unattachedProgram{pname, err.Error()})
+			continue
+		}
+		if inf.NeedsTarget && ps.AttachTo == "" && (ps.Type == ebpf.Tracing || ps.Type == ebpf.LSM) {
+			// The kernel wants these programs' target when it loads them.
+			return fmt.Errorf("object %s: program %s (section %q) can only be loaded for a target: -a %s@%s:TARGET",
+				p.name, pname, ps.SectionName, pname, inf.Spec)
+		}
+		if inf.NeedsTarget {
+			p.unattached = append(p.unattached, unattachedProgram{pname,
+				fmt.Sprintf("section %q needs a target: -a %s@TARGET", ps.SectionName, pname)})
+			continue
+		}
+		h, err := hooks.New(inf.Spec)
+		if err == nil {
+			err = hooks.Prepare(h, pname, ps)
+		}
+		if err != nil {
+			return fmt.Errorf("object %s: program %s: hook %s from section %q: %w", p.name, pname, inf.Spec, ps.SectionName, err)
+		}
+		if prev, dup := seen[pname]; dup {
+			return fmt.Errorf("object %s: attachment %s and program %s's section hook %s would both pin link %q; give the attachment a name", p.name, prev, pname, inf.Spec, pname)
+		}
+		seen[pname] = inf.Spec.String()
+		p.links = append(p.links, plannedLink{name: pname, program: pname, hook: h})
+	}
+	return nil
+}
+
+// unattachedProgram is a program loaded and pinned but attached nowhere, and
+// why.
+type unattachedProgram struct{ program, why string }
 
 // installed is an object as installed: the lock held, every map, program and
 // link open.
@@ -166,6 +240,10 @@ type installed struct {
 	manifest *pinstore.Manifest
 	adopted  int // programs adopted without loading
 	loaded   int
+	// loadTook is the time spent loading programs (the verifier's);
+	// swapTook the time spent reconciling links; swapped when that ended.
+	loadTook, swapTook time.Duration
+	swapped            time.Time
 }
 
 func (in *installed) close() {
@@ -220,6 +298,10 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 // it changes nothing it cannot undo; on error, it undoes what it did.
 func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err error) {
 	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}}
+	// release closes what a rollback would need, once install is done
+	// (deferred first, so that it runs after the rollback).
+	var release undo
+	defer func() { release.run() }()
 	var rollback undo
 	defer func() {
 		if err != nil {
@@ -235,11 +317,34 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 		old = nil
 	}
 
+	// Foreign pins are found before anything is made; see ownership.go.
+	own := ownedBy(old)
+	foreign, resetMaps, err := checkPinsBefore(obj, p, own)
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", p.name, err)
+	}
+	if len(foreign) > 0 && !p.force {
+		return nil, foreignError(p.name, foreign)
+	}
+	logForeign(log, p.name, foreign)
+	var asides []foreignPin
+	for _, f := range foreign {
+		if !f.aside {
+			continue
+		}
+		back, err := moveAside(obj, f)
+		if err != nil {
+			return nil, fmt.Errorf("object %s: %w", p.name, err)
+		}
+		rollback.push(back)
+		asides = append(asides, f)
+	}
+
 	// Maps.
 	fresh := map[string]bool{}
 	for _, name := range p.maps {
 		mc := p.mapCfg[name]
-		res, err := obj.AdoptOrCreateMap(name, p.spec.Maps[name], pinstore.MapPolicy{PinPath: mc.PinPath, Reset: mc.Reset, Migrate: mc.Migrate})
+		res, err := obj.AdoptOrCreateMap(name, p.spec.Maps[name], pinstore.MapPolicy{PinPath: mc.PinPath, Reset: mc.Reset || resetMaps[name], Migrate: mc.Migrate})
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w", p.name, err)
 		}
@@ -253,7 +358,9 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	}
 
 	// Programs.
+	loadStart := time.Now()
 	progs, err := obj.AdoptOrLoadPrograms(p.spec, in.maps, ebpf.ProgramOptions{})
+	in.loadTook = time.Since(loadStart)
 	if err != nil {
 		if vlog := pinstore.VerifierLog(err, 20); vlog != "" {
 			return nil, fmt.Errorf("%w\nverifier log (last lines):\n%s", err, vlog)
@@ -280,6 +387,14 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 			}
 		}
 	}
+	foreign, err = checkPinsAfterLoad(obj, p, own, progs)
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", p.name, err)
+	}
+	if len(foreign) > 0 && !p.force {
+		return nil, foreignError(p.name, foreign)
+	}
+	logForeign(log, p.name, foreign)
 
 	// Write-ahead: the manifest names what is about to be pinned, so that a
 	// crash between here and the renames leaves pins the next start knows.
@@ -287,6 +402,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	if changed && old != nil {
 		man.Generation = old.Generation + 1
 	}
+	carryStale(man, old)
 	if err := obj.WriteManifest(man); err != nil {
 		return nil, err
 	}
@@ -302,11 +418,29 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 		}
 		path := obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath})
 		existed := pinstore.Exists(path)
+		// A reset or migrated map replaces a pinned one: a rollback pins
+		// the old one (and its contents) back.
+		var prev *ebpf.Map
+		if existed {
+			if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
+				prev, _ = m.Clone() // without m's pin path, which Pin would rename
+				m.Close()
+			}
+		}
 		if err := obj.Pin(pinstore.Maps, path, in.maps[name]); err != nil {
+			prev.Close()
 			return nil, err
 		}
-		if !existed {
+		switch {
+		case !existed:
 			rollback.push(func() { os.Remove(path) })
+		case prev != nil:
+			release.push(func() { prev.Close() })
+			rollback.push(func() {
+				if err := obj.Pin(pinstore.Maps, path, prev); err != nil {
+					log.Error("could not pin the replaced map back", "map", path, "err", err)
+				}
+			})
 		}
 	}
 
@@ -324,8 +458,9 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 		rollback.push(func() { os.Remove(path) })
 	}
 
+	swapStart := time.Now()
 	for _, pl := range p.links {
-		l, err := reconcileLink(obj, pl, in.progs[pl.program], &rollback, log)
+		l, err := reconcileLinkUndoable(obj, pl, in.progs[pl.program], &rollback, &release, p.force, log)
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w", p.name, err)
 		}
@@ -333,6 +468,8 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 			in.links[pl.name] = l
 		}
 	}
+	in.swapped = time.Now()
+	in.swapTook = in.swapped.Sub(swapStart)
 
 	for _, name := range p.progList {
 		r := progs[name]
@@ -346,7 +483,13 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 
 	// Past this point nothing fails in a way that needs undoing.
 	rollback = nil
-	removeStale(obj, p, log)
+	for _, f := range asides {
+		os.Remove(asidePath(obj, f))
+	}
+	removeStale(obj, p, own, log)
+	for _, u := range p.unattached {
+		log.Info("program loaded and pinned, not attached", "object", p.name, "program", u.program, "why", u.why)
+	}
 
 	man = newManifest(p, old, in)
 	if changed && old != nil {
@@ -363,9 +506,24 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 // returns the open link, or nil when the link is kept defunct because its
 // target is gone.
 func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback *undo, log *slog.Logger) (link.Link, error) {
+	var release undo
+	defer func() { release.run() }()
+	return reconcileLinkUndoable(obj, pl, prog, rollback, &release, false, log)
+}
+
+// reconcileLinkUndoable is reconcileLink for an install that may roll back:
+// what the rollback needs stays open until the caller runs release. A link
+// running a program bpfsup did not put there is ErrLinkChanged unless force.
+func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback, release *undo, force bool, log *slog.Logger) (link.Link, error) {
 	path := obj.Path(pinstore.Links, pl.name)
 	spec := pl.hook.Spec()
-	pinned, err := link.LoadPinnedLink(path, nil)
+	// A hook without bpf_links (tcx's tc fallback) names its attachment
+	// after the pin, and says what it cannot promise on this kernel.
+	hooks.BindPin(pl.hook, path)
+	if c := hooks.Caveat(pl.hook); c != "" {
+		log.Warn(c, "object", obj.Name, "link", pl.name, "hook", spec.String(), "mechanism", pl.hook.Mechanism())
+	}
+	pinned, err := hooks.LoadPinned(path)
 	if errors.Is(err, os.ErrNotExist) {
 		l, err := pl.hook.Attach(prog)
 		if err != nil {
@@ -376,7 +534,7 @@ func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rol
 			l.Close()
 			return nil, err
 		}
-		rollback.push(func() { os.Remove(path) })
+		rollback.push(func() { hooks.Unpin(path) })
 		return l, nil
 	}
 	if err != nil {
@@ -406,6 +564,10 @@ func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rol
 			return pinned, nil
 		}
 		if pl.hook.Updatable() {
+			if err := checkLinkProgram(obj, pl.name, pl.program, info.Program, force); err != nil {
+				pinned.Close()
+				return nil, err
+			}
 			oldProg, err := ebpf.NewProgramFromID(info.Program)
 			if err != nil {
 				pinned.Close()
@@ -414,14 +576,14 @@ func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rol
 			if err := updateLink(pinned, prog, oldProg); err != nil {
 				oldProg.Close()
 				pinned.Close()
-				return nil, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, err)
+				return nil, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
 			}
 			crash.At("links/updated")
+			release.push(func() { oldProg.Close() })
 			rollback.push(func() {
 				if err := updateLink(pinned, oldProg, prog); err != nil {
 					log.Error("could not swap link back", "link", pl.name, "err", err)
 				}
-				oldProg.Close()
 			})
 			log.Info("swapped program in place", "link", pl.name, "hook", spec.String(), "old_program", info.Program, "new_program", progID)
 			return pinned, nil
@@ -434,7 +596,7 @@ func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rol
 	}
 
 	// Make-before-break: the new link first, then the pin moves onto it, then
-	// the old one goes. Both may run for an instant, never neither.
+	// the old one goes (see below). Both may run for a moment, never neither.
 	l, err := pl.hook.Attach(prog)
 	if err != nil {
 		pinned.Close()
@@ -447,7 +609,20 @@ func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rol
 		return nil, err
 	}
 	log.Info("replaced link", "link", pl.name, "hook", spec.String(), "was", state.String(), "old_link", info.ID)
-	pinned.Close()
+	// The old link stays open until the install is done (a reload's old
+	// state holds it that long anyway): a rollback pins it back, and the
+	// new one goes. Both run meanwhile, never neither.
+	release.push(func() { pinned.Close() })
+	rollback.push(func() {
+		back, err := link.NewFromID(info.ID) // without pinned's pin path, which Pin would rename
+		if err == nil {
+			err = obj.Pin(pinstore.Links, path, back)
+			back.Close() // the pin holds it
+		}
+		if err != nil {
+			log.Error("could not pin the old link back", "link", pl.name, "err", err)
+		}
+	})
 	return l, nil
 }
 
@@ -465,21 +640,23 @@ func updateLink(l link.Link, prog, old *ebpf.Program) error {
 
 // removeStale unpins links and programs of the object that the configuration
 // no longer has. Maps stay: their contents may be wanted again.
-func removeStale(obj *pinstore.Object, p *plan, log *slog.Logger) {
+func removeStale(obj *pinstore.Object, p *plan, own owned, log *slog.Logger) {
 	want := map[string]bool{}
 	for _, pl := range p.links {
 		want[pl.name] = true
 	}
 	names, _ := obj.Pins(pinstore.Links)
 	for _, n := range names {
-		if !want[n] {
+		if !want[n] && staleIsOurs(obj, pinstore.Links, n, p, own, log) {
 			log.Info("removing link no longer configured", "object", p.name, "link", n)
-			os.Remove(obj.Path(pinstore.Links, n))
+			if err := hooks.Unpin(obj.Path(pinstore.Links, n)); err != nil {
+				log.Warn("could not remove link", "object", p.name, "link", n, "err", err)
+			}
 		}
 	}
 	names, _ = obj.Pins(pinstore.Programs)
 	for _, n := range names {
-		if !contains(p.progList, n) {
+		if !contains(p.progList, n) && staleIsOurs(obj, pinstore.Programs, n, p, own, log) {
 			log.Info("removing program no longer in the object", "object", p.name, "program", n)
 			os.Remove(obj.Path(pinstore.Programs, n))
 		}
@@ -514,10 +691,8 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 			rec.ID, rec.Tag = uint32(id), info.Tag
 		}
 		if old != nil {
-			if o, ok := old.Programs[name]; ok && o.ID != rec.ID {
-				rec.PreviousIDs = appendID(o.PreviousIDs, o.ID)
-			} else if ok {
-				rec.PreviousIDs = o.PreviousIDs
+			if o, ok := old.Programs[name]; ok {
+				rec.PreviousIDs = carryIDs(o.PreviousIDs, o.ID, rec.ID, programAlive)
 			}
 		}
 		m.Programs[name] = rec
@@ -532,8 +707,8 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 			}
 		}
 		if old != nil {
-			if o, ok := old.Links[pl.name]; ok && o.ID != rec.ID && o.ID != 0 {
-				rec.PreviousIDs = appendID(o.PreviousIDs, o.ID)
+			if o, ok := old.Links[pl.name]; ok {
+				rec.PreviousIDs = carryIDs(o.PreviousIDs, o.ID, rec.ID, linkAlive)
 			}
 		}
 		m.Links[pl.name] = rec
@@ -541,13 +716,38 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 	return m
 }
 
-// appendID keeps the last few ids a name had.
-func appendID(ids []uint32, id uint32) []uint32 {
-	ids = append(ids, id)
-	if len(ids) > 4 {
-		ids = ids[len(ids)-4:]
+// carryIDs is the list of earlier ids of a program or link: the previous
+// list and the old id, without the current id, without ids the kernel no
+// longer has (they cannot be pinned or attached any more) and without
+// duplicates. Dropping only dead ids, rather than keeping the last few, means
+// that a pin left by any number of crashed upgrades is still recognised.
+func carryIDs(prev []uint32, oldID, cur uint32, alive func(uint32) bool) []uint32 {
+	var out []uint32
+	for _, id := range append(append([]uint32(nil), prev...), oldID) {
+		if id == 0 || id == cur || containsID(out, id) || !alive(id) {
+			continue
+		}
+		out = append(out, id)
 	}
-	return ids
+	return out
+}
+
+func programAlive(id uint32) bool {
+	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	p.Close()
+	return true
+}
+
+func linkAlive(id uint32) bool {
+	l, err := link.NewFromID(link.ID(id))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	l.Close()
+	return true
 }
 
 func contains(list []string, s string) bool {

@@ -13,11 +13,13 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
 // StatusSchema is the version of the JSON that `bpfsup status --json`
-// prints. Fields are only ever added; a change of meaning bumps it.
+// prints, documented in docs/status-schema.md. Fields are only ever added; a
+// change of meaning or a removal bumps it.
 const StatusSchema = 1
 
 // Status is what `bpfsup status` reports, read from the pins, the kernel and
@@ -47,11 +49,14 @@ type ObjectStatus struct {
 
 // SupervisorStatus is the supervisor managing an object, when one runs.
 type SupervisorStatus struct {
-	PID      int       `json:"pid"`
-	Version  string    `json:"version"`
-	Started  time.Time `json:"started"`
-	ChildPID int       `json:"child_pid,omitempty"`
-	Restarts int       `json:"restarts"`
+	// PID holds the object's lock.
+	PID     int       `json:"pid"`
+	Version string    `json:"version"`
+	Started time.Time `json:"started"`
+	// ChildPID is the running child's pid; 0 (omitted) while no child runs.
+	ChildPID int `json:"child_pid,omitempty"`
+	// Restarts counts the child's restarts since the supervisor started.
+	Restarts int `json:"restarts"`
 }
 
 // MapStatus is one pinned map.
@@ -86,8 +91,10 @@ type LinkStatus struct {
 	// the object's pinned programs.
 	Program string `json:"program,omitempty"`
 	// Hook is the configured hook spec ("xdp:veth0"), from the manifest.
-	Hook  string `json:"hook,omitempty"`
-	Netns string `json:"netns,omitempty"`
+	Hook string `json:"hook,omitempty"`
+	// Target is the hook's target ("veth0"), from the manifest.
+	Target string `json:"target,omitempty"`
+	Netns  string `json:"netns,omitempty"`
 	// Ifindex is the interface the link is on, for network links.
 	Ifindex uint32 `json:"ifindex,omitempty"`
 	// State is attached, defunct (its target is gone) or unknown.
@@ -125,7 +132,10 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 		os.Source, os.ObjectSHA256, os.Generation = man.Source, man.ObjectSHA256, man.Generation
 		if sup := man.Supervisor; sup != nil {
 			if pid, ok := pinstore.LockHolder(store.LockPath(name)); ok && pid == sup.PID {
-				os.Supervisor = &SupervisorStatus{PID: sup.PID, Version: sup.Version, Started: sup.Started, ChildPID: sup.ChildPID, Restarts: sup.Restarts}
+				os.Supervisor = &SupervisorStatus{PID: sup.PID, Version: sup.Version, Started: sup.Started, Restarts: sup.Restarts}
+				if processRuns(sup.ChildPID) {
+					os.Supervisor.ChildPID = sup.ChildPID
+				}
 			}
 		}
 	}
@@ -201,13 +211,16 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 		if man != nil {
 			if rec, ok := man.Links[ln]; ok {
 				ls.Hook, ls.Netns, ls.Mechanism = rec.Hook, rec.Netns, rec.Mechanism
+				if _, target, ok := strings.Cut(rec.Hook, ":"); ok {
+					ls.Target = target
+				}
 				ls.Upgrade = "make-before-break"
 				if rec.Updatable {
 					ls.Upgrade = "in-place"
 				}
 			}
 		}
-		l, err := link.LoadPinnedLink(path, nil)
+		l, err := hooks.LoadPinned(path)
 		if err != nil {
 			os.Problems = append(os.Problems, fmt.Sprintf("link %s: %v", ln, err))
 			os.Links = append(os.Links, ls)
@@ -230,7 +243,30 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 		l.Close()
 		os.Links = append(os.Links, ls)
 	}
+	for _, n := range pinNames(os.Dir, "staging") {
+		os.Problems = append(os.Problems, fmt.Sprintf("staging debris %s/staging/%s (the next start removes it)", os.Dir, n))
+	}
 	return os
+}
+
+// processRuns reports whether pid is a process that has not exited: a
+// zombie has exited even though kill(pid, 0) still succeeds on it.
+func processRuns(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command, which is in parentheses and may hold
+	// spaces and parentheses itself.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 || i+2 >= len(data) {
+		return false
+	}
+	state := data[i+2]
+	return state != 'Z' && state != 'X'
 }
 
 func pinNames(dir string, kind pinstore.Kind) []string {
@@ -369,4 +405,3 @@ func (st *Status) Render() string {
 func (st *Status) JSON() ([]byte, error) {
 	return json.MarshalIndent(st, "", "  ")
 }
-

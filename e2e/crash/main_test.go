@@ -1,6 +1,8 @@
-// Package crash holds end-to-end tests that run the real bpfsup binary against
-// the real kernel, as root.
-package crash
+// Package crashtest holds end-to-end tests of bpfsup's crash safety: the real
+// bpfsup binary, killed at every step of its work and at random moments,
+// against the real kernel, as root. (Not named crash: it imports
+// internal/crash for the list of crash points.)
+package crashtest
 
 import (
 	"os"

@@ -2,10 +2,16 @@
 // step of its work, so that tests can prove that a crash at any step leaves
 // state the next start converges from.
 //
-// It is driven by the environment variable BPFSUP_TEST_CRASH_AT, which is for
-// tests only and must never be set in production. Its value is a step name
-// from Points, optionally followed by "#N" to crash at the N-th time the step
-// is reached (default 1).
+// It is driven by environment variables that are for tests only and must
+// never be set in production:
+//
+//   - BPFSUP_TEST_CRASH_AT=STEP[#N] kills the process with SIGKILL the N-th
+//     time (default 1) it reaches STEP, one of Points.
+//   - BPFSUP_TEST_CRASH_TRACE=FILE appends the name of every step reached to
+//     FILE, one a line, so that a test can list the steps a run goes through
+//     and then crash at each of them.
+//
+// When neither is set, At costs one comparison.
 package crash
 
 import (
@@ -19,21 +25,25 @@ import (
 // EnvVar names the testing-only variable that arms a crash point.
 const EnvVar = "BPFSUP_TEST_CRASH_AT"
 
-// The steps at which bpfsup can be made to crash. Every call of At must name
-// one of these; TestPointsAreListed checks the sources for that.
+// TraceEnvVar names the testing-only variable that records the steps reached.
+const TraceEnvVar = "BPFSUP_TEST_CRASH_TRACE"
+
+// The steps at which bpfsup can be made to crash, in the order an install
+// reaches them. Every call of At must name one of these, and every one of
+// these must be named by a call; TestPointsMatchSources checks both.
 var points = []string{
-	"maps/created",
-	"maps/staged",
-	"maps/moved",
-	"programs/loaded",
-	"programs/staged",
-	"programs/moved",
-	"links/attached",
-	"links/updated",
-	"links/staged",
-	"links/moved",
-	"manifest/before-write",
-	"manifest/after-write",
+	"maps/created",          // a map was created (not pinned yet)
+	"maps/staged",           // a map was pinned under its staging name
+	"maps/moved",            // a map's pin was moved into place
+	"programs/loaded",       // a program was loaded (not pinned yet)
+	"programs/staged",       // a program was pinned under its staging name
+	"programs/moved",        // a program's pin was moved into place
+	"links/attached",        // a new link was attached (not pinned yet)
+	"links/updated",         // a pinned link's program was swapped in place
+	"links/staged",          // a link was pinned under its staging name
+	"links/moved",           // a link's pin was moved into place
+	"manifest/before-write", // the manifest is about to be replaced
+	"manifest/after-write",  // the manifest was replaced
 }
 
 // Points lists every crash point, in the order bpfsup reaches them.
@@ -41,38 +51,53 @@ func Points() []string { return append([]string(nil), points...) }
 
 var (
 	once   sync.Once
+	active bool
 	target string
 	nth    = 1
+	trace  *os.File
 	mu     sync.Mutex
 	seen   int
 )
 
 func arm() {
-	v := os.Getenv(EnvVar)
-	if v == "" {
-		return
-	}
-	name, count, ok := strings.Cut(v, "#")
-	if ok {
-		if n, err := strconv.Atoi(count); err == nil && n > 0 {
-			nth = n
+	if path := os.Getenv(TraceEnvVar); path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+		if err == nil {
+			trace = f
 		}
 	}
-	target = name
+	if v := os.Getenv(EnvVar); v != "" {
+		name, count, ok := strings.Cut(v, "#")
+		if ok {
+			if n, err := strconv.Atoi(count); err == nil && n > 0 {
+				nth = n
+			}
+		}
+		target = name
+	}
+	active = trace != nil || target != ""
 }
 
-// At kills the process with SIGKILL when the armed crash point is name.
+// At kills the process with SIGKILL when the armed crash point is name, and
+// records name when tracing is on.
 func At(name string) {
 	once.Do(arm)
-	if target == "" || name != target {
+	if !active {
 		return
 	}
 	mu.Lock()
-	seen++
-	hit := seen == nth
+	if trace != nil {
+		// One write per line: O_APPEND keeps lines whole and in order.
+		_, _ = trace.WriteString(name + "\n")
+	}
+	hit := false
+	if name == target {
+		seen++
+		hit = seen == nth
+	}
 	mu.Unlock()
 	if hit {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // SIGKILL is not deliverable late, but never return
+		select {} // SIGKILL cannot be caught; never return
 	}
 }

@@ -1,0 +1,123 @@
+package crashtest
+
+import (
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// TestDefunctLinkReattached deletes the filtered interface under a running
+// bpfsup and its child, and creates an interface of the same name again: the
+// link is defunct meanwhile (and status says so), and bpfsup attaches the
+// filter to the new interface within a second, from a netlink notification,
+// without touching the child.
+func TestDefunctLinkReattached(t *testing.T) {
+	n := newNetRig(t)
+	r := newRig(t, n)
+	r.seedDropPorts(t)
+	sup := r.startReady(t)
+	before := r.checkConverged(t)
+	child := childPID(t, sup.Output())
+
+	for round := 1; round <= 2; round++ {
+		ip(t, "-n", n.nsA.Name, "link", "del", n.ifA.Name)
+		testutil.WaitFor(t, 5*time.Second, "the link to go defunct in status", func() bool {
+			o := r.status(t)
+			return len(o.Links) == 1 && o.Links[0].State == "defunct"
+		})
+		sup.WaitOutput(t, "interface deleted", 5*time.Second)
+
+		idx, attachedAfter := recreate(t, n, before.progs["xdp_drop"])
+		t.Logf("round %d: filter attached to the new interface %v after it was created", round, attachedAfter.Round(time.Millisecond))
+		if attachedAfter > time.Second {
+			t.Errorf("round %d: the filter took %v to be attached again, want under a second", round, attachedAfter)
+		}
+		// Logged once the pin moved, a moment after the attach.
+		testutil.WaitFor(t, 5*time.Second, "the re-attachment in the log", func() bool {
+			return strings.Count(sup.Output(), "re-attached link") == round
+		})
+		o := r.status(t)
+		if len(o.Links) != 1 || o.Links[0].State != "attached" || int(o.Links[0].Ifindex) != idx || o.Links[0].Target != n.ifB.Name {
+			t.Errorf("round %d: status links after re-attach: %+v (new ifindex %d)", round, o.Links, idx)
+		}
+		if got := childPID(t, sup.Output()); got != child || strings.Count(sup.Output(), "child started") != 1 {
+			t.Errorf("round %d: the child was restarted (pid %d, was %d)", round, got, child)
+		}
+		if o.Supervisor == nil || o.Supervisor.ChildPID != child {
+			t.Errorf("round %d: status supervisor %+v, want child pid %d", round, o.Supervisor, child)
+		}
+	}
+	stop(t, sup)
+}
+
+// recreate creates the veth pair of n again under the same names, as a
+// container restart would, and waits for the filter (program prog) on the
+// new ifB. It returns the new ifindex and how long after the creation began
+// the filter ran on it.
+func recreate(t testing.TB, n *netRig, prog uint32) (int, time.Duration) {
+	t.Helper()
+	created := time.Now()
+	ip(t, "link", "add", n.ifA.Name, "netns", n.nsA.Name, "type", "veth", "peer", "name", n.ifB.Name, "netns", n.nsB.Name)
+	var idx int
+	var after time.Duration
+	testutil.WaitFor(t, 5*time.Second, "the filter on the new "+n.ifB.Name, func() bool {
+		if idx == 0 {
+			if err := n.nsB.Do(func() (err error) { idx, err = netInterface(n.ifB.Name); return err }); err != nil {
+				idx = 0
+				return false
+			}
+		}
+		id, err := n.xdp.progID(idx)
+		after = time.Since(created)
+		return err == nil && id == prog
+	})
+	return idx, after
+}
+
+// BenchmarkDefunctReattach measures how long after an interface of the
+// filtered name is created again bpfsup's filter runs on it (the interface's
+// creation included): one deletion and re-creation per iteration.
+func BenchmarkDefunctReattach(b *testing.B) {
+	n := newNetRig(b)
+	r := newRig(b, n)
+	r.seedDropPorts(b)
+	sup := r.startReady(b)
+	st := r.checkConverged(b)
+	b.ResetTimer()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ip(b, "-n", n.nsA.Name, "link", "del", n.ifA.Name)
+		b.StartTimer()
+		_, after := recreate(b, n, st.progs["xdp_drop"])
+		total += after
+	}
+	b.ReportMetric(float64(total.Microseconds())/float64(b.N)/1000, "ms/reattach")
+	stop(b, sup)
+}
+
+var childRE = regexp.MustCompile(`msg="child started" pid=(\d+)`)
+
+func childPID(t testing.TB, out string) int {
+	t.Helper()
+	m := childRE.FindAllStringSubmatch(out, -1)
+	if m == nil {
+		t.Fatalf("no child started in the output:\n%s", out)
+	}
+	pid := 0
+	for _, c := range m[len(m)-1][1] {
+		pid = pid*10 + int(c-'0')
+	}
+	return pid
+}
+
+func ip(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}

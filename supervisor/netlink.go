@@ -1,0 +1,308 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/hooks"
+)
+
+// An XDP or tcx link whose interface is deleted stays alive but defunct. When
+// an interface of the hook's name appears again, the link is attached anew.
+// bpfsup learns of new interfaces from rtnetlink (RTM_NEWLINK), one socket per
+// network namespace of the configured hooks, created inside that namespace;
+// the socket keeps the namespace alive. The watcher only reports; the
+// supervisor's loop, which owns the state, re-attaches.
+
+// linkEvent says that interfaces changed in a network namespace.
+type linkEvent struct {
+	// netns is the namespace's path, "" for bpfsup's own.
+	netns string
+	// name is the interface; "" when events were lost and every link of the
+	// namespace must be checked.
+	name string
+	// deleted is true for RTM_DELLINK.
+	deleted bool
+}
+
+// linkWatcher holds one rtnetlink socket per watched network namespace.
+type linkWatcher struct {
+	events chan linkEvent
+	done   chan struct{}
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	socks  map[string]*os.File
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newLinkWatcher(log *slog.Logger) *linkWatcher {
+	return &linkWatcher{events: make(chan linkEvent, 64), done: make(chan struct{}), log: log, socks: map[string]*os.File{}}
+}
+
+// watch starts watching the namespace at path; watching it twice is one watch.
+func (w *linkWatcher) watch(path string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errors.New("link watcher closed")
+	}
+	if _, ok := w.socks[path]; ok {
+		return nil
+	}
+	f, err := subscribeLinks(path)
+	if err != nil {
+		return err
+	}
+	w.socks[path] = f
+	w.wg.Add(1)
+	go w.read(path, f)
+	return nil
+}
+
+// run blocks until close, as an actor of the supervisor's run group.
+func (w *linkWatcher) run() error {
+	<-w.done
+	return nil
+}
+
+// close stops every watch and waits for the readers to end. Idempotent.
+func (w *linkWatcher) close() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.closed = true
+	close(w.done)
+	for _, f := range w.socks {
+		f.Close()
+	}
+	w.mu.Unlock()
+	w.wg.Wait()
+}
+
+func (w *linkWatcher) read(path string, f *os.File) {
+	defer w.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		switch {
+		case errors.Is(err, os.ErrClosed):
+			return
+		case errors.Is(err, unix.ENOBUFS):
+			// The socket overflowed: events were lost, check everything.
+			w.send(linkEvent{netns: path})
+			continue
+		case err != nil:
+			w.log.Error("rtnetlink watch ended; defunct links will not be re-attached", "netns", path, "err", err)
+			return
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			w.send(linkEvent{netns: path})
+			continue
+		}
+		for i := range msgs {
+			m := &msgs[i]
+			if m.Header.Type != unix.RTM_NEWLINK && m.Header.Type != unix.RTM_DELLINK {
+				continue
+			}
+			if ev, ok := parseLinkMessage(path, m); ok {
+				w.send(ev)
+			}
+		}
+	}
+}
+
+func (w *linkWatcher) send(ev linkEvent) {
+	select {
+	case w.events <- ev:
+	case <-w.done:
+	}
+}
+
+// parseLinkMessage reads the interface name of an RTM_NEWLINK or RTM_DELLINK.
+func parseLinkMessage(path string, m *syscall.NetlinkMessage) (linkEvent, bool) {
+	attrs, err := syscall.ParseNetlinkRouteAttr(m)
+	if err != nil {
+		return linkEvent{}, false
+	}
+	for _, a := range attrs {
+		if a.Attr.Type == unix.IFLA_IFNAME {
+			name := strings.TrimRight(string(a.Value), "\x00")
+			return linkEvent{netns: path, name: name, deleted: m.Header.Type == unix.RTM_DELLINK}, true
+		}
+	}
+	return linkEvent{}, false
+}
+
+// subscribeLinks opens an rtnetlink socket in the namespace at path (bpfsup's
+// own when empty), subscribed to link events. The socket is non-blocking so
+// that reads wait in the runtime's poller and close interrupts them.
+func subscribeLinks(path string) (*os.File, error) {
+	var fd int
+	err := inNetnsThread(path, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("rtnetlink socket: %w", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK}); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("subscribe to rtnetlink link events: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		where := "this network namespace"
+		if path != "" {
+			where = "network namespace " + path
+		}
+		return nil, fmt.Errorf("watch interfaces of %s: %w", where, err)
+	}
+	return os.NewFile(uintptr(fd), "rtnetlink:"+path), nil
+}
+
+// inNetnsThread runs fn on an OS thread in the namespace at path. A thread
+// that cannot switch back stays locked, so the runtime discards it.
+func inNetnsThread(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromPath(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open network namespace %s: %w", path, err)
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", path, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// linkEvents is the channel of interface events, nil when nothing watches.
+func (s *supervisor) linkEvents() <-chan linkEvent {
+	if s.links == nil {
+		return nil
+	}
+	return s.links.events
+}
+
+// watchInterfaces watches the network namespace of every network hook, and
+// re-attaches defunct links whose interface came back before the watch
+// began. Called by the loop's goroutine, at start and after a reload.
+func (s *supervisor) watchInterfaces() error {
+	paths := map[string]bool{}
+	for _, in := range s.objects {
+		for _, pl := range in.plan.links {
+			if spec := pl.hook.Spec(); spec.IsNetwork() {
+				paths[spec.Netns] = true
+			}
+		}
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	if s.links == nil {
+		s.links = newLinkWatcher(s.log)
+	}
+	for path := range paths {
+		if err := s.links.watch(path); err != nil {
+			return err
+		}
+		s.relink(linkEvent{netns: path})
+	}
+	return nil
+}
+
+// relink re-attaches the links of network hooks in ev's namespace (and on
+// ev's interface, when it names one) that are not attached to their
+// interface while it exists: defunct links, and links missing because their
+// interface was gone at start. It runs in the loop's goroutine.
+func (s *supervisor) relink(ev linkEvent) {
+	for _, in := range s.objects {
+		changed := false
+		for _, pl := range in.plan.links {
+			spec := pl.hook.Spec()
+			if !spec.IsNetwork() || spec.Netns != ev.netns || (ev.name != "" && spec.Target != ev.name) {
+				continue
+			}
+			if ev.deleted {
+				s.log.Warn("interface deleted; its link is defunct until an interface of that name is back",
+					"object", in.plan.name, "link", pl.name, "hook", spec.String(), "netns", spec.Netns)
+				continue
+			}
+			cur := in.links[pl.name]
+			if cur != nil {
+				if st, err := pl.hook.Check(cur); err == nil && st == hooks.Attached {
+					continue
+				}
+			}
+			if hooks.CheckTarget(spec) != nil {
+				continue
+			}
+			start := time.Now()
+			var discard undo
+			l, err := reconcileLink(in.obj, pl, in.progs[pl.program], &discard, s.log)
+			if err != nil {
+				s.log.Error("could not re-attach link", "object", in.plan.name, "link", pl.name, "hook", spec.String(), "err", err)
+				continue
+			}
+			if cur != nil && cur != l {
+				cur.Close()
+			}
+			if l == nil {
+				delete(in.links, pl.name)
+				continue
+			}
+			in.links[pl.name] = l
+			changed = true
+			s.log.Info("re-attached link", "object", in.plan.name, "link", pl.name, "hook", spec.String(),
+				"netns", spec.Netns, "took", time.Since(start).Round(time.Microsecond))
+		}
+		if changed {
+			m := newManifest(in.plan, in.manifest, in)
+			if in.manifest != nil {
+				m.Generation = in.manifest.Generation
+			}
+			if err := in.obj.WriteManifest(m); err != nil {
+				s.log.Warn("could not write manifest", "object", in.plan.name, "err", err)
+			}
+			in.manifest = m
+		}
+	}
+}

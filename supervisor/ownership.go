@@ -1,0 +1,414 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/pinstore"
+)
+
+// ErrForeignPin: something pinned at one of bpfsup's paths was not put there
+// by bpfsup and differs from what it would install. It is replaced only with
+// --force (Options.Force).
+var ErrForeignPin = errors.New("foreign pin at bpfsup's path")
+
+// A pin is bpfsup's own when the manifest records its id (now or in an
+// earlier generation that may still be pinned after a crash). A pin that is
+// not is still adopted when it is exactly what bpfsup would install: a map
+// compatible with the object's, a program with the object's instructions
+// and maps, a link on the configured hook running one of the object's
+// programs. Adopting those changes nothing and converges a lost or edited
+// manifest. Everything else at bpfsup's paths is foreign: a pin of another
+// kind, an incompatible map, a program with other instructions, a link
+// running another program. bpfsup refuses to touch it unless forced.
+
+// owned is what the manifest says bpfsup installed.
+type owned struct {
+	maps  map[string]uint32
+	progs map[string][]uint32
+	links map[string][]uint32
+	// progIDs holds every program id of the manifest, of any name.
+	progIDs map[uint32]bool
+}
+
+func ownedBy(m *pinstore.Manifest) owned {
+	o := owned{maps: map[string]uint32{}, progs: map[string][]uint32{}, links: map[string][]uint32{}, progIDs: map[uint32]bool{}}
+	if m == nil {
+		return o
+	}
+	for name, r := range m.Maps {
+		o.maps[name] = r.ID
+	}
+	for name, r := range m.Programs {
+		ids := append([]uint32{r.ID}, r.PreviousIDs...)
+		o.progs[name] = ids
+		for _, id := range ids {
+			o.progIDs[id] = true
+		}
+	}
+	for name, r := range m.Links {
+		o.links[name] = append([]uint32{r.ID}, r.PreviousIDs...)
+	}
+	return o
+}
+
+func hasID(ids []uint32, id uint32) bool {
+	return id != 0 && containsID(ids, id)
+}
+
+// foreignPin is one pin bpfsup refuses to replace without --force.
+type foreignPin struct {
+	path string
+	// what the pin holds, and why it is not bpfsup's.
+	what, why string
+	// aside is set for a pin of the wrong kind: with --force it is moved out
+	// of the way, since nothing can adopt or replace it in place.
+	aside bool
+}
+
+func (f foreignPin) String() string {
+	return fmt.Sprintf("%s holds %s: %s", f.path, f.what, f.why)
+}
+
+// foreignError is the error that stops an install over foreign pins.
+func foreignError(object string, pins []foreignPin) error {
+	lines := make([]string, len(pins))
+	for i, f := range pins {
+		lines[i] = "  " + f.String()
+	}
+	return fmt.Errorf("object %s: %w: bpfsup did not pin these and they differ from the configuration:\n%s\n"+
+		"remove them, or run with --force to replace them (make-before-break)", object, ErrForeignPin, strings.Join(lines, "\n"))
+}
+
+// pinKind opens the pin at path and says what it holds: "map", "program" or
+// "link" ("" when nothing is pinned there).
+func pinKind(path string) (string, error) {
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return "", err
+	}
+	attr := struct {
+		pathname  uint64
+		bpfFD     uint32
+		fileFlags uint32
+	}{pathname: uint64(uintptr(unsafe.Pointer(p)))}
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	if errno == unix.ENOENT {
+		return "", nil
+	}
+	if errno != 0 {
+		return "", fmt.Errorf("open pin %s: %w", path, errno)
+	}
+	defer unix.Close(int(fd))
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(fd)))
+	if err != nil {
+		return "", fmt.Errorf("open pin %s: %w", path, err)
+	}
+	switch strings.TrimPrefix(target, "anon_inode:") {
+	case "bpf-map":
+		return "map", nil
+	case "bpf-prog":
+		return "program", nil
+	case "bpf_link", "bpf-link": // the name changed over kernel versions
+		return "link", nil
+	}
+	return target, nil
+}
+
+// describePin says what the pin at path holds, with its ids and tags, for
+// error messages and logs.
+func describePin(path, kind string) string {
+	switch kind {
+	case "map":
+		if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
+			defer m.Close()
+			return describeMap(m)
+		}
+	case "program":
+		if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
+			defer p.Close()
+			return describeProgram(p)
+		}
+	case "link":
+		if l, err := hooks.LoadPinned(path); err == nil {
+			defer l.Close()
+			return describeLink(l)
+		}
+	}
+	return "a " + kind
+}
+
+func describeMap(m *ebpf.Map) string {
+	s := fmt.Sprintf("a map (%s, key %d, value %d, max entries %d", m.Type(), m.KeySize(), m.ValueSize(), m.MaxEntries())
+	if info, err := m.Info(); err == nil {
+		id, _ := info.ID()
+		s = fmt.Sprintf("map id %d %q (%s, key %d, value %d, max entries %d", id, info.Name, m.Type(), m.KeySize(), m.ValueSize(), m.MaxEntries())
+	}
+	return s + ")"
+}
+
+func describeProgram(p *ebpf.Program) string {
+	info, err := p.Info()
+	if err != nil {
+		return fmt.Sprintf("a program (%s)", p.Type())
+	}
+	id, _ := info.ID()
+	s := fmt.Sprintf("program id %d %q (%s, tag %s", id, info.Name, p.Type(), info.Tag)
+	if lt, ok := info.LoadTime(); ok {
+		s += ", loaded " + bootToWall(lt).Format(time.RFC3339)
+	}
+	return s + ")"
+}
+
+func describeLink(l link.Link) string {
+	info, err := l.Info()
+	if err != nil {
+		return "a link"
+	}
+	s := fmt.Sprintf("link id %d (%s, program id %d", info.ID, linkTypeName(info.Type), info.Program)
+	if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
+		if pi, err := p.Info(); err == nil {
+			s += fmt.Sprintf(" %q tag %s", pi.Name, pi.Tag)
+		}
+		p.Close()
+	}
+	switch {
+	case info.XDP() != nil && info.XDP().Ifindex == 0, info.TCX() != nil && info.TCX().Ifindex == 0:
+		s += ", defunct"
+	case info.XDP() != nil:
+		s += fmt.Sprintf(", ifindex %d", info.XDP().Ifindex)
+	case info.TCX() != nil:
+		s += fmt.Sprintf(", ifindex %d", info.TCX().Ifindex)
+	}
+	return s + ")"
+}
+
+func idList(ids []uint32) string {
+	var parts []string
+	for _, id := range ids {
+		if id != 0 {
+			parts = append(parts, strconv.FormatUint(uint64(id), 10))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// checkPinsBefore looks at every pin the plan will use before anything is
+// made: pins of the wrong kind, and pinned maps incompatible with the object
+// that the manifest does not list, are foreign. It returns them, and the
+// maps that --force may reset.
+func checkPinsBefore(obj *pinstore.Object, p *plan, own owned) (foreign []foreignPin, resetMaps map[string]bool, err error) {
+	resetMaps = map[string]bool{}
+	check := func(path, want string) (bool, error) {
+		kind, err := pinKind(path)
+		if kind == "map" && want == "link" && hooks.IsFilterRecord(path) {
+			kind = "link" // a tc filter's record stands where its link would (hooks/tc.go)
+		}
+		if err != nil || kind == "" || kind == want {
+			return kind == want, err
+		}
+		foreign = append(foreign, foreignPin{path: path, what: describePin(path, kind),
+			why: "bpfsup pins a " + want + " there", aside: true})
+		return false, nil
+	}
+	for _, name := range p.maps {
+		if p.mapCfg[name].PinPath != "" {
+			continue // shared on purpose with another object or tool
+		}
+		path := obj.Path(pinstore.Maps, name)
+		isMap, err := check(path, "map")
+		if err != nil || !isMap {
+			if err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load pinned map %s: %w", path, err)
+		}
+		incompat := p.spec.Maps[name].Compatible(m)
+		var id ebpf.MapID
+		if info, err := m.Info(); err == nil {
+			id, _ = info.ID()
+		}
+		what := describeMap(m)
+		m.Close()
+		if incompat == nil || (own.maps[name] != 0 && own.maps[name] == uint32(id)) {
+			continue
+		}
+		foreign = append(foreign, foreignPin{path: path, what: what, why: fmt.Sprintf(
+			"it is incompatible with the object's map %s (%v) and the manifest does not list it (id %s)",
+			name, incompat, idList([]uint32{own.maps[name]}))})
+		resetMaps[name] = true
+	}
+	for _, name := range p.progList {
+		if _, err := check(obj.Path(pinstore.Programs, name), "program"); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, pl := range p.links {
+		if _, err := check(obj.Path(pinstore.Links, pl.name), "link"); err != nil {
+			return nil, nil, err
+		}
+	}
+	return foreign, resetMaps, nil
+}
+
+// checkPinsAfterLoad looks at the pinned programs and links once the
+// object's programs are loaded (so their kernel tags are known), before
+// anything is pinned or attached: a pinned program that differs from the
+// object's and is not in the manifest is foreign, and so is a pinned link
+// that is not in the manifest and runs a program that is not bpfsup's.
+func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[string]*pinstore.ProgramResult) ([]foreignPin, error) {
+	var foreign []foreignPin
+	ours := map[uint32]bool{}
+	for id := range own.progIDs {
+		ours[id] = true
+	}
+	for _, name := range p.progList {
+		r := progs[name]
+		if info, err := r.Program.Info(); err == nil {
+			id, _ := info.ID()
+			ours[uint32(id)] = true
+		}
+		if r.Pinned == nil {
+			continue
+		}
+		info, err := r.Pinned.Info()
+		if err != nil {
+			return nil, fmt.Errorf("program %s: pinned program info: %w", name, err)
+		}
+		id, _ := info.ID()
+		if hasID(own.progs[name], uint32(id)) {
+			continue // an earlier generation of ours: the upgrade path
+		}
+		want := "the object's " + name
+		if ni, err := r.Program.Info(); err == nil {
+			want += " (loads with tag " + ni.Tag + ")"
+		}
+		foreign = append(foreign, foreignPin{path: r.Path, what: describeProgram(r.Pinned), why: fmt.Sprintf(
+			"it is not %s of %s: %s; the manifest does not list it (ids %s)", want, p.cfg.Path, r.Mismatch, idList(own.progs[name]))})
+	}
+	for _, pl := range p.links {
+		path := obj.Path(pinstore.Links, pl.name)
+		l, err := hooks.LoadPinned(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
+		}
+		info, err := l.Info()
+		what := describeLink(l)
+		l.Close()
+		if err != nil {
+			return nil, fmt.Errorf("link %s: %w", pl.name, err)
+		}
+		if hasID(own.links[pl.name], uint32(info.ID)) || ours[uint32(info.Program)] {
+			continue
+		}
+		foreign = append(foreign, foreignPin{path: path, what: what, why: fmt.Sprintf(
+			"its program is not one bpfsup installed and the manifest does not list the link (ids %s)", idList(own.links[pl.name]))})
+	}
+	return foreign, nil
+}
+
+// moveAside moves a foreign pin of the wrong kind into the staging
+// directory, where the next start removes it if this one does not, and
+// returns a function that puts it back.
+func moveAside(obj *pinstore.Object, f foreignPin) (undo func(), err error) {
+	rel, err := filepath.Rel(obj.Dir, f.path)
+	if err != nil {
+		return nil, err
+	}
+	aside := filepath.Join(obj.Dir, "staging", "foreign-"+strings.ReplaceAll(rel, "/", "-"))
+	if err := unix.Renameat2(unix.AT_FDCWD, f.path, unix.AT_FDCWD, aside, unix.RENAME_NOREPLACE); err != nil {
+		return nil, fmt.Errorf("move foreign pin %s aside: %w", f.path, err)
+	}
+	return func() { _ = unix.Renameat2(unix.AT_FDCWD, aside, unix.AT_FDCWD, f.path, unix.RENAME_NOREPLACE) }, nil
+}
+
+// asidePath is where moveAside put f.
+func asidePath(obj *pinstore.Object, f foreignPin) string {
+	rel, _ := filepath.Rel(obj.Dir, f.path)
+	return filepath.Join(obj.Dir, "staging", "foreign-"+strings.ReplaceAll(rel, "/", "-"))
+}
+
+func logForeign(log *slog.Logger, object string, pins []foreignPin) {
+	for _, f := range pins {
+		log.Warn("replacing foreign pin (--force)", "object", object, "pin", f.path, "was", f.what, "reason", f.why)
+	}
+}
+
+// staleIsOurs says whether the pin of a program or link the configuration no
+// longer has may be removed: only what the manifest says bpfsup pinned is,
+// or anything with --force. A foreign pin is left where it is, with a warning.
+func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan, own owned, log *slog.Logger) bool {
+	path := obj.Path(kind, name)
+	ours := false
+	switch kind {
+	case pinstore.Programs:
+		if pr, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
+			if info, err := pr.Info(); err == nil {
+				id, _ := info.ID()
+				ours = hasID(own.progs[name], uint32(id))
+			}
+			pr.Close()
+		}
+	case pinstore.Links:
+		if l, err := hooks.LoadPinned(path); err == nil {
+			if info, err := l.Info(); err == nil {
+				ours = hasID(own.links[name], uint32(info.ID)) || own.progIDs[uint32(info.Program)]
+			}
+			l.Close()
+		}
+	}
+	if ours {
+		return true
+	}
+	kindName, _ := pinKind(path)
+	what := describePin(path, kindName)
+	if p.force {
+		log.Warn("removing foreign pin no longer configured (--force)", "object", p.name, "pin", path, "was", what)
+		return true
+	}
+	log.Warn("leaving a pin bpfsup did not make, though the configuration no longer has it; remove it, or run with --force",
+		"object", p.name, "pin", path, "holds", what)
+	return false
+}
+
+// carryStale keeps, in a write-ahead manifest, the records of programs and
+// links the new configuration drops: they stay pinned until the install
+// removes them, and a crash before then must leave them recognisable as
+// bpfsup's own.
+func carryStale(m, old *pinstore.Manifest) {
+	if old == nil {
+		return
+	}
+	for name, rec := range old.Programs {
+		if _, ok := m.Programs[name]; !ok {
+			m.Programs[name] = rec
+		}
+	}
+	for name, rec := range old.Links {
+		if _, ok := m.Links[name]; !ok {
+			m.Links[name] = rec
+		}
+	}
+}
