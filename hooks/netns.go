@@ -2,7 +2,10 @@ package hooks
 
 import (
 	"fmt"
-	"net"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"runtime"
 
 	"github.com/vishvananda/netns"
@@ -63,7 +66,9 @@ func ifindex(netnsPath, name string) (int, error) {
 // calling thread, which inNetns has switched to netnsPath; the path only
 // names that namespace in the error.
 func ifindexHere(netnsPath, name string) (int, error) {
-	iface, err := net.InterfaceByName(name)
+	// SIOCGIFINDEX asks for one interface; net.InterfaceByName lists them
+	// all, which costs milliseconds per lookup on a host with hundreds.
+	idx, err := ifindexIoctl(name)
 	if err != nil {
 		where := "this network namespace"
 		if netnsPath != "" {
@@ -71,5 +76,59 @@ func ifindexHere(netnsPath, name string) (int, error) {
 		}
 		return 0, fmt.Errorf("interface %q in %s: %w", name, where, ErrTargetNotFound)
 	}
-	return iface.Index, nil
+	return idx, nil
+}
+
+// ifindexIoctl resolves name with SIOCGIFINDEX on a socket of the calling
+// thread's network namespace.
+func ifindexIoctl(name string) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}
+
+// xdpProgramOn returns the id of the XDP program attached to the interface
+// name in the network namespace at netnsPath (0 when none).
+func xdpProgramOn(netnsPath, name string) (uint32, error) {
+	var id uint32
+	err := inNetns(netnsPath, func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("interface %q: %w", name, err)
+		}
+		if xdp := l.Attrs().Xdp; xdp != nil && xdp.Attached {
+			id = xdp.ProgId
+		}
+		return nil
+	})
+	return id, err
+}
+
+// tcxLinksOn returns the ids of the links attached to the interface with
+// ifindex in the network namespace at netnsPath, for one tcx direction.
+func tcxLinksOn(netnsPath string, ifindex int, attach ebpf.AttachType) ([]link.ID, error) {
+	var ids []link.ID
+	err := inNetns(netnsPath, func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: attach})
+		if err != nil {
+			return err
+		}
+		for _, p := range res.Programs {
+			if id, ok := p.LinkID(); ok {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
+	return ids, err
 }

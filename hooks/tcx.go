@@ -59,5 +59,20 @@ func (h *tcxHook) Check(l link.Link) (State, error) {
 	if info.Type != link.TCXType || ti == nil || ebpf.AttachType(ti.AttachType) != h.attachType() {
 		return Elsewhere, nil
 	}
-	return ifaceState(h.spec, int(ti.Ifindex))
+	st, err := ifaceState(h.spec, int(ti.Ifindex))
+	if err != nil || st != Attached {
+		return st, err
+	}
+	// Ifindexes repeat across network namespaces: the interface itself must
+	// list the link, or the link sits on a namesake elsewhere.
+	ids, err := tcxLinksOn(h.spec.Netns, int(ti.Ifindex), h.attachType())
+	if err != nil {
+		return Elsewhere, nil
+	}
+	for _, id := range ids {
+		if id == info.ID {
+			return Attached, nil
+		}
+	}
+	return Elsewhere, nil
 }

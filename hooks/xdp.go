@@ -69,7 +69,17 @@ func (h *xdpHook) Check(l link.Link) (State, error) {
 	if info.Type != link.XDPType || xi == nil {
 		return Elsewhere, nil
 	}
-	return ifaceState(h.spec, int(xi.Ifindex))
+	st, err := ifaceState(h.spec, int(xi.Ifindex))
+	if err != nil || st != Attached {
+		return st, err
+	}
+	// Ifindexes repeat across network namespaces: the interface itself must
+	// run the link's program, or the link sits on a namesake elsewhere.
+	prog, err := xdpProgramOn(h.spec.Netns, h.spec.Target)
+	if err != nil || prog != uint32(info.Program) {
+		return Elsewhere, nil
+	}
+	return Attached, nil
 }
 
 // ifaceState compares the ifindex a link reports with the hook's interface.

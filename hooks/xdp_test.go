@@ -191,3 +191,26 @@ func TestXDPTargetNotFound(t *testing.T) {
 		t.Fatalf("attach in a missing namespace: %v, want ErrNotExist naming %s", err, missing)
 	}
 }
+
+// Ifindexes repeat across network namespaces: a link on an interface in
+// another namespace with the same ifindex is not on the hook's interface.
+func TestLinkOnNamesakeIfindexIsElsewhere(t *testing.T) {
+	testutil.RequireRoot(t)
+	nsA := testutil.MustNetns(t, "xdp")
+	nsB := testutil.MustNetns(t, "xdp")
+	for _, ns := range []*testutil.Netns{nsA, nsB} {
+		ns.Run(t, "ip", "link", "add", "name", "same0", "index", "4242", "type", "veth", "peer", "name", "same1")
+		ns.Run(t, "ip", "link", "set", "same0", "up")
+	}
+	for _, tc := range []struct{ spec, prog string }{
+		{"xdp/generic:same0", "count_packets"},
+		{"tcx/ingress:same0", "count_tc"},
+	} {
+		t.Run(tc.spec, func(t *testing.T) {
+			onA := mustHook(t, tc.spec, nsA.Path)
+			l := mustAttach(t, onA, mustProgram(t, "counter", tc.prog))
+			wantState(t, onA, l, Attached)
+			wantState(t, mustHook(t, tc.spec, nsB.Path), l, Elsewhere)
+		})
+	}
+}
