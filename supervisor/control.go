@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -25,6 +26,8 @@ type ControlReply struct {
 	Error string `json:"error,omitempty"`
 	// Took is how long the reload took.
 	Took string `json:"took,omitempty"`
+	// Reload says what a reload did, when it succeeded.
+	Reload *ReloadReport `json:"reload,omitempty"`
 	// Status is the supervisor's status, for "status".
 	Status json.RawMessage `json:"status,omitempty"`
 }
@@ -40,6 +43,7 @@ func listenControl(stateDir string, reloads chan<- reloadRequest, status func() 
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, err
 	}
+	removeStaleControlSockets(stateDir)
 	path := ControlSocket(stateDir, os.Getpid())
 	_ = os.Remove(path)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -48,6 +52,23 @@ func listenControl(stateDir string, reloads chan<- reloadRequest, status func() 
 	}
 	_ = os.Chmod(path, 0o600)
 	return &control{l: l, path: path, reloads: reloads, status: status}, nil
+}
+
+// removeStaleControlSockets removes the control sockets that supervisors
+// killed with SIGKILL left behind: nobody listens on them any more. Without
+// this, every crash would leave one in the state directory for good.
+func removeStaleControlSockets(stateDir string) {
+	paths, _ := filepath.Glob(filepath.Join(stateDir, "supervisor-*.sock"))
+	for _, p := range paths {
+		conn, err := net.DialTimeout("unix", p, time.Second)
+		if err == nil {
+			conn.Close()
+			continue
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			_ = os.Remove(p)
+		}
+	}
 }
 
 func (c *control) serve() error {
@@ -76,11 +97,12 @@ func (c *control) handle(conn *net.UnixConn) {
 	case "reload":
 		start := time.Now()
 		ch := make(chan error, 1)
-		c.reloads <- reloadRequest{reason: "bpfsup reload", reply: ch}
+		report := &ReloadReport{}
+		c.reloads <- reloadRequest{reason: "bpfsup reload", reply: ch, report: report}
 		if err := <-ch; err != nil {
 			reply.Error = err.Error()
 		} else {
-			reply.OK = true
+			reply.OK, reply.Reload = true, report
 		}
 		reply.Took = time.Since(start).String()
 	case "status":

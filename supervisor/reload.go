@@ -3,11 +3,98 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/pinstore"
 )
+
+// ErrLinkChanged: a link bpfsup pinned runs a program bpfsup did not put
+// there. Someone swapped it behind bpfsup's back; an upgrade stops rather
+// than overwrite their change (bpfsup run --force replaces it).
+var ErrLinkChanged = errors.New("link's program was changed behind bpfsup's back")
+
+// ReloadReport is what a reload did, for the caller of `bpfsup reload`.
+type ReloadReport struct {
+	// Objects holds one entry per object, in configuration order.
+	Objects []ObjectReport `json:"objects"`
+	// Load is the time spent loading programs, the verifier's time
+	// included, over every object.
+	Load time.Duration `json:"load_ns"`
+	// Swap is the time spent swapping links (from the first swap to the
+	// last), over every object.
+	Swap time.Duration `json:"swap_ns"`
+	// Swapped is the time from the start of the reload until every link of
+	// every object ran its new program.
+	Swapped time.Duration `json:"swapped_ns"`
+	// Took is the whole reload, manifests and the child included.
+	Took time.Duration `json:"took_ns"`
+	// Child says what happened to the child: "restarted", "signalled
+	// SIGHUP", "left running", "unchanged" or "none".
+	Child string `json:"child,omitempty"`
+}
+
+// ObjectReport is what a reload did to one object.
+type ObjectReport struct {
+	Name string `json:"name"`
+	// Generation is the object's generation after the reload; it grows by
+	// one when a program changed.
+	Generation uint64 `json:"generation"`
+	Changed    bool   `json:"changed"`
+	// Loaded lists the programs loaded anew (the verifier ran).
+	Loaded []string `json:"loaded,omitempty"`
+	// Swapped lists the links whose program was swapped in place: same
+	// link id, BPF_LINK_UPDATE with BPF_F_REPLACE.
+	Swapped []string `json:"swapped,omitempty"`
+	// Replaced lists the links replaced make-before-break: new link id.
+	Replaced []string `json:"replaced,omitempty"`
+	// Maps lists the maps replaced by new ones (reset or migrated).
+	Maps []string `json:"maps_replaced,omitempty"`
+}
+
+// String says it in one line per object.
+func (r *ReloadReport) String() string {
+	var b strings.Builder
+	for i, o := range r.Objects {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		if !o.Changed {
+			fmt.Fprintf(&b, "object %s: unchanged, generation %d", o.Name, o.Generation)
+			continue
+		}
+		fmt.Fprintf(&b, "object %s: generation %d", o.Name, o.Generation)
+		list := func(what string, names []string) {
+			if len(names) > 0 {
+				fmt.Fprintf(&b, "; %s: %s", what, strings.Join(names, ", "))
+			}
+		}
+		list("loaded", o.Loaded)
+		list("swapped in place", o.Swapped)
+		list("replaced make-before-break", o.Replaced)
+		list("maps replaced", o.Maps)
+	}
+	fmt.Fprintf(&b, "\nload %s, links swapped %s after the request (swap phase %s), child %s",
+		r.Load.Round(time.Microsecond), r.Swapped.Round(time.Microsecond), r.Swap.Round(time.Microsecond), r.Child)
+	return b.String()
+}
+
+// handleReload runs one reload request for the loop and answers it.
+func (s *supervisor) handleReload(req reloadRequest, upgradeSig syscall.Signal) {
+	rep, err := s.reload(req.reason, upgradeSig)
+	if s.metrics != nil {
+		s.metrics.setReload(err)
+	}
+	if req.report != nil && rep != nil {
+		*req.report = *rep
+	}
+	req.reply <- err
+}
 
 // reload re-reads the configuration and the object files and installs them
 // over the running state: compatible maps are adopted with their contents,
@@ -15,25 +102,34 @@ import (
 // ids stay), make-before-break elsewhere. An object that fails is rolled
 // back by install and keeps running as it was; the error says why. Then the
 // child is restarted with the new fds, signalled, or left alone.
-func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) error {
+//
+// Objects are installed one after the other: when one fails after another
+// succeeded, the one that succeeded stays upgraded (and the child is dealt
+// with for it), and the error names the one that failed.
+func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadReport, error) {
 	start := time.Now()
 	s.log.Info("reloading", "reason", reason)
 	_, _ = notifyReloading()
 	defer s.notifyReady()
+	fail := func(err error) (*ReloadReport, error) {
+		s.log.Error("reload failed; everything keeps running as it was", "err", err)
+		return nil, fmt.Errorf("reload: %w", err)
+	}
 
 	cfgs := s.opts.Objects
 	if s.opts.Reconfigure != nil {
 		c, err := s.opts.Reconfigure()
 		if err != nil {
-			s.log.Error("reload failed", "err", err)
-			return fmt.Errorf("reload: %w", err)
+			return fail(err)
 		}
 		cfgs = c
 	}
 	plans, err := s.planAll(cfgs)
 	if err != nil {
-		s.log.Error("reload failed", "err", err)
-		return fmt.Errorf("reload: %w", err)
+		return fail(err)
+	}
+	if len(plans) != len(s.objects) {
+		return fail(errors.New("adding or removing objects needs a restart of bpfsup"))
 	}
 	byName := map[string]*installed{}
 	for _, in := range s.objects {
@@ -41,29 +137,33 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) error {
 	}
 	for _, p := range plans {
 		if byName[p.name] == nil {
-			return fmt.Errorf("reload: object %s is new; adding or removing objects needs a restart of bpfsup", p.name)
+			return fail(fmt.Errorf("object %s is new; adding or removing objects needs a restart of bpfsup", p.name))
 		}
 		if err := hooksPrecheck(s.opts.Store, p); err != nil {
-			return fmt.Errorf("reload: %w", err)
+			return fail(err)
 		}
 	}
-	if len(plans) != len(s.objects) {
-		return errors.New("reload: adding or removing objects needs a restart of bpfsup")
-	}
 
+	rep := &ReloadReport{Child: "unchanged"}
 	var errs []error
 	changed := false
 	for _, p := range plans {
 		old := byName[p.name]
+		before := snapshotIDs(old)
 		in, err := install(old.obj, p, s.log)
 		if err != nil {
 			s.log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", err)
 			errs = append(errs, err)
 			continue
 		}
-		if in.manifest.Generation != old.manifest.Generation || in.loaded > 0 {
-			changed = true
+		or := objectReport(p, before, snapshotIDs(in), in)
+		rep.Objects = append(rep.Objects, or)
+		rep.Load += in.loadTook
+		rep.Swap += in.swapTook
+		if d := in.swapped.Sub(start); d > rep.Swapped {
+			rep.Swapped = d
 		}
+		changed = changed || or.Changed
 		old.obj = nil // now owned by in
 		old.close()
 		for i := range s.objects {
@@ -74,29 +174,167 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) error {
 	}
 	if len(errs) == 0 {
 		s.opts.Objects = cfgs
+		if s.up.watch != nil {
+			if err := s.up.watch.setFiles(s.watchedFiles()); err != nil {
+				s.log.Warn("cannot watch the files of the new configuration", "err", err)
+			}
+		}
 	}
 	s.recordSupervisor()
 	s.updateMetrics()
+	if changed {
+		if err := s.openFiles(); err != nil {
+			errs = append(errs, err)
+		} else {
+			rep.Child = s.upgradeChild(upgradeSig)
+		}
+	}
+	rep.Took = time.Since(start)
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("reload: %w", err)
+		return fail(err)
 	}
-	s.log.Info("reloaded", "changed", changed, "took", time.Since(start).Round(time.Microsecond))
+	s.log.Info("reloaded", "changed", changed, "took", rep.Took.Round(time.Microsecond),
+		"load", rep.Load.Round(time.Microsecond), "swap", rep.Swap.Round(time.Microsecond), "child", rep.Child)
+	return rep, nil
+}
 
-	if err := s.openFiles(); err != nil {
-		return fmt.Errorf("reload: %w", err)
-	}
+// upgradeChild does what OnUpgrade says to the child after an upgrade that
+// changed something, and says what it did.
+func (s *supervisor) upgradeChild(upgradeSig syscall.Signal) string {
 	switch {
 	case s.child == nil:
-	case s.opts.OnUpgrade == OnUpgradeNone || !changed:
+		return "none"
+	case s.stopping || s.restartNow:
+		return "stopping"
+	case s.opts.OnUpgrade == OnUpgradeNone:
+		return "left running"
 	case upgradeSig != 0:
+		s.log.Info("signalling child after the upgrade", "pid", s.child.Pid, "signal", upgradeSig.String())
 		_ = unix.Kill(s.child.Pid, upgradeSig)
+		return "signalled " + unix.SignalName(upgradeSig)
 	default:
-		// Restart with the new fds: stop it; the exit handler restarts it
-		// at once because a reload asked for it.
+		// Restart with the new fds: stop it; the exit handler starts it again
+		// at once because a reload asked for it, and the start limit does not
+		// count that start.
 		s.log.Info("restarting child with the new objects", "pid", s.child.Pid)
 		s.restartNow = true
+		s.up.forUpgrade = true
 		_ = unix.Kill(s.child.Pid, unix.SIGTERM)
 		s.killTimer.Reset(s.opts.StopTimeout)
+		return "restarted"
 	}
-	return nil
+}
+
+// idSnapshot is the kernel ids of an installed object's maps, programs,
+// links and the links' programs, by name.
+type idSnapshot struct {
+	maps, progs, links, linkProgs map[string]uint32
+}
+
+func snapshotIDs(in *installed) idSnapshot {
+	s := idSnapshot{maps: map[string]uint32{}, progs: map[string]uint32{}, links: map[string]uint32{}, linkProgs: map[string]uint32{}}
+	for name, m := range in.maps {
+		if info, err := m.Info(); err == nil {
+			id, _ := info.ID()
+			s.maps[name] = uint32(id)
+		}
+	}
+	for name, p := range in.progs {
+		if info, err := p.Info(); err == nil {
+			id, _ := info.ID()
+			s.progs[name] = uint32(id)
+		}
+	}
+	for name, l := range in.links {
+		if info, err := l.Info(); err == nil {
+			s.links[name], s.linkProgs[name] = uint32(info.ID), uint32(info.Program)
+		}
+	}
+	return s
+}
+
+func objectReport(p *plan, before, after idSnapshot, in *installed) ObjectReport {
+	r := ObjectReport{Name: p.name, Generation: in.manifest.Generation}
+	for _, name := range p.progList {
+		if before.progs[name] != after.progs[name] {
+			r.Loaded = append(r.Loaded, name)
+		}
+	}
+	for _, pl := range p.links {
+		switch id := after.links[pl.name]; {
+		case id == 0:
+		case before.links[pl.name] == 0 || before.links[pl.name] != id:
+			r.Replaced = append(r.Replaced, pl.name)
+		case before.linkProgs[pl.name] != after.linkProgs[pl.name]:
+			r.Swapped = append(r.Swapped, pl.name)
+		}
+	}
+	for _, name := range p.maps {
+		if before.maps[name] != after.maps[name] {
+			r.Maps = append(r.Maps, name)
+		}
+	}
+	sort.Strings(r.Swapped)
+	sort.Strings(r.Replaced)
+	r.Changed = len(r.Loaded)+len(r.Swapped)+len(r.Replaced)+len(r.Maps) > 0
+	return r
+}
+
+// checkLinkProgram makes sure that the program a pinned link runs now
+// (running) is one bpfsup put there for program name: the one pinned at the
+// program's path, or one the manifest names for it (its id now, or an
+// earlier id that a crashed upgrade may have left attached). Anything else
+// was swapped in behind bpfsup's back, and an upgrade that replaced it
+// would destroy someone's change without a word: that is ErrLinkChanged,
+// unless force. The swap that follows names the program checked here as the
+// one to replace (BPF_F_REPLACE), so a change between the check and the swap
+// is caught by the kernel.
+func checkLinkProgram(obj *pinstore.Object, linkName, name string, running ebpf.ProgramID, force bool) error {
+	known := map[uint32]bool{}
+	if p, err := ebpf.LoadPinnedProgram(obj.Path(pinstore.Programs, name), nil); err == nil {
+		if info, err := p.Info(); err == nil {
+			id, _ := info.ID()
+			known[uint32(id)] = true
+		}
+		p.Close()
+	}
+	if m, err := obj.Store().ReadManifest(obj.Name); err == nil && m != nil {
+		if rec, ok := m.Programs[name]; ok {
+			known[rec.ID] = true
+			for _, id := range rec.PreviousIDs {
+				known[id] = true
+			}
+		}
+	}
+	if known[uint32(running)] || force {
+		return nil
+	}
+	ids := make([]uint32, 0, len(known))
+	for id := range known {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	what := fmt.Sprintf("program id %d", running)
+	if p, err := ebpf.NewProgramFromID(running); err == nil {
+		what = describeProgram(p)
+		p.Close()
+	}
+	return fmt.Errorf("link %s: %w: it runs %s, not bpfsup's %s (ids %s); "+
+		"not overwriting it: put bpfsup's program back, or run bpfsup with --force to replace it", linkName, ErrLinkChanged, what, name, idList(ids))
+}
+
+// replaceRefused turns the kernel's refusal of a BPF_F_REPLACE update
+// (EPERM: the link no longer runs the program named as the one to replace)
+// into ErrLinkChanged.
+func replaceRefused(err error, old *ebpf.Program) error {
+	if !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	id := "?"
+	if info, ierr := old.Info(); ierr == nil {
+		if n, ok := info.ID(); ok {
+			id = fmt.Sprint(n)
+		}
+	}
+	return fmt.Errorf("%w: it no longer runs program %s, which the swap named to replace (BPF_F_REPLACE): %w", ErrLinkChanged, id, err)
 }

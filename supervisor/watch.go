@@ -3,6 +3,7 @@ package supervisor
 import (
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -14,13 +15,20 @@ const watchDebounce = 200 * time.Millisecond
 
 // watcher asks for a reload when a watched file changes. It watches the
 // files' directories, not the files: a deploy that replaces a file by rename
-// makes the old inode go away, and a watch on it would go with it.
+// makes the old inode go away, and a watch on it would go with it. Only
+// events naming a watched file count (a temporary file written beside it
+// and renamed over it shows up as a create of the watched name), chmod
+// alone does not, and a burst of events within watchDebounce of each other
+// is one reload.
 type watcher struct {
 	w       *fsnotify.Watcher
-	files   map[string]bool
 	reloads chan<- reloadRequest
 	log     *slog.Logger
 	done    chan struct{}
+
+	mu    sync.Mutex
+	files map[string]bool // absolute paths
+	dirs  map[string]bool
 }
 
 func (s *supervisor) watchedFiles() []string {
@@ -36,24 +44,46 @@ func newWatcher(files []string, reloads chan<- reloadRequest, log *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	w := &watcher{w: fw, files: map[string]bool{}, reloads: reloads, log: log, done: make(chan struct{})}
-	dirs := map[string]bool{}
+	w := &watcher{w: fw, reloads: reloads, log: log, done: make(chan struct{}), dirs: map[string]bool{}}
+	if err := w.setFiles(files); err != nil {
+		fw.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// setFiles replaces the set of watched files, after a reload that changed
+// the configuration. Directories no longer needed stay watched; their
+// events are ignored.
+func (w *watcher) setFiles(files []string) error {
+	set := map[string]bool{}
 	for _, f := range files {
 		abs, err := filepath.Abs(f)
 		if err != nil {
-			fw.Close()
-			return nil, err
+			return err
 		}
-		w.files[abs] = true
-		dirs[filepath.Dir(abs)] = true
+		set[abs] = true
 	}
-	for d := range dirs {
-		if err := fw.Add(d); err != nil {
-			fw.Close()
-			return nil, err
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for f := range set {
+		d := filepath.Dir(f)
+		if w.dirs[d] {
+			continue
 		}
+		if err := w.w.Add(d); err != nil {
+			return err
+		}
+		w.dirs[d] = true
 	}
-	return w, nil
+	w.files = set
+	return nil
+}
+
+func (w *watcher) watched(name string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.files[filepath.Clean(name)]
 }
 
 func (w *watcher) run() error {
@@ -66,7 +96,7 @@ func (w *watcher) run() error {
 			if !ok {
 				return nil
 			}
-			if !w.files[filepath.Clean(ev.Name)] || ev.Op == fsnotify.Chmod {
+			if ev.Op == fsnotify.Chmod || !w.watched(ev.Name) {
 				continue
 			}
 			timer.Reset(watchDebounce)

@@ -10,6 +10,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Started by bpfsup as its child: be the application, not the tests.
+	if os.Getenv(childEnv) != "" {
+		childMain()
+		return
+	}
 	code := testutil.CheckNoFDLeaks(m)
 	testutil.BuildCleanup()
 	os.Exit(code)

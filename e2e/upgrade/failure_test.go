@@ -1,0 +1,356 @@
+package upgrade
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/bpfsup/bpfsup/bpf"
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// installedState is what an upgrade that fails must leave as it was.
+type installedState struct {
+	generation uint64
+	progs      map[string]uint32    // pinned program ids
+	links      map[string][2]uint32 // link id, id of the program it runs
+	maps       map[string]uint32
+	ports      []uint16 // keys of drop_ports
+	maxEntries uint32   // of drop_ports
+	drops      uint64
+	child      int
+}
+
+func takeState(t *testing.T, e *testutil.Env) installedState {
+	t.Helper()
+	st := status(t, e, "dropfilter")
+	s := installedState{generation: st.Generation, progs: map[string]uint32{}, links: map[string][2]uint32{}, maps: map[string]uint32{}}
+	for _, p := range st.Programs {
+		s.progs[p.Name] = p.ID
+	}
+	for _, l := range st.Links {
+		s.links[l.Name] = [2]uint32{l.ID, l.ProgramID}
+	}
+	for _, m := range st.Maps {
+		s.maps[m.Name] = m.ID
+	}
+	if st.Supervisor != nil {
+		s.child = st.Supervisor.ChildPID
+	}
+	s.ports, _, s.maxEntries = dropPorts(t, e)
+	slices.Sort(s.ports)
+	s.drops = dropCount(t, e)
+	return s
+}
+
+// assertUnchanged fails unless now is before: same programs, links running
+// the same programs, same maps with the same entries, a drop counter that
+// did not go down, the same child, still running.
+func assertUnchanged(t *testing.T, what string, before, now installedState) {
+	t.Helper()
+	switch {
+	case now.generation != before.generation:
+		t.Fatalf("%s: generation %d, was %d", what, now.generation, before.generation)
+	case !mapsEqual(now.progs, before.progs):
+		t.Fatalf("%s: pinned programs %v, were %v", what, now.progs, before.progs)
+	case !mapsEqual(now.links, before.links):
+		t.Fatalf("%s: links (id, program) %v, were %v", what, now.links, before.links)
+	case !mapsEqual(now.maps, before.maps):
+		t.Fatalf("%s: maps %v, were %v", what, now.maps, before.maps)
+	case !slices.Equal(now.ports, before.ports) || now.maxEntries != before.maxEntries:
+		t.Fatalf("%s: drop_ports holds %v (max %d), held %v (max %d)", what, now.ports, now.maxEntries, before.ports, before.maxEntries)
+	case now.drops < before.drops:
+		t.Fatalf("%s: drop_count went down from %d to %d", what, before.drops, now.drops)
+	case now.child != before.child:
+		t.Fatalf("%s: child pid %d, was %d", what, now.child, before.child)
+	}
+	if _, alive := testutil.ProcState(now.child); !alive {
+		t.Fatalf("%s: the child %d is gone", what, now.child)
+	}
+}
+
+func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// failReload runs a reload that must fail with an error containing every
+// one of want, and checks that nothing changed and bpfsup still runs. When
+// swappedFirst names a link, the reload must have swapped it before it
+// failed (and so swapped it back).
+func failReload(t *testing.T, e *testutil.Env, p *testutil.Proc, what, swappedFirst string, want ...string) {
+	t.Helper()
+	before := takeState(t, e)
+	swapLine := `msg="swapped program in place" link=` + swappedFirst + " "
+	swaps := strings.Count(p.Output(), swapLine)
+	failed := strings.Count(p.Output(), `msg="reload failed`)
+	out, code := reload(t, e)
+	if code == 0 {
+		t.Fatalf("%s: bpfsup reload succeeded:\n%s", what, out)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Fatalf("%s: the error does not say %q:\n%s", what, w, out)
+		}
+	}
+	select {
+	case <-p.Done():
+		t.Fatalf("%s: bpfsup exited", what)
+	default:
+	}
+	assertUnchanged(t, what, before, takeState(t, e))
+	// bpfsup's log reaches us through a pipe, maybe after its reply.
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to log the failure", func() bool {
+		return strings.Count(p.Output(), `msg="reload failed`) > failed
+	})
+	if swappedFirst != "" && strings.Count(p.Output(), swapLine) != swaps+1 {
+		t.Fatalf("%s: link %s was not swapped before the failure: the case tests nothing", what, swappedFirst)
+	}
+	t.Logf("%s: refused, nothing changed:\n%s", what, strings.TrimSpace(out))
+}
+
+// TestUpgradeFailures makes upgrades fail in every way the issue names, before
+// the first link is swapped and after, and checks that each leaves the
+// running objects, the map contents and the child as they were, tells the
+// caller of `bpfsup reload` why, and that bpfsup upgrades fine afterwards.
+func TestUpgradeFailures(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsS, nsR := testutil.MustNetns(t, "upf-send"), testutil.MustNetns(t, "upf-recv")
+	_, x := testutil.MustVethPair(t, nsS, nsR)
+	_, y := testutil.MustVethPair(t, nsS, nsR)
+	_, z := testutil.MustVethPair(t, nsS, nsR)
+	linkX, linkY := "xdp_drop-"+x.Name, "xdp_drop-"+y.Name
+
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	cfg := config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}, {"xdp_drop", "xdp:" + y.Name}}}
+	cfg.write(t, cfgPath)
+	p := startBpfsup(t, e, "", "-c", cfgPath) // the child is restarted on upgrade
+	waitChildren(t, p, 1)
+	addDropPort(t, e, portDropped)
+	sendN(t, nsS, netip.AddrPortFrom(x.Addr, portDropped), 10)
+	testutil.WaitFor(t, 5*time.Second, "10 drops", func() bool { return dropCount(t, e) == 10 })
+
+	// Before the first swap.
+	deploy(t, obj, "dropfilter_bad")
+	failReload(t, e, p, "verifier refuses", "", "verifier log", "invalid access to packet", "xdp_drop")
+
+	deploy(t, obj, "dropfilter_bigmap")
+	failReload(t, e, p, "incompatible map", "", "drop_ports", "MaxEntries", "reset = true")
+
+	deploy(t, obj, "dropfilter_v2")
+	bad := cfg
+	bad.attach = []attachment{{"xdp_drop", "xdp:" + x.Name}, {"xdp_drop", "xdp:nosuchif0"}}
+	bad.write(t, cfgPath)
+	failReload(t, e, p, "missing interface", "", "nosuchif0", "not found")
+	cfg.write(t, cfgPath)
+
+	// After the first swap: the second link was changed behind bpfsup's
+	// back. The first, swapped already, is swapped back; the second keeps
+	// the program someone else put there.
+	foreign := loadForeignXDP(t)
+	var foreignID ebpf.ProgramID
+	if info, err := foreign.Info(); err == nil {
+		foreignID, _ = info.ID()
+	}
+	ly, err := link.LoadPinnedLink(pinPath(e, "links", linkY), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ly.Close()
+	if err := ly.Update(foreign); err != nil {
+		t.Fatalf("swap link %s behind bpfsup's back: %v", linkY, err)
+	}
+	failReload(t, e, p, "link changed behind bpfsup's back", linkX, linkY, "changed behind bpfsup's back", "not overwriting")
+	if _, prog := linkIDs(t, e, linkY); prog != foreignID {
+		t.Fatalf("link %s runs program %d, not the one put there behind bpfsup's back (%d)", linkY, prog, foreignID)
+	}
+	mine, err := ebpf.LoadPinnedProgram(pinPath(e, "programs", "xdp_drop"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	if err := ly.Update(mine); err != nil {
+		t.Fatal(err)
+	}
+
+	// After the first swaps: a third attachment cannot be made (the hook
+	// is taken). Both links swapped already go back.
+	var busy link.Link
+	if err := nsR.Do(func() (err error) {
+		busy, err = link.AttachXDP(link.XDPOptions{Program: foreign, Interface: z.Index})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	three := cfg
+	three.attach = append(append([]attachment(nil), cfg.attach...), attachment{"xdp_drop", "xdp:" + z.Name})
+	three.write(t, cfgPath)
+	failReload(t, e, p, "third hook busy", linkY, "xdp:"+z.Name, "device or resource busy")
+
+	// The same with a map reset on the way: the old map goes back in place,
+	// with its entries.
+	three.dropPorts = []string{"reset = true"}
+	three.write(t, cfgPath)
+	deploy(t, obj, "dropfilter_bigmap")
+	failReload(t, e, p, "map reset, then third hook busy", linkY, "xdp:"+z.Name, "device or resource busy")
+
+	// bpfsup is fine: the upgrade goes through once the causes are gone.
+	busy.Close()
+	cfg.write(t, cfgPath)
+	deploy(t, obj, "dropfilter_v2")
+	before := takeState(t, e)
+	out := mustReload(t, e)
+	swapped := []string{linkX, linkY}
+	slices.Sort(swapped)
+	for _, w := range []string{"generation 1", "swapped in place: " + strings.Join(swapped, ", "), "child restarted"} {
+		if !strings.Contains(out, w) {
+			t.Fatalf("bpfsup reload does not say %q:\n%s", w, out)
+		}
+	}
+	after := takeState(t, e)
+	if after.generation != before.generation+1 || after.links[linkX][0] != before.links[linkX][0] || after.links[linkX][1] == before.links[linkX][1] {
+		t.Fatalf("upgrade after the failures: %+v, was %+v", after, before)
+	}
+	if got := waitChildren(t, p, 2); got == before.child {
+		t.Fatalf("child %d was not restarted", got)
+	}
+}
+
+// loadForeignXDP loads an XDP program that is not bpfsup's (dropfilter v1
+// with maps of its own).
+func loadForeignXDP(t *testing.T) *ebpf.Program {
+	t.Helper()
+	spec, err := ebpf.LoadCollectionSpecFromReader(strings.NewReader(string(bpf.Object("dropfilter.bpf.o"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := coll.DetachProgram("xdp_drop")
+	coll.Close()
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// TestUpgradeRollbackMakeBeforeBreak fails an upgrade after a tracepoint
+// link (which cannot swap its program in place) was replaced
+// make-before-break: the old program is attached again, and only it runs.
+func TestUpgradeRollbackMakeBeforeBreak(t *testing.T) {
+	e := testutil.MustEnv(t)
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "hooks.bpf.o")
+	writeAtomic(t, obj, bpf.Object("hooks.bpf.o"))
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	tp := attachment{"tp_count", "tracepoint:syscalls/sys_enter_getppid"}
+	config{object: obj, attach: []attachment{tp}}.write(t, cfgPath)
+	p := startBpfsup(t, e, "", "-c", cfgPath, "--on-upgrade", "none")
+	waitChildren(t, p, 1)
+
+	pin := func(kind, name string) string { return filepath.Join(e.PinRoot, "hooks", kind, name) }
+	hits, err := ebpf.LoadPinnedMap(pin("maps", "hits"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hits.Close()
+	cfgMap, err := ebpf.LoadPinnedMap(pin("maps", "config"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfgMap.Close()
+	if err := cfgMap.Put(uint32(0), uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	// counts makes 10 getppid calls and returns how many events v1 and v2
+	// together, and v2 alone, counted.
+	counts := func() (all, v2 uint64) {
+		for i := 0; i < 10; i++ {
+			syscall.Getppid()
+		}
+		if err := hits.Lookup(uint32(0), &all); err != nil {
+			t.Fatal(err)
+		}
+		if err := hits.Lookup(uint32(16), &v2); err != nil {
+			t.Fatal(err)
+		}
+		return all, v2
+	}
+	if all, v2 := counts(); all != 10 || v2 != 0 {
+		t.Fatalf("v1 counted %d, v2 %d; want 10, 0", all, v2)
+	}
+	linkPath := pin("links", "tp_count")
+	progBefore := pinnedProgram(t, pin("programs", "tp_count"))
+
+	// v2, plus a second attachment that cannot be made: the tracepoint link
+	// is replaced first, then the raw tracepoint fails.
+	writeAtomic(t, obj, bpf.Object("hooks_v2.bpf.o"))
+	config{object: obj, attach: []attachment{tp, {"raw_tp_count", "raw_tp:bpfsup_no_such_tracepoint"}}}.write(t, cfgPath)
+	out, code := reload(t, e)
+	if code == 0 || !strings.Contains(out, "bpfsup_no_such_tracepoint") {
+		t.Fatalf("bpfsup reload exited %d:\n%s", code, out)
+	}
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to log the failure", func() bool {
+		return strings.Contains(p.Output(), `msg="replaced link" link=tp_count`) && strings.Contains(p.Output(), `msg="reload failed`)
+	})
+	l, err := link.LoadPinnedLink(linkPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := l.Info()
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Program != progBefore || pinnedProgram(t, pin("programs", "tp_count")) != progBefore {
+		t.Fatalf("after the rollback the link runs program %d, the pin holds %d; want the old %d",
+			info.Program, pinnedProgram(t, pin("programs", "tp_count")), progBefore)
+	}
+	// Exactly the old program runs: v2's link is gone, v1's counts once.
+	if all, v2 := counts(); all != 20 || v2 != 0 {
+		t.Fatalf("after the rollback: all %d, v2 %d; want 20, 0", all, v2)
+	}
+
+	// Without the failing attachment the upgrade goes through.
+	config{object: obj, attach: []attachment{tp}}.write(t, cfgPath)
+	if out := mustReload(t, e); !strings.Contains(out, "replaced make-before-break: tp_count") {
+		t.Fatalf("bpfsup reload:\n%s", out)
+	}
+	if all, v2 := counts(); all != 30 || v2 != 10 {
+		t.Fatalf("after the upgrade: all %d, v2 %d; want 30, 10", all, v2)
+	}
+}
+
+func pinnedProgram(t *testing.T, path string) ebpf.ProgramID {
+	t.Helper()
+	p, err := ebpf.LoadPinnedProgram(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}

@@ -1,0 +1,400 @@
+package upgrade
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/bpfsup/bpfsup/bpf"
+	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/testutil"
+	"github.com/bpfsup/bpfsup/pinstore"
+	"github.com/bpfsup/bpfsup/supervisor"
+)
+
+// childEnv makes the test binary, started by bpfsup as its child, behave as
+// a child application (see childMain) instead of running the tests.
+const childEnv = "BPFSUP_UPGRADE_TEST_CHILD"
+
+// Ports of the traffic tests, in the test's private namespaces.
+const (
+	portDropped = 4000 // in drop_ports: dropped by every version
+	portV2      = 9999 // dropped by dropfilter_v2 only (hard-coded in it)
+	portPassX   = 4001 // never dropped, on the XDP pair
+	portPassT   = 4002 // never dropped, on the tcx pair
+)
+
+// childMain is the child application: it says who it is and which fds it
+// got, reports every signal, and exits 0 on SIGTERM.
+func childMain() {
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT)
+	var maps []string
+	names := os.Getenv(handoff.EnvListenFDNames)
+	files, _ := handoff.Files()
+	for _, f := range files {
+		m, err := ebpf.NewMapFromFD(int(f.File.Fd()))
+		if err != nil {
+			continue
+		}
+		if info, err := m.Info(); err == nil {
+			id, _ := info.ID()
+			maps = append(maps, fmt.Sprintf("%s=%d", f.Name, id))
+		}
+		// m owns the fd now; closing it closes the handed fd, which the
+		// child does not need any more.
+		m.Close()
+	}
+	fmt.Printf("child: pid=%d ppid=%d maps=%s names=%s\n", os.Getpid(), os.Getppid(), strings.Join(maps, ","), names)
+	for sig := range sigs {
+		fmt.Printf("child %d: got %s\n", os.Getpid(), sig)
+		if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+			os.Exit(0)
+		}
+	}
+}
+
+var childLine = regexp.MustCompile(`child: pid=(\d+) ppid=(\d+) maps=(\S*)`)
+
+// childPIDs lists the pids of every child that announced itself in out, in
+// order.
+func childPIDs(out string) []int {
+	var pids []int
+	for _, m := range childLine.FindAllStringSubmatch(out, -1) {
+		pid, _ := strconv.Atoi(m[1])
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// waitChildren waits until n children have announced themselves, and
+// returns the last one's pid.
+func waitChildren(t *testing.T, p *testutil.Proc, n int) int {
+	t.Helper()
+	testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("child number %d to start", n), func() bool {
+		return len(childPIDs(p.Output())) >= n
+	})
+	pids := childPIDs(p.Output())
+	if len(pids) != n {
+		t.Fatalf("%d children started, want %d; output:\n%s", len(pids), n, p.Output())
+	}
+	return pids[n-1]
+}
+
+// startBpfsup starts `bpfsup run ARGS -- <this test binary as child>` with
+// bin (e.Bin when empty).
+func startBpfsup(t testing.TB, e *testutil.Env, bin string, args ...string) *testutil.Proc {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bin == "" {
+		bin = e.Bin
+	}
+	cmd := exec.Command(bin, e.Args("run", append(args, "--", self)...)...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	return testutil.StartProc(t, cmd)
+}
+
+// deploy replaces path by the committed object name ("dropfilter_v2") the
+// way a deploy does: written beside it, then renamed over it.
+func deploy(t testing.TB, path, name string) {
+	t.Helper()
+	writeAtomic(t, path, bpf.Object(name+".bpf.o"))
+}
+
+func writeAtomic(t testing.TB, path string, data []byte) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), ".deploy-"+filepath.Base(path))
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// attachment is one [[object.attach]] of a config.
+type attachment struct{ program, hook string }
+
+// config is a bpfsup TOML configuration with one object.
+type config struct {
+	object string
+	netns  string
+	attach []attachment
+	// maps holds lines for [object.maps.drop_ports], e.g. "reset = true".
+	dropPorts []string
+}
+
+func (c config) String() string {
+	var b strings.Builder
+	if c.netns != "" {
+		fmt.Fprintf(&b, "netns = %q\n", c.netns)
+	}
+	fmt.Fprintf(&b, "\n[[object]]\npath = %q\n", c.object)
+	for _, a := range c.attach {
+		fmt.Fprintf(&b, "\n[[object.attach]]\nprogram = %q\nhook = %q\n", a.program, a.hook)
+	}
+	if len(c.dropPorts) > 0 {
+		fmt.Fprintf(&b, "\n[object.maps.drop_ports]\n%s\n", strings.Join(c.dropPorts, "\n"))
+	}
+	return b.String()
+}
+
+// write writes the config to path by rename.
+func (c config) write(t testing.TB, path string) {
+	t.Helper()
+	writeAtomic(t, path, []byte(c.String()))
+}
+
+// status reads the status of object name as `bpfsup status --json` does
+// (in this process: the test samples it often, under load).
+func status(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+	t.Helper()
+	st, err := supervisor.ReadStatus(pinstore.Store{Root: e.PinRoot, StateDir: e.StateDir}, name)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	if len(st.Objects) != 1 {
+		t.Fatalf("status: %d objects, want 1", len(st.Objects))
+	}
+	return st.Objects[0]
+}
+
+// statusCLI runs `bpfsup status --json` and returns the object named name.
+func statusCLI(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+	t.Helper()
+	out, err := exec.Command(e.Bin, e.Args("status", "--json", name)...).Output()
+	if err != nil {
+		t.Fatalf("bpfsup status: %v", err)
+	}
+	var st supervisor.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("bpfsup status: %v\n%s", err, out)
+	}
+	if len(st.Objects) != 1 {
+		t.Fatalf("bpfsup status: %d objects, want 1", len(st.Objects))
+	}
+	return st.Objects[0]
+}
+
+// reload runs `bpfsup reload` and returns its output and exit status.
+func reload(t *testing.T, e *testutil.Env) (string, int) {
+	t.Helper()
+	return e.Run(t, "reload")
+}
+
+func mustReload(t *testing.T, e *testutil.Env) string {
+	t.Helper()
+	out, code := reload(t, e)
+	if code != 0 {
+		t.Fatalf("bpfsup reload exited %d:\n%s", code, out)
+	}
+	return out
+}
+
+// pinPath is the pin of an object's map, program or link.
+func pinPath(e *testutil.Env, kind, name string) string {
+	return filepath.Join(e.PinRoot, "dropfilter", kind, name)
+}
+
+// linkIDs reads the pinned link's id and the id of the program it runs.
+func linkIDs(t *testing.T, e *testutil.Env, name string) (linkID link.ID, progID ebpf.ProgramID) {
+	t.Helper()
+	l, err := link.LoadPinnedLink(pinPath(e, "links", name), nil)
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	return info.ID, info.Program
+}
+
+// pinnedProgID is the id of the pinned program name.
+func pinnedProgID(t *testing.T, e *testutil.Env, name string) ebpf.ProgramID {
+	t.Helper()
+	p, err := ebpf.LoadPinnedProgram(pinPath(e, "programs", name), nil)
+	if err != nil {
+		t.Fatalf("program %s: %v", name, err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+func progExists(id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	p.Close()
+	return true
+}
+
+func withMap(t *testing.T, e *testutil.Env, name string, fn func(*ebpf.Map)) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(pinPath(e, "maps", name), nil)
+	if err != nil {
+		t.Fatalf("map %s: %v", name, err)
+	}
+	defer m.Close()
+	fn(m)
+}
+
+func dropCount(t *testing.T, e *testutil.Env) uint64 {
+	t.Helper()
+	var n uint64
+	withMap(t, e, "drop_count", func(m *ebpf.Map) {
+		if err := m.Lookup(uint32(0), &n); err != nil {
+			t.Fatalf("drop_count: %v", err)
+		}
+	})
+	return n
+}
+
+func addDropPort(t *testing.T, e *testutil.Env, port uint16) {
+	t.Helper()
+	withMap(t, e, "drop_ports", func(m *ebpf.Map) {
+		if err := m.Put(port, uint8(1)); err != nil {
+			t.Fatalf("drop_ports: %v", err)
+		}
+	})
+}
+
+// dropPorts lists the keys of drop_ports, and its id and size.
+func dropPorts(t *testing.T, e *testutil.Env) (ports []uint16, id ebpf.MapID, maxEntries uint32) {
+	t.Helper()
+	withMap(t, e, "drop_ports", func(m *ebpf.Map) {
+		var k uint16
+		var v uint8
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			ports = append(ports, k)
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ = info.ID()
+		maxEntries = m.MaxEntries()
+	})
+	return ports, id, maxEntries
+}
+
+// sendN sends n datagrams from ns to dst and returns once they are handed
+// to the kernel.
+func sendN(t *testing.T, ns *testutil.Netns, dst netip.AddrPort, n int) {
+	t.Helper()
+	var conn *net.UDPConn
+	if err := ns.Do(func() (err error) { conn, err = net.ListenUDP("udp4", nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i := 0; i < n; i++ {
+		if _, err := conn.WriteToUDPAddrPort([]byte("bpfsup upgrade test"), dst); err != nil {
+			t.Fatalf("send to %v: %v", dst, err)
+		}
+	}
+}
+
+// flood sends datagrams from one socket to its destinations, round robin,
+// as fast as it can: a gap of a few microseconds in a filter lets some
+// through.
+type flood struct {
+	conn *net.UDPConn
+	sent atomic.Uint64
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func startFlood(t *testing.T, ns *testutil.Netns, dsts ...netip.AddrPort) *flood {
+	t.Helper()
+	f := &flood{stop: make(chan struct{}), done: make(chan struct{})}
+	if err := ns.Do(func() (err error) { f.conn, err = net.ListenUDP("udp4", nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(f.done)
+		payload := []byte("flood")
+		for {
+			for _, d := range dsts {
+				if _, err := f.conn.WriteToUDPAddrPort(payload, d); err == nil {
+					f.sent.Add(1)
+				}
+			}
+			select {
+			case <-f.stop:
+				return
+			default:
+			}
+		}
+	}()
+	t.Cleanup(f.Stop)
+	return f
+}
+
+func (f *flood) Stop() {
+	f.once.Do(func() {
+		close(f.stop)
+		<-f.done
+		f.conn.Close()
+	})
+}
+
+// drain waits until datagrams sent after this call have arrived at r from
+// s, so that everything sent before on the same path has been processed.
+func drain(t *testing.T, s *testutil.UDPSender, r *testutil.UDPReceiver) {
+	t.Helper()
+	mark := s.Sent() + 5
+	testutil.WaitFor(t, 5*time.Second, "the control stream to pass datagrams sent after the flood", func() bool {
+		return r.LastSeq() > mark
+	})
+}
+
+// countLines counts the log lines of p with msg=msg.
+func countLines(p *testutil.Proc, msg string) int {
+	return strings.Count(p.Output(), "msg="+msg+" ") + strings.Count(p.Output(), "msg="+msg+"\n")
+}
+
+// linkIDsErr is linkIDs for a link that may not be there.
+func linkIDsErr(e *testutil.Env, name string) (link.ID, error) {
+	l, err := link.LoadPinnedLink(pinPath(e, "links", name), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return 0, err
+	}
+	return info.ID, nil
+}

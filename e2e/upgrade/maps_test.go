@@ -1,0 +1,114 @@
+package upgrade
+
+import (
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// TestUpgradeIncompatibleMap upgrades dropfilter to dropfilter_bigmap, whose
+// drop_ports has 128 entries instead of 64, with reset = true (a new, empty
+// map) and with migrate = "copy" (a new map with the old entries). Without
+// either the upgrade is refused (see TestUpgradeFailures).
+func TestUpgradeIncompatibleMap(t *testing.T) {
+	for _, mode := range []string{"reset = true", `migrate = "copy"`} {
+		t.Run(strings.Fields(mode)[0], func(t *testing.T) { testIncompatibleMap(t, mode) })
+	}
+}
+
+func testIncompatibleMap(t *testing.T, mode string) {
+	e := testutil.MustEnv(t)
+	nsS, nsR := testutil.MustNetns(t, "upm-send"), testutil.MustNetns(t, "upm-recv")
+	_, x := testutil.MustVethPair(t, nsS, nsR)
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}, dropPorts: []string{mode}}.write(t, cfgPath)
+	p := startBpfsup(t, e, "", "-c", cfgPath)
+	firstChild := waitChildren(t, p, 1)
+	addDropPort(t, e, portDropped)
+	dst := netip.AddrPortFrom(x.Addr, portDropped)
+	sendN(t, nsS, dst, 10)
+	testutil.WaitFor(t, 5*time.Second, "10 drops", func() bool { return dropCount(t, e) == 10 })
+	before := takeState(t, e)
+	linkBefore, progBefore := linkIDs(t, e, "xdp_drop")
+
+	deploy(t, obj, "dropfilter_bigmap")
+	out := mustReload(t, e)
+	for _, w := range []string{"maps replaced: drop_ports", "loaded: tc_drop, xdp_drop", "swapped in place: xdp_drop", "child restarted"} {
+		if !strings.Contains(out, w) {
+			t.Fatalf("bpfsup reload does not say %q:\n%s", w, out)
+		}
+	}
+	ports, portsID, maxEntries := dropPorts(t, e)
+	if uint32(portsID) == before.maps["drop_ports"] || maxEntries != 128 {
+		t.Fatalf("drop_ports is map %d with %d entries; was %d with 64, want a new one with 128", portsID, maxEntries, before.maps["drop_ports"])
+	}
+	after := takeState(t, e)
+	if after.maps["drop_count"] != before.maps["drop_count"] || after.drops != 10 {
+		t.Fatalf("drop_count is map %d holding %d, was %d holding 10: the compatible map was not kept", after.maps["drop_count"], after.drops, before.maps["drop_count"])
+	}
+	linkAfter, progAfter := linkIDs(t, e, "xdp_drop")
+	if linkAfter != linkBefore || progAfter == progBefore {
+		t.Fatalf("link %d runs program %d; was link %d with program %d", linkAfter, progAfter, linkBefore, progBefore)
+	}
+	// The new program uses the new map, not the old one: a pinned program
+	// is reloaded when the map it used is replaced.
+	prog, err := ebpf.NewProgramFromID(progAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := prog.Info()
+	prog.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := info.MapIDs(); !slices.Contains(used, portsID) {
+		t.Fatalf("the new program uses maps %v, not the new drop_ports %d", used, portsID)
+	}
+	// The restarted child got the new map.
+	child := waitChildren(t, p, 2)
+	if child == firstChild {
+		t.Fatal("the child was not restarted")
+	}
+	if !strings.Contains(p.Output(), "dropfilter/maps/drop_ports="+strconv.Itoa(int(portsID))) {
+		t.Fatalf("the restarted child did not get the new drop_ports %d:\n%s", portsID, p.Output())
+	}
+
+	recv := testutil.StartUDPReceiver(t, nsR, portDropped)
+	switch mode {
+	case "reset = true":
+		if len(ports) != 0 {
+			t.Fatalf("reset drop_ports holds %v, want nothing", ports)
+		}
+		sendN(t, nsS, dst, 5)
+		recv.WaitCount(t, 5, 5*time.Second)
+		addDropPort(t, e, portDropped)
+		sendN(t, nsS, dst, 5)
+		testutil.WaitFor(t, 5*time.Second, "5 more drops through the new map", func() bool { return dropCount(t, e) == 15 })
+	default:
+		if !slices.Equal(ports, []uint16{portDropped}) {
+			t.Fatalf("migrated drop_ports holds %v, want [%d]", ports, portDropped)
+		}
+		sendN(t, nsS, dst, 5)
+		testutil.WaitFor(t, 5*time.Second, "5 more drops through the migrated map", func() bool { return dropCount(t, e) == 15 })
+	}
+	if recv.Count() > 5 {
+		t.Fatalf("%d datagrams to the dropped port arrived", recv.Count())
+	}
+
+	// The next reload of the same objects adopts the new map: no reset again.
+	out = mustReload(t, e)
+	if !strings.Contains(out, "object dropfilter: unchanged") {
+		t.Fatalf("a second reload changed something:\n%s", out)
+	}
+}

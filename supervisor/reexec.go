@@ -1,0 +1,333 @@
+package supervisor
+
+// Self-upgrade in place: on SIGUSR2 bpfsup execve(2)s its binary (a new
+// version installed at the same path is picked up) with the same pid and
+// command line. The child keeps running and stays bpfsup's child; the pins
+// are not touched (the new program adopts everything, no verifier runs);
+// the new program finds the child through BPFSUP_REEXEC_STATE and waits for
+// it as its own.
+//
+// The child's parent-death signal fires when the *thread* that forked it
+// ends, and execve ends every thread but the caller. Tried on Linux 6.18:
+// exec from any other thread, the main thread included, leaves the child
+// dead (a zombie with SIGKILL) by the time the new program runs; exec from
+// the forking thread keeps it alive, and that thread becomes the new
+// program's main thread, the child's parent from then on. So the exec runs
+// on the forking thread (handoff.Process.OnForkThread) for a child this
+// program started, and on the main thread for a child adopted across an
+// earlier exec: the new program locks its main goroutine to the main thread
+// (init below, so that main and Run run there) and serves exec requests on it.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/oklog/run"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/handoff"
+)
+
+// envReexec carries reexecState from the old program to the new one.
+const envReexec = "BPFSUP_REEXEC_STATE"
+
+// reexecCheckTimeout bounds the check that the new binary runs at all.
+const reexecCheckTimeout = 10 * time.Second
+
+// selfPath is the binary bpfsup was started from, resolved at startup: a
+// new version installed at that path (by rename, as package managers do) is
+// what a re-exec runs. /proc/self/exe would name the old, replaced inode.
+var selfPath = resolveSelf()
+
+func init() {
+	if os.Getenv(envReexec) != "" {
+		// The child adopted across the exec has this, the main thread, as
+		// its parent thread: keep main (and Run) on it. See the top.
+		runtime.LockOSThread()
+	}
+}
+
+func resolveSelf() string {
+	if len(os.Args) == 0 || os.Args[0] == "" {
+		return ""
+	}
+	p := os.Args[0]
+	if !strings.Contains(p, "/") {
+		lp, err := exec.LookPath(p)
+		if err != nil {
+			return ""
+		}
+		p = lp
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return ""
+	}
+	return abs
+}
+
+// reexecState is what the new program needs to carry on.
+type reexecState struct {
+	// From is the version that re-executed.
+	From string `json:"from"`
+	// Started is when the supervisor (this pid) first started.
+	Started time.Time `json:"started"`
+	// ChildPID is the running child, 0 when none runs.
+	ChildPID     int       `json:"child_pid,omitempty"`
+	ChildStarted time.Time `json:"child_started"`
+	Restarts     int       `json:"restarts"`
+	// Ready: READY=1 went to systemd.
+	Ready bool `json:"ready"`
+	// LockFDs are the objects' lock files, kept open across the exec so
+	// that no other supervisor can take an object in between. The new
+	// program closes them just before it locks the objects again.
+	LockFDs []int `json:"lock_fds,omitempty"`
+}
+
+// upgrade is the loop's state for reloads and self-upgrades.
+type upgrade struct {
+	watch *watcher
+	// forUpgrade: the next start of the child restarts it for an upgrade,
+	// which the start limit does not count.
+	forUpgrade bool
+	// resumed is the state handed over by the program before the exec.
+	resumed *reexecState
+	// adopted is the child adopted across an exec, and main runs functions
+	// on the main thread, its parent thread.
+	adopted *handoff.Process
+	main    *mainThread
+}
+
+// prepareResume takes the state an earlier program handed over, if any, and
+// releases its locks so that the install can take them again. Run calls it
+// before installing, on the goroutine that called Run.
+func (s *supervisor) prepareResume() {
+	data, ok := os.LookupEnv(envReexec)
+	if !ok {
+		return
+	}
+	os.Unsetenv(envReexec) // not for the child
+	var st reexecState
+	if err := json.Unmarshal([]byte(data), &st); err != nil {
+		s.log.Error("ignoring the state handed over across the re-exec", "err", err)
+		return
+	}
+	for _, fd := range st.LockFDs {
+		if target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil && strings.HasSuffix(target, ".lock") {
+			unix.Close(fd)
+		}
+	}
+	s.up.resumed = &st
+	s.started, s.restarts, s.ready = st.Started, st.Restarts, st.Ready
+	if st.ChildPID != 0 && unix.Gettid() == unix.Getpid() {
+		s.up.main = &mainThread{calls: make(chan func())}
+	}
+	s.log.Info("re-executed", "from", st.From, "to", s.opts.Version, "child", st.ChildPID)
+}
+
+// resumeChild adopts the child handed over across the exec, and reports
+// whether there was one.
+func (s *supervisor) resumeChild() bool {
+	st := s.up.resumed
+	if st == nil || st.ChildPID == 0 {
+		return false
+	}
+	pid := st.ChildPID
+	if ppid, ok := procPPid(pid); !ok || ppid != os.Getpid() {
+		s.log.Warn("the child from before the re-exec is gone; starting a new one", "pid", pid)
+		return false
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		s.log.Warn("cannot adopt the child from before the re-exec; starting a new one", "pid", pid, "err", err)
+		return false
+	}
+	done := make(chan *os.ProcessState, 1)
+	go func() {
+		// Still our child after execve: wait4 (through a pidfd) reaps it.
+		ps, err := proc.Wait()
+		if err != nil {
+			s.log.Error("cannot wait for the child adopted across the re-exec", "pid", pid, "err", err)
+			return
+		}
+		done <- ps
+	}()
+	p := &handoff.Process{Pid: pid, Done: done}
+	s.child, s.childStarted, s.up.adopted = p, st.ChildStarted, p
+	if s.up.main == nil {
+		s.log.Warn("not on the main thread, the adopted child's parent thread: SIGUSR2 will refuse to re-exec until the child is restarted", "pid", pid)
+	}
+	if s.metrics != nil {
+		s.metrics.childUp.Set(1)
+	}
+	s.log.Info("adopted the running child", "pid", pid)
+	s.recordSupervisor()
+	return true
+}
+
+// procPPid reads the parent pid of pid, false when pid is gone.
+func procPPid(pid int) (int, bool) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
+
+// runGroup runs g, serving the main thread meanwhile when an adopted child
+// needs it.
+func (s *supervisor) runGroup(g *run.Group) error {
+	if s.up.main == nil {
+		return g.Run()
+	}
+	return s.up.main.serve(g.Run)
+}
+
+// reexec replaces the running program by the binary at selfPath, keeping the
+// pid, the child, the pins and the object locks. It returns only when it
+// did not happen, with the reason.
+func (s *supervisor) reexec() error {
+	if s.stopping || s.restartNow {
+		return errors.New("re-exec: the child is being stopped; try again once it is back")
+	}
+	path := selfPath
+	if path == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("re-exec: find own binary: %w", err)
+		}
+		path = exe
+	}
+	// Once exec'd there is no way back: make sure the binary runs at all.
+	ctx, cancel := context.WithTimeout(context.Background(), reexecCheckTimeout)
+	out, err := exec.CommandContext(ctx, path, "version").Output()
+	cancel()
+	if err != nil {
+		return fmt.Errorf("re-exec: %s version: %w", path, err)
+	}
+	newVersion := strings.TrimSpace(string(out))
+
+	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs()}
+	if s.child != nil {
+		st.ChildPID, st.ChildStarted = s.child.Pid, s.childStarted
+	}
+	data, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("re-exec: %w", err)
+	}
+	env := dropEnv(os.Environ(), envReexec, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames)
+	env = append(env, envReexec+"="+string(data))
+	keep := append([]int(nil), st.LockFDs...)
+	if n := len(s.opts.Inherited); n > 0 {
+		// Socket-activated fds are where systemd put them (3 on) and go to
+		// the new program the way they came to this one.
+		names := make([]string, n)
+		for i, f := range s.opts.Inherited {
+			names[i] = f.Name
+			keep = append(keep, int(f.File.Fd()))
+		}
+		env = append(env, handoff.EnvListenFDs+"="+strconv.Itoa(n), handoff.EnvListenPID+"="+strconv.Itoa(os.Getpid()),
+			handoff.EnvListenFDNames+"="+strings.Join(names, ":"))
+	}
+	for _, fd := range keep {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			setCloseOnExec(keep)
+			return fmt.Errorf("re-exec: keep fd %d open: %w", fd, err)
+		}
+	}
+	argv := append([]string{path}, os.Args[1:]...)
+	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "child", st.ChildPID, "locks_kept", len(st.LockFDs))
+
+	var execErr error
+	do := func() { execErr = syscall.Exec(path, argv, env) } // returns only on failure
+	switch {
+	case s.child == nil:
+		do()
+	case s.child == s.up.adopted:
+		if s.up.main == nil {
+			execErr = errors.New("the adopted child's parent thread (the main thread) is not available; restart the child first")
+		} else {
+			s.up.main.do(do)
+		}
+	default:
+		if err := s.child.OnForkThread(do); err != nil {
+			execErr = fmt.Errorf("run on the child's parent thread: %w", err)
+		}
+	}
+	setCloseOnExec(keep)
+	return fmt.Errorf("re-exec %s: %w", path, execErr)
+}
+
+func setCloseOnExec(fds []int) {
+	for _, fd := range fds {
+		unix.CloseOnExec(fd)
+	}
+}
+
+// lockFDs finds the fds of the objects' lock files.
+func (s *supervisor) lockFDs() []int {
+	want := map[string]bool{}
+	for _, in := range s.objects {
+		if p, err := filepath.Abs(s.opts.Store.LockPath(in.plan.name)); err == nil {
+			want[p] = true
+		}
+	}
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && want[target] {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
+// mainThread runs functions on the main thread, for a goroutine locked to
+// it that serves them.
+type mainThread struct {
+	calls chan func()
+}
+
+// do runs fn on the main thread and returns when it has returned.
+func (m *mainThread) do(fn func()) {
+	done := make(chan struct{})
+	m.calls <- func() { defer close(done); fn() }
+	<-done
+}
+
+// serve runs run on another goroutine and serves do until run returns.
+func (m *mainThread) serve(run func() error) error {
+	errc := make(chan error, 1)
+	go func() { errc <- run() }()
+	for {
+		select {
+		case fn := <-m.calls:
+			fn()
+		case err := <-errc:
+			return err
+		}
+	}
+}
