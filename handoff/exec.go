@@ -11,19 +11,19 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/bpfsup/bpfsup/handoff/internal/exechelper"
 )
 
 // ExecArg, as the first argument of bpfsup, makes it the exec helper: see
 // ExecHelper.
-const ExecArg = "__bpfsup_exec"
+const ExecArg = exechelper.Arg
 
 // Variables from the supervisor to the exec helper; the helper removes them.
 const (
-	envExecUID    = "BPFSUP_EXEC_UID"
-	envExecGID    = "BPFSUP_EXEC_GID"
-	envExecGroups = "BPFSUP_EXEC_GROUPS"
-	envExecPPID   = "BPFSUP_EXEC_PPID"
+	envExecUID    = exechelper.EnvUID
+	envExecGID    = exechelper.EnvGID
+	envExecGroups = exechelper.EnvGroups
+	envExecPPID   = exechelper.EnvPPID
 )
 
 // Credential is the user the child runs as.
@@ -63,6 +63,30 @@ type Process struct {
 	// Done receives the child's wait status once, when it has exited and been
 	// reaped.
 	Done <-chan *os.ProcessState
+
+	calls chan func()   // run on the forking thread; nil unless made by Start
+	gone  chan struct{} // closed when the forking thread is released
+}
+
+// OnForkThread runs fn on the OS thread that forked the child, and returns
+// once fn has returned. The child's parent-death signal is tied to that
+// thread: an execve(2) of the supervisor from any other thread ends this
+// one, which kills the child, while from this thread it does not (the
+// thread becomes the new program's main thread, still the child's parent).
+// It returns os.ErrProcessDone when the child has exited and the thread is
+// released, and errors.ErrUnsupported for a Process not made by Start.
+func (p *Process) OnForkThread(fn func()) error {
+	if p.calls == nil {
+		return errors.ErrUnsupported
+	}
+	ran := make(chan struct{})
+	select {
+	case p.calls <- func() { defer close(ran); fn() }:
+		<-ran
+		return nil
+	case <-p.gone:
+		return os.ErrProcessDone
+	}
 }
 
 // Start starts the child through the exec helper. The fork runs on an OS
@@ -134,6 +158,7 @@ func Start(c Child) (*Process, error) {
 
 	started := make(chan error, 1)
 	done := make(chan *os.ProcessState, 1)
+	calls, gone := make(chan func()), make(chan struct{})
 	go func() {
 		// Never unlocked while the child lives: see the doc comment.
 		runtime.LockOSThread()
@@ -143,13 +168,28 @@ func Start(c Child) (*Process, error) {
 			return
 		}
 		started <- nil
-		_ = cmd.Wait()
-		done <- cmd.ProcessState
+		// Waited for from another goroutine (any thread of the process may
+		// wait for it), so that this one stays free for OnForkThread.
+		waited := make(chan struct{})
+		go func() {
+			_ = cmd.Wait()
+			done <- cmd.ProcessState
+			close(waited)
+		}()
+		for {
+			select {
+			case fn := <-calls:
+				fn()
+			case <-waited:
+				close(gone)
+				return
+			}
+		}
 	}()
 	if err := <-started; err != nil {
 		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
 	}
-	return &Process{Pid: cmd.Process.Pid, Done: done}, nil
+	return &Process{Pid: cmd.Process.Pid, Done: done, calls: calls, gone: gone}, nil
 }
 
 func orStd(w io.Writer, def *os.File) io.Writer {
@@ -177,67 +217,17 @@ func withoutVars(env []string, names ...string) []string {
 	return out
 }
 
-// ExecHelper is the exec helper's whole life: called by bpfsup's main when
-// its first argument is ExecArg, with the application's command line in args.
-// It sets LISTEN_PID to its own pid (which the application keeps across exec),
-// drops privileges when asked to, re-arms the parent-death signal that a
-// change of user clears, and execs the application. It never returns; on
-// error it exits with status 127 (126 when the command cannot be executed),
-// as a shell does.
+// ExecHelper is the exec helper's whole life: it sets LISTEN_PID to its own
+// pid (which the application keeps across exec), drops privileges when asked
+// to, re-arms the parent-death signal that a change of user clears, marks
+// every fd above the handed ones close-on-exec, and execs the application,
+// args. It never returns; on error it exits with status 127 (126 when the
+// command cannot be executed), as a shell does.
+//
+// A binary that links this package need not call it: the helper runs from
+// the init function of package handoff/internal/exechelper when the first
+// argument is ExecArg, before most of the binary is even initialised, which
+// makes each start of the child cheaper (see that package).
 func ExecHelper(args []string) {
-	fail := func(code int, format string, a ...any) {
-		fmt.Fprintf(os.Stderr, "bpfsup: exec: "+format+"\n", a...)
-		os.Exit(code)
-	}
-	if len(args) == 0 {
-		fail(127, "no command")
-	}
-	ppid, _ := strconv.Atoi(os.Getenv(envExecPPID))
-
-	if uidStr := os.Getenv(envExecUID); uidStr != "" {
-		uid, err1 := strconv.Atoi(uidStr)
-		gid, err2 := strconv.Atoi(os.Getenv(envExecGID))
-		if err1 != nil || err2 != nil {
-			fail(127, "bad credentials %q/%q", uidStr, os.Getenv(envExecGID))
-		}
-		groups := []int{}
-		for _, g := range strings.Split(os.Getenv(envExecGroups), ",") {
-			if g == "" {
-				continue
-			}
-			n, err := strconv.Atoi(g)
-			if err != nil {
-				fail(127, "bad group %q", g)
-			}
-			groups = append(groups, n)
-		}
-		// Go applies these to every thread of the process.
-		if err := syscall.Setgroups(groups); err != nil {
-			fail(127, "setgroups: %v", err)
-		}
-		if err := syscall.Setgid(gid); err != nil {
-			fail(127, "setgid %d: %v", gid, err)
-		}
-		if err := syscall.Setuid(uid); err != nil {
-			fail(127, "setuid %d: %v", uid, err)
-		}
-	}
-	// A change of credentials clears the parent-death signal: set it again,
-	// then make sure the parent did not die in between.
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
-		fail(127, "set parent-death signal: %v", err)
-	}
-	if ppid != 0 && os.Getppid() != ppid {
-		os.Exit(127)
-	}
-
-	env := withoutVars(os.Environ(), envExecUID, envExecGID, envExecGroups, envExecPPID, EnvListenPID)
-	env = append(env, EnvListenPID+"="+strconv.Itoa(os.Getpid()))
-	path, err := exec.LookPath(args[0])
-	if err != nil && !errors.Is(err, exec.ErrDot) {
-		fail(127, "%v", err)
-	}
-	if err := syscall.Exec(path, args, env); err != nil {
-		fail(126, "%s: %v", args[0], err)
-	}
+	exechelper.Main(args)
 }

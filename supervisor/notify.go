@@ -1,11 +1,12 @@
 package supervisor
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -22,52 +23,135 @@ func notifyReloading() (bool, error) {
 	return daemon.SdNotify(false, "RELOADING=1\nMONOTONIC_USEC="+strconv.FormatInt(usec, 10))
 }
 
+// notifyReady ends a reload (RELOADING=1) for systemd. Before the child
+// said READY=1 (--notify=child), the service is not ready yet and a reload
+// must not make it so.
 func (s *supervisor) notifyReady() {
-	_, _ = daemon.SdNotify(false, "READY=1")
+	if s.ready {
+		_, _ = daemon.SdNotify(false, "READY=1")
+	}
 	s.notifyStatus()
 }
 
 // notifySocket is the notify socket bpfsup gives the child with
 // --notify=child: the child's READY=1 becomes bpfsup's.
+//
+// It is an abstract unix socket ("@bpfsup-notify-..."), which sd_notify(3),
+// python-systemd and systemd-notify all accept: the child may run as another
+// user who cannot reach a socket file in bpfsup's 0700 state directory.
+// Anyone in the network namespace may send to an abstract socket, so
+// messages are accepted only from root, bpfsup's own user and the child's
+// (the kernel vouches for the sender's uid with SCM_CREDENTIALS).
 type notifySocket struct {
-	path string
+	path string // NOTIFY_SOCKET for the child
 	conn *net.UnixConn
-	out  chan<- string
+	out  chan<- notifyMsg
+	uids []uint32 // senders accepted
 }
 
-func listenNotify(stateDir string, out chan<- string) (*notifySocket, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, err
+// notifyMsg is one datagram from the child. Files are fds it sent along
+// (BARRIER=1 sends one and waits until the receiver closes it); the loop
+// closes them once it has handled the message, so that a barrier returns
+// only after what the child sent before it has been acted on.
+type notifyMsg struct {
+	text  string
+	files []int
+}
+
+func (m notifyMsg) close() {
+	for _, fd := range m.files {
+		unix.Close(fd)
 	}
-	path := filepath.Join(stateDir, "notify-"+strconv.Itoa(os.Getpid())+".sock")
-	_ = os.Remove(path)
+}
+
+func listenNotify(out chan<- notifyMsg, childUID *uint32) (*notifySocket, error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("child notify socket: %w", err)
+	}
+	// A leading '@' makes Go (and every sd_notify client) use the abstract
+	// namespace: no file, nothing to remove after a crash.
+	path := "@bpfsup-notify-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("child notify socket: %w", err)
 	}
-	// The child may run as another user.
-	_ = os.Chmod(path, 0o666)
-	return &notifySocket{path: path, conn: conn, out: out}, nil
+	raw, err := conn.SyscallConn()
+	if err == nil {
+		cerr := raw.Control(func(fd uintptr) {
+			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+		})
+		if cerr != nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("child notify socket: pass credentials: %w", err)
+	}
+	uids := []uint32{0, uint32(os.Geteuid())}
+	if childUID != nil {
+		uids = append(uids, *childUID)
+	}
+	return &notifySocket{path: path, conn: conn, out: out, uids: uids}, nil
 }
 
 func (n *notifySocket) serve() error {
 	buf := make([]byte, 4096)
+	// Room for the credentials and a few fds; sd_notify sends at most one.
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(16*4))
 	for {
-		k, _, err := n.conn.ReadFromUnix(buf)
+		k, ok, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return err
+			return fmt.Errorf("child notify socket: %w", err)
+		}
+		msg, allowed := n.parse(buf[:k], oob[:ok])
+		if !allowed {
+			msg.close()
+			continue
 		}
 		select {
-		case n.out <- string(buf[:k]):
+		case n.out <- msg:
 		case <-time.After(time.Second):
+			// The loop is busy: drop it rather than block the child's
+			// barrier for ever.
+			msg.close()
 		}
 	}
 }
 
+// parse takes the fds and the sender's credentials out of a datagram; it
+// reports whether the sender may notify.
+func (n *notifySocket) parse(data, oob []byte) (msg notifyMsg, allowed bool) {
+	msg.text = string(data)
+	cmsgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return msg, false
+	}
+	var cred *unix.Ucred
+	for _, c := range cmsgs {
+		if fds, err := unix.ParseUnixRights(&c); err == nil {
+			msg.files = append(msg.files, fds...)
+			continue
+		}
+		if uc, err := unix.ParseUnixCredentials(&c); err == nil {
+			cred = uc
+		}
+	}
+	if cred == nil {
+		return msg, false
+	}
+	for _, uid := range n.uids {
+		if cred.Uid == uid {
+			return msg, true
+		}
+	}
+	return msg, false
+}
+
 func (n *notifySocket) close() {
 	n.conn.Close()
-	os.Remove(n.path)
 }

@@ -19,7 +19,8 @@ type RestartPolicy struct {
 	// Mode is always, on-failure (default) or never.
 	Mode string
 	// Delay is the first back-off delay (default 100ms); it doubles on every
-	// restart up to MaxDelay (default 30s).
+	// restart up to MaxDelay (default 30s; when below Delay, the delay does
+	// not grow).
 	Delay, MaxDelay time.Duration
 	// StableAfter resets the back-off once a child has run this long
 	// (default 10s).
@@ -62,6 +63,10 @@ func Clean(st *os.ProcessState) bool {
 	if !ok {
 		return st.Success()
 	}
+	return cleanStatus(ws)
+}
+
+func cleanStatus(ws syscall.WaitStatus) bool {
 	if ws.Exited() {
 		return ws.ExitStatus() == 0
 	}
@@ -75,30 +80,44 @@ func Clean(st *os.ProcessState) bool {
 }
 
 // ExitCode is the status a shell would report: the exit status, or 128 plus
-// the signal that killed the process.
+// the signal that killed the process. A nil state (no child ever exited) is 0.
 func ExitCode(st *os.ProcessState) int {
 	if st == nil {
 		return 0
 	}
-	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok {
+		return exitCode(ws)
 	}
 	return st.ExitCode()
 }
 
-// ShouldRestart applies the mode to an exit.
+func exitCode(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// ShouldRestart applies the mode to an exit: always restarts, never does
+// not, on-failure restarts unless the exit was clean (see Clean).
 func (p RestartPolicy) ShouldRestart(st *os.ProcessState) bool {
+	return p.restartAfter(Clean(st))
+}
+
+func (p RestartPolicy) restartAfter(clean bool) bool {
 	switch p.Mode {
 	case RestartAlways:
 		return true
 	case RestartNever:
 		return false
 	default:
-		return !Clean(st)
+		return !clean
 	}
 }
 
-// backoff tracks the restart delay and the start limit.
+// backoff tracks the restart delay and the start limit. It keeps at most
+// StartLimit+1 start times, so a child that crashes forever (with no limit,
+// StartLimit 0, none at all) costs no memory.
 type backoff struct {
 	policy RestartPolicy
 	next   time.Duration
@@ -108,7 +127,8 @@ type backoff struct {
 func newBackoff(p RestartPolicy) *backoff { return &backoff{policy: p, next: p.Delay} }
 
 // started records a start at now and reports false when it exceeds the
-// start limit.
+// start limit: more than StartLimit starts within StartLimitInterval (the
+// window ends at now, a start exactly StartLimitInterval ago is outside).
 func (b *backoff) started(now time.Time) bool {
 	if b.policy.StartLimit <= 0 {
 		return true
@@ -125,15 +145,20 @@ func (b *backoff) started(now time.Time) bool {
 }
 
 // delay is how long to wait before the next start, given how long the child
-// that just exited ran.
+// that just exited ran: Delay after a stable run (at least StableAfter),
+// otherwise twice the previous delay, at most MaxDelay. A MaxDelay below
+// Delay means no growth: a lone --restart-delay 1m is not an error.
 func (b *backoff) delay(ran time.Duration) time.Duration {
+	limit := max(b.policy.MaxDelay, b.policy.Delay)
 	if ran >= b.policy.StableAfter {
 		b.next = b.policy.Delay
 	}
-	d := b.next
-	b.next *= 2
-	if b.next > b.policy.MaxDelay {
-		b.next = b.policy.MaxDelay
+	d := min(b.next, limit)
+	if b.next > limit/2 {
+		// Doubling would pass the cap (or overflow).
+		b.next = limit
+	} else {
+		b.next *= 2
 	}
 	return d
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -109,6 +110,7 @@ type supervisor struct {
 	restarts     int
 	backoff      *backoff
 	stopping     bool
+	stoppingSent bool // STOPPING=1 went to systemd
 	restartNow   bool // the child was stopped by a reload: start it again at once
 	ready        bool
 	restartTimer *time.Timer
@@ -116,16 +118,19 @@ type supervisor struct {
 	metrics      *metrics
 	started      time.Time
 
-	runtime   atomic.Pointer[[]byte] // JSON of SupervisorRecord, for the control socket
+	runtime atomic.Pointer[[]byte] // JSON of SupervisorRecord, for the control socket
 
 	reloads   chan reloadRequest
-	childNote chan string
+	childNote chan notifyMsg
 	notify    *notifySocket
+	links     *linkWatcher // re-attaches defunct links; see netlink.go
+	up        upgrade      // reloads and self-upgrades; see reexec.go
 }
 
 type reloadRequest struct {
 	reason string
 	reply  chan error
+	report *ReloadReport // filled in before the reply, when not nil
 }
 
 func newSupervisor(opts Options) (*supervisor, error) {
@@ -152,7 +157,7 @@ func newSupervisor(opts Options) (*supervisor, error) {
 		log:       opts.Logger,
 		backoff:   newBackoff(opts.Restart),
 		reloads:   make(chan reloadRequest),
-		childNote: make(chan string, 16),
+		childNote: make(chan notifyMsg, 16),
 		started:   time.Now(),
 	}, nil
 }
@@ -235,6 +240,7 @@ func (s *supervisor) planAll(cfgs []ObjectConfig) ([]*plan, error) {
 		if err != nil {
 			return nil, err
 		}
+		p.force = s.opts.Force
 		if prev, ok := names[p.name]; ok {
 			return nil, fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, p.name)
 		}
@@ -275,6 +281,11 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	if len(opts.Command) == 0 {
 		return 2, errors.New("no command to run (bpfsup run ... -- CMD [ARG...])")
 	}
+	// Say so now rather than after installing, and rather than through a
+	// child that exits 127 until the start limit.
+	if _, err := exec.LookPath(opts.Command[0]); err != nil && !errors.Is(err, exec.ErrDot) {
+		return 2, fmt.Errorf("command: %w", err)
+	}
 	defer s.close()
 
 	// Grandchildren that lose their parent are reparented to us and reaped.
@@ -282,6 +293,15 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		s.log.Warn("cannot become child subreaper", "err", err)
 	}
 
+	// Caught from here on, so that a stop during a long install (the
+	// verifier may take seconds) lets the install finish and then stops
+	// before the child starts, instead of killing bpfsup half-way.
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCHLD)
+	defer signal.Stop(sigc)
+
+	s.prepareResume()
 	if err := s.installAll(); err != nil {
 		return 1, err
 	}
@@ -295,13 +315,12 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCHLD)
-	defer signal.Stop(sigc)
-
 	if opts.NotifyChild {
-		ns, err := listenNotify(s.opts.Store.StateDirectory(), s.childNote)
+		var childUID *uint32
+		if opts.Credential != nil {
+			childUID = &opts.Credential.UID
+		}
+		ns, err := listenNotify(s.childNote, childUID)
 		if err != nil {
 			return 1, err
 		}
@@ -321,12 +340,20 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		return 1, err
 	}
 	g.Add(ctl.serve, func(error) { ctl.close() })
+	if err := s.watchInterfaces(); err != nil {
+		return 1, err
+	}
+	if s.links != nil {
+		defer s.links.close()
+		g.Add(s.links.run, func(error) { s.links.close() })
+	}
 	if opts.Watch {
 		w, err := newWatcher(s.watchedFiles(), s.reloads, s.log)
 		if err != nil {
 			return 1, err
 		}
 		g.Add(w.run, func(error) { w.close() })
+		s.up.watch = w
 	}
 
 	exitCode := 0
@@ -336,12 +363,27 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		return err
 	}, func(error) { cancel() })
 
-	err = g.Run()
+	err = s.runGroup(&g)
 	if errors.Is(err, errLoopDone) {
 		err = nil
 	}
-	_, _ = daemon.SdNotify(false, "STOPPING=1")
+	if s.lastExit != nil {
+		// What the last child left in its process group would be orphaned
+		// to init: end it, as systemd's KillMode=mixed does. ESRCH when
+		// nothing is left; the group's id cannot be reused while it has
+		// members.
+		_ = unix.Kill(-s.lastExit.Pid(), unix.SIGKILL)
+	}
+	s.notifyStopping()
 	return exitCode, err
+}
+
+// notifyStopping tells systemd, once, that bpfsup is going away.
+func (s *supervisor) notifyStopping() {
+	if !s.stoppingSent {
+		s.stoppingSent = true
+		_, _ = daemon.SdNotify(false, "STOPPING=1")
+	}
 }
 
 var errLoopDone = errors.New("supervisor done")
@@ -359,8 +401,13 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 	}
 	upgradeSig, _ := upgradeSignal(s.opts.OnUpgrade)
 
-	if err := s.startChild(); err != nil {
-		return 1, err
+	if !s.resumeChild() {
+		if s.stoppedDuringInstall(sigc) {
+			return 0, errLoopDone
+		}
+		if err := s.startChild(); err != nil {
+			return 1, err
+		}
 	}
 	s.notifyStatus()
 
@@ -413,6 +460,9 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 				s.metrics.childUp.Set(0)
 				if errors.Is(err, ErrStartLimit) {
 					s.metrics.startLimitHits.Inc()
+					s.log.Error("start limit hit, giving up; the BPF programs stay attached",
+						"start_limit", s.opts.Restart.StartLimit, "start_limit_interval", s.opts.Restart.StartLimitInterval,
+						"last_exit", s.lastExit.String())
 				}
 				return 1, err
 			}
@@ -423,7 +473,11 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 		case <-killTimer.C:
 			if s.child != nil {
 				s.log.Warn("child did not stop in time, killing it", "pid", s.child.Pid, "timeout", s.opts.StopTimeout)
-				_ = unix.Kill(s.child.Pid, unix.SIGKILL)
+				// Its whole process group, as systemd's KillMode=mixed
+				// does after the timeout.
+				if unix.Kill(-s.child.Pid, unix.SIGKILL) != nil {
+					_ = unix.Kill(s.child.Pid, unix.SIGKILL)
+				}
 			}
 
 		case sig := <-sigc:
@@ -438,11 +492,11 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 				}
 				s.stop(ss, killTimer)
 			case syscall.SIGHUP:
-				go func() {
-					reply := make(chan error, 1)
-					s.reloads <- reloadRequest{reason: "SIGHUP", reply: reply}
-					<-reply
-				}()
+				s.requestReload("SIGHUP")
+			case syscall.SIGUSR2:
+				if err := s.reexec(); err != nil {
+					s.log.Error("self-upgrade failed; carrying on as before", "err", err)
+				}
 			default:
 				if s.child != nil {
 					_ = unix.Kill(s.child.Pid, ss)
@@ -450,17 +504,59 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			}
 
 		case req := <-s.reloads:
-			err := s.reload(req.reason, upgradeSig)
-			s.metrics.setReload(err)
-			req.reply <- err
+			s.handleReload(req, upgradeSig)
+			if err := s.watchInterfaces(); err != nil {
+				s.log.Error("cannot watch interfaces", "err", err)
+			}
+
+		case ev := <-s.linkEvents():
+			s.relink(ev)
 
 		case msg := <-s.childNote:
-			s.childNotified(msg)
+			s.childNotified(msg.text)
+			msg.close()
 
 		case <-watchdog:
 			_, _ = daemon.SdNotify(false, "WATCHDOG=1")
 		}
 	}
+}
+
+// stoppedDuringInstall takes the signals that came while bpfsup installed,
+// before any child ran, and reports whether one of them was a stop: then no
+// child is started at all. A SIGHUP becomes a reload, and a SIGUSR2 (self
+// upgrade) is raised again for the loop; the others had no child to go to.
+func (s *supervisor) stoppedDuringInstall(sigc <-chan os.Signal) bool {
+	usr2 := false
+	for {
+		select {
+		case sig := <-sigc:
+			switch sig {
+			case syscall.SIGTERM, syscall.SIGINT:
+				s.log.Info("stopping before the child started", "signal", sig.String())
+				return true
+			case syscall.SIGHUP:
+				s.requestReload("SIGHUP")
+			case syscall.SIGUSR2:
+				usr2 = true
+			}
+		default:
+			if usr2 {
+				_ = unix.Kill(os.Getpid(), unix.SIGUSR2)
+			}
+			return false
+		}
+	}
+}
+
+// requestReload asks the loop for a reload without waiting for it: the loop
+// itself may be the caller.
+func (s *supervisor) requestReload(reason string) {
+	go func() {
+		reply := make(chan error, 1)
+		s.reloads <- reloadRequest{reason: reason, reply: reply}
+		<-reply
+	}()
 }
 
 func stoppedTimer() *time.Timer {
@@ -476,7 +572,7 @@ func (s *supervisor) stop(sig syscall.Signal, killTimer *time.Timer) {
 		return
 	}
 	s.stopping = true
-	_, _ = daemon.SdNotify(false, "STOPPING=1")
+	s.notifyStopping()
 	s.log.Info("stopping child", "pid", s.child.Pid, "signal", sig.String(), "timeout", s.opts.StopTimeout)
 	_ = unix.Kill(s.child.Pid, sig)
 	killTimer.Reset(s.opts.StopTimeout)
@@ -484,9 +580,12 @@ func (s *supervisor) stop(sig syscall.Signal, killTimer *time.Timer) {
 
 func (s *supervisor) startChild() error {
 	now := time.Now()
-	if !s.backoff.started(now) {
-		return fmt.Errorf("%w: the child was started %d times within %s; giving up (the BPF programs stay attached)",
-			ErrStartLimit, s.opts.Restart.StartLimit+1, s.opts.Restart.StartLimitInterval)
+	forUpgrade := s.up.forUpgrade
+	s.up.forUpgrade = false
+	if !forUpgrade && !s.backoff.started(now) {
+		p := s.opts.Restart
+		return fmt.Errorf("%w: the child exited %d times within %s (limit: %d starts in %s, see --start-limit and --start-limit-interval), last with %s; giving up, the BPF programs stay attached",
+			ErrStartLimit, p.StartLimit, p.StartLimitInterval, p.StartLimit, p.StartLimitInterval, s.lastExit)
 	}
 	files := append(append([]handoff.NamedFile(nil), s.opts.Inherited...), s.files...)
 	env := os.Environ()
@@ -534,6 +633,9 @@ func (s *supervisor) childNotified(msg string) {
 			}
 		case strings.HasPrefix(line, "STATUS="):
 			_, _ = daemon.SdNotify(false, "STATUS=child: "+strings.TrimPrefix(line, "STATUS="))
+		case strings.HasPrefix(line, "EXTEND_TIMEOUT_USEC=") && !s.ready:
+			// A slow start of the application is the service's slow start.
+			_, _ = daemon.SdNotify(false, line)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/pinstore"
 	"github.com/bpfsup/bpfsup/supervisor"
@@ -44,6 +45,12 @@ func bpfsupVersion() string {
 type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
+
+// loggedError has been logged already, as a JSON line with --log-format
+// json: main must not print it again as text.
+type loggedError struct{ error }
+
+func (l loggedError) Unwrap() error { return l.error }
 
 // execute runs the command line and returns bpfsup's exit status.
 func execute(args []string) (int, error) {
@@ -171,7 +178,7 @@ the programs stay attached when CMD or bpfsup dies.`,
 
 			build := func() ([]supervisor.ObjectConfig, error) {
 				objs := append([]supervisor.ObjectConfig(nil), file.Objects...)
-				if configPath != "" && fl.Changed("c") {
+				if configPath != "" {
 					// Re-read on reload: the file may have changed.
 					data, err := os.ReadFile(configPath)
 					if err != nil {
@@ -232,6 +239,10 @@ the programs stay attached when CMD or bpfsup dies.`,
 			*code, err = supervisor.Run(context.Background(), opts)
 			if err != nil && *code == 0 {
 				*code = 1
+			}
+			if err != nil && logFormat == "json" {
+				log.Error("bpfsup stopped", "err", err.Error(), "exit_code", *code)
+				return loggedError{err}
 			}
 			return err
 		},
@@ -449,6 +460,14 @@ func downCmd() *cobra.Command {
 					errs = append(errs, fmt.Errorf("%w (stop that supervisor first)", err))
 					continue
 				}
+				// Links first, through hooks: removing the pin of a tc
+				// filter (tcx's fallback) does not release it.
+				linkNames, _ := obj.Pins(pinstore.Links)
+				for _, ln := range linkNames {
+					if err := hooks.Unpin(obj.Path(pinstore.Links, ln)); err != nil {
+						errs = append(errs, fmt.Errorf("object %s: %w", n, err))
+					}
+				}
 				if err := obj.Remove(); err != nil {
 					errs = append(errs, fmt.Errorf("object %s: %w", n, err))
 					continue
@@ -489,6 +508,9 @@ func reloadCmd() *cobra.Command {
 					continue
 				}
 				fmt.Printf("supervisor %d: reloaded in %s\n", pid, reply.Took)
+				if reply.Reload != nil {
+					fmt.Println(reply.Reload)
+				}
 			}
 			return errors.Join(errs...)
 		},
@@ -539,4 +561,3 @@ func versionCmd() *cobra.Command {
 		},
 	}
 }
-

@@ -20,7 +20,9 @@ func main() {
 	}
 	code, err := execute(os.Args[1:])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bpfsup: %v\n", err)
+		if !errors.As(err, new(loggedError)) {
+			fmt.Fprintf(os.Stderr, "bpfsup: %v\n", err)
+		}
 		var ue usageError
 		if errors.As(err, &ue) && code == 0 {
 			code = 2

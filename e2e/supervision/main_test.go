@@ -10,6 +10,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Started by bpfsup as its child application: see child_test.go.
+	if behaviour := os.Getenv(envChild); behaviour != "" {
+		os.Exit(runChild(behaviour))
+	}
 	code := testutil.CheckNoFDLeaks(m)
 	testutil.BuildCleanup()
 	os.Exit(code)

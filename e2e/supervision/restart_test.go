@@ -1,0 +1,215 @@
+package supervision
+
+import (
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// Each restart policy against each way a child can end, with systemd's
+// semantics: exit 0 and death by SIGTERM are clean, exit 3, SIGSEGV and
+// SIGKILL are failures. A restarted child is started again until the start
+// limit (2 starts) stops bpfsup; one that is not makes bpfsup exit with its
+// status, 128+signal for a signal.
+func TestRestartPolicy(t *testing.T) {
+	ends := []struct {
+		name  string
+		sh    string // how the child ends
+		clean bool
+		code  int
+	}{
+		{"exit 0", "exit 0", true, 0},
+		{"exit 3", "exit 3", false, 3},
+		{"SIGTERM", "kill -TERM $$", true, 128 + 15},
+		// No core file: the child's working directory is the test's.
+		{"SIGSEGV", "ulimit -c 0; kill -SEGV $$", false, 128 + 11},
+		{"SIGKILL", "kill -KILL $$", false, 128 + 9},
+	}
+	for _, policy := range []string{"always", "on-failure", "never"} {
+		for _, end := range ends {
+			restarted := policy == "always" || (policy == "on-failure" && !end.clean)
+			t.Run(policy+"/"+end.name, func(t *testing.T) {
+				e := testutil.MustEnv(t)
+				starts := filepath.Join(shortDir(t), "starts")
+				p := startRun(t, e, nil, "-o", counterObj, "--restart", policy,
+					"--restart-delay", "10ms", "--start-limit", "2", "--start-limit-interval", "1m",
+					"--", "sh", "-c", "echo start >> "+starts+"; "+end.sh)
+				code := p.Wait(t, 20*time.Second)
+				n := countLines(t, starts, "start")
+				if restarted {
+					if code != 1 || n != 2 || !strings.Contains(p.Output(), "start limit hit") {
+						t.Fatalf("restart=%s, child ends by %s: want a restart, then the start limit (exit 1 after 2 starts); got exit %d after %d starts; output:\n%s",
+							policy, end.name, code, n, p.Output())
+					}
+					return
+				}
+				if code != end.code || n != 1 {
+					t.Fatalf("restart=%s, child ends by %s: want no restart and bpfsup's exit status %d; got exit %d after %d starts; output:\n%s",
+						policy, end.name, end.code, code, n, p.Output())
+				}
+			})
+		}
+	}
+}
+
+// The restart delay doubles while the child keeps failing fast, and falls
+// back to --restart-delay after a run of at least --stable-after. Delays are
+// read from bpfsup's log: from "child exited" to the next "child started",
+// which can only be longer than the delay bpfsup chose, never shorter.
+// (Measured by the child, they would include its own start-up, which takes
+// tens of milliseconds on a loaded machine.)
+func TestBackoff(t *testing.T) {
+	const (
+		base        = 200 * time.Millisecond
+		stableAfter = 1200 * time.Millisecond
+	)
+	e := testutil.MustEnv(t)
+	log := filepath.Join(shortDir(t), "runs")
+	p := startRun(t, e, childEnv("backoff", envFile+"="+log, envStableRun+"=3", envStableFor+"=1400ms"),
+		"-o", counterObj, "--restart", "on-failure", "--restart-delay", base.String(), "--restart-max-delay", "10s",
+		"--stable-after", stableAfter.String(), "--start-limit", "0", "--", self(t))
+	// Runs 0-2 fail fast, run 3 is stable, runs 4 and 5 fail fast again.
+	testutil.WaitFor(t, 20*time.Second, "6 runs of the child", func() bool { return countLines(t, log, "end") >= 6 })
+	p.Kill(15)
+	p.Wait(t, 10*time.Second)
+
+	var started, exited []time.Time
+	for _, m := range logTimeRe.FindAllStringSubmatch(p.Output(), -1) {
+		ts, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			t.Fatalf("bad time in log line %q", m[0])
+		}
+		if m[2] == "child started" {
+			started = append(started, ts)
+		} else {
+			exited = append(exited, ts)
+		}
+	}
+	want := []time.Duration{base, 2 * base, 4 * base, base, 2 * base} // the delay after runs 0-4
+	if len(started) < len(want)+1 || len(exited) < len(want) {
+		t.Fatalf("%d starts and %d exits in the log, want %d and %d:\n%s", len(started), len(exited), len(want)+1, len(want), p.Output())
+	}
+	var got []time.Duration
+	for i := range want {
+		got = append(got, started[i+1].Sub(exited[i]))
+	}
+	t.Logf("delays between runs: %v", got)
+	for i, w := range want {
+		// At least the delay, which shows the growth; and not much more,
+		// which shows the reset (unreset, the delay after run 3 would be
+		// 8x base). The slack is for starting the child on a loaded machine.
+		if limit := w + 300*time.Millisecond; got[i] < w || got[i] >= limit {
+			t.Errorf("delay after run %d is %v, want %v (at least, and below %v)", i, got[i], w, limit)
+		}
+	}
+	if ran := exited[3].Sub(started[3]); ran < stableAfter {
+		t.Fatalf("run 3 lasted %v, shorter than --stable-after %v: the test proves nothing", ran, stableAfter)
+	}
+}
+
+var logTimeRe = regexp.MustCompile(`time=(\S+) level=INFO msg="(child started|child exited)"`)
+
+// The start limit stops bpfsup with a message that says so and a non-zero
+// exit status, and leaves the program attached: the data path keeps running
+// when the control plane gives up.
+func TestStartLimitLeavesProgramAttached(t *testing.T) {
+	e := testutil.MustEnv(t)
+	a, b := testutil.MustNetns(t, "sup-a"), testutil.MustNetns(t, "sup-b")
+	ifA, _ := testutil.MustVethPair(t, a, b)
+	starts := filepath.Join(shortDir(t), "starts")
+	p := startRun(t, e, nil, "-o", counterObj, "-a", "count_packets@xdp:"+ifA.Name, "--netns", a.Path,
+		"--restart-delay", "1ms", "--start-limit", "3", "--start-limit-interval", "1m",
+		"--", "sh", "-c", "echo start >> "+starts+"; exit 3")
+	code := p.Wait(t, 20*time.Second)
+	out := p.Output()
+	if code == 0 {
+		t.Fatalf("bpfsup exited 0 after the start limit; output:\n%s", out)
+	}
+	if n := countLines(t, starts, "start"); n != 3 {
+		t.Errorf("the child was started %d times, want 3 (--start-limit 3)", n)
+	}
+	for _, want := range []string{"start limit hit", "the child exited 3 times within 1m0s", "exit status 3", "the BPF programs stay attached"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in bpfsup's output:\n%s", want, out)
+		}
+	}
+
+	// The link is pinned and attached to the interface, in the kernel.
+	l, err := link.LoadPinnedLink(filepath.Join(e.PinRoot, "counter", "links", "count_packets"), nil)
+	if err != nil {
+		t.Fatalf("load the link's pin after the start limit: %v", err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdp := info.XDP()
+	if xdp == nil || xdp.Ifindex == 0 {
+		t.Fatalf("link %d is not an attached XDP link: %+v", info.ID, info)
+	}
+	attached := xdpProgID(t, a, ifA.Name)
+	if attached != uint32(info.Program) {
+		t.Errorf("%s runs XDP program %d, want the link's program %d", ifA.Name, attached, info.Program)
+	}
+}
+
+// xdpProgID asks iproute2 which XDP program runs on ifname in ns (0: none).
+func xdpProgID(tb testing.TB, ns *testutil.Netns, ifname string) uint32 {
+	tb.Helper()
+	out, err := exec.Command("ip", "-n", ns.Name, "-j", "-d", "link", "show", "dev", ifname).Output()
+	if err != nil {
+		tb.Fatalf("ip link show %s: %v", ifname, err)
+	}
+	var links []struct {
+		XDP struct {
+			Prog struct {
+				ID uint32 `json:"id"`
+			} `json:"prog"`
+		} `json:"xdp"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		tb.Fatalf("parse ip link output %s: %v", out, err)
+	}
+	return links[0].XDP.Prog.ID
+}
+
+// A command that cannot run, and flags that make no sense, are refused at
+// once with a message that names the problem.
+func TestErrorMessages(t *testing.T) {
+	e := testutil.MustEnv(t)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no such command", []string{"-o", counterObj, "--", "/nonexistent/app"}, `command: exec: "/nonexistent/app"`},
+		{"command not in PATH", []string{"-o", counterObj, "--", "no-such-app-xyz"}, "executable file not found in $PATH"},
+		{"bad restart policy", []string{"-o", counterObj, "--restart", "sometimes", "--", "true"}, `restart "sometimes": must be always, on-failure or never`},
+		{"negative delay", []string{"-o", counterObj, "--restart-delay", "-1s", "--", "true"}, "restart delays and limits must not be negative"},
+		{"no such user", []string{"-o", counterObj, "--user", "no-such-user-xyz", "--", "true"}, `--user "no-such-user-xyz"`},
+		{"bad notify", []string{"-o", counterObj, "--notify", "parent", "--", "true"}, `--notify "parent": must be child or none`},
+		{"bad log format", []string{"-o", counterObj, "--log-format", "xml", "--", "true"}, `--log-format "xml": must be text or json`},
+		{"bad map access", []string{"-o", counterObj, "--map-access", "counters=rx", "--", "true"}, `access "rx": must be rw, ro, wo or none`},
+		{"no command", []string{"-o", counterObj}, "no command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := e.Run(t, "run", tt.args...)
+			if code == 0 || !strings.Contains(out, tt.want) {
+				t.Errorf("bpfsup run %s: exit %d, output:\n%s\nwant a non-zero exit and %q", strings.Join(tt.args, " "), code, out, tt.want)
+			}
+			if strings.Contains(out, "child started") {
+				t.Errorf("a child was started despite the error:\n%s", out)
+			}
+		})
+	}
+}
