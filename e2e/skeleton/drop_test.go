@@ -93,13 +93,15 @@ func TestDropSurvivesRestarts(t *testing.T) {
 	}
 	leaked("after the first start")
 	for i := 1; i <= restarts; i++ {
-		// The child: killed, and restarted by bpfsup.
+		// The child: killed, and restarted by bpfsup. Count the children
+		// before the kill: the next one may report before we look again.
+		started := len(childLines(sup.Output()))
 		if err := syscall.Kill(child.pid, syscall.SIGKILL); err != nil {
 			t.Fatalf("round %d: kill child: %v", i, err)
 		}
 		testutil.WaitProcGone(t, child.pid, waitTimeout)
 		r.waitAllowed(t, 20)
-		child = waitChild(t, sup, len(childLines(sup.Output()))+1)
+		child = waitChild(t, sup, started+1)
 		leaked("after the child was killed")
 
 		// bpfsup: killed (its child dies with it), and started again.

@@ -102,18 +102,34 @@ func TestBackoff(t *testing.T) {
 		got = append(got, started[i+1].Sub(exited[i]))
 	}
 	t.Logf("delays between runs: %v", got)
+	// The delays bpfsup chose, from its log: exactly the policy's. The
+	// measured gaps can only be longer (a loaded machine starts the child
+	// late), never shorter.
+	var chosen []time.Duration
+	for _, m := range restartInRe.FindAllStringSubmatch(p.Output(), -1) {
+		d, err := time.ParseDuration(m[1])
+		if err != nil {
+			t.Fatalf("bad delay in log line %q", m[0])
+		}
+		chosen = append(chosen, d)
+	}
+	if len(chosen) < len(want) {
+		t.Fatalf("%d restart delays in the log, want %d:\n%s", len(chosen), len(want), p.Output())
+	}
 	for i, w := range want {
-		// At least the delay, which shows the growth; and not much more,
-		// which shows the reset (unreset, the delay after run 3 would be
-		// 8x base). The slack is for starting the child on a loaded machine.
-		if limit := w + 300*time.Millisecond; got[i] < w || got[i] >= limit {
-			t.Errorf("delay after run %d is %v, want %v (at least, and below %v)", i, got[i], w, limit)
+		if chosen[i] != w {
+			t.Errorf("delay chosen after run %d is %v, want %v (all: %v)", i, chosen[i], w, chosen[:len(want)])
+		}
+		if got[i] < w {
+			t.Errorf("child started %v after run %d ended, sooner than the delay %v", got[i], i, w)
 		}
 	}
 	if ran := exited[3].Sub(started[3]); ran < stableAfter {
 		t.Fatalf("run 3 lasted %v, shorter than --stable-after %v: the test proves nothing", ran, stableAfter)
 	}
 }
+
+var restartInRe = regexp.MustCompile(`msg="restarting child" in=(\S+)`)
 
 var logTimeRe = regexp.MustCompile(`time=(\S+) level=INFO msg="(child started|child exited)"`)
 
