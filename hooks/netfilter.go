@@ -126,7 +126,7 @@ func (h *netfilterHook) Attach(prog *ebpf.Program) (link.Link, error) {
 		return nil, err
 	}
 	var l link.Link
-	err := inNetns(h.spec.Netns, func() error {
+	err := InNetns(h.spec.Netns, func() error {
 		var err error
 		for _, prio := range h.priorities() {
 			l, err = link.AttachNetfilter(link.NetfilterOptions{Program: prog, ProtocolFamily: h.family, Hook: h.hook, Priority: prio})

@@ -2,19 +2,19 @@ package hooks
 
 import (
 	"fmt"
+	"runtime"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-	"runtime"
-
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // inNetns runs fn on an OS thread switched into the network namespace at path
 // (or on the current one when path is empty). A thread that cannot switch back
 // is left locked, so the Go runtime discards it instead of reusing it.
-func inNetns(path string, fn func() error) error {
+func InNetns(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
@@ -55,7 +55,7 @@ func inNetns(path string, fn func() error) error {
 // ifindex resolves an interface name in the namespace at netnsPath.
 func ifindex(netnsPath, name string) (int, error) {
 	var idx int
-	err := inNetns(netnsPath, func() (err error) {
+	err := InNetns(netnsPath, func() (err error) {
 		idx, err = ifindexHere(netnsPath, name)
 		return err
 	})
@@ -101,7 +101,7 @@ func ifindexIoctl(name string) (int, error) {
 // name in the network namespace at netnsPath (0 when none).
 func xdpProgramOn(netnsPath, name string) (uint32, error) {
 	var id uint32
-	err := inNetns(netnsPath, func() error {
+	err := InNetns(netnsPath, func() error {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
 			return fmt.Errorf("interface %q: %w", name, err)
@@ -118,7 +118,7 @@ func xdpProgramOn(netnsPath, name string) (uint32, error) {
 // ifindex in the network namespace at netnsPath, for one tcx direction.
 func tcxLinksOn(netnsPath string, ifindex int, attach ebpf.AttachType) ([]link.ID, error) {
 	var ids []link.ID
-	err := inNetns(netnsPath, func() error {
+	err := InNetns(netnsPath, func() error {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: attach})
 		if err != nil {
 			return err

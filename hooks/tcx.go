@@ -36,7 +36,7 @@ func (h *tcxHook) Attach(prog *ebpf.Program) (link.Link, error) {
 		return nil, err
 	}
 	var l link.Link
-	err := inNetns(h.spec.Netns, func() error {
+	err := InNetns(h.spec.Netns, func() error {
 		idx, err := ifindexHere(h.spec.Netns, h.spec.Target)
 		if err != nil {
 			return err

@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/hooks"
@@ -153,7 +151,7 @@ func parseLinkMessage(path string, m *syscall.NetlinkMessage) (linkEvent, bool) 
 // that reads wait in the runtime's poller and close interrupts them.
 func subscribeLinks(path string) (*os.File, error) {
 	var fd int
-	err := inNetnsThread(path, func() error {
+	err := hooks.InNetns(path, func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 		if err != nil {
@@ -175,44 +173,6 @@ func subscribeLinks(path string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "rtnetlink:"+path), nil
 }
 
-// inNetnsThread runs fn on an OS thread in the namespace at path. A thread
-// that cannot switch back stays locked, so the runtime discards it.
-func inNetnsThread(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open network namespace %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", path, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
 
 // linkEvents is the channel of interface events, nil when nothing watches.
 func (s *supervisor) linkEvents() <-chan linkEvent {
