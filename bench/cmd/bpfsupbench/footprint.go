@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Footprint: bpfsup supervising a waiting child, with ten objects (the small
+// object ten times over, each attached to its own interface). After
+// footprintSettle, /proc/PID/stat (utime+stime) is read at the start and end
+// of a footprintWindow, and VmRSS once a second in between. Two runs: idle,
+// and with --metrics-addr scraped once a second. Only bpfsup's own process is
+// counted, not the child.
+
+const (
+	footprintObjects = 10
+	footprintWindow  = 10 * time.Second
+	footprintSettle  = 2 * time.Second
+	// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+	// Linux architecture Go supports.
+	clockTicks = 100
+)
+
+// FootprintRun is one footprint measurement.
+type FootprintRun struct {
+	Name       string    `json:"name"`
+	RSSMiB     []float64 `json:"rss_mib"`
+	RSS        Stats     `json:"rss_stats_mib"`
+	HWMMiB     float64   `json:"hwm_mib"`
+	CPUPercent float64   `json:"cpu_percent_of_one_core"`
+	WindowS    float64   `json:"window_s"`
+	Scrapes    int       `json:"scrapes,omitempty"`
+	Threads    int64     `json:"threads"`
+}
+
+func (b *bench) footprintSection() error {
+	e := b.newBpfsupEnv("footprint")
+	var objs []cfgObject
+	for i := 0; i < footprintObjects; i++ {
+		objs = append(objs, cfgObject{Path: b.objs["small"][1], Name: fmt.Sprintf("fp%d", i),
+			Attach: []cfgAttach{{Program: "p0", Hook: "xdp:" + b.ifaces[i]}}})
+	}
+	cfg := filepath.Join(b.work, "footprint.toml")
+	if err := writeConfig(cfg, objs); err != nil {
+		return err
+	}
+	for _, scraped := range []bool{false, true} {
+		args := []string{"-c", cfg, "--netns", b.rns.path, "--restart", "never"}
+		addr := ""
+		name := "idle"
+		if scraped {
+			var err error
+			if addr, err = freePort(); err != nil {
+				return err
+			}
+			args = append(args, "--metrics-addr", addr)
+			name = "metrics scraped every second"
+		}
+		c := e.cmd("run", append(args, "--", b.childBin, "wait")...)
+		b.ready.drain()
+		p, err := startProc("bpfsup run", c, filepath.Join(b.work, "bpfsup-footprint.log"))
+		if err != nil {
+			return err
+		}
+		if _, err := b.ready.waitStart(p, time.Minute); err != nil {
+			return err
+		}
+		run, err := b.footprint(p.pid(), name, addr)
+		p.stop(10 * time.Second)
+		if err != nil {
+			return err
+		}
+		b.res.Footprint = append(b.res.Footprint, *run)
+		logf("footprint %-30s RSS median %.1f MiB max %.1f MiB, CPU %.2f%% of a core", name, run.RSS.Median, run.RSS.Max, run.CPUPercent)
+	}
+	return e.down()
+}
+
+func (b *bench) footprint(pid int, name, addr string) (*FootprintRun, error) {
+	time.Sleep(footprintSettle) // start-up garbage is not the steady state
+	r := &FootprintRun{Name: name}
+	client := &http.Client{Timeout: 5 * time.Second}
+	t0, err := procStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for i := 0; i < int(footprintWindow/time.Second); i++ {
+		<-tick.C
+		if addr != "" {
+			if err := scrape(client, addr); err != nil {
+				return nil, err
+			}
+			r.Scrapes++
+		}
+		rss, err := procStatus(pid, "VmRSS")
+		if err != nil {
+			return nil, err
+		}
+		r.RSSMiB = append(r.RSSMiB, float64(rss)/(1<<20))
+	}
+	t1, err := procStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	r.WindowS = time.Since(start).Seconds()
+	r.CPUPercent = float64(t1-t0) / clockTicks / r.WindowS * 100
+	hwm, err := procStatus(pid, "VmHWM")
+	if err != nil {
+		return nil, err
+	}
+	r.HWMMiB = float64(hwm) / (1 << 20)
+	r.RSS = summarize(r.RSSMiB)
+	r.Threads, _ = procThreads(pid)
+	return r, nil
+}
+
+// scrape fetches /metrics and checks that it speaks of the ten objects.
+func scrape(c *http.Client, addr string) error {
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return fmt.Errorf("scrape: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("scrape: %w", err)
+	}
+	want := fmt.Sprintf("bpfsup_objects %d", footprintObjects)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+		return fmt.Errorf("scrape: status %d, %q not in the metrics", resp.StatusCode, want)
+	}
+	return nil
+}
+
+// freePort returns a loopback address with a port free a moment ago.
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func procThreads(pid int) (int64, error) {
+	b, err := readFileString(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(b, "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			var n int64
+			_, err := fmt.Sscan(strings.TrimSpace(v), &n)
+			return n, err
+		}
+	}
+	return 0, fmt.Errorf("no Threads in /proc/%d/status", pid)
+}

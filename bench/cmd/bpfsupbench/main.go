@@ -1,0 +1,364 @@
+// Command bpfsupbench measures bpfsup against the alternatives (bpftool
+// scripts, xdp-loader, a naive detach-and-attach, a bare fork+exec) and
+// writes a report to bench/results: report.md, results.json and ready.svg.
+// It is run by bench/run.sh (`make bench`), which installs the peers,
+// builds this program and benchchild, and cleans up after a crash.
+//
+// It needs root, a kernel with BPF, bpffs and veth, and runs everything in
+// network namespaces of its own ("bpfsupbench-<id>-<role>") with pins under
+// /sys/fs/bpf/bpfsupbench-<id>: never on the host's interfaces. Every
+// namespace, pin and process it makes is removed when it ends, also on
+// SIGINT or SIGTERM.
+//
+// Sections (see report.md for what each measures and how):
+//
+//	ready      restart-to-ready: bpfsup adopt / load vs bpftool vs xdp-loader
+//	upgrade    upgrade time and packets unfiltered during it
+//	restart    child restart latency vs bare fork+exec
+//	footprint  bpfsup's memory and CPU, idle and scraped
+//	scale      100 objects x 10 maps: adopt and status time
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+type bench struct {
+	id, work, repo, out  string
+	bpfsupBin, childBin  string
+	pinBase              string
+	reps, restarts, rate int
+	keep                 bool
+	counts               []int
+	scaleCounts          []int
+	ready                *readySock
+	rns                  *netns   // namespace of the ready, restart, footprint and scale sections
+	ifaces               []string // 100 veth ends in rns
+	objs                 map[string]map[int]string
+	scaleObj             string
+	res                  *Results
+}
+
+func main() {
+	b := &bench{}
+	var sections string
+	var quick, keep bool
+	flag.StringVar(&b.id, "id", "", "run id: names of namespaces and pins (random when empty)")
+	flag.StringVar(&b.work, "work", "", "work directory (a new temporary one when empty)")
+	flag.StringVar(&b.out, "out", "bench/results", "where to write report.md, results.json, ready.svg")
+	flag.StringVar(&b.bpfsupBin, "bpfsup", "bin/bpfsup", "bpfsup binary")
+	flag.StringVar(&b.childBin, "child", "", "benchchild binary")
+	flag.IntVar(&b.reps, "reps", 5, "repetitions of each comparison")
+	flag.IntVar(&b.restarts, "restarts", 1000, "child restarts measured")
+	flag.IntVar(&b.rate, "rate", 20000, "UDP packets per second during the upgrade test")
+	flag.StringVar(&sections, "sections", "ready,upgrade,restart,footprint,scale", "sections to run")
+	flag.BoolVar(&quick, "quick", false, "a short run for development: 3 repetitions, fewer programs and restarts")
+	flag.DurationVar(&readyCaseBudget, "case-budget", readyCaseBudget, "restart-to-ready: after 3 repetitions and this long, only adopt repeats")
+	flag.BoolVar(&keep, "keep", false, "keep the work directory (logs, configs, generated objects)")
+	flag.Parse()
+	b.keep = keep
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if quick {
+		if !set["reps"] {
+			b.reps = 3
+		}
+		if !set["restarts"] {
+			b.restarts = 100
+		}
+		b.counts, b.scaleCounts = []int{1, 10}, []int{1, 10}
+	} else {
+		b.counts, b.scaleCounts = []int{1, 10, 100}, []int{1, 10, 50, 100}
+	}
+
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigc
+		fmt.Fprintf(os.Stderr, "bench: %v: cleaning up\n", s)
+		cleanups.run()
+		os.Exit(130)
+	}()
+
+	err := b.main(strings.Split(sections, ","))
+	cleanups.run()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func (b *bench) main(sections []string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root")
+	}
+	var err error
+	if b.repo, err = os.Getwd(); err != nil {
+		return err
+	}
+	if b.id == "" {
+		b.id = strconv.FormatInt(time.Now().UnixNano()%0xffffff, 16)
+	}
+	if b.work == "" {
+		if b.work, err = os.MkdirTemp("", "bpfsupbench-"); err != nil {
+			return err
+		}
+		if !b.keep {
+			cleanups.add(func() { os.RemoveAll(b.work) })
+		} else {
+			logf("work directory %s is kept", b.work)
+		}
+	}
+	for _, p := range []*string{&b.bpfsupBin, &b.childBin} {
+		if *p == "" {
+			return fmt.Errorf("-bpfsup and -child are required")
+		}
+		if *p, err = filepath.Abs(*p); err != nil {
+			return err
+		}
+	}
+	b.pinBase = "/sys/fs/bpf/bpfsupbench-" + b.id
+	cleanups.add(func() { os.RemoveAll(b.pinBase) })
+	if err := os.MkdirAll(b.pinBase, 0o700); err != nil {
+		return fmt.Errorf("pin base: %w", err)
+	}
+
+	b.res = &Results{Started: time.Now().UTC(), Reps: b.reps}
+	b.res.Env = collectEnv(b.bpfsupBin)
+	b.res.Env.LoadAvgStart, b.res.Env.CPUPressureStart = loadAvg(), cpuPressure()
+	logf("bench %s on %s, kernel %s; load average %s, CPU pressure %s", b.id, b.res.Env.CPU, b.res.Env.Kernel,
+		b.res.Env.LoadAvgStart, b.res.Env.CPUPressureStart)
+
+	if b.ready, err = listenReady(b.work); err != nil {
+		return err
+	}
+	if err := b.buildObjects(); err != nil {
+		return err
+	}
+	if b.rns, err = newNetns(b.id, "ready"); err != nil {
+		return err
+	}
+	if b.ifaces, err = b.rns.vethPairs("r", 50); err != nil {
+		return err
+	}
+
+	var failed []string
+	for _, s := range sections {
+		fn := map[string]func() error{
+			"ready": b.readySection, "upgrade": b.upgradeSection, "restart": b.restartSection,
+			"footprint": b.footprintSection, "scale": b.scaleSection,
+		}[s]
+		if fn == nil {
+			return fmt.Errorf("unknown section %q", s)
+		}
+		start := time.Now()
+		logf("== %s", s)
+		mark := cleanups.mark()
+		err := fn()
+		cleanups.runTo(mark)
+		if err != nil {
+			logf("%s FAILED: %v", s, err)
+			b.res.Errors = append(b.res.Errors, fmt.Sprintf("%s: %v", s, err))
+			failed = append(failed, s)
+		}
+		logf("== %s done in %s", s, time.Since(start).Round(time.Second))
+	}
+
+	b.res.Env.LoadAvgEnd, b.res.Env.CPUPressureEnd = loadAvg(), cpuPressure()
+	b.res.Finished = time.Now().UTC()
+	if err := b.writeResults(); err != nil {
+		return err
+	}
+	logf("wrote %s", b.out)
+	if len(failed) > 0 {
+		return fmt.Errorf("sections failed: %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+func logf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+}
+
+func (b *bench) buildObjects() error {
+	dir := filepath.Join(b.work, "obj")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b.objs = map[string]map[int]string{"small": {}, "heavy": {}}
+	for _, n := range b.counts {
+		var err error
+		if b.objs["small"][n], err = compile(b.repo, dir, fmt.Sprintf("small%d", n), counterSource(n)); err != nil {
+			return err
+		}
+		if b.objs["heavy"][n], err = compile(b.repo, dir, fmt.Sprintf("heavy%d", n), heavySource(n)); err != nil {
+			return err
+		}
+	}
+	var err error
+	if b.scaleObj, err = compile(b.repo, dir, "scale10maps", scaleSource()); err != nil {
+		return err
+	}
+	insns, err := verifierInsns(b.objs["heavy"][1], "p0")
+	if err != nil {
+		return err
+	}
+	b.res.HeavyInsns = insns
+	logf("objects built; the heavy program takes the verifier %d instructions", insns)
+	return nil
+}
+
+// bpfsupEnv is a private pin root and state directory for bpfsup.
+type bpfsupEnv struct {
+	b                 *bench
+	name              string
+	pinRoot, stateDir string
+}
+
+func (b *bench) newBpfsupEnv(name string) *bpfsupEnv {
+	e := &bpfsupEnv{b: b, name: name, pinRoot: filepath.Join(b.pinBase, name), stateDir: filepath.Join(b.work, "state-"+name)}
+	cleanups.add(func() {
+		// Unpinning the links detaches their programs.
+		_, _ = run(b.bpfsupBin, "down", "--pin-root", e.pinRoot, "--state-dir", e.stateDir)
+		os.RemoveAll(e.pinRoot)
+	})
+	return e
+}
+
+// cmd is a bpfsup command line with this environment's pin root and state dir.
+func (e *bpfsupEnv) cmd(sub string, args ...string) *exec.Cmd {
+	a := append([]string{sub, "--pin-root", e.pinRoot, "--state-dir", e.stateDir}, args...)
+	c := exec.Command(e.b.bpfsupBin, a...)
+	c.Env = append(os.Environ(), "BENCH_SOCK="+e.b.ready.path)
+	return c
+}
+
+// down removes everything bpfsup installed in this environment.
+func (e *bpfsupEnv) down() error {
+	c := e.cmd("down")
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := c.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("bpfsup down: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+var objectReadyRE = regexp.MustCompile(`msg="object ready".* adopted=(\d+) loaded=(\d+)`)
+
+// programCounts sums the "object ready" lines of a bpfsup log: how many
+// programs were adopted from their pins and how many loaded.
+func programCounts(log string) (adopted, loaded int) {
+	b, _ := os.ReadFile(log)
+	for _, m := range objectReadyRE.FindAllStringSubmatch(string(b), -1) {
+		a, _ := strconv.Atoi(m[1])
+		l, _ := strconv.Atoi(m[2])
+		adopted += a
+		loaded += l
+	}
+	return adopted, loaded
+}
+
+// readyRun starts `bpfsup run` with a child that reports its start and
+// exits, and returns the time from just before the fork of bpfsup to the
+// child running with its fds. It checks that bpfsup adopted or loaded the
+// programs as wanted (want is "adopted" or "loaded") and handed nfds fds.
+func (b *bench) readyRun(e *bpfsupEnv, cfg, want string, progs, nfds int) (float64, error) {
+	c := e.cmd("run", "-c", cfg, "--netns", b.rns.path, "--restart", "never", "--", b.childBin, "exit")
+	log := filepath.Join(b.work, "bpfsup-"+e.name+".log")
+	b.ready.drain()
+	t0 := mono()
+	p, err := startProc("bpfsup run", c, log)
+	if err != nil {
+		return 0, err
+	}
+	ev, err := b.ready.waitStart(p, readyTimeout)
+	if err != nil {
+		p.stop(5 * time.Second)
+		return 0, err
+	}
+	if err := p.wait(time.Minute); err != nil {
+		return 0, err
+	}
+	if ev.nfds != nfds {
+		return 0, fmt.Errorf("child got %d fds, want %d", ev.nfds, nfds)
+	}
+	adopted, loaded := programCounts(log)
+	switch {
+	case want == "adopted" && (adopted != progs || loaded != 0),
+		want == "loaded" && (loaded != progs || adopted != 0):
+		return 0, fmt.Errorf("bpfsup adopted %d and loaded %d programs, want %d %s", adopted, loaded, progs, want)
+	}
+	return ms(ev.ts - t0), nil
+}
+
+// Config files for bpfsup, written as TOML.
+type cfgFile struct {
+	Objects []cfgObject `toml:"object"`
+}
+type cfgObject struct {
+	Path   string      `toml:"path"`
+	Name   string      `toml:"name"`
+	Attach []cfgAttach `toml:"attach"`
+}
+type cfgAttach struct {
+	Program string `toml:"program"`
+	Hook    string `toml:"hook"`
+}
+
+func writeConfig(path string, objs []cfgObject) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := toml.NewEncoder(f).Encode(cfgFile{Objects: objs}); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// nsenter runs a command in the network namespace only: unlike
+// `ip netns exec`, it keeps the host's mount namespace and so its bpffs.
+func nsenter(ns *netns, args ...string) *exec.Cmd {
+	c := exec.Command("nsenter", append([]string{"--net=" + ns.path}, args...)...)
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return c
+}
+
+func runCmd(c *exec.Cmd) (string, error) {
+	out, err := c.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(c.Args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// startChild starts benchchild the way a script would after its loader
+// returned, and waits for its start report.
+func (b *bench) startChild(mode string) (readyEvent, error) {
+	c := exec.Command(b.childBin, mode)
+	c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
+	b.ready.drain()
+	p, err := startProc("benchchild", c, "")
+	if err != nil {
+		return readyEvent{}, err
+	}
+	ev, err := b.ready.waitStart(p, time.Minute)
+	if err != nil {
+		return ev, err
+	}
+	return ev, p.wait(time.Minute)
+}

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Results is everything measured, as written to results.json.
+type Results struct {
+	Started    time.Time    `json:"started"`
+	Finished   time.Time    `json:"finished"`
+	Env        Env          `json:"env"`
+	Reps       int          `json:"repetitions"`
+	HeavyInsns int          `json:"heavy_verifier_insns_processed"`
+	Startup    []StartupRow `json:"startup"`
+	Ready      []ReadyRow   `json:"ready"`
+	Upgrade    []UpgradeRow `json:"upgrade"`
+	// UpgradeSent is the datagrams sent during the whole upgrade section.
+	UpgradeSent int64          `json:"upgrade_datagrams_sent"`
+	Restart     *RestartResult `json:"restart"`
+	Footprint   []FootprintRun `json:"footprint"`
+	Scale       []ScaleRow     `json:"scale"`
+	Targets     []Target       `json:"targets"`
+	Errors      []string       `json:"errors,omitempty"`
+	Notes       []string       `json:"notes,omitempty"`
+}
+
+// Env is the machine and the versions the run used.
+type Env struct {
+	Kernel       string `json:"kernel"`
+	CPU          string `json:"cpu"`
+	Cores        int    `json:"cores"`
+	Bpfsup       string `json:"bpfsup"`
+	Bpftool      string `json:"bpftool"`
+	XdpTools     string `json:"xdp_tools"`
+	Go           string `json:"go"`
+	Clang        string `json:"clang"`
+	Iproute2     string `json:"iproute2"`
+	LoadAvgStart string `json:"loadavg_start"`
+	LoadAvgEnd   string `json:"loadavg_end"`
+	// CPU pressure (/proc/pressure/cpu "some" avg10 avg60 avg300): the
+	// share of time runnable tasks waited for a CPU.
+	CPUPressureStart string `json:"cpu_pressure_start"`
+	CPUPressureEnd   string `json:"cpu_pressure_end"`
+}
+
+// Target is one target of the issue and whether this run met it.
+type Target struct {
+	Target   string `json:"target"`
+	Measured string `json:"measured"`
+	Met      bool   `json:"met"`
+	// Unmeasured: the section that measures it failed or was not run.
+	Unmeasured bool `json:"unmeasured,omitempty"`
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func output(name string, args ...string) string {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return "unknown (" + name + ": " + err.Error() + ")"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func collectEnv(bpfsupBin string) Env {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	e := Env{
+		Kernel: unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:]),
+		Cores:  runtime.NumCPU(),
+		Go:     runtime.Version(),
+		CPU:    "unknown",
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				e.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	e.Bpfsup = firstLine(output(bpfsupBin, "version"))
+	bv := output("bpftool", "version")
+	e.Bpftool = firstLine(bv)
+	if lines := strings.Split(bv, "\n"); len(lines) > 1 {
+		e.Bpftool = strings.TrimSpace(lines[0]) + " (" + strings.TrimSpace(lines[1]) + ")"
+	}
+	e.Bpftool += ", Debian " + output("dpkg-query", "-W", "-f", "${Version}", "bpftool")
+	e.XdpTools = "xdp-tools " + output("dpkg-query", "-W", "-f", "${Version}", "xdp-tools") +
+		", libxdp " + output("dpkg-query", "-W", "-f", "${Version}", "libxdp1")
+	e.Clang = firstLine(output("clang", "--version"))
+	e.Iproute2 = firstLine(output("ip", "-V"))
+	return e
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// loaded says whether the 1-minute load average at either end of the run
+// shows other work on the machine.
+func (e Env) loaded() bool {
+	for _, s := range []string{e.LoadAvgStart, e.LoadAvgEnd} {
+		var l float64
+		if _, err := fmt.Sscan(s, &l); err == nil && l > 0.5 {
+			return true
+		}
+	}
+	for _, s := range []string{e.CPUPressureStart, e.CPUPressureEnd} {
+		var a10, a60 float64
+		if _, err := fmt.Sscan(s, &a10, &a60); err == nil && a60 > 5 {
+			return true
+		}
+	}
+	return false
+}
+
+// cpuPressure is "avg10 avg60 avg300" of /proc/pressure/cpu's "some" line.
+func cpuPressure() string {
+	b, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "some" {
+			continue
+		}
+		var v []string
+		for _, kv := range f[1:4] {
+			_, x, _ := strings.Cut(kv, "=")
+			v = append(v, x)
+		}
+		return strings.Join(v, " ")
+	}
+	return "unknown"
+}
+
+func (b *bench) writeResults() error {
+	b.res.Targets = b.targets()
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return err
+	}
+	j, err := json.MarshalIndent(b.res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(b.out, "results.json"), append(j, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(b.out, "ready.svg"), []byte(readyChart(b.res.Ready)), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(b.out, "report.md"), []byte(b.report()), 0o644)
+}
+
+func (b *bench) readyRow(kind string, n int, method string) *ReadyRow {
+	for i := range b.res.Ready {
+		r := &b.res.Ready[i]
+		if r.Kind == kind && r.Programs == n && r.Method == method {
+			return r
+		}
+	}
+	return nil
+}
+
+func (b *bench) targets() []Target {
+	var t []Target
+	notMeasured := func(name string) Target {
+		return Target{Target: name, Measured: "not measured (section failed or skipped)"}
+	}
+
+	name := "Adopt at least 10x faster than load, verifier-heavy program"
+	var parts []string
+	met, any := true, false
+	for _, n := range b.counts {
+		a, l := b.readyRow("heavy", n, "bpfsup-adopt"), b.readyRow("heavy", n, "bpfsup-load")
+		if a == nil || l == nil {
+			continue
+		}
+		any = true
+		r := ratio(l.Stats.Median, a.Stats.Median)
+		parts = append(parts, fmt.Sprintf("%d prog: %.0fx (%s vs %s ms)", n, r, fmtMs(l.Stats.Median), fmtMs(a.Stats.Median)))
+		met = met && r >= 10
+	}
+	if any {
+		t = append(t, Target{Target: name, Measured: strings.Join(parts, "; "), Met: met})
+	} else {
+		t = append(t, notMeasured(name))
+	}
+
+	name = "Adopt under 50 ms for 100 programs"
+	parts, met, any = nil, true, false
+	for _, kind := range []string{"small", "heavy"} {
+		a := b.readyRow(kind, 100, "bpfsup-adopt")
+		if a == nil {
+			continue
+		}
+		any = true
+		parts = append(parts, fmt.Sprintf("%s: median %s ms, max %s ms", kindName(kind), fmtMs(a.Stats.Median), fmtMs(a.Stats.Max)))
+		met = met && a.Stats.Median < 50
+	}
+	if any {
+		t = append(t, Target{Target: name, Measured: strings.Join(parts, "; "), Met: met})
+	} else {
+		t = append(t, notMeasured(name))
+	}
+
+	name = "Zero packets unfiltered during a bpfsup upgrade, where the naive way shows some"
+	var sup, naive *UpgradeRow
+	for i := range b.res.Upgrade {
+		switch r := &b.res.Upgrade[i]; {
+		case strings.HasPrefix(r.Method, "bpfsup"):
+			sup = r
+		case strings.HasPrefix(r.Method, "naive"):
+			naive = r
+		}
+	}
+	if sup != nil && naive != nil {
+		s, n := sum(sup.Unfiltered), sum(naive.Unfiltered)
+		t = append(t, Target{Target: name, Met: s == 0 && n > 0,
+			Measured: fmt.Sprintf("bpfsup %d in %d upgrades; naive %d in %d upgrades", s, len(sup.Unfiltered), n, len(naive.Unfiltered))})
+	} else {
+		t = append(t, notMeasured(name))
+	}
+
+	name = "Child restart median under 5 ms above the bare fork+exec floor"
+	if r := b.res.Restart; r != nil {
+		d := r.BpfsupS.Median - r.ForkExecS.Median
+		t = append(t, Target{Target: name, Met: d < 5,
+			Measured: fmt.Sprintf("%s ms above (bpfsup %s ms, fork+exec %s ms, %d restarts)", fmtMs(d), fmtMs(r.BpfsupS.Median), fmtMs(r.ForkExecS.Median), r.Restarts)})
+	} else {
+		t = append(t, notMeasured(name))
+	}
+
+	var idle *FootprintRun
+	for i := range b.res.Footprint {
+		if b.res.Footprint[i].Name == "idle" {
+			idle = &b.res.Footprint[i]
+		}
+	}
+	name = "bpfsup idle under 25 MiB resident"
+	if idle != nil {
+		t = append(t, Target{Target: name, Met: idle.RSS.Max < 25,
+			Measured: fmt.Sprintf("%.1f MiB (max of %d samples; peak VmHWM %.1f MiB)", idle.RSS.Max, idle.RSS.N, idle.HWMMiB)})
+	} else {
+		t = append(t, notMeasured(name))
+	}
+	name = "bpfsup idle under 1% of a core"
+	if idle != nil {
+		t = append(t, Target{Target: name, Met: idle.CPUPercent < 1,
+			Measured: fmt.Sprintf("%.2f%% over %.0f s", idle.CPUPercent, idle.WindowS)})
+	} else {
+		t = append(t, notMeasured(name))
+	}
+	return t
+}
+
+func sum(v []int) int {
+	s := 0
+	for _, x := range v {
+		s += x
+	}
+	return s
+}
+
+func kindName(kind string) string {
+	if kind == "heavy" {
+		return "verifier-heavy"
+	}
+	return "small"
+}
+
+// fmtMs prints a time in milliseconds with about three significant digits.
+func fmtMs(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}

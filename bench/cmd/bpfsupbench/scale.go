@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Scale: K objects of ten maps and one XDP program each (the generated
+// scale10maps object under K names), each program attached to its own
+// interface, for K in 1, 10, 50, 100. For each K: bpfsup from nothing
+// (load), bpfsup again with the pins (adopt), both to the child running with
+// all 10K map fds, then `bpfsup status` with no supervisor running, which
+// reads every pin, manifest and the kernel's view.
+
+// ScaleRow is one object count.
+type ScaleRow struct {
+	Objects  int       `json:"objects"`
+	Maps     int       `json:"maps"`
+	LoadMs   []float64 `json:"load_ms"`
+	AdoptMs  []float64 `json:"adopt_ms"`
+	StatusMs []float64 `json:"status_ms"`
+	Load     Stats     `json:"load_stats_ms"`
+	Adopt    Stats     `json:"adopt_stats_ms"`
+	Status   Stats     `json:"status_stats_ms"`
+}
+
+const scaleMaps = 10
+
+func (b *bench) scaleSection() error {
+	for _, k := range b.scaleCounts {
+		e := b.newBpfsupEnv(fmt.Sprintf("scale%d", k))
+		var objs []cfgObject
+		for i := 0; i < k; i++ {
+			objs = append(objs, cfgObject{Path: b.scaleObj, Name: fmt.Sprintf("s%03d", i),
+				Attach: []cfgAttach{{Program: "p", Hook: "xdp:" + b.ifaces[i]}}})
+		}
+		cfg := filepath.Join(b.work, fmt.Sprintf("scale%d.toml", k))
+		if err := writeConfig(cfg, objs); err != nil {
+			return err
+		}
+		row := ScaleRow{Objects: k, Maps: k * scaleMaps}
+		for r := 0; r < b.reps; r++ {
+			if err := e.down(); err != nil {
+				return err
+			}
+			d, err := b.readyRun(e, cfg, "loaded", k, k*scaleMaps)
+			if err != nil {
+				return fmt.Errorf("%d objects: load: %w", k, err)
+			}
+			row.LoadMs = append(row.LoadMs, d)
+			if d, err = b.readyRun(e, cfg, "adopted", k, k*scaleMaps); err != nil {
+				return fmt.Errorf("%d objects: adopt: %w", k, err)
+			}
+			row.AdoptMs = append(row.AdoptMs, d)
+
+			t0 := mono()
+			out, err := runCmd(e.cmd("status"))
+			t1 := mono()
+			if err != nil {
+				return fmt.Errorf("%d objects: %w", k, err)
+			}
+			if n := strings.Count("\n"+out, "\nobject "); n != k {
+				return fmt.Errorf("%d objects: bpfsup status shows %d objects:\n%s", k, n, out)
+			}
+			if n := strings.Count(out, " attached"); n < k {
+				return fmt.Errorf("%d objects: bpfsup status shows %d attached links:\n%s", k, n, out)
+			}
+			row.StatusMs = append(row.StatusMs, ms(t1-t0))
+		}
+		if err := e.down(); err != nil {
+			return err
+		}
+		if err := b.rns.checkDetached(); err != nil {
+			return err
+		}
+		row.Load, row.Adopt, row.Status = summarize(row.LoadMs), summarize(row.AdoptMs), summarize(row.StatusMs)
+		b.res.Scale = append(b.res.Scale, row)
+		logf("scale %3d objects: load %8.2f ms  adopt %7.2f ms  status %7.2f ms", k, row.Load.Median, row.Adopt.Median, row.Status.Median)
+	}
+	return nil
+}

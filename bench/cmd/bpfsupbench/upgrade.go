@@ -1,0 +1,446 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Upgrade: dropfilter v1 -> v2 -> v1 ... on the receiving end of a veth
+// pair, with drop_ports holding dropPort, while a steady UDP stream
+// alternates between dropPort and openPort. Every datagram that reaches the
+// receiver's dropPort socket passed the hook unfiltered. The stream is
+// checked before every upgrade: traffic reaches openPort, and nothing reaches
+// dropPort.
+//
+//	bpfsup      the object file replaced by the other version (untimed, as a
+//	            package manager would), then `bpfsup reload`; the map is
+//	            adopted with its contents and the XDP link swaps its program
+//	            in place
+//	xdp-loader  `xdp-loader unload --all` then `xdp-loader load`, then
+//	            drop_ports filled again (a new object has new, empty maps)
+//	naive       the new version loaded first with bpftool, reusing the pinned
+//	            maps, then `bpftool net detach` and `bpftool net attach`: the
+//	            smallest gap a detach-and-attach can have
+//
+// The time is from the request (the fork of the first command) to all links
+// swapped (the last command returned). The unfiltered packets are counted
+// from the request to upgradeSettle after it.
+
+const (
+	dropPort      = 7001
+	openPort      = 7002
+	upgradeSettle = 50 * time.Millisecond
+)
+
+// UpgradeRow is one upgrade method.
+type UpgradeRow struct {
+	Method     string    `json:"method"`
+	TimeMs     []float64 `json:"time_ms"`
+	Time       Stats     `json:"time_stats_ms"`
+	ServerMs   []float64 `json:"server_ms,omitempty"` // bpfsup's own "reloaded in"
+	Unfiltered []int     `json:"unfiltered"`
+	UnfStats   Stats     `json:"unfiltered_stats"`
+	Passed     []int     `json:"passed_open_port"` // datagrams to the open port in the same window
+	RatePPS    int       `json:"rate_pps"`
+}
+
+type upgradeMethod struct {
+	name  string
+	iface string // receiving end, in nsB
+	addr  netip.Addr
+	setup func() error
+	// prepare, when set, runs before the request, untimed.
+	prepare func(version int) error
+	upgrade func(version int) (serverMs float64, err error)
+}
+
+// udpCounter counts datagrams arriving on one socket.
+type udpCounter struct {
+	conn *net.UDPConn
+	n    atomic.Int64
+}
+
+func (c *udpCounter) loop() {
+	buf := make([]byte, 2048)
+	for {
+		if _, err := c.conn.Read(buf); err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		c.n.Add(1)
+	}
+}
+
+func (b *bench) upgradeSection() error {
+	nsA, err := newNetns(b.id, "send")
+	if err != nil {
+		return err
+	}
+	nsB, err := newNetns(b.id, "recv")
+	if err != nil {
+		return err
+	}
+	v := [2]string{filepath.Join(b.repo, "bpf/dropfilter.bpf.o"), filepath.Join(b.repo, "bpf/dropfilter_v2.bpf.o")}
+
+	// Three veth pairs, one per method: ua<i> in nsA, ub<i> in nsB, 10.77.<i>.0/24.
+	var methods []*upgradeMethod
+	for i := 0; i < 3; i++ {
+		ua, ub := fmt.Sprintf("ua%d", i), fmt.Sprintf("ub%d", i)
+		if _, err := run("ip", "link", "add", ua, "netns", nsA.name, "type", "veth", "peer", "name", ub, "netns", nsB.name); err != nil {
+			return err
+		}
+		if err := nsA.ipBatch([]string{fmt.Sprintf("addr add 10.77.%d.1/24 dev %s", i, ua), "link set " + ua + " up"}); err != nil {
+			return err
+		}
+		if err := nsB.ipBatch([]string{fmt.Sprintf("addr add 10.77.%d.2/24 dev %s", i, ub), "link set " + ub + " up"}); err != nil {
+			return err
+		}
+		methods = append(methods, &upgradeMethod{iface: ub, addr: netip.AddrFrom4([4]byte{10, 77, byte(i), 2})})
+	}
+
+	// Receivers: one socket per port and pair.
+	counters := map[netip.AddrPort]*udpCounter{}
+	for _, m := range methods {
+		for _, port := range []uint16{dropPort, openPort} {
+			ap := netip.AddrPortFrom(m.addr, port)
+			c := &udpCounter{}
+			if err := inNetns(nsB, func() (err error) {
+				c.conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(ap))
+				return err
+			}); err != nil {
+				return fmt.Errorf("receiver %s: %w", ap, err)
+			}
+			_ = c.conn.SetReadBuffer(4 << 20)
+			cleanups.add(func() { c.conn.Close() })
+			go c.loop()
+			counters[ap] = c
+		}
+	}
+
+	// bpfsup
+	e := b.newBpfsupEnv("upgrade")
+	cfg := filepath.Join(b.work, "upgrade.toml")
+	installed := filepath.Join(b.work, "df.bpf.o")
+	// The upgrade replaces the object file the config names, as a package
+	// manager would, then asks for the reload.
+	installVersion := func(version int) error {
+		data, err := os.ReadFile(v[version])
+		if err != nil {
+			return err
+		}
+		tmp := installed + ".new"
+		if err := os.WriteFile(tmp, data, 0o644); err != nil {
+			return err
+		}
+		return os.Rename(tmp, installed)
+	}
+	reloadedRE := regexp.MustCompile(`reloaded in (\S+)`)
+	methods[0].name = "bpfsup reload"
+	methods[0].setup = func() error {
+		if err := installVersion(0); err != nil {
+			return err
+		}
+		if err := writeConfig(cfg, []cfgObject{{Path: installed, Name: "df",
+			Attach: []cfgAttach{{Program: "xdp_drop", Hook: "xdp:" + methods[0].iface}}}}); err != nil {
+			return err
+		}
+		c := e.cmd("run", "-c", cfg, "--netns", nsB.path, "--restart", "never", "--on-upgrade", "none",
+			"--", b.childBin, "wait")
+		b.ready.drain()
+		p, err := startProc("bpfsup run", c, filepath.Join(b.work, "bpfsup-upgrade.log"))
+		if err != nil {
+			return err
+		}
+		if _, err := b.ready.waitStart(p, time.Minute); err != nil {
+			return err
+		}
+		return putDropPort(filepath.Join(e.pinRoot, "df/maps/drop_ports"))
+	}
+	methods[0].prepare = installVersion
+	methods[0].upgrade = func(version int) (float64, error) {
+		out, err := runCmd(e.cmd("reload"))
+		if err != nil {
+			return 0, err
+		}
+		m := reloadedRE.FindStringSubmatch(out)
+		if m == nil {
+			return 0, fmt.Errorf("bpfsup reload: unexpected output %q", out)
+		}
+		d, err := time.ParseDuration(m[1])
+		return ms(int64(d)), err
+	}
+
+	// xdp-loader
+	xl := methods[1]
+	xl.name = "xdp-loader unload+load"
+	xl.setup = func() error {
+		cleanups.add(func() { _ = nsB.ipBatch([]string{"link set dev " + xl.iface + " xdp off"}) })
+		if _, err := runCmd(nsenter(nsB, "xdp-loader", "load", "-m", "native", xl.iface, v[0])); err != nil {
+			return err
+		}
+		return fillXDPDropPorts(nsB, xl.iface)
+	}
+	xl.upgrade = func(version int) (float64, error) {
+		script := fmt.Sprintf("xdp-loader unload %s --all && xdp-loader load -m native %s %s", xl.iface, xl.iface, v[version])
+		if _, err := runCmd(nsenter(nsB, "sh", "-c", script)); err != nil {
+			return 0, err
+		}
+		return 0, fillXDPDropPorts(nsB, xl.iface)
+	}
+
+	// naive detach and attach with bpftool
+	nv := methods[2]
+	nv.name = "naive detach+attach"
+	naiveDir := filepath.Join(b.pinBase, "naive")
+	naiveGen := 0
+	nv.setup = func() error {
+		cleanups.add(func() {
+			_ = nsB.ipBatch([]string{"link set dev " + nv.iface + " xdp off"})
+			os.RemoveAll(naiveDir)
+		})
+		if err := os.MkdirAll(naiveDir, 0o700); err != nil {
+			return err
+		}
+		prog := filepath.Join(naiveDir, "prog0")
+		if _, err := run("bpftool", "prog", "load", v[0], prog, "pinmaps", filepath.Join(naiveDir, "maps")); err != nil {
+			return err
+		}
+		if _, err := runCmd(nsenter(nsB, "bpftool", "net", "attach", "xdp", "pinned", prog, "dev", nv.iface)); err != nil {
+			return err
+		}
+		return putDropPort(filepath.Join(naiveDir, "maps/drop_ports"))
+	}
+	nv.upgrade = func(version int) (float64, error) {
+		old := filepath.Join(naiveDir, fmt.Sprintf("prog%d", naiveGen))
+		naiveGen++
+		prog := filepath.Join(naiveDir, fmt.Sprintf("prog%d", naiveGen))
+		maps := filepath.Join(naiveDir, "maps")
+		script := strings.Join([]string{
+			fmt.Sprintf("bpftool prog load %s %s map name drop_ports pinned %s/drop_ports map name drop_count pinned %s/drop_count",
+				v[version], prog, maps, maps),
+			"bpftool net detach xdp dev " + nv.iface,
+			fmt.Sprintf("bpftool net attach xdp pinned %s dev %s", prog, nv.iface),
+		}, " && ")
+		if _, err := runCmd(nsenter(nsB, "sh", "-c", script)); err != nil {
+			return 0, err
+		}
+		return 0, os.Remove(old)
+	}
+
+	for _, m := range methods {
+		if err := m.setup(); err != nil {
+			return fmt.Errorf("%s: setup: %w", m.name, err)
+		}
+	}
+
+	// The stream, from nsA to whichever pair is being upgraded.
+	var sconn *net.UDPConn
+	if err := inNetns(nsA, func() (err error) {
+		sconn, err = net.ListenUDP("udp4", nil)
+		return err
+	}); err != nil {
+		return fmt.Errorf("sender: %w", err)
+	}
+	cleanups.add(func() { sconn.Close() })
+	var target atomic.Pointer[netip.Addr]
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	senderDone := make(chan struct{})
+	go func() {
+		defer close(senderDone)
+		b.send(sconn, &target, &sent, stop)
+	}()
+	defer func() { close(stop); <-senderDone }()
+
+	rows := make([]*UpgradeRow, len(methods))
+	for i, m := range methods {
+		rows[i] = &UpgradeRow{Method: m.name, RatePPS: b.rate}
+	}
+	for r := 0; r < b.reps; r++ {
+		version := 1 - r%2 // v2, v1, v2, ...
+		for i, m := range methods {
+			target.Store(&m.addr)
+			drop, open := counters[netip.AddrPortFrom(m.addr, dropPort)], counters[netip.AddrPortFrom(m.addr, openPort)]
+			// The stream flows and the filter filters.
+			p0, o0 := drop.n.Load(), open.n.Load()
+			if err := waitFor(5*time.Second, func() bool { return open.n.Load()-o0 >= int64(b.rate/10) }); err != nil {
+				return fmt.Errorf("%s: no traffic to the open port: %d datagrams in 5s", m.name, open.n.Load()-o0)
+			}
+			if d := drop.n.Load() - p0; d != 0 {
+				return fmt.Errorf("%s: %d datagrams reached the dropped port before the upgrade: the filter is not in place", m.name, d)
+			}
+			before, err := nsB.xdpProgs()
+			if err != nil {
+				return err
+			}
+
+			if m.prepare != nil {
+				if err := m.prepare(version); err != nil {
+					return fmt.Errorf("%s: prepare v%d: %w", m.name, version+1, err)
+				}
+			}
+			pBefore, oBefore := drop.n.Load(), open.n.Load()
+			t0 := mono()
+			server, err := m.upgrade(version)
+			t1 := mono()
+			if err != nil {
+				return fmt.Errorf("%s: upgrade to v%d: %w", m.name, version+1, err)
+			}
+			// Datagrams already past the hook reach their socket within
+			// microseconds; this leaves them ample time.
+			time.Sleep(upgradeSettle)
+			pAfter, oAfter := drop.n.Load(), open.n.Load()
+
+			after, err := nsB.xdpProgs()
+			if err != nil {
+				return err
+			}
+			x := after[m.iface]
+			if x.ProgName != "xdp_drop" || x.Mode != 1 || x.ProgID == before[m.iface].ProgID {
+				return fmt.Errorf("%s: after the upgrade %s runs %q (id %d, mode %d), before id %d: not upgraded",
+					m.name, m.iface, x.ProgName, x.ProgID, x.Mode, before[m.iface].ProgID)
+			}
+			row := rows[i]
+			row.TimeMs = append(row.TimeMs, ms(t1-t0))
+			if server != 0 {
+				row.ServerMs = append(row.ServerMs, server)
+			}
+			row.Unfiltered = append(row.Unfiltered, int(pAfter-pBefore))
+			row.Passed = append(row.Passed, int(oAfter-oBefore))
+		}
+	}
+	// The last upgrade left the filter working too.
+	for _, m := range methods {
+		target.Store(&m.addr)
+		drop := counters[netip.AddrPortFrom(m.addr, dropPort)]
+		open := counters[netip.AddrPortFrom(m.addr, openPort)]
+		p0, o0 := drop.n.Load(), open.n.Load()
+		if err := waitFor(5*time.Second, func() bool { return open.n.Load()-o0 >= int64(b.rate/10) }); err != nil {
+			return fmt.Errorf("%s: no traffic after the last upgrade", m.name)
+		}
+		if d := drop.n.Load() - p0; d != 0 {
+			return fmt.Errorf("%s: %d datagrams reached the dropped port after the last upgrade", m.name, d)
+		}
+	}
+	for _, row := range rows {
+		row.Time = summarize(row.TimeMs)
+		row.UnfStats = summarize(ints(row.Unfiltered))
+		b.res.Upgrade = append(b.res.Upgrade, *row)
+		logf("upgrade %-24s median %7.2f ms  unfiltered %v", row.Method, row.Time.Median, row.Unfiltered)
+	}
+	b.res.UpgradeSent = sent.Load()
+	return nil
+}
+
+// send sends datagrams to target's dropPort and openPort in turn at b.rate
+// per second until stop is closed, for at most 10 minutes.
+func (b *bench) send(conn *net.UDPConn, target *atomic.Pointer[netip.Addr], sent *atomic.Int64, stop <-chan struct{}) {
+	payload := []byte("bpfsupbench")
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	var n int64
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		el := time.Since(start)
+		if el > 10*time.Minute {
+			return
+		}
+		due := int64(el.Seconds() * float64(b.rate))
+		// After a stall, catch up by at most 50 ms worth, not in one burst.
+		if due-n > int64(b.rate/20) {
+			n = due - int64(b.rate/20)
+		}
+		a := target.Load()
+		for ; n < due; n++ {
+			if a == nil {
+				continue
+			}
+			port := uint16(dropPort)
+			if n%2 == 1 {
+				port = openPort
+			}
+			if _, err := conn.WriteToUDPAddrPort(payload, netip.AddrPortFrom(*a, port)); err == nil {
+				sent.Add(1)
+			}
+		}
+	}
+}
+
+// putDropPort puts dropPort into a pinned drop_ports map.
+func putDropPort(pin string) error {
+	m, err := ebpf.LoadPinnedMap(pin, nil)
+	if err != nil {
+		return fmt.Errorf("open drop_ports: %w", err)
+	}
+	defer m.Close()
+	if err := m.Put(uint16(dropPort), uint8(1)); err != nil {
+		return fmt.Errorf("put into drop_ports: %w", err)
+	}
+	return nil
+}
+
+// fillXDPDropPorts finds the drop_ports map of the XDP program on iface and
+// puts dropPort into it: what a script must do after loading a new object.
+func fillXDPDropPorts(ns *netns, iface string) error {
+	progs, err := ns.xdpProgs()
+	if err != nil {
+		return err
+	}
+	x, ok := progs[iface]
+	if !ok {
+		return fmt.Errorf("%s: no XDP program", iface)
+	}
+	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgID))
+	if err != nil {
+		return fmt.Errorf("program %d: %w", x.ProgID, err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return err
+	}
+	ids, _ := info.MapIDs()
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			return fmt.Errorf("map %d: %w", id, err)
+		}
+		mi, err := m.Info()
+		if err == nil && mi.Name == "drop_ports" {
+			err = m.Put(uint16(dropPort), uint8(1))
+			m.Close()
+			return err
+		}
+		m.Close()
+	}
+	return fmt.Errorf("program %d has no drop_ports map", x.ProgID)
+}
+
+// waitFor polls cond every millisecond until it holds or timeout passes.
+func waitFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s", timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
