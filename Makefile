@@ -8,7 +8,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 10s
 
-.PHONY: all build setup test fuzz bench demo lint clean
+.PHONY: all build setup test fuzz bench demo lint clean kernels
 
 all: build
 
@@ -33,6 +33,10 @@ fuzz:
 		echo "fuzz $$pkg $$t"; \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
+
+# The BPF test suite in VMs on Debian's 6.1 and 6.12 kernels (docs/kernels.md).
+kernels:
+	./kernels/run.sh
 
 bench: setup build
 	./bench/run.sh

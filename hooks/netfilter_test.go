@@ -57,6 +57,7 @@ func TestParseNetfilter(t *testing.T) {
 // The kernel takes one BPF program per family, hook and priority; upgrades
 // land one priority away, and Check accepts both.
 func TestNetfilterHook(t *testing.T) {
+	testutil.SkipWithout(t, testutil.NetfilterLink) // Linux 6.4+
 	ns := testutil.MustNetns(t, "nf")
 	prog, maps := mustProgramWithMaps(t, "hooks", "nf_count")
 	progB := mustProgram(t, "hooks_v2", "nf_count")

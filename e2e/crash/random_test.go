@@ -46,8 +46,12 @@ func TestRandomKills(t *testing.T) {
 	kill(t, p)
 	t.Logf("a start took %v, a reload %v", startTook.Round(time.Millisecond), reloadTook.Round(time.Millisecond))
 
+	kills := randomKills
+	if testing.Short() {
+		kills = 20 // -short: the VMs of `make kernels`, under emulation
+	}
 	var duringStart, afterReady, duringReload, reloadsDone int
-	for i := 0; i < randomKills/2; i++ {
+	for i := 0; i < kills/2; i++ {
 		// A kill at a random moment of a start.
 		p := r.start(t, nil)
 		time.Sleep(randomDelay(rnd, startTook))
@@ -100,7 +104,7 @@ func TestRandomKills(t *testing.T) {
 	st := r.checkConverged(t)
 	c := r.contents(t)
 	if !slices.Equal(c.ports, r.wantPorts()) || c.count < seededCount {
-		t.Errorf("map contents after %d kills: ports %v count %d, want ports %v count >= %d", randomKills, c.ports, c.count, r.wantPorts(), seededCount)
+		t.Errorf("map contents after %d kills: ports %v count %d, want ports %v count >= %d", kills, c.ports, c.count, r.wantPorts(), seededCount)
 	}
 	if st.maps["drop_ports"] != seeded {
 		t.Errorf("drop_ports is map %d, not the seeded %d", st.maps["drop_ports"], seeded)
@@ -109,7 +113,7 @@ func TestRandomKills(t *testing.T) {
 	s.check(t)
 	stop(t, p)
 	t.Logf("%d kills: %d during a start, %d after the child started; %d during a reload, %d after it completed",
-		randomKills, duringStart, afterReady, duringReload, reloadsDone)
+		kills, duringStart, afterReady, duringReload, reloadsDone)
 	if duringStart == 0 || duringReload == 0 {
 		t.Errorf("no kill landed during a start (%d) or during a reload (%d): the random moments are off", duringStart, duringReload)
 	}

@@ -48,7 +48,7 @@ func runChild(behaviour string) int {
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Printf("child pid=%d ready\n", os.Getpid())
-		select {}
+		blockForever()
 	case "backoff":
 		return childBackoff()
 	case "crash-twice":
@@ -143,7 +143,17 @@ func childCrashTwice() int {
 		return 3
 	}
 	fmt.Printf("child pid=%d up after %d crashes\n", os.Getpid(), n)
-	select {}
+	blockForever()
+	return 0
+}
+
+// blockForever blocks until the process is killed. Not select{}: in a
+// binary without cgo (the static test binaries of `make kernels`) the
+// runtime takes that for a deadlock and exits 2.
+func blockForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // childNobody reports who it runs as and what it may do with its maps and

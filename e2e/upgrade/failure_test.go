@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/bpf"
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -170,7 +171,7 @@ func TestUpgradeFailures(t *testing.T) {
 	if info, err := foreign.Info(); err == nil {
 		foreignID, _ = info.ID()
 	}
-	ly, err := link.LoadPinnedLink(pinPath(e, "links", linkY), nil)
+	ly, err := hooks.LoadPinned(pinPath(e, "links", linkY)) // a link, or tcx's tc fallback
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func TestUpgradeRollbackMakeBeforeBreak(t *testing.T) {
 	testutil.WaitFor(t, 5*time.Second, "bpfsup to log the failure", func() bool {
 		return strings.Contains(p.Output(), `msg="replaced link" link=tp_count`) && strings.Contains(p.Output(), `msg="reload failed`)
 	})
-	l, err := link.LoadPinnedLink(linkPath, nil)
+	l, err := hooks.LoadPinned(linkPath) // a link, or tcx's tc fallback
 	if err != nil {
 		t.Fatal(err)
 	}

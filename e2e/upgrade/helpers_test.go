@@ -24,6 +24,7 @@ import (
 
 	"github.com/bpfsup/bpfsup/bpf"
 	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 	"github.com/bpfsup/bpfsup/supervisor"
@@ -219,7 +220,7 @@ func pinPath(e *testutil.Env, kind, name string) string {
 // linkIDs reads the pinned link's id and the id of the program it runs.
 func linkIDs(t *testing.T, e *testutil.Env, name string) (linkID link.ID, progID ebpf.ProgramID) {
 	t.Helper()
-	l, err := link.LoadPinnedLink(pinPath(e, "links", name), nil)
+	l, err := hooks.LoadPinned(pinPath(e, "links", name)) // a link, or tcx's tc fallback
 	if err != nil {
 		t.Fatalf("link %s: %v", name, err)
 	}
@@ -387,7 +388,7 @@ func countLines(p *testutil.Proc, msg string) int {
 
 // linkIDsErr is linkIDs for a link that may not be there.
 func linkIDsErr(e *testutil.Env, name string) (link.ID, error) {
-	l, err := link.LoadPinnedLink(pinPath(e, "links", name), nil)
+	l, err := hooks.LoadPinned(pinPath(e, "links", name)) // a link, or tcx's tc fallback
 	if err != nil {
 		return 0, err
 	}

@@ -20,6 +20,7 @@ import (
 // dir/bpfsup-VERSION.
 func buildVersions(t *testing.T, dir string, versions ...string) {
 	t.Helper()
+	testutil.RequireTool(t, "go") // skips in the VMs of `make kernels`
 	var wg sync.WaitGroup
 	errs := make([]error, len(versions))
 	for i, v := range versions {

@@ -20,8 +20,13 @@ var (
 	buildErr  error
 )
 
-// RepoRoot is the repository's top directory.
+// RepoRoot is the repository's top directory: $BPFSUP_TEST_REPO when set
+// (a test binary run away from its source tree, as in the VMs of `make
+// kernels`), else where this file was compiled from.
 func RepoRoot() string {
+	if dir := os.Getenv("BPFSUP_TEST_REPO"); dir != "" {
+		return filepath.Clean(dir)
+	}
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
@@ -29,8 +34,16 @@ func RepoRoot() string {
 // BuildBpfsup builds the bpfsup binary once per test binary into a directory
 // everyone may read and execute (a child run as another user re-executes it),
 // and returns its path. Call BuildCleanup from TestMain to remove it.
+// Where there is no Go toolchain (the VMs of `make kernels`),
+// $BPFSUP_TEST_BIN names a prebuilt binary to use instead.
 func BuildBpfsup(tb testing.TB) string {
 	tb.Helper()
+	if bin := os.Getenv("BPFSUP_TEST_BIN"); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			tb.Fatalf("prebuilt bpfsup ($BPFSUP_TEST_BIN): %v", err)
+		}
+		return bin
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "bpfsup-bin-")
 		if err != nil {

@@ -1,0 +1,116 @@
+package hooks
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"unsafe"
+
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// What sits at a link's pin path: a bpf_link for most hooks, the record of a
+// tc filter for the tc hook (and tcx's fallback to it). These functions take
+// either, so that callers need not know which mechanism a hook uses.
+
+// BindPin tells h where its link will be pinned, before Attach. Hooks whose
+// attachments are not bpf_links (tc filters) name what they attach after it,
+// so that an attachment made by a process that died before pinning it is
+// found again instead of duplicated; other hooks ignore it.
+func BindPin(h Hook, path string) {
+	if b, ok := h.(interface{ bindPin(string) }); ok {
+		b.bindPin(path)
+	}
+}
+
+// Caveat says which of bpfsup's promises h cannot keep on this kernel, or ""
+// when it keeps them all; bpfsup logs it when it starts.
+func Caveat(h Hook) string {
+	if c, ok := h.(interface{ Caveat() string }); ok {
+		return c.Caveat()
+	}
+	return ""
+}
+
+// LoadPinned loads what is pinned at path as a link.Link: a bpf_link, or a
+// tc filter from its record. A missing pin is an error wrapping
+// os.ErrNotExist.
+func LoadPinned(path string) (link.Link, error) {
+	kind, err := pinKind(path)
+	if err != nil {
+		return nil, err
+	}
+	if kind != "bpf-map" {
+		return link.LoadPinnedLink(path, nil)
+	}
+	rec, id, err := readTCRecordID(path)
+	if err != nil {
+		return nil, fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	return &tcAttachment{rec: rec, fromPin: path, recordID: id}, nil
+}
+
+// IsFilterRecord reports whether path holds the record of a tc filter, which
+// is pinned where a link would be for hooks without bpf_links.
+func IsFilterRecord(path string) bool {
+	_, err := readTCRecord(path)
+	return err == nil
+}
+
+// Unpin removes the link pinned at path. A bpf_link is released when its
+// last reference goes; a tc filter, which no pin holds, is deleted first.
+// A missing pin is not an error.
+func Unpin(path string) error {
+	kind, err := pinKind(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil && kind == "bpf-map" {
+		rec, err := readTCRecord(path)
+		if err != nil {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+		a := &tcAttachment{rec: rec}
+		if err := a.Detach(); err != nil {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpin %s: %w", path, err)
+	}
+	return nil
+}
+
+// pinKind says what kind of BPF object is pinned at path: "bpf_link",
+// "bpf-map", "bpf-prog"... (the name of its anonymous inode). The link
+// loader of cilium/ebpf would take a map for a link of some type, so look
+// before loading.
+func pinKind(path string) (string, error) {
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return "", err
+	}
+	// union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+	attr := struct {
+		pathname  uint64
+		bpfFD     uint32
+		fileFlags uint32
+	}{pathname: uint64(uintptr(unsafe.Pointer(p)))} // read-write: the kernel refuses links opened otherwise
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(p)
+	if errno != 0 {
+		if errno == unix.ENOENT {
+			return "", fmt.Errorf("load pinned link %s: %w", path, os.ErrNotExist)
+		}
+		return "", fmt.Errorf("load pinned link %s: %w", path, errno)
+	}
+	defer unix.Close(int(fd))
+	target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	return strings.TrimPrefix(target, "anon_inode:"), nil
+}

@@ -1,0 +1,35 @@
+package testutil
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// PrebuiltName is the file name a main package's binary has in
+// $BPFSUP_TEST_PREBUILT: its path in the repository with '/' as '_'
+// ("./e2e/hooks/hookshelper" -> "e2e_hooks_hookshelper").
+func PrebuiltName(pkg string) string {
+	return strings.ReplaceAll(strings.Trim(filepath.Clean(pkg), "./"), "/", "_")
+}
+
+// GoBuild builds the main package pkg ("./examples/xdp-counter", relative to
+// the repository) into the file out, as `go build -o out pkg` run in the
+// repository does, and returns what the build printed. Where there is no Go
+// toolchain (the VMs of `make kernels`), $BPFSUP_TEST_PREBUILT names a
+// directory of binaries built beforehand (see PrebuiltName), and GoBuild
+// copies pkg's to out instead.
+func GoBuild(pkg, out string) ([]byte, error) {
+	if dir := os.Getenv("BPFSUP_TEST_PREBUILT"); dir != "" {
+		data, err := os.ReadFile(filepath.Join(dir, PrebuiltName(pkg)))
+		if err != nil {
+			return nil, fmt.Errorf("prebuilt %s: %w", pkg, err)
+		}
+		return nil, os.WriteFile(out, data, 0o755)
+	}
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	return cmd.CombinedOutput()
+}
