@@ -173,7 +173,6 @@ func subscribeLinks(path string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "rtnetlink:"+path), nil
 }
 
-
 // linkEvents is the channel of interface events, nil when nothing watches.
 func (s *supervisor) linkEvents() <-chan linkEvent {
 	if s.links == nil {
