@@ -517,7 +517,10 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			msg.close()
 
 		case <-watchdog:
-			_, _ = daemon.SdNotify(false, "WATCHDOG=1")
+			// STOPPING=1 was the last word to the service manager.
+			if !s.stopping {
+				_, _ = daemon.SdNotify(false, "WATCHDOG=1")
+			}
 		}
 	}
 }

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
@@ -339,13 +339,22 @@ func containsID(ids []uint32, id uint32) bool {
 
 // bootToWall turns a time since boot (CLOCK_BOOTTIME) into wall-clock time.
 func bootToWall(sinceBoot time.Duration) time.Time {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+	// From the boot time in /proc/stat rather than from two clock reads, so
+	// that every status of the same program says the same time.
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
 		return time.Time{}
 	}
-	now := time.Now()
-	up := time.Duration(ts.Nano())
-	return now.Add(sinceBoot - up).UTC().Truncate(time.Millisecond)
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			secs, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return time.Time{}
+			}
+			return time.Unix(secs, 0).Add(sinceBoot).UTC().Truncate(time.Millisecond)
+		}
+	}
+	return time.Time{}
 }
 
 // statusJSON is the supervisor's runtime status for the control socket.

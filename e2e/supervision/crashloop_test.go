@@ -27,11 +27,12 @@ func TestCrashLoopStaysFlat(t *testing.T) {
 		// binary: most of the cost) and of the child: tens of milliseconds,
 		// several times that on a busy machine.
 		testutil.WaitFor(t, 5*time.Minute, strconv.Itoa(at)+" restarts", func() bool { return restarts() >= at })
-		// The counts move with each restart (the child's pidfd comes and
-		// goes): the largest of a few samples is what bpfsup holds at most.
-		var s sample
+		// The counts move with each restart (the child's pidfd and os/exec's
+		// exec-error pipe come and go): the smallest of a few samples is
+		// what bpfsup holds between restarts, which a leak raises for good.
+		s := sample{fds: 1 << 30}
 		for range 20 {
-			s.fds = max(s.fds, fdCount(t, p.Pid()))
+			s.fds = min(s.fds, fdCount(t, p.Pid()))
 			th, _ := strconv.Atoi(procStatusField(t, p.Pid(), "Threads"))
 			s.threads = max(s.threads, th)
 			rss, _ := strconv.Atoi(strings.Fields(procStatusField(t, p.Pid(), "VmRSS"))[0])
