@@ -835,6 +835,11 @@ func dupFD(fd int) (int, error) {
 
 // linkFD opens a new fd for l, by its id.
 func linkFD(l link.Link) (int, error) {
+	if _, isLink := l.(interface{ FD() int }); !isLink {
+		// A tc filter standing in for a tcx link: its id is its record's,
+		// a map's, and must not be looked up as a link's.
+		return -1, fmt.Errorf("%s is not a bpf_link and has no fd to hand over", l)
+	}
 	info, err := l.Info()
 	if err != nil {
 		return -1, err

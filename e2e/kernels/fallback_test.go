@@ -239,3 +239,28 @@ func attachedPrograms(tb testing.TB, ns *testutil.Netns, iface string, tc bool) 
 func equal(a, b []uint32) bool {
 	return fmt.Sprint(a) == fmt.Sprint(b)
 }
+
+// A tc filter has no fd: asked to hand links to the child, bpfsup says so
+// instead of handing over whatever object shares the record's id.
+func TestTCFilterHasNoLinkFD(t *testing.T) {
+	testutil.SkipWithout(t, testutil.TCClsact)
+	env := testutil.MustEnv(t)
+	ns := testutil.MustNetns(t, "fbfd")
+	ifA, _ := testutil.MustVethPair(t, ns, ns)
+	cfg := filepath.Join(t.TempDir(), "bpfsup.toml")
+	toml := fmt.Sprintf(`[[object]]
+path = %q
+handoff_links = true
+[[object.attach]]
+program = "tc_drop"
+hook = "tc/ingress:%s"
+netns = %q
+`, testutil.BPFObject("dropfilter"), ifA.Name, ns.Path)
+	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := env.Run(t, "run", "-c", cfg, "--", "true")
+	if code == 0 || !strings.Contains(out, "not a bpf_link and has no fd to hand over") {
+		t.Fatalf("bpfsup run handing over a tc filter: exit %d, want a failure saying it has no fd; output:\n%s", code, out)
+	}
+}
