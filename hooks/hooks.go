@@ -68,6 +68,10 @@ const (
 	Defunct
 	// Elsewhere: the link is alive but on another target, or of another kind.
 	Elsewhere
+	// Unknown: the link is alive and of the hook's kind, but the kernel does
+	// not say where it sits (perf_event links before Linux 6.6 report no
+	// event). The caller decides from its own record of the link.
+	Unknown
 )
 
 func (s State) String() string {
@@ -76,6 +80,8 @@ func (s State) String() string {
 		return "attached"
 	case Defunct:
 		return "defunct"
+	case Unknown:
+		return "unknown"
 	default:
 		return "elsewhere"
 	}

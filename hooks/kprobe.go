@@ -102,7 +102,10 @@ func (h *kprobeHook) Check(l link.Link) (State, error) {
 		want = link.PerfEventKretprobe
 	}
 	pe := info.PerfEvent()
-	if info.Type != link.PerfEventType || pe == nil || pe.Type != want {
+	if st, known := perfEventState(info, pe); !known {
+		return st, nil
+	}
+	if pe.Type != want {
 		return Elsewhere, nil
 	}
 	kp := pe.Kprobe()

@@ -121,13 +121,30 @@ func (h *tracepointHook) Check(l link.Link) (State, error) {
 		return 0, err
 	}
 	pe := info.PerfEvent()
-	if info.Type != link.PerfEventType || pe == nil || pe.Type != link.PerfEventTracepoint {
+	if st, known := perfEventState(info, pe); !known {
+		return st, nil
+	}
+	if pe.Type != link.PerfEventTracepoint {
 		return Elsewhere, nil
 	}
 	if tp := pe.Tracepoint(); tp == nil || tp.Tracepoint != h.name {
 		return Elsewhere, nil
 	}
 	return Attached, nil
+}
+
+// perfEventState sorts out the perf_event links whose event the kernel does
+// not describe: known is false when Check has its answer already, st. A link
+// of another type is Elsewhere; a perf_event link on a kernel before 6.6,
+// which reports no event, is Unknown.
+func perfEventState(info *link.Info, pe *link.PerfEventInfo) (st State, known bool) {
+	if info.Type != link.PerfEventType {
+		return Elsewhere, false
+	}
+	if pe == nil || pe.Type == link.PerfEventUnspecified {
+		return Unknown, false
+	}
+	return Attached, true
 }
 
 // mustBePinnable closes l and returns an error when it is not a bpf_link:

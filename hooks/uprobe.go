@@ -202,7 +202,10 @@ func (h *uprobeHook) Check(l link.Link) (State, error) {
 		want = link.PerfEventUretprobe
 	}
 	pe := info.PerfEvent()
-	if info.Type != link.PerfEventType || pe == nil || pe.Type != want {
+	if st, known := perfEventState(info, pe); !known {
+		return st, nil
+	}
+	if pe.Type != want {
 		return Elsewhere, nil
 	}
 	up := pe.Uprobe()

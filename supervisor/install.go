@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -41,6 +42,9 @@ type plan struct {
 	// unattached lists the programs no attachment names and whose section
 	// names no whole hook, for the log.
 	unattached []unattachedProgram
+	// skipped lists the programs left out because the kernel lacks their
+	// type (skipUnsupported).
+	skipped []unattachedProgram
 }
 
 type plannedLink struct {
@@ -180,7 +184,55 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if err := planSectionHooks(p, count, seen); err != nil {
 		return nil, err
 	}
+	if err := skipUnsupported(p); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// newestProgramTypes is the first program type newer than the oldest kernel
+// bpfsup runs on (6.1): only these are probed, each costing a program load
+// once per process; every older type is there.
+const newestProgramTypes = ebpf.Netfilter // Linux 6.4
+
+// skipUnsupported leaves out the programs nothing attaches whose type this
+// kernel does not have (SEC("netfilter") before 6.4): an object built for
+// several kernels still starts on the older ones, and the log says what was
+// left out. A program an attachment names stops the start instead, with an
+// error that names the hook, rather than the verifier's bare EINVAL.
+func skipUnsupported(p *plan) error {
+	attached := map[string]hooks.Spec{}
+	for _, pl := range p.links {
+		attached[pl.program] = pl.hook.Spec()
+	}
+	kept := p.progList[:0]
+	for _, pname := range p.progList {
+		ps := p.spec.Programs[pname]
+		if ps.Type < newestProgramTypes {
+			kept = append(kept, pname)
+			continue
+		}
+		err := features.HaveProgramType(ps.Type)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			kept = append(kept, pname)
+			continue
+		}
+		if hs, ok := attached[pname]; ok {
+			return fmt.Errorf("object %s: program %s: hook %s: this kernel cannot load %s programs: %w", p.name, pname, hs, ps.Type, err)
+		}
+		p.skipped = append(p.skipped, unattachedProgram{pname,
+			fmt.Sprintf("this kernel cannot load %s programs (section %q): %v", ps.Type, ps.SectionName, err)})
+		delete(p.spec.Programs, pname)
+	}
+	p.progList = kept
+	filtered := p.unattached[:0]
+	for _, u := range p.unattached {
+		if _, ok := p.spec.Programs[u.program]; ok {
+			filtered = append(filtered, u)
+		}
+	}
+	p.unattached = filtered
+	return nil
 }
 
 // planSectionHooks attaches the programs no attachment names where their
@@ -490,6 +542,9 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	for _, u := range p.unattached {
 		log.Info("program loaded and pinned, not attached", "object", p.name, "program", u.program, "why", u.why)
 	}
+	for _, u := range p.skipped {
+		log.Warn("program not loaded: nothing attaches it and the kernel cannot load it", "object", p.name, "program", u.program, "why", u.why)
+	}
 
 	man = newManifest(p, old, in)
 	if changed && old != nil {
@@ -500,6 +555,21 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	}
 	in.manifest = man
 	return in, nil
+}
+
+// recordedState decides for a link whose hook the kernel does not describe
+// (hooks.Unknown): it is Attached when the manifest records it on spec, and
+// Elsewhere (replaced make-before-break) when the manifest says otherwise or
+// says nothing.
+func recordedState(obj *pinstore.Object, name string, spec hooks.Spec) hooks.State {
+	m, err := obj.Store().ReadManifest(obj.Name)
+	if err != nil || m == nil {
+		return hooks.Elsewhere
+	}
+	if rec, ok := m.Links[name]; ok && rec.Hook == spec.String() && rec.Netns == spec.Netns {
+		return hooks.Attached
+	}
+	return hooks.Elsewhere
 }
 
 // reconcileLink makes the link pl exist, pinned, with prog attached. It
@@ -545,6 +615,9 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 	if err != nil {
 		pinned.Close()
 		return nil, fmt.Errorf("link %s: %w", pl.name, err)
+	}
+	if state == hooks.Unknown {
+		state = recordedState(obj, pl.name, spec)
 	}
 	info, err := pinned.Info()
 	if err != nil {

@@ -83,6 +83,14 @@ func lackingKprobes(t *testing.T) (string, string) {
 	return "", ""
 }
 
+// lackingNetfilter: netfilter programs and links came in Linux 6.4.
+func lackingNetfilter(t *testing.T) (string, string) {
+	if why := testutil.Missing(t, testutil.NetfilterLink); why != "" {
+		return why, "cannot load Netfilter programs"
+	}
+	return "", ""
+}
+
 func hookCases() []hookCase {
 	const hooks, tracing = "hooks", "tracing"
 	tramp := func(name, program string, slot uint32, events, hook string) hookCase {
@@ -116,7 +124,7 @@ func hookCases() []hookCase {
 		{name: "cgroup_sock_create", object: hooks, program: "sock_create_count", slot: 11, events: "cgroup:socket", updatable: true,
 			hook: func(tg *targets) string { return "cgroup/sock_create:" + tg.cgroup }},
 		{name: "netfilter", object: hooks, program: "nf_count", slot: 8, events: "traffic", netns: true,
-			hook: fixed("netfilter:ipv4/local_in/-100")},
+			hook: fixed("netfilter:ipv4/local_in/-100"), lacking: lackingNetfilter},
 		{name: "sk_lookup", object: hooks, program: "sk_lookup_count", slot: 9, events: "traffic", updatable: true,
 			hook: func(tg *targets) string { return "sk_lookup:" + tg.nsB.Path }},
 		{name: "flow_dissector", object: hooks, program: "flow_count", slot: 10, events: "traffic", updatable: true,
