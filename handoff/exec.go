@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfsup/bpfsup/handoff/internal/exechelper"
 )
 
@@ -26,6 +28,23 @@ const (
 	envExecPPID   = exechelper.EnvPPID
 )
 
+// ShellHelper is the default exec helper: a POSIX shell that exports its own
+// pid as LISTEN_PID and execs the application, so that the application keeps
+// the pid. It starts in about a millisecond, where a Go binary as large as
+// bpfsup takes several (its runtime, its threads), on every start of the
+// child. The rest of the helper's work is done by the forked child before it
+// runs the shell: the change of user and the parent-death signal (Go's
+// SysProcAttr), and only the handed fds are open (every other fd of the
+// supervisor is close-on-exec, see Start).
+const ShellHelper = "/bin/sh"
+
+// shellScript is ShellHelper's command; "$@" is the application.
+const shellScript = `export LISTEN_PID=$$ && exec "$@"`
+
+// shellName is $0 of shellScript, which the shell puts before its errors
+// ("bpfsup exec: 1: exec: foo: not found").
+const shellName = "bpfsup exec"
+
 // Credential is the user the child runs as.
 type Credential struct {
 	UID, GID uint32
@@ -35,8 +54,10 @@ type Credential struct {
 
 // Child describes an application to start with handed fds.
 type Child struct {
-	// Helper is the bpfsup binary re-executed as the exec helper; the running
-	// executable when empty.
+	// Helper runs between the fork and the application, to set LISTEN_PID
+	// to the application's pid, which is only known once forked: ShellHelper,
+	// or a bpfsup binary, re-executed with ExecArg (see ExecHelper). When
+	// empty, ShellHelper if this machine has it, else the running executable.
 	Helper string
 	// Args is the application's command line; Args[0] is looked up in PATH.
 	Args []string
@@ -89,22 +110,29 @@ func (p *Process) OnForkThread(fn func()) error {
 	}
 }
 
-// Start starts the child through the exec helper. The fork runs on an OS
-// thread locked for the child's whole life, because the parent-death signal
-// (SIGKILL) fires when the thread that forked exits, not the process: this
-// way the child dies with the supervisor and never before.
+// Start starts the child through the exec helper (see Child.Helper). The
+// fork runs on an OS thread locked for the child's whole life, because the
+// parent-death signal (SIGKILL) fires when the thread that forked exits, not
+// the process: this way the child dies with the supervisor and never before.
+// Start marks every fd of the calling process from 3 on close-on-exec, so
+// that the child gets the handed fds and no others; a caller that means to
+// pass an fd through an exec of its own clears the flag just before it.
 func Start(c Child) (*Process, error) {
 	if len(c.Args) == 0 {
 		return nil, errors.New("start child: no command")
 	}
 	helper := c.Helper
 	if helper == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("start child: find own executable: %w", err)
+		helper = ShellHelper
+		if unix.Access(ShellHelper, unix.X_OK) != nil {
+			exe, err := os.Executable()
+			if err != nil {
+				return nil, fmt.Errorf("start child: no %s, and cannot find own executable: %w", ShellHelper, err)
+			}
+			helper = exe
 		}
-		helper = exe
 	}
+	shell := helper == ShellHelper
 	names := make([]string, len(c.Files))
 	extra := make([]*os.File, len(c.Files))
 	for i, f := range c.Files {
@@ -124,12 +152,28 @@ func Start(c Child) (*Process, error) {
 	env = append(env,
 		EnvListenFDs+"="+strconv.Itoa(len(c.Files)),
 		EnvListenFDNames+"="+encoded,
-		envExecPPID+"="+strconv.Itoa(os.Getpid()),
 	)
 	if c.PinRoot != "" {
 		env = append(env, EnvPinRoot+"="+c.PinRoot)
 	}
-	if cr := c.Credential; cr != nil {
+	attr := &syscall.SysProcAttr{
+		Pdeathsig: syscall.SIGKILL,
+		// Its own process group: signals reach the child through
+		// bpfsup only, never twice from a terminal.
+		Setpgid: true,
+	}
+	args := append([]string{helper, ExecArg}, c.Args...)
+	if shell {
+		args = append([]string{helper, "-c", shellScript, shellName}, c.Args...)
+		// Go sets the parent-death signal after the change of user (which
+		// clears it), and kills the child when the parent died meanwhile.
+		if cr := c.Credential; cr != nil {
+			attr.Credential = &syscall.Credential{Uid: cr.UID, Gid: cr.GID, Groups: cr.Groups}
+		}
+	} else {
+		env = append(env, envExecPPID+"="+strconv.Itoa(os.Getpid()))
+	}
+	if cr := c.Credential; cr != nil && !shell {
 		groups := make([]string, len(cr.Groups))
 		for i, g := range cr.Groups {
 			groups[i] = strconv.FormatUint(uint64(g), 10)
@@ -142,18 +186,21 @@ func Start(c Child) (*Process, error) {
 	}
 
 	cmd := &exec.Cmd{
-		Path:       helper,
-		Args:       append([]string{helper, ExecArg}, c.Args...),
-		Env:        env,
-		ExtraFiles: extra,
-		Stdout:     orStd(c.Stdout, os.Stdout),
-		Stderr:     orStd(c.Stderr, os.Stderr),
-		SysProcAttr: &syscall.SysProcAttr{
-			Pdeathsig: syscall.SIGKILL,
-			// Its own process group: signals reach the child through
-			// bpfsup only, never twice from a terminal.
-			Setpgid: true,
-		},
+		Path:        helper,
+		Args:        args,
+		Env:         env,
+		ExtraFiles:  extra,
+		Stdout:      orStd(c.Stdout, os.Stdout),
+		Stderr:      orStd(c.Stderr, os.Stderr),
+		SysProcAttr: attr,
+	}
+	// Only the handed fds reach the application. An fd the supervisor
+	// inherited without close-on-exec (from a shell, a test harness, a
+	// service manager that does not close them) would otherwise pass
+	// through the fork into the application unannounced. Those handed are
+	// dup'ed into place by the fork, which clears the flag on the copies.
+	if err := closeOnExecFrom(3); err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
 	}
 
 	started := make(chan error, 1)
@@ -190,6 +237,28 @@ func Start(c Child) (*Process, error) {
 		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
 	}
 	return &Process{Pid: cmd.Process.Pid, Done: done, calls: calls, gone: gone}, nil
+}
+
+// closeOnExecFrom marks every fd from first on close-on-exec: close_range(2)
+// since Linux 5.11, one by one before.
+func closeOnExecFrom(first int) error {
+	err := unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("mark fds from %d close-on-exec: close_range: %w", first, err)
+	}
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= first {
+			unix.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 func orStd(w io.Writer, def *os.File) io.Writer {

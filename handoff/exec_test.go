@@ -221,143 +221,158 @@ func mustWorldExecutable(tb testing.TB) string {
 	return path
 }
 
-// End to end through a freshly built bpfsup as the exec helper: the child
+type helperCase struct{ name, path string }
+
+// helperCases are the exec helpers Start can use: the shell (the default),
+// and a freshly built bpfsup (where there is no shell).
+func helperCases(t *testing.T) []helperCase {
+	testutil.RequireRoot(t)
+	return []helperCase{{"shell", ShellHelper}, {"bpfsup", testutil.BuildBpfsup(t)}}
+}
+
+// End to end through each exec helper: the child
 // gets exactly the handed fds, LISTEN_PID is its own pid, and the Go side
 // of the protocol finds maps and programs by short and full name.
 func TestStartHandsOver(t *testing.T) {
-	testutil.RequireRoot(t)
-	helper := testutil.BuildBpfsup(t)
-	fwCounters, fwDrop, dnsCounters := mustCounterMap(t), mustCounterMap(t), mustCounterMap(t)
-	prog := mustXDPPass(t)
-	files := []NamedFile{
-		mustNamedFile(t, "fw/maps/counters", fwCounters),
-		mustNamedFile(t, "fw/maps/drop_ports", fwDrop),
-		mustNamedFile(t, "dns/maps/counters", dnsCounters),
-		mustNamedFile(t, "fw/programs/xdp_pass", prog),
-	}
-	// An fd the supervisor holds without close-on-exec (as one inherited
-	// from a shell or a service manager) must not reach the application.
-	stray, err := os.Open(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stray.Close()
-	if _, err := unix.FcntlInt(stray.Fd(), unix.F_SETFD, 0); err != nil {
-		t.Fatal(err)
-	}
-
-	queries := []string{"drop_ports", "fw/maps/drop_ports", "fw/maps/counters", "dns/maps/counters",
-		"counters", "nosuch", "prog:xdp_pass", "prog:fw/programs/xdp_pass", "prog:counters"}
-
-	c := mustStart(t, Child{
-		Helper: helper,
-		Args:   []string{testExe(t)},
-		Env: append(os.Environ(),
-			childEnv+"=report",
-			queriesEnv+"="+strings.Join(queries, ","),
-			writeEnv+"=fw/maps/counters",
-			// The protocol's variables of the parent are replaced, not added to.
-			EnvListenFDs+"=99", EnvListenFDNames+"=stale",
-		),
-		Files:   files,
-		PinRoot: "/sys/fs/bpf/somewhere",
-	})
-	r := c.report(t)
-
-	if r.Pid != c.Pid || r.ListenPID != strconv.Itoa(c.Pid) {
-		t.Fatalf("child pid %d, LISTEN_PID %q, Start said %d", r.Pid, r.ListenPID, c.Pid)
-	}
-	if r.ListenFDs != "4" || r.ListenFDNames != "fw/maps/counters:fw/maps/drop_ports:dns/maps/counters:fw/programs/xdp_pass" {
-		t.Fatalf("LISTEN_FDS=%q LISTEN_FDNAMES=%q", r.ListenFDs, r.ListenFDNames)
-	}
-	if r.PinRoot != "/sys/fs/bpf/somewhere" {
-		t.Errorf("BPFSUP_PIN_ROOT=%q", r.PinRoot)
-	}
-	checkFDs(t, r, []string{"anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-prog"})
-	if want := []string{"fw/maps/counters", "fw/maps/drop_ports", "dns/maps/counters", "fw/programs/xdp_pass"}; !slices.Equal(r.Names, want) {
-		t.Errorf("Files() names %v, want %v", r.Names, want)
-	}
-	if len(r.EnvAfter) != 0 {
-		t.Errorf("protocol variables left after Files(): %v", r.EnvAfter)
-	}
-
-	progInfo, err := prog.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	progID, _ := progInfo.ID()
-	for q, want := range map[string]uint32{
-		"drop_ports":                mapIDOf(t, fwDrop),
-		"fw/maps/drop_ports":        mapIDOf(t, fwDrop),
-		"fw/maps/counters":          mapIDOf(t, fwCounters),
-		"dns/maps/counters":         mapIDOf(t, dnsCounters),
-		"prog:xdp_pass":             uint32(progID),
-		"prog:fw/programs/xdp_pass": uint32(progID),
-	} {
-		if got := r.IDs[q]; got != want || r.Errors[q] != "" {
-			t.Errorf("child's %s: id %d, error %q; want id %d", q, got, r.Errors[q], want)
-		}
-	}
-	for q, wants := range map[string][]string{
-		"counters":      {"ambiguous", "fw/maps/counters", "dns/maps/counters"},
-		"nosuch":        {`no map named "nosuch"`, "fw/maps/counters", "fw/programs/xdp_pass"},
-		"prog:counters": {`no program named "counters"`},
-	} {
-		for _, want := range wants {
-			if !strings.Contains(r.Errors[q], want) {
-				t.Errorf("child's %s: error %q, want it to say %q", q, r.Errors[q], want)
+	for _, hc := range helperCases(t) {
+		t.Run(hc.name, func(t *testing.T) {
+			helper := hc.path
+			fwCounters, fwDrop, dnsCounters := mustCounterMap(t), mustCounterMap(t), mustCounterMap(t)
+			prog := mustXDPPass(t)
+			files := []NamedFile{
+				mustNamedFile(t, "fw/maps/counters", fwCounters),
+				mustNamedFile(t, "fw/maps/drop_ports", fwDrop),
+				mustNamedFile(t, "dns/maps/counters", dnsCounters),
+				mustNamedFile(t, "fw/programs/xdp_pass", prog),
 			}
-		}
-	}
+			// An fd the supervisor holds without close-on-exec (as one inherited
+			// from a shell or a service manager) must not reach the application.
+			stray, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stray.Close()
+			if _, err := unix.FcntlInt(stray.Fd(), unix.F_SETFD, 0); err != nil {
+				t.Fatal(err)
+			}
 
-	// The child used the map it was handed: the parent sees its write.
-	if r.Wrote != "" {
-		t.Fatalf("child's write: %s", r.Wrote)
-	}
-	var v uint64
-	if err := fwCounters.Lookup(uint32(0), &v); err != nil || v != uint64(c.Pid) {
-		t.Fatalf("counters[0] = %d, %v; want the child's pid %d", v, err, c.Pid)
+			queries := []string{"drop_ports", "fw/maps/drop_ports", "fw/maps/counters", "dns/maps/counters",
+				"counters", "nosuch", "prog:xdp_pass", "prog:fw/programs/xdp_pass", "prog:counters"}
+
+			c := mustStart(t, Child{
+				Helper: helper,
+				Args:   []string{testExe(t)},
+				Env: append(os.Environ(),
+					childEnv+"=report",
+					queriesEnv+"="+strings.Join(queries, ","),
+					writeEnv+"=fw/maps/counters",
+					// The protocol's variables of the parent are replaced, not added to.
+					EnvListenFDs+"=99", EnvListenFDNames+"=stale",
+				),
+				Files:   files,
+				PinRoot: "/sys/fs/bpf/somewhere",
+			})
+			r := c.report(t)
+
+			if r.Pid != c.Pid || r.ListenPID != strconv.Itoa(c.Pid) {
+				t.Fatalf("child pid %d, LISTEN_PID %q, Start said %d", r.Pid, r.ListenPID, c.Pid)
+			}
+			if r.ListenFDs != "4" || r.ListenFDNames != "fw/maps/counters:fw/maps/drop_ports:dns/maps/counters:fw/programs/xdp_pass" {
+				t.Fatalf("LISTEN_FDS=%q LISTEN_FDNAMES=%q", r.ListenFDs, r.ListenFDNames)
+			}
+			if r.PinRoot != "/sys/fs/bpf/somewhere" {
+				t.Errorf("BPFSUP_PIN_ROOT=%q", r.PinRoot)
+			}
+			checkFDs(t, r, []string{"anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-prog"})
+			if want := []string{"fw/maps/counters", "fw/maps/drop_ports", "dns/maps/counters", "fw/programs/xdp_pass"}; !slices.Equal(r.Names, want) {
+				t.Errorf("Files() names %v, want %v", r.Names, want)
+			}
+			if len(r.EnvAfter) != 0 {
+				t.Errorf("protocol variables left after Files(): %v", r.EnvAfter)
+			}
+
+			progInfo, err := prog.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			progID, _ := progInfo.ID()
+			for q, want := range map[string]uint32{
+				"drop_ports":                mapIDOf(t, fwDrop),
+				"fw/maps/drop_ports":        mapIDOf(t, fwDrop),
+				"fw/maps/counters":          mapIDOf(t, fwCounters),
+				"dns/maps/counters":         mapIDOf(t, dnsCounters),
+				"prog:xdp_pass":             uint32(progID),
+				"prog:fw/programs/xdp_pass": uint32(progID),
+			} {
+				if got := r.IDs[q]; got != want || r.Errors[q] != "" {
+					t.Errorf("child's %s: id %d, error %q; want id %d", q, got, r.Errors[q], want)
+				}
+			}
+			for q, wants := range map[string][]string{
+				"counters":      {"ambiguous", "fw/maps/counters", "dns/maps/counters"},
+				"nosuch":        {`no map named "nosuch"`, "fw/maps/counters", "fw/programs/xdp_pass"},
+				"prog:counters": {`no program named "counters"`},
+			} {
+				for _, want := range wants {
+					if !strings.Contains(r.Errors[q], want) {
+						t.Errorf("child's %s: error %q, want it to say %q", q, r.Errors[q], want)
+					}
+				}
+			}
+
+			// The child used the map it was handed: the parent sees its write.
+			if r.Wrote != "" {
+				t.Fatalf("child's write: %s", r.Wrote)
+			}
+			var v uint64
+			if err := fwCounters.Lookup(uint32(0), &v); err != nil || v != uint64(c.Pid) {
+				t.Fatalf("counters[0] = %d, %v; want the child's pid %d", v, err, c.Pid)
+			}
+		})
 	}
 }
 
 // The application runs as nobody, without root's supplementary groups or
 // capabilities, and can still use the map fd it holds.
 func TestStartAsNobody(t *testing.T) {
-	testutil.RequireRoot(t)
-	helper := testutil.BuildBpfsup(t)
-	counters := mustCounterMap(t)
-	c := mustStart(t, Child{
-		Helper:     helper,
-		Args:       []string{mustWorldExecutable(t)},
-		Env:        append(os.Environ(), childEnv+"=report", queriesEnv+"=counters", writeEnv+"=counters"),
-		Files:      []NamedFile{mustNamedFile(t, "fw/maps/counters", counters)},
-		Credential: &Credential{UID: 65534, GID: 65534, Groups: []uint32{}},
-	})
-	r := c.report(t)
+	for _, hc := range helperCases(t) {
+		t.Run(hc.name, func(t *testing.T) {
+			helper := hc.path
+			counters := mustCounterMap(t)
+			c := mustStart(t, Child{
+				Helper:     helper,
+				Args:       []string{mustWorldExecutable(t)},
+				Env:        append(os.Environ(), childEnv+"=report", queriesEnv+"=counters", writeEnv+"=counters"),
+				Files:      []NamedFile{mustNamedFile(t, "fw/maps/counters", counters)},
+				Credential: &Credential{UID: 65534, GID: 65534, Groups: []uint32{}},
+			})
+			r := c.report(t)
 
-	for k, want := range map[string]string{
-		"Uid":    "65534\t65534\t65534\t65534",
-		"Gid":    "65534\t65534\t65534\t65534",
-		"Groups": "",
-		"CapEff": "0000000000000000",
-	} {
-		if r.Status[k] != want {
-			t.Errorf("child's %s: %q, want %q", k, r.Status[k], want)
-		}
-	}
-	if r.ListenPID != strconv.Itoa(c.Pid) {
-		t.Errorf("LISTEN_PID=%q, child is %d", r.ListenPID, c.Pid)
-	}
-	checkFDs(t, r, []string{"anon_inode:bpf-map"})
-	if got, want := r.IDs["counters"], mapIDOf(t, counters); got != want {
-		t.Errorf("child's counters: id %d, error %q; want %d", got, r.Errors["counters"], want)
-	}
-	if r.Wrote != "" {
-		t.Fatalf("child's write as nobody: %s", r.Wrote)
-	}
-	var v uint64
-	if err := counters.Lookup(uint32(0), &v); err != nil || v != uint64(c.Pid) {
-		t.Fatalf("counters[0] = %d, %v; want the child's pid %d", v, err, c.Pid)
+			for k, want := range map[string]string{
+				"Uid":    "65534\t65534\t65534\t65534",
+				"Gid":    "65534\t65534\t65534\t65534",
+				"Groups": "",
+				"CapEff": "0000000000000000",
+			} {
+				if r.Status[k] != want {
+					t.Errorf("child's %s: %q, want %q", k, r.Status[k], want)
+				}
+			}
+			if r.ListenPID != strconv.Itoa(c.Pid) {
+				t.Errorf("LISTEN_PID=%q, child is %d", r.ListenPID, c.Pid)
+			}
+			checkFDs(t, r, []string{"anon_inode:bpf-map"})
+			if got, want := r.IDs["counters"], mapIDOf(t, counters); got != want {
+				t.Errorf("child's counters: id %d, error %q; want %d", got, r.Errors["counters"], want)
+			}
+			if r.Wrote != "" {
+				t.Fatalf("child's write as nobody: %s", r.Wrote)
+			}
+			var v uint64
+			if err := counters.Lookup(uint32(0), &v); err != nil || v != uint64(c.Pid) {
+				t.Fatalf("counters[0] = %d, %v; want the child's pid %d", v, err, c.Pid)
+			}
+		})
 	}
 }
 
@@ -367,47 +382,74 @@ var grandchildPid = regexp.MustCompile(`grandchild pid=(\d+)`)
 // test binary standing in for bpfsup) starts it through the exec helper and
 // is then SIGKILLed, with no chance to clean up.
 func TestStartParentDeath(t *testing.T) {
-	testutil.RequireRoot(t)
-	helper := testutil.BuildBpfsup(t)
 	for _, tc := range []struct {
 		name     string
 		asNobody bool
 	}{
 		{"root", false},
-		// A change of user clears the parent-death signal; the helper sets
-		// it again.
+		// A change of user clears the parent-death signal; it is set again
+		// after it (by Go's fork for the shell, by the bpfsup helper).
 		{"nobody", true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			testutil.RequireRoot(t)
-			cmd := exec.Command(testExe(t))
-			cmd.Env = append(os.Environ(), childEnv+"=intermediate", helperBinEnv+"="+helper, appEnv+"="+mustWorldExecutable(t))
-			if tc.asNobody {
-				cmd.Env = append(cmd.Env, asNobodyEnv+"=1")
-			}
-			mid := testutil.StartProc(t, cmd)
-			// Either line may come first: two processes write them.
-			mid.WaitOutput(t, "started pid=", 20*time.Second)
-			mid.WaitOutput(t, "grandchild pid=", 20*time.Second)
-			m := grandchildPid.FindStringSubmatch(mid.Output())
-			pid, _ := strconv.Atoi(m[1])
-			t.Cleanup(func() {
-				if _, alive := testutil.ProcState(pid); alive {
-					syscall.Kill(pid, syscall.SIGKILL)
+		for _, hc := range helperCases(t) {
+			tc, helper := tc, hc.path
+			t.Run(tc.name+"/"+hc.name, func(t *testing.T) {
+				testutil.RequireRoot(t)
+				cmd := exec.Command(testExe(t))
+				cmd.Env = append(os.Environ(), childEnv+"=intermediate", helperBinEnv+"="+helper, appEnv+"="+mustWorldExecutable(t))
+				if tc.asNobody {
+					cmd.Env = append(cmd.Env, asNobodyEnv+"=1")
+				}
+				mid := testutil.StartProc(t, cmd)
+				// Either line may come first: two processes write them.
+				mid.WaitOutput(t, "started pid=", 20*time.Second)
+				mid.WaitOutput(t, "grandchild pid=", 20*time.Second)
+				m := grandchildPid.FindStringSubmatch(mid.Output())
+				pid, _ := strconv.Atoi(m[1])
+				t.Cleanup(func() {
+					if _, alive := testutil.ProcState(pid); alive {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+				})
+				if !strings.Contains(mid.Output(), fmt.Sprintf("started pid=%d\n", pid)) {
+					t.Fatalf("the application's pid is not the one Start returned:\n%s", mid.Output())
+				}
+				if _, alive := testutil.ProcState(pid); !alive {
+					t.Fatalf("the application %d is not running", pid)
+				}
+
+				mid.Kill(syscall.SIGKILL)
+				// Before waiting for the intermediate: its output pipe stays
+				// open as long as the application, which inherited it, lives.
+				testutil.WaitProcGone(t, pid, time.Second)
+				mid.Wait(t, 10*time.Second)
+			})
+		}
+	}
+}
+
+// A command that is not there ends the child as a shell would: status 127,
+// and a message naming the command.
+func TestStartCommandNotFound(t *testing.T) {
+	for _, hc := range helperCases(t) {
+		for _, cmd := range []string{"/nonexistent/bpfsup-no-such-command", "bpfsup-no-such-command"} {
+			t.Run(hc.name+"/"+cmd, func(t *testing.T) {
+				var stderr bytes.Buffer
+				p, err := Start(Child{Helper: hc.path, Args: []string{cmd}, Stderr: &stderr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var st *os.ProcessState
+				select {
+				case st = <-p.Done:
+				case <-time.After(20 * time.Second):
+					syscall.Kill(p.Pid, syscall.SIGKILL)
+					t.Fatal("the child did not exit")
+				}
+				if st.ExitCode() != 127 || !strings.Contains(stderr.String(), "bpfsup") || !strings.Contains(stderr.String(), cmd) {
+					t.Fatalf("exit %d, stderr %q; want 127 and a message naming bpfsup and %s", st.ExitCode(), stderr.String(), cmd)
 				}
 			})
-			if !strings.Contains(mid.Output(), fmt.Sprintf("started pid=%d\n", pid)) {
-				t.Fatalf("the application's pid is not the one Start returned:\n%s", mid.Output())
-			}
-			if _, alive := testutil.ProcState(pid); !alive {
-				t.Fatalf("the application %d is not running", pid)
-			}
-
-			mid.Kill(syscall.SIGKILL)
-			// Before waiting for the intermediate: its output pipe stays
-			// open as long as the application, which inherited it, lives.
-			testutil.WaitProcGone(t, pid, time.Second)
-			mid.Wait(t, 10*time.Second)
-		})
+		}
 	}
 }

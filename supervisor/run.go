@@ -456,7 +456,11 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			if s.stopping || s.child != nil {
 				continue
 			}
+			// Counted before the start, so that the manifest the start
+			// writes (status) has it.
+			s.restarts++
 			if err := s.startChild(); err != nil {
+				s.restarts--
 				s.metrics.childUp.Set(0)
 				if errors.Is(err, ErrStartLimit) {
 					s.metrics.startLimitHits.Inc()
@@ -466,7 +470,6 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 				}
 				return 1, err
 			}
-			s.restarts++
 			s.metrics.restarts.Inc()
 			s.notifyStatus()
 

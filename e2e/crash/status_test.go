@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,18 @@ func TestStatus(t *testing.T) {
 		if !strings.Contains(human, w) {
 			t.Errorf("status lacks %q:\n%s", w, human)
 		}
+	}
+
+	// A restart of the child shows in status with its count, at once.
+	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "a new child in status", func() bool {
+		s := r.status(t).Supervisor
+		return s != nil && s.ChildPID != 0 && s.ChildPID != child
+	})
+	if s := r.status(t).Supervisor; s.Restarts != 1 {
+		t.Errorf("status after one restart of the child: restarts %d, want 1", s.Restarts)
 	}
 
 	// An upgrade raises the generation.
