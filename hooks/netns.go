@@ -97,21 +97,22 @@ func ifindexIoctl(name string) (int, error) {
 	return int(ifr.Uint32()), nil
 }
 
-// xdpProgramOn returns the id of the XDP program attached to the interface
-// name in the network namespace at netnsPath (0 when none).
-func xdpProgramOn(netnsPath, name string) (uint32, error) {
-	var id uint32
-	err := InNetns(netnsPath, func() error {
+// xdpProgramOn returns the ifindex of the interface name in the network
+// namespace at netnsPath and the id of the XDP program attached to it (0 when
+// none), from one netlink request.
+func xdpProgramOn(netnsPath, name string) (ifindex int, prog uint32, err error) {
+	err = InNetns(netnsPath, func() error {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
 			return fmt.Errorf("interface %q: %w", name, err)
 		}
+		ifindex = l.Attrs().Index
 		if xdp := l.Attrs().Xdp; xdp != nil && xdp.Attached {
-			id = xdp.ProgId
+			prog = xdp.ProgId
 		}
 		return nil
 	})
-	return id, err
+	return ifindex, prog, err
 }
 
 // tcxLinksOn returns the ids of the links attached to the interface with

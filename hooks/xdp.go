@@ -69,14 +69,14 @@ func (h *xdpHook) Check(l link.Link) (State, error) {
 	if info.Type != link.XDPType || xi == nil {
 		return Elsewhere, nil
 	}
-	st, err := ifaceState(h.spec, int(xi.Ifindex))
-	if err != nil || st != Attached {
-		return st, err
+	if xi.Ifindex == 0 {
+		return Defunct, nil
 	}
 	// Ifindexes repeat across network namespaces: the interface itself must
 	// run the link's program, or the link sits on a namesake elsewhere.
-	prog, err := xdpProgramOn(h.spec.Netns, h.spec.Target)
-	if err != nil || prog != uint32(info.Program) {
+	idx, prog, err := xdpProgramOn(h.spec.Netns, h.spec.Target)
+	if err != nil || idx != int(xi.Ifindex) || prog != uint32(info.Program) {
+		// Our interface is gone, or the link is on another one.
 		return Elsewhere, nil
 	}
 	return Attached, nil

@@ -1,6 +1,7 @@
 package pinstore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -66,13 +67,11 @@ func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]
 
 	ids := make(map[ebpf.MapID]bool, len(maps))
 	for _, m := range maps {
-		info, err := m.Info()
+		id, err := MapID(m)
 		if err != nil {
-			return nil, fmt.Errorf("map info: %w", err)
+			return nil, err
 		}
-		if id, ok := info.ID(); ok {
-			ids[id] = true
-		}
+		ids[id] = true
 	}
 
 	var toLoad []string
@@ -145,25 +144,26 @@ func (r *ProgramResult) close() {
 // programMismatch says why pinned is not the program of ps using maps ids, or
 // "" when it is.
 func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.MapID]bool) (string, error) {
-	info, err := pinned.Info()
+	info, err := BriefProgram(pinned)
 	if err != nil {
-		return "", fmt.Errorf("program info: %w", err)
+		return "", err
 	}
 	if pinned.Type() != ps.Type {
 		return fmt.Sprintf("type %s, the object's is %s", pinned.Type(), ps.Type), nil
 	}
-	if err := ps.Compatible(info); err != nil {
-		if errors.Is(err, ebpf.ErrProgIncompatible) {
-			return fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
-		}
+	// ProgramSpec.Compatible, without asking the kernel again for the tag.
+	same, err := ps.Instructions.HasTag(info.Tag, hostEndian())
+	if err != nil {
 		return "", err
+	}
+	if !same {
+		return fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
 	}
 	// The program must use the maps bpfsup holds, not an older, replaced map
 	// of the same name. Maps the compiler made (.rodata, .bss) are its own.
 	want := referencedMaps(ps)
-	used, _ := info.MapIDs()
 	have := 0
-	for _, id := range used {
+	for _, id := range info.MapIDs {
 		if ids[id] {
 			have++
 		}
@@ -205,4 +205,14 @@ func VerifierLog(err error, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// hostEndian is this machine's byte order as the one of binary.LittleEndian
+// and binary.BigEndian it is: cilium/ebpf's instruction encoding knows only
+// those two, not binary.NativeEndian.
+func hostEndian() binary.ByteOrder {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 {
+		return binary.LittleEndian
+	}
+	return binary.BigEndian
 }

@@ -290,8 +290,11 @@ type installed struct {
 	progs    map[string]*ebpf.Program
 	links    map[string]link.Link
 	manifest *pinstore.Manifest
-	adopted  int // programs adopted without loading
-	loaded   int
+	// defunct names the links install kept defunct, their targets gone:
+	// the first look at the interfaces (watchInterfaces) re-attaches them.
+	defunct map[string]bool
+	adopted int // programs adopted without loading
+	loaded  int
 	// loadTook is the time spent loading programs (the verifier's);
 	// swapTook the time spent reconciling links; swapped when that ended.
 	loadTook, swapTook time.Duration
@@ -349,7 +352,7 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 // removes pins the configuration no longer has. Until it returns an error
 // it changes nothing it cannot undo; on error, it undoes what it did.
 func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err error) {
-	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}}
+	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, defunct: map[string]bool{}}
 	// release closes what a rollback would need, once install is done
 	// (deferred first, so that it runs after the rollback).
 	var release undo
@@ -512,12 +515,15 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 
 	swapStart := time.Now()
 	for _, pl := range p.links {
-		l, err := reconcileLinkUndoable(obj, pl, in.progs[pl.program], &rollback, &release, p.force, log)
+		l, defunct, err := reconcileLinkUndoable(obj, pl, in.progs[pl.program], &rollback, &release, p.force, log)
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w", p.name, err)
 		}
 		if l != nil {
 			in.links[pl.name] = l
+		}
+		if defunct {
+			in.defunct[pl.name] = true
 		}
 	}
 	in.swapped = time.Now()
@@ -578,13 +584,14 @@ func recordedState(obj *pinstore.Object, name string, spec hooks.Spec) hooks.Sta
 func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback *undo, log *slog.Logger) (link.Link, error) {
 	var release undo
 	defer func() { release.run() }()
-	return reconcileLinkUndoable(obj, pl, prog, rollback, &release, false, log)
+	l, _, err := reconcileLinkUndoable(obj, pl, prog, rollback, &release, false, log)
+	return l, err
 }
 
 // reconcileLinkUndoable is reconcileLink for an install that may roll back:
 // what the rollback needs stays open until the caller runs release. A link
 // running a program bpfsup did not put there is ErrLinkChanged unless force.
-func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback, release *undo, force bool, log *slog.Logger) (link.Link, error) {
+func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback, release *undo, force bool, log *slog.Logger) (_ link.Link, keptDefunct bool, _ error) {
 	path := obj.Path(pinstore.Links, pl.name)
 	spec := pl.hook.Spec()
 	// A hook without bpf_links (tcx's tc fallback) names its attachment
@@ -597,24 +604,24 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 	if errors.Is(err, os.ErrNotExist) {
 		l, err := pl.hook.Attach(prog)
 		if err != nil {
-			return nil, fmt.Errorf("program %s: %w", pl.program, err)
+			return nil, false, fmt.Errorf("program %s: %w", pl.program, err)
 		}
 		crash.At("links/attached")
 		if err := obj.Pin(pinstore.Links, path, l); err != nil {
 			l.Close()
-			return nil, err
+			return nil, false, err
 		}
 		rollback.push(func() { hooks.Unpin(path) })
-		return l, nil
+		return l, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
+		return nil, false, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
 	}
 
 	state, err := pl.hook.Check(pinned)
 	if err != nil {
 		pinned.Close()
-		return nil, fmt.Errorf("link %s: %w", pl.name, err)
+		return nil, false, fmt.Errorf("link %s: %w", pl.name, err)
 	}
 	if state == hooks.Unknown {
 		state = recordedState(obj, pl.name, spec)
@@ -622,34 +629,33 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 	info, err := pinned.Info()
 	if err != nil {
 		pinned.Close()
-		return nil, fmt.Errorf("link %s: %w", pl.name, err)
+		return nil, false, fmt.Errorf("link %s: %w", pl.name, err)
 	}
-	progInfo, err := prog.Info()
+	progID, err := pinstore.ProgramID(prog)
 	if err != nil {
 		pinned.Close()
-		return nil, err
+		return nil, false, err
 	}
-	progID, _ := progInfo.ID()
 
 	switch state {
 	case hooks.Attached:
 		if info.Program == progID {
-			return pinned, nil
+			return pinned, false, nil
 		}
 		if pl.hook.Updatable() {
 			if err := checkLinkProgram(obj, pl.name, pl.program, info.Program, force); err != nil {
 				pinned.Close()
-				return nil, err
+				return nil, false, err
 			}
 			oldProg, err := ebpf.NewProgramFromID(info.Program)
 			if err != nil {
 				pinned.Close()
-				return nil, fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
+				return nil, false, fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
 			}
 			if err := updateLink(pinned, prog, oldProg); err != nil {
 				oldProg.Close()
 				pinned.Close()
-				return nil, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
+				return nil, false, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
 			}
 			crash.At("links/updated")
 			release.push(func() { oldProg.Close() })
@@ -659,12 +665,12 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 				}
 			})
 			log.Info("swapped program in place", "link", pl.name, "hook", spec.String(), "old_program", info.Program, "new_program", progID)
-			return pinned, nil
+			return pinned, false, nil
 		}
 	case hooks.Defunct:
 		if hooks.CheckTarget(spec) != nil {
 			log.Warn("link is defunct and its target is gone; keeping it until the target is back", "link", pl.name, "hook", spec.String())
-			return pinned, nil
+			return pinned, true, nil
 		}
 	}
 
@@ -673,13 +679,13 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 	l, err := pl.hook.Attach(prog)
 	if err != nil {
 		pinned.Close()
-		return nil, fmt.Errorf("program %s: %w", pl.program, err)
+		return nil, false, fmt.Errorf("program %s: %w", pl.program, err)
 	}
 	crash.At("links/attached")
 	if err := obj.Pin(pinstore.Links, path, l); err != nil {
 		l.Close()
 		pinned.Close()
-		return nil, err
+		return nil, false, err
 	}
 	log.Info("replaced link", "link", pl.name, "hook", spec.String(), "was", state.String(), "old_link", info.ID)
 	// The old link stays open until the install is done (a reload's old
@@ -696,7 +702,7 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 			log.Error("could not pin the old link back", "link", pl.name, "err", err)
 		}
 	})
-	return l, nil
+	return l, false, nil
 }
 
 // updateLink swaps the link's program from old to prog, atomically and only
@@ -751,17 +757,15 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 	}
 	for name, mp := range in.maps {
 		rec := pinstore.MapRecord{Path: in.obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath})}
-		if info, err := mp.Info(); err == nil {
-			id, _ := info.ID()
+		if id, err := pinstore.MapID(mp); err == nil {
 			rec.ID = uint32(id)
 		}
 		m.Maps[name] = rec
 	}
 	for name, pr := range in.progs {
 		rec := pinstore.ProgramRecord{Type: pr.Type().String()}
-		if info, err := pr.Info(); err == nil {
-			id, _ := info.ID()
-			rec.ID, rec.Tag = uint32(id), info.Tag
+		if b, err := pinstore.BriefProgram(pr); err == nil {
+			rec.ID, rec.Tag = uint32(b.ID), b.Tag
 		}
 		if old != nil {
 			if o, ok := old.Programs[name]; ok {

@@ -31,6 +31,10 @@ type linkEvent struct {
 	name string
 	// deleted is true for RTM_DELLINK.
 	deleted bool
+	// started is the first look once the namespace is watched: only the
+	// links install kept defunct can need re-attaching, since install just
+	// checked the others.
+	started bool
 }
 
 // linkWatcher holds one rtnetlink socket per watched network namespace.
@@ -203,7 +207,7 @@ func (s *supervisor) watchInterfaces() error {
 		if err := s.links.watch(path); err != nil {
 			return err
 		}
-		s.relink(linkEvent{netns: path})
+		s.relink(linkEvent{netns: path, started: true})
 	}
 	return nil
 }
@@ -226,6 +230,9 @@ func (s *supervisor) relink(ev linkEvent) {
 				continue
 			}
 			cur := in.links[pl.name]
+			if ev.started && cur != nil && !in.defunct[pl.name] {
+				continue
+			}
 			if cur != nil {
 				if st, err := pl.hook.Check(cur); err == nil && st == hooks.Attached {
 					continue
@@ -249,6 +256,7 @@ func (s *supervisor) relink(ev linkEvent) {
 				continue
 			}
 			in.links[pl.name] = l
+			delete(in.defunct, pl.name)
 			changed = true
 			s.log.Info("re-attached link", "object", in.plan.name, "link", pl.name, "hook", spec.String(),
 				"netns", spec.Netns, "took", time.Since(start).Round(time.Microsecond))

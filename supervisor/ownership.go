@@ -283,24 +283,22 @@ func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[stri
 	}
 	for _, name := range p.progList {
 		r := progs[name]
-		if info, err := r.Program.Info(); err == nil {
-			id, _ := info.ID()
+		if id, err := pinstore.ProgramID(r.Program); err == nil {
 			ours[uint32(id)] = true
 		}
 		if r.Pinned == nil {
 			continue
 		}
-		info, err := r.Pinned.Info()
+		id, err := pinstore.ProgramID(r.Pinned)
 		if err != nil {
-			return nil, fmt.Errorf("program %s: pinned program info: %w", name, err)
+			return nil, fmt.Errorf("program %s: pinned program: %w", name, err)
 		}
-		id, _ := info.ID()
 		if hasID(own.progs[name], uint32(id)) {
 			continue // an earlier generation of ours: the upgrade path
 		}
 		want := "the object's " + name
-		if ni, err := r.Program.Info(); err == nil {
-			want += " (loads with tag " + ni.Tag + ")"
+		if b, err := pinstore.BriefProgram(r.Program); err == nil {
+			want += " (loads with tag " + b.Tag + ")"
 		}
 		foreign = append(foreign, foreignPin{path: r.Path, what: describeProgram(r.Pinned), why: fmt.Sprintf(
 			"it is not %s of %s: %s; the manifest does not list it (ids %s)", want, p.cfg.Path, r.Mismatch, idList(own.progs[name]))})
@@ -315,14 +313,16 @@ func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[stri
 			return nil, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
 		}
 		info, err := l.Info()
-		what := describeLink(l)
-		l.Close()
 		if err != nil {
+			l.Close()
 			return nil, fmt.Errorf("link %s: %w", pl.name, err)
 		}
 		if hasID(own.links[pl.name], uint32(info.ID)) || ours[uint32(info.Program)] {
+			l.Close()
 			continue
 		}
+		what := describeLink(l)
+		l.Close()
 		foreign = append(foreign, foreignPin{path: path, what: what, why: fmt.Sprintf(
 			"its program is not one bpfsup installed and the manifest does not list the link (ids %s)", idList(own.links[pl.name]))})
 	}

@@ -1,0 +1,120 @@
+package pinstore
+
+import (
+	"encoding/hex"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Brief facts about programs and maps, in one BPF_OBJ_GET_INFO_BY_FD each.
+// cilium/ebpf's Program.Info and Map.Info also read /proc/self/fdinfo (an
+// open, a read and a close) and, for a program, ask the kernel a second time
+// for its map ids: about ten system calls, where reconciling an object on
+// every start asks only for ids, tags and map ids, several times for each of
+// hundreds of programs. Everything else still goes through cilium/ebpf.
+
+// ProgramBrief is a program's id, tag and the ids of the maps it uses.
+type ProgramBrief struct {
+	ID     ebpf.ProgramID
+	Tag    string
+	MapIDs []ebpf.MapID
+}
+
+// progInfoHead is the start of struct bpf_prog_info, up to map_ids; the
+// kernel fills in as much of the struct as the caller says it has.
+type progInfoHead struct {
+	typ             uint32
+	id              uint32
+	tag             [8]byte
+	jitedProgLen    uint32
+	xlatedProgLen   uint32
+	jitedProgInsns  uint64
+	xlatedProgInsns uint64
+	loadTime        uint64
+	createdByUID    uint32
+	nrMapIDs        uint32
+	mapIDs          unsafe.Pointer // __aligned_u64: a pointer on 64-bit machines
+}
+
+// mapInfoHead is the start of struct bpf_map_info.
+type mapInfoHead struct {
+	typ uint32
+	id  uint32
+}
+
+// pointers64 says whether a pointer fills the kernel's __aligned_u64, as the
+// structs above assume; elsewhere cilium/ebpf answers.
+const pointers64 = unsafe.Sizeof(uintptr(0)) == 8
+
+// BriefProgram returns p's id, tag and map ids.
+func BriefProgram(p *ebpf.Program) (ProgramBrief, error) {
+	if !pointers64 {
+		info, err := p.Info()
+		if err != nil {
+			return ProgramBrief{}, err
+		}
+		id, _ := info.ID()
+		ids, _ := info.MapIDs()
+		return ProgramBrief{ID: id, Tag: info.Tag, MapIDs: ids}, nil
+	}
+	ids := make([]uint32, 16)
+	for {
+		info := &progInfoHead{nrMapIDs: uint32(len(ids)), mapIDs: unsafe.Pointer(&ids[0])}
+		if err := objInfo(p.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
+			return ProgramBrief{}, fmt.Errorf("program info: %w", err)
+		}
+		runtime.KeepAlive(ids)
+		if int(info.nrMapIDs) > len(ids) {
+			ids = make([]uint32, info.nrMapIDs)
+			continue
+		}
+		b := ProgramBrief{ID: ebpf.ProgramID(info.id), Tag: hex.EncodeToString(info.tag[:])}
+		for _, id := range ids[:info.nrMapIDs] {
+			b.MapIDs = append(b.MapIDs, ebpf.MapID(id))
+		}
+		return b, nil
+	}
+}
+
+// ProgramID returns p's id.
+func ProgramID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	if !pointers64 {
+		b, err := BriefProgram(p)
+		return b.ID, err
+	}
+	info := &progInfoHead{}
+	if err := objInfo(p.FD(), unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err != nil {
+		return 0, fmt.Errorf("program info: %w", err)
+	}
+	return ebpf.ProgramID(info.id), nil
+}
+
+// MapID returns m's id.
+func MapID(m *ebpf.Map) (ebpf.MapID, error) {
+	info := &mapInfoHead{}
+	if err := objInfo(m.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
+		return 0, fmt.Errorf("map info: %w", err)
+	}
+	return ebpf.MapID(info.id), nil
+}
+
+// objInfo is BPF_OBJ_GET_INFO_BY_FD for the first size bytes of info.
+func objInfo(fd int, info unsafe.Pointer, size uintptr) error {
+	// info may point into this goroutine's stack, which moves only when it
+	// grows or shrinks: not between here and the system call (unix.Syscall
+	// is nosplit), and not during it.
+	attr := struct {
+		fd, infoLen uint32
+		info        uint64
+	}{fd: uint32(fd), infoLen: uint32(size), info: uint64(uintptr(info))}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(info)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
