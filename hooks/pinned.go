@@ -39,12 +39,18 @@ func Caveat(h Hook) string {
 // tc filter from its record. A missing pin is an error wrapping
 // os.ErrNotExist.
 func LoadPinned(path string) (link.Link, error) {
-	kind, err := pinKind(path)
-	if err != nil {
-		return nil, err
+	// A bpf_link first, which is what is pinned nearly always; what else is
+	// there is only looked at when it is not one.
+	l, err := link.LoadPinnedLink(path, nil)
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return l, err
+	}
+	kind, kerr := pinKind(path)
+	if kerr != nil {
+		return nil, kerr
 	}
 	if kind != "bpf-map" {
-		return link.LoadPinnedLink(path, nil)
+		return nil, err
 	}
 	rec, id, err := readTCRecordID(path)
 	if err != nil {

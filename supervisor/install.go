@@ -453,19 +453,23 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 
 	// Write-ahead: the manifest names what is about to be pinned, so that a
 	// crash between here and the renames leaves pins the next start knows.
-	man := newManifest(p, old, in)
-	if changed && old != nil {
-		man.Generation = old.Generation + 1
-	}
-	carryStale(man, old)
-	if err := obj.WriteManifest(man); err != nil {
-		return nil, err
-	}
-	rollback.push(func() {
-		if old != nil {
-			_ = obj.WriteManifest(old)
+	// When every program and map was adopted, nothing new is pinned but
+	// links, which the next start recognises by their programs.
+	if changed || len(fresh) > 0 {
+		man := newManifest(p, old, in)
+		if changed && old != nil {
+			man.Generation = old.Generation + 1
 		}
-	})
+		carryStale(man, old)
+		if err := obj.WriteManifest(man); err != nil {
+			return nil, err
+		}
+		rollback.push(func() {
+			if old != nil {
+				_ = obj.WriteManifest(old)
+			}
+		})
+	}
 
 	for _, name := range p.maps {
 		if !fresh[name] {
@@ -514,6 +518,9 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	}
 
 	swapStart := time.Now()
+	// One rtnetlink socket per namespace for all the links' checks.
+	endBatch := hooks.Batch()
+	defer endBatch()
 	for _, pl := range p.links {
 		l, defunct, err := reconcileLinkUndoable(obj, pl, in.progs[pl.program], &rollback, &release, p.force, log)
 		if err != nil {
@@ -526,6 +533,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 			in.defunct[pl.name] = true
 		}
 	}
+	endBatch()
 	in.swapped = time.Now()
 	in.swapTook = in.swapped.Sub(swapStart)
 
@@ -552,7 +560,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 		log.Warn("program not loaded: nothing attaches it and the kernel cannot load it", "object", p.name, "program", u.program, "why", u.why)
 	}
 
-	man = newManifest(p, old, in)
+	man := newManifest(p, old, in)
 	if changed && old != nil {
 		man.Generation = old.Generation + 1
 	}
