@@ -68,7 +68,7 @@ func reportLatencies(b *testing.B, lat []time.Duration) {
 // --restart-delay 0: from the child's last instant (it reports the time,
 // then exits 1) to the new child running with its map (it reports the
 // time once handoff.Map returned). The path: bpfsup reaps the child,
-// decides, forks the exec helper (bpfsup again), which execs the child.
+// decides, forks the exec helper (/bin/sh), which execs the child.
 func BenchmarkChildRestart(b *testing.B) {
 	e := testutil.MustEnv(b)
 	sock := listenBench(b)

@@ -23,9 +23,8 @@ func TestCrashLoopStaysFlat(t *testing.T) {
 
 	type sample struct{ fds, threads, rssKB int }
 	measure := func(at int) sample {
-		// Each restart costs a start of the exec helper (bpfsup itself, a Go
-		// binary: most of the cost) and of the child: tens of milliseconds,
-		// several times that on a busy machine.
+		// Each restart costs a start of the exec helper (/bin/sh) and of the
+		// child: milliseconds, several times that on a busy machine.
 		testutil.WaitFor(t, 5*time.Minute, strconv.Itoa(at)+" restarts", func() bool { return restarts() >= at })
 		// The counts move with each restart (the child's pidfd and os/exec's
 		// exec-error pipe come and go): the smallest of a few samples is

@@ -16,7 +16,8 @@ import (
 // command to that report. The peers have no application of their own, so
 // their script starts the same child once the loader has returned: the
 // child's own start-up is in every figure. bpfsup starts it through its exec
-// helper (a re-exec of the bpfsup binary), and that is in bpfsup's figures.
+// helper (/bin/sh, which sets LISTEN_PID and execs it), and that is in
+// bpfsup's figures.
 //
 //	bpfsup-adopt  bpfsup run with every pin in place (a restart of bpfsup)
 //	bpfsup-load   bpfsup run with nothing pinned (first start, or a loader

@@ -80,8 +80,8 @@ func (b *bench) report() string {
 	p("- **xdp-loader**: `xdp-loader load -m native -n pI rI OBJ` per interface, from one shell. libxdp tries its ")
 	p("dispatcher first, which this kernel refuses (no freplace), and falls back to a single program.\n\n")
 	if len(r.Startup) > 0 {
-		p("For scale, the time each tool takes to start and exit doing nothing (fork to exit, 11 runs; the bpfsup binary ")
-		p("is also what bpfsup re-executes as its exec helper before every child):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
+		p("For scale, the time each tool takes to start and exit doing nothing (fork to exit, 11 runs; bpfsup starts its ")
+		p("child through `/bin/sh` as its exec helper):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
 		for _, s := range r.Startup {
 			p("| `%s` | %s | %s |\n", s.Command, fmtMs(s.Stats.Median), spread(s.Stats))
 		}
@@ -140,7 +140,7 @@ func (b *bench) report() string {
 		p("The child reports its death just before `exit(1)` and each new child its start (after checking its fds); the ")
 		p("latency is the next start minus the death, both clocks read inside the children. bpfsup: `bpfsup run --restart always ")
 		p("--restart-delay 0 --start-limit 0` with the small object attached (the child gets the map's fd, through bpfsup's ")
-		p("exec helper). fork+exec: the benchmark's own loop of `exec.Cmd` Start and Wait, no fds. %d restarts each, in %d blocks taking turns.\n\n",
+		p("exec helper, /bin/sh). fork+exec: the benchmark's own loop of `exec.Cmd` Start and Wait, no fds. %d restarts each, in %d blocks taking turns.\n\n",
 			rs.Restarts, restartBlocks)
 		p("| | median ms | p90 ms | p99 ms | min – max ms |\n|---|---:|---:|---:|---:|\n")
 		p("| bpfsup | %s | %s | %s | %s |\n", fmtMs(rs.BpfsupS.Median), fmtMs(rs.BpfsupS.P90), fmtMs(rs.BpfsupS.P99), spread(rs.BpfsupS))

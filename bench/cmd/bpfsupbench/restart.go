@@ -18,7 +18,8 @@ import (
 //
 //	bpfsup     bpfsup run --restart always --restart-delay 0 --start-limit 0
 //	           with the small object attached: bpfsup reaps the child, and
-//	           starts the next one through its exec helper, with the map fd
+//	           starts the next one through its exec helper (/bin/sh), with
+//	           the map fd
 //	fork+exec  the benchmark's own loop: exec.Cmd Start, Wait, Start ...,
 //	           no fds: the floor any supervisor stands on
 //
