@@ -14,7 +14,7 @@ import (
 // for more maps than the first guess of BriefProgram holds.
 func TestBrief(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, obj := range []string{"dropfilter", "counter", "hooks"} {
+	for _, obj := range []string{"dropfilter", "counter", "verifier_heavy"} {
 		coll, err := ebpf.NewCollection(mustSpec(t, obj))
 		if err != nil {
 			t.Fatal(err)
