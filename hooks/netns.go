@@ -100,10 +100,24 @@ func ifindexIoctl(name string) (int, error) {
 	return int(ifr.Uint32()), nil
 }
 
-// ifaceFacts is what a check needs of an interface.
+// ifaceFacts is what a check needs of an interface: its index and the XDP
+// programs on it, one per mode (an interface may run a generic and a native
+// program at once).
 type ifaceFacts struct {
-	index   int
-	xdpProg uint32
+	index                    int
+	skbProg, drvProg, hwProg uint32
+}
+
+// runsXDP says whether the interface runs prog in the XDP mode of variant:
+// "generic", "native", or "" for whichever the kernel chose.
+func (f ifaceFacts) runsXDP(prog uint32, variant string) bool {
+	switch variant {
+	case "generic":
+		return f.skbProg == prog
+	case "native":
+		return f.drvProg == prog
+	}
+	return f.skbProg == prog || f.drvProg == prog || f.hwProg == prog
 }
 
 // batch holds, while a Batch is open, one rtnetlink socket per network
@@ -196,20 +210,21 @@ func ifaceByName(netnsPath, name string) (ifaceFacts, error) {
 			return ifaceFacts{}, fmt.Errorf("interface %q: XDP attribute: %w", name, err)
 		}
 		for _, x := range nested {
-			if x.Attr.Type == unix.IFLA_XDP_PROG_ID && len(x.Value) >= 4 {
-				facts.xdpProg = binary.NativeEndian.Uint32(x.Value)
+			if len(x.Value) < 4 {
+				continue
+			}
+			id := binary.NativeEndian.Uint32(x.Value)
+			switch x.Attr.Type {
+			case unix.IFLA_XDP_SKB_PROG_ID:
+				facts.skbProg = id
+			case unix.IFLA_XDP_DRV_PROG_ID:
+				facts.drvProg = id
+			case unix.IFLA_XDP_HW_PROG_ID:
+				facts.hwProg = id
 			}
 		}
 	}
 	return facts, nil
-}
-
-// xdpProgramOn returns the ifindex of the interface name in the network
-// namespace at netnsPath and the id of the XDP program attached to it (0 when
-// none).
-func xdpProgramOn(netnsPath, name string) (ifindex int, prog uint32, err error) {
-	f, err := ifaceByName(netnsPath, name)
-	return f.index, f.xdpProg, err
 }
 
 // tcxLinksOn returns the ids of the links attached to the interface with

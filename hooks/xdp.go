@@ -1,10 +1,12 @@
 package hooks
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -54,10 +56,34 @@ func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
 		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: idx, Flags: h.flags()})
 		return err
 	})
+	if errors.Is(err, unix.EEXIST) {
+		if other := h.otherMode(); other != "" {
+			return nil, fmt.Errorf("attach %s: %w: the interface runs an XDP program in %s mode, and the kernel does not "+
+				"run generic and native XDP programs on one interface at once, so changing the mode leaves the "+
+				"interface without a filter for a moment: detach the %s program first (bpfsup down, or "+
+				"ip link set dev %s xdp off), then start again", h.spec, err, other, other, h.spec.Target)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
 	return l, nil
+}
+
+// otherMode names the XDP mode other than the hook's that the interface
+// runs a program in ("generic" or "native"), or "".
+func (h *xdpHook) otherMode() string {
+	f, err := ifaceByName(h.spec.Netns, h.spec.Target)
+	if err != nil {
+		return ""
+	}
+	switch {
+	case h.spec.Variant != "native" && f.drvProg != 0:
+		return "native"
+	case h.spec.Variant != "generic" && f.skbProg != 0:
+		return "generic"
+	}
+	return ""
 }
 
 func (h *xdpHook) Check(l link.Link) (State, error) {
@@ -73,10 +99,13 @@ func (h *xdpHook) Check(l link.Link) (State, error) {
 		return Defunct, nil
 	}
 	// Ifindexes repeat across network namespaces: the interface itself must
-	// run the link's program, or the link sits on a namesake elsewhere.
-	idx, prog, err := xdpProgramOn(h.spec.Netns, h.spec.Target)
-	if err != nil || idx != int(xi.Ifindex) || prog != uint32(info.Program) {
-		// Our interface is gone, or the link is on another one.
+	// run the link's program, or the link sits on a namesake elsewhere. And
+	// in the mode the hook asks for: the link info does not say which, and
+	// a generic link does not make an xdp/native hook.
+	f, err := ifaceByName(h.spec.Netns, h.spec.Target)
+	if err != nil || f.index != int(xi.Ifindex) || !f.runsXDP(uint32(info.Program), h.spec.Variant) {
+		// Our interface is gone, or the link is on another one, or in
+		// another mode.
 		return Elsewhere, nil
 	}
 	return Attached, nil

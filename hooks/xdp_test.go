@@ -119,6 +119,15 @@ func TestXDPModes(t *testing.T) {
 				t.Fatalf("link info %+v, want an XDP link on ifindex %d", info, ifA.Index)
 			}
 			wantState(t, h, l, Attached)
+			// A hook of another mode does not own it (the link info does not
+			// say the mode; the interface does); one without a mode does.
+			for _, other := range []string{"xdp", "xdp/generic", "xdp/native"} {
+				want := Elsewhere
+				if other == "xdp" || other == name || (tc.variant == "" && other == "xdp/native") {
+					want = Attached
+				}
+				wantState(t, mustHook(t, other+":"+ifA.Name, nsA.Path), l, want)
+			}
 			// A tcx hook on the same interface does not own an XDP link.
 			wantState(t, mustHook(t, "tcx/ingress:"+ifA.Name, nsA.Path), l, Elsewhere)
 
