@@ -66,13 +66,27 @@ func IsFilterRecord(path string) bool {
 	return err == nil
 }
 
-// Unpin removes the link pinned at path. A bpf_link is released when its
-// last reference goes; a tc filter, which no pin holds, is deleted first.
-// A missing pin is not an error.
+// Unpin removes the link pinned at path, detached: a bpf_link is detached
+// first (BPF_LINK_DETACH), since the removal of its pin releases it only a
+// moment later (bpffs frees the inode after an RCU grace period), and an XDP
+// program still in place then makes the next attach on the interface fail
+// with EBUSY; a link type without detach (perf events) goes with its last
+// reference. A tc filter, which no pin holds, is deleted first. A missing
+// pin is not an error.
 func Unpin(path string) error {
 	kind, err := pinKind(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if err == nil && (kind == "bpf_link" || kind == "bpf-link") {
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+		defer l.Close()
+		if err := l.Detach(); err != nil && !errors.Is(err, ErrNotSupported) {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
 	}
 	if err == nil && kind == "bpf-map" {
 		rec, err := readTCRecord(path)
@@ -91,9 +105,7 @@ func Unpin(path string) error {
 }
 
 // pinKind says what kind of BPF object is pinned at path: "bpf_link",
-// "bpf-map", "bpf-prog"... (the name of its anonymous inode). The link
-// loader of cilium/ebpf would take a map for a link of some type, so look
-// before loading.
+// "bpf-map", "bpf-prog"... (the name of its anonymous inode).
 func pinKind(path string) (string, error) {
 	p, err := unix.BytePtrFromString(path)
 	if err != nil {

@@ -87,7 +87,10 @@ func TestXDPModeChange(t *testing.T) {
 	if out, code := e.Run(t, "down", "counter"); code != 0 {
 		t.Fatalf("bpfsup down: exit %d\n%s", code, out)
 	}
-	testutil.WaitFor(t, 5*time.Second, "the generic program to go", func() bool { return len(xdpAttached(t, b, ifB.Name)) == 0 })
+	// Gone when down returns (detached, not left to the pin's release).
+	if got := xdpAttached(t, b, ifB.Name); len(got) != 0 {
+		t.Fatalf("XDP on %s right after bpfsup down: %v", ifB.Name, got)
+	}
 	p, prog = run("native")
 	defer stopRun(p)
 	if got := xdpAttached(t, b, ifB.Name); len(got) != 1 || got[nativeMode] != prog {
