@@ -20,17 +20,14 @@ import (
 // dir/bpfsup-VERSION.
 func buildVersions(t *testing.T, dir string, versions ...string) {
 	t.Helper()
-	testutil.RequireTool(t, "go") // skips in the VMs of `make kernels`
 	var wg sync.WaitGroup
 	errs := make([]error, len(versions))
 	for i, v := range versions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+v, "-o", filepath.Join(dir, "bpfsup-"+v), "./cmd/bpfsup")
-			cmd.Dir = testutil.RepoRoot()
-			if out, err := cmd.CombinedOutput(); err != nil {
-				errs[i] = fmt.Errorf("go build %s: %v\n%s", v, err, out)
+			if out, err := testutil.GoBuildBpfsup(v, filepath.Join(dir, "bpfsup-"+v)); err != nil {
+				errs[i] = fmt.Errorf("build bpfsup %s: %v\n%s", v, err, out)
 			}
 		}()
 	}

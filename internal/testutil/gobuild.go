@@ -33,3 +33,28 @@ func GoBuild(pkg, out string) ([]byte, error) {
 	cmd.Dir = RepoRoot()
 	return cmd.CombinedOutput()
 }
+
+// BpfsupVersions are the versions of bpfsup that tests of its self-upgrade
+// build (GoBuildBpfsup), and that the VMs of `make kernels` carry prebuilt.
+var BpfsupVersions = []string{"upgrade-v1", "upgrade-v2"}
+
+// PrebuiltBpfsupName is the file name of bpfsup built as version in
+// $BPFSUP_TEST_PREBUILT.
+func PrebuiltBpfsupName(version string) string {
+	return PrebuiltName("cmd/bpfsup") + "-" + version
+}
+
+// GoBuildBpfsup builds bpfsup saying it is version into the file out, or
+// copies the prebuilt one where there is no Go toolchain (see GoBuild).
+func GoBuildBpfsup(version, out string) ([]byte, error) {
+	if dir := os.Getenv("BPFSUP_TEST_PREBUILT"); dir != "" {
+		data, err := os.ReadFile(filepath.Join(dir, PrebuiltBpfsupName(version)))
+		if err != nil {
+			return nil, fmt.Errorf("prebuilt bpfsup %s: %w", version, err)
+		}
+		return nil, os.WriteFile(out, data, 0o755)
+	}
+	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", out, "./cmd/bpfsup")
+	cmd.Dir = RepoRoot()
+	return cmd.CombinedOutput()
+}

@@ -116,6 +116,15 @@ func build(repo, work string, pkgs []pkg) (*built, error) {
 		}
 		b.tests[p.name] = out
 	}
+	// The versions of bpfsup the self-upgrade test swaps between.
+	for _, v := range testutil.BpfsupVersions {
+		name := testutil.PrebuiltBpfsupName(v)
+		out := filepath.Join(work, "prebuilt", name)
+		if err := goCmd("build", "-ldflags", "-s -w -X main.version="+v, "-o", out, "./cmd/bpfsup"); err != nil {
+			return nil, err
+		}
+		b.prebuilt[name] = out
+	}
 	mains, err := mainPackages(repo)
 	if err != nil {
 		return nil, err
