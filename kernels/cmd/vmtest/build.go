@@ -212,6 +212,9 @@ func commonFiles(repo string, b *built, o options) (*initramfs, error) {
 			return nil, err
 		}
 	}
+	if err := addPython(r); err != nil {
+		return nil, err
+	}
 	// Busybox for everything else.
 	if o.busybox != "" {
 		if err := addBusybox(r, o.busybox); err != nil {
@@ -316,6 +319,61 @@ func addProgram(r *initramfs, path string) error {
 		return nil
 	}
 	return addDynamic(r, path)
+}
+
+// pythonModules is run by the host's python3 to list the files a child
+// written in Python with python-systemd loads (the hand-off test's child,
+// e2e/skeleton): its imports, used the way the child uses them, and what
+// the interpreter loads at start.
+const pythonModules = `
+import ctypes, json, os, platform, struct, sys, time
+from systemd import daemon
+platform.machine()
+ctypes.CDLL(None, use_errno=True)
+json.dumps({"x": 1})
+for m in list(sys.modules.values()):
+    f = getattr(m, "__file__", None)
+    if f:
+        print(os.path.realpath(f))
+`
+
+// addPython adds the host's /usr/bin/python3 and the files of its standard
+// library and of python-systemd that a hand-off child needs, when the host
+// has both; without them the test that needs them skips, saying so.
+func addPython(r *initramfs) error {
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		return nil
+	}
+	out, err := exec.Command(python, "-c", pythonModules).Output()
+	if err != nil {
+		return nil // no python3-systemd on the host
+	}
+	if err := addProgram(r, python); err != nil {
+		return err
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasSuffix(f, ".so") {
+			if err := addDynamic(r, f); err != nil {
+				return err
+			}
+			continue
+		}
+		r.file(f, f, 0o644)
+	}
+	// Python finds its library by these landmarks.
+	out, err = exec.Command(python, "-c", "import os, sysconfig; print(sysconfig.get_path('stdlib')); print(sysconfig.get_path('platstdlib'))").Output()
+	if err != nil {
+		return fmt.Errorf("python3 paths: %w", err)
+	}
+	for _, dir := range strings.Fields(string(out)) {
+		r.dir(dir)
+		r.dir(filepath.Join(dir, "lib-dynload"))
+		if _, err := os.Stat(filepath.Join(dir, "os.py")); err == nil {
+			r.file(filepath.Join(dir, "os.py"), filepath.Join(dir, "os.py"), 0o644)
+		}
+	}
+	return nil
 }
 
 var lddLine = regexp.MustCompile(`(?:=>\s*)?(/\S+)\s+\(0x`)
