@@ -9,7 +9,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -128,7 +127,7 @@ func (f ifaceFacts) runsXDP(prog uint32, variant string) bool {
 var batch struct {
 	sync.Mutex
 	open    bool
-	sockets map[string]*nl.SocketHandle
+	sockets map[string]*rtnl
 }
 
 // Batch makes checks (Hook.Check) share one rtnetlink socket per network
@@ -142,10 +141,32 @@ func Batch() (done func()) {
 		batch.Lock()
 		defer batch.Unlock()
 		for _, s := range batch.sockets {
-			s.Close()
+			s.close()
 		}
 		batch.open, batch.sockets = false, nil
 	}
+}
+
+// getLink asks for the interface name (RTM_GETLINK, without statistics)
+// and returns its ifindex and attributes.
+func (r *rtnl) getLink(name string) (ifindex int, attrs map[uint16][]byte, err error) {
+	ifi := make([]byte, unix.SizeofIfInfomsg)
+	ifi[0] = unix.AF_UNSPEC
+	payload := append(ifi, attrU32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)...)
+	payload = append(payload, attrString(unix.IFLA_IFNAME, name)...)
+	found := false
+	err = r.request(unix.RTM_GETLINK, 0, payload, unix.RTM_NEWLINK, func(msg []byte) {
+		if len(msg) < unix.SizeofIfInfomsg {
+			return
+		}
+		found = true
+		ifindex = int(int32(binary.NativeEndian.Uint32(msg[4:])))
+		attrs = parseAttrs(msg[unix.SizeofIfInfomsg:])
+	})
+	if err == nil && !found {
+		err = errors.New("no answer to RTM_GETLINK")
+	}
+	return ifindex, attrs, err
 }
 
 // rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS of <linux/rtnetlink.h>:
@@ -153,75 +174,49 @@ func Batch() (done func()) {
 const rtextFilterSkipStats = 1 << 3
 
 // ifaceByName asks the kernel for the interface name in the network
-// namespace at netnsPath: its ifindex and XDP program. It decodes only those
-// (netlink.LinkByName decodes every attribute), on the open Batch's socket
-// for the namespace when there is one.
+// namespace at netnsPath: its ifindex and XDP programs, on the open Batch's
+// socket for the namespace when there is one.
 func ifaceByName(netnsPath, name string) (ifaceFacts, error) {
 	batch.Lock()
 	defer batch.Unlock()
 	sock := batch.sockets[netnsPath]
 	if sock == nil {
-		err := InNetns(netnsPath, func() error {
-			s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
-			if err != nil {
-				return err
-			}
-			sock = &nl.SocketHandle{Socket: s}
-			return nil
+		err := InNetns(netnsPath, func() (err error) {
+			sock, err = openRtnl()
+			return err
 		})
 		if err != nil {
-			return ifaceFacts{}, fmt.Errorf("rtnetlink socket: %w", err)
+			return ifaceFacts{}, err
 		}
 		if batch.open {
 			if batch.sockets == nil {
-				batch.sockets = map[string]*nl.SocketHandle{}
+				batch.sockets = map[string]*rtnl{}
 			}
 			batch.sockets[netnsPath] = sock
 		} else {
-			defer sock.Close()
+			defer sock.close()
 		}
 	}
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock}
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(rtextFilterSkipStats)))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	idx, attrs, err := sock.getLink(name)
 	if errors.Is(err, unix.ENODEV) {
 		return ifaceFacts{}, fmt.Errorf("interface %q: %w", name, ErrTargetNotFound)
 	}
 	if err != nil {
 		return ifaceFacts{}, fmt.Errorf("interface %q: %w", name, err)
 	}
-	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
-		return ifaceFacts{}, fmt.Errorf("interface %q: %d answers to RTM_GETLINK", name, len(msgs))
-	}
-	facts := ifaceFacts{index: int(nl.DeserializeIfInfomsg(msgs[0]).Index)}
-	attrs, err := nl.ParseRouteAttr(msgs[0][unix.SizeofIfInfomsg:])
-	if err != nil {
-		return ifaceFacts{}, fmt.Errorf("interface %q: %w", name, err)
-	}
-	for _, a := range attrs {
-		if a.Attr.Type != unix.IFLA_XDP {
+	facts := ifaceFacts{index: idx}
+	for typ, v := range parseAttrs(attrs[unix.IFLA_XDP]) {
+		if len(v) < 4 {
 			continue
 		}
-		nested, err := nl.ParseRouteAttr(a.Value)
-		if err != nil {
-			return ifaceFacts{}, fmt.Errorf("interface %q: XDP attribute: %w", name, err)
-		}
-		for _, x := range nested {
-			if len(x.Value) < 4 {
-				continue
-			}
-			id := binary.NativeEndian.Uint32(x.Value)
-			switch x.Attr.Type {
-			case unix.IFLA_XDP_SKB_PROG_ID:
-				facts.skbProg = id
-			case unix.IFLA_XDP_DRV_PROG_ID:
-				facts.drvProg = id
-			case unix.IFLA_XDP_HW_PROG_ID:
-				facts.hwProg = id
-			}
+		id := binary.NativeEndian.Uint32(v)
+		switch typ {
+		case unix.IFLA_XDP_SKB_PROG_ID:
+			facts.skbProg = id
+		case unix.IFLA_XDP_DRV_PROG_ID:
+			facts.drvProg = id
+		case unix.IFLA_XDP_HW_PROG_ID:
+			facts.hwProg = id
 		}
 	}
 	return facts, nil

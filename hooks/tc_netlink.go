@@ -13,8 +13,9 @@ import (
 
 // The rtnetlink messages of tc that the clsact fallback needs: add the
 // clsact qdisc, create or replace a cls_bpf filter, list and delete filters.
-// Written here rather than taken from a netlink library: five messages do not
-// justify a dependency. Every function runs in the network namespace of the
+// Written here rather than taken from a netlink library: a few messages do
+// not need one, and vishvananda/netlink allocates 64 KiB for every answer,
+// which for a check per link added up (see ifaceByName). Every function runs in the network namespace of the
 // calling thread (inNetns puts it there).
 
 // From linux/pkt_sched.h and linux/pkt_cls.h.
@@ -54,7 +55,10 @@ type tcFilter struct {
 var nlSeq atomic.Uint32
 
 // rtnl is a route netlink socket in the calling thread's network namespace.
-type rtnl struct{ fd int }
+type rtnl struct {
+	fd  int
+	buf []byte // for answers, kept across requests
+}
 
 func openRtnl() (*rtnl, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
@@ -131,7 +135,10 @@ func (r *rtnl) request(typ, flags uint16, payload []byte, want uint16, fn func(m
 	if err := unix.Sendto(r.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send rtnetlink message: %w", err)
 	}
-	buf := make([]byte, 1<<16)
+	if r.buf == nil {
+		r.buf = make([]byte, 1<<16)
+	}
+	buf := r.buf
 	for {
 		n, _, err := unix.Recvfrom(r.fd, buf, 0)
 		if errors.Is(err, unix.EINTR) {
