@@ -430,25 +430,37 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			s.lastExit = st
 			ran := time.Since(s.childStarted)
 			s.metrics.childUp.Set(0)
-			s.reap()
 			code := ExitCode(st)
 			s.log.Info("child exited", "status", st.String(), "ran", ran.Round(time.Millisecond))
 			if s.stopping {
+				s.reap()
 				killTimer.Stop()
 				return code, errLoopDone
 			}
 			if s.restartNow {
+				s.reap()
 				s.restartNow = false
 				killTimer.Stop()
 				restartTimer.Reset(0)
 				continue
 			}
 			if !s.opts.Restart.ShouldRestart(st) {
+				s.reap()
 				s.log.Info("not restarting the child", "restart", s.opts.Restart.Mode, "exit_code", code)
 				return code, errLoopDone
 			}
 			d := s.backoff.delay(ran)
 			s.log.Info("restarting child", "in", d)
+			if d == 0 {
+				// At once, without a trip through the timer; orphans
+				// left by the child are reaped once the next one runs.
+				if err := s.restartChild(); err != nil {
+					return 1, err
+				}
+				s.reap()
+				continue
+			}
+			s.reap()
 			restartTimer.Reset(d)
 			s.notifyStatus()
 
@@ -456,22 +468,9 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			if s.stopping || s.child != nil {
 				continue
 			}
-			// Counted before the start, so that the manifest the start
-			// writes (status) has it.
-			s.restarts++
-			if err := s.startChild(); err != nil {
-				s.restarts--
-				s.metrics.childUp.Set(0)
-				if errors.Is(err, ErrStartLimit) {
-					s.metrics.startLimitHits.Inc()
-					s.log.Error("start limit hit, giving up; the BPF programs stay attached",
-						"start_limit", s.opts.Restart.StartLimit, "start_limit_interval", s.opts.Restart.StartLimitInterval,
-						"last_exit", s.lastExit.String())
-				}
+			if err := s.restartChild(); err != nil {
 				return 1, err
 			}
-			s.metrics.restarts.Inc()
-			s.notifyStatus()
 
 		case <-killTimer.C:
 			if s.child != nil {
@@ -526,6 +525,28 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			}
 		}
 	}
+}
+
+// restartChild starts the child again, counting the restart; an error ends
+// the supervision (the start limit, or a start that failed).
+func (s *supervisor) restartChild() error {
+	// Counted before the start, so that the manifest the start writes
+	// (status) has it.
+	s.restarts++
+	if err := s.startChild(); err != nil {
+		s.restarts--
+		s.metrics.childUp.Set(0)
+		if errors.Is(err, ErrStartLimit) {
+			s.metrics.startLimitHits.Inc()
+			s.log.Error("start limit hit, giving up; the BPF programs stay attached",
+				"start_limit", s.opts.Restart.StartLimit, "start_limit_interval", s.opts.Restart.StartLimitInterval,
+				"last_exit", s.lastExit.String())
+		}
+		return err
+	}
+	s.metrics.restarts.Inc()
+	s.notifyStatus()
+	return nil
 }
 
 // stoppedDuringInstall takes the signals that came while bpfsup installed,
