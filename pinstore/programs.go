@@ -152,7 +152,7 @@ func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.Ma
 		return fmt.Sprintf("type %s, the object's is %s", pinned.Type(), ps.Type), nil
 	}
 	// ProgramSpec.Compatible, without asking the kernel again for the tag.
-	same, err := ps.Instructions.HasTag(info.Tag, hostEndian())
+	same, err := ps.Instructions.HasTag(info.Tag, HostEndian())
 	if err != nil {
 		return "", err
 	}
@@ -207,10 +207,10 @@ func VerifierLog(err error, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// hostEndian is this machine's byte order as the one of binary.LittleEndian
+// HostEndian is this machine's byte order as the one of binary.LittleEndian
 // and binary.BigEndian it is: cilium/ebpf's instruction encoding knows only
 // those two, not binary.NativeEndian.
-func hostEndian() binary.ByteOrder {
+func HostEndian() binary.ByteOrder {
 	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 {
 		return binary.LittleEndian
 	}

@@ -73,8 +73,8 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("object %s: not a BPF ELF object bpfsup can load: %w", cfg.Path, err)
 	}
-	if spec.ByteOrder != nil && spec.ByteOrder.String() != nativeEndian().String() {
-		return nil, fmt.Errorf("object %s: built for %s byte order, this machine is %s", cfg.Path, spec.ByteOrder, nativeEndian())
+	if spec.ByteOrder != nil && spec.ByteOrder.String() != pinstore.HostEndian().String() {
+		return nil, fmt.Errorf("object %s: built for %s byte order, this machine is %s", cfg.Path, spec.ByteOrder, pinstore.HostEndian())
 	}
 	name := cfg.Name
 	if name == "" {

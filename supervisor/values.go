@@ -1,10 +1,5 @@
 package supervisor
 
-import (
-	"encoding/binary"
-	"unsafe"
-)
-
 // convertNumber turns a number from TOML or a flag (int64, float64) into an
 // unsigned integer of the variable's size, so that Variable.Set accepts it;
 // other values pass through.
@@ -30,12 +25,4 @@ func convertNumber(v any, size uint32) any {
 	default:
 		return n
 	}
-}
-
-func nativeEndian() binary.ByteOrder {
-	var x uint16 = 1
-	if *(*byte)(unsafe.Pointer(&x)) == 1 {
-		return binary.LittleEndian
-	}
-	return binary.BigEndian
 }
