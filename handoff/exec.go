@@ -199,7 +199,7 @@ func Start(c Child) (*Process, error) {
 	// service manager that does not close them) would otherwise pass
 	// through the fork into the application unannounced. Those handed are
 	// dup'ed into place by the fork, which clears the flag on the copies.
-	if err := closeOnExecFrom(3); err != nil {
+	if err := exechelper.CloseOnExecFrom(3); err != nil {
 		return nil, fmt.Errorf("start child: %w", err)
 	}
 
@@ -237,28 +237,6 @@ func Start(c Child) (*Process, error) {
 		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
 	}
 	return &Process{Pid: cmd.Process.Pid, Done: done, calls: calls, gone: gone}, nil
-}
-
-// closeOnExecFrom marks every fd from first on close-on-exec: close_range(2)
-// since Linux 5.11, one by one before.
-func closeOnExecFrom(first int) error {
-	err := unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("mark fds from %d close-on-exec: close_range: %w", first, err)
-	}
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= first {
-			unix.CloseOnExec(fd)
-		}
-	}
-	return nil
 }
 
 func orStd(w io.Writer, def *os.File) io.Writer {

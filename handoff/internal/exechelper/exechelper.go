@@ -113,7 +113,7 @@ func Main(args []string) {
 	if err != nil || n < 0 {
 		n = 0
 	}
-	if err := closeOnExecFrom(firstFD + n); err != nil {
+	if err := CloseOnExecFrom(firstFD + n); err != nil {
 		fail(127, err.Error())
 	}
 
@@ -135,8 +135,9 @@ const (
 	closeRangeCloexec = 1 << 2
 )
 
-// closeOnExecFrom marks every fd from first on close-on-exec.
-func closeOnExecFrom(first int) error {
+// CloseOnExecFrom marks every fd from first on close-on-exec: close_range(2)
+// since Linux 5.11, one by one before.
+func CloseOnExecFrom(first int) error {
 	_, _, errno := syscall.Syscall(sysCloseRange, uintptr(first), ^uintptr(0), closeRangeCloexec)
 	if errno == 0 {
 		return nil
