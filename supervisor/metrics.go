@@ -44,8 +44,7 @@ func newMetrics() *metrics {
 	}
 	m.lastReload.Set(-1)
 	m.reg.MustRegister(m.childUp, m.restarts, m.startLimitHits, m.objects, m.maps, m.programs, m.links,
-		m.lastReload, m.lastReloadTime, m.reloads,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.lastReload, m.lastReloadTime, m.reloads)
 	return m
 }
 
@@ -88,6 +87,9 @@ func (m *metrics) listen(addr string) (*metricsServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
 	}
+	// The Go and process collectors cost milliseconds to build (runtime/metrics
+	// descriptions, regexps): a start without --metrics-addr skips them.
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return &metricsServer{l: l, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
