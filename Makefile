@@ -12,8 +12,11 @@ FUZZTIME ?= 10s
 
 all: build
 
+# Without cgo: a static binary starts ~3 ms sooner (no dynamic loader, no
+# libc thread set-up), which a supervisor pays on every restart. Users from
+# NSS modules are looked up through getent(1) (cmd/bpfsup/cli.go).
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/bpfsup
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/bpfsup
 
 include bpf/Makefile.inc
 

@@ -43,7 +43,7 @@ if [ "$(stat -f -c %T /sys/fs/bpf)" != bpf_fs ]; then
 	exit 1
 fi
 
-[ -x bin/bpfsup ] || go build -o bin/bpfsup ./cmd/bpfsup
+[ -x bin/bpfsup ] || CGO_ENABLED=0 go build -o bin/bpfsup ./cmd/bpfsup
 
 # The run's id names its namespaces (bpfsupbench-<id>-*) and pins
 # (/sys/fs/bpf/bpfsupbench-<id>), so that cleanup here touches nothing else.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/user"
 	"runtime/debug"
 	"sort"
@@ -358,12 +359,18 @@ func lookupCredential(userName, groupName string) (*handoff.Credential, error) {
 				u, err = user.LookupId(userName)
 			}
 		}
+		var uid, gid string
+		if err == nil {
+			uid, gid = u.Uid, u.Gid
+		} else if ids, gerr := getent("passwd", userName); gerr == nil {
+			uid, gid, err = ids[2], ids[3], nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--user %q: %w", userName, err)
 		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		cred.UID, cred.GID = uint32(uid), uint32(gid)
+		u32, _ := strconv.ParseUint(uid, 10, 32)
+		g32, _ := strconv.ParseUint(gid, 10, 32)
+		cred.UID, cred.GID = uint32(u32), uint32(g32)
 	}
 	if groupName != "" {
 		g, err := user.LookupGroup(groupName)
@@ -372,13 +379,35 @@ func lookupCredential(userName, groupName string) (*handoff.Credential, error) {
 				g, err = user.LookupGroupId(groupName)
 			}
 		}
+		var gid string
+		if err == nil {
+			gid = g.Gid
+		} else if ids, gerr := getent("group", groupName); gerr == nil {
+			gid, err = ids[2], nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--group %q: %w", groupName, err)
 		}
-		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
-		cred.GID = uint32(gid)
+		g32, _ := strconv.ParseUint(gid, 10, 32)
+		cred.GID = uint32(g32)
 	}
 	return cred, nil
+}
+
+// getent asks the C library's name services (getent(1)) for a passwd or
+// group entry and returns its fields. bpfsup is built without cgo, so
+// os/user reads /etc/passwd and /etc/group only; users that come from NSS
+// modules (LDAP, systemd's DynamicUser=) are found here.
+func getent(db, key string) ([]string, error) {
+	out, err := exec.Command("getent", db, key).Output()
+	if err != nil {
+		return nil, err
+	}
+	fields := strings.Split(strings.TrimSpace(string(out)), ":")
+	if len(fields) < 4 {
+		return nil, fmt.Errorf("getent %s %s: %q is no %s entry", db, key, out, db)
+	}
+	return fields, nil
 }
 
 // inheritedFiles takes the fds bpfsup itself received by socket activation.

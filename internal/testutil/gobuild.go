@@ -56,5 +56,6 @@ func GoBuildBpfsup(version, out string) ([]byte, error) {
 	}
 	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", out, "./cmd/bpfsup")
 	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build`
 	return cmd.CombinedOutput()
 }
