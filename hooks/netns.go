@@ -148,8 +148,9 @@ func Batch() (done func()) {
 }
 
 // getLink asks for the interface name (RTM_GETLINK, without statistics)
-// and returns its ifindex and attributes.
-func (r *rtnl) getLink(name string) (ifindex int, attrs map[uint16][]byte, err error) {
+// and returns its ifindex; fn reads its attributes, which live in the
+// socket's buffer only until the next read.
+func (r *rtnl) getLink(name string, fn func(nlAttrs)) (ifindex int, err error) {
 	ifi := make([]byte, unix.SizeofIfInfomsg)
 	ifi[0] = unix.AF_UNSPEC
 	payload := append(ifi, attrU32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)...)
@@ -161,12 +162,12 @@ func (r *rtnl) getLink(name string) (ifindex int, attrs map[uint16][]byte, err e
 		}
 		found = true
 		ifindex = int(int32(binary.NativeEndian.Uint32(msg[4:])))
-		attrs = parseAttrs(msg[unix.SizeofIfInfomsg:])
+		fn(nlAttrs(msg[unix.SizeofIfInfomsg:]))
 	})
 	if err == nil && !found {
 		err = errors.New("no answer to RTM_GETLINK")
 	}
-	return ifindex, attrs, err
+	return ifindex, err
 }
 
 // rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS of <linux/rtnetlink.h>:
@@ -197,28 +198,25 @@ func ifaceByName(netnsPath, name string) (ifaceFacts, error) {
 			defer sock.close()
 		}
 	}
-	idx, attrs, err := sock.getLink(name)
+	var facts ifaceFacts
+	idx, err := sock.getLink(name, func(attrs nlAttrs) {
+		xdp := nlAttrs(attrs.get(unix.IFLA_XDP))
+		for _, a := range []struct {
+			typ uint16
+			id  *uint32
+		}{{unix.IFLA_XDP_SKB_PROG_ID, &facts.skbProg}, {unix.IFLA_XDP_DRV_PROG_ID, &facts.drvProg}, {unix.IFLA_XDP_HW_PROG_ID, &facts.hwProg}} {
+			if v := xdp.get(a.typ); len(v) >= 4 {
+				*a.id = binary.NativeEndian.Uint32(v)
+			}
+		}
+	})
 	if errors.Is(err, unix.ENODEV) {
 		return ifaceFacts{}, fmt.Errorf("interface %q: %w", name, ErrTargetNotFound)
 	}
 	if err != nil {
 		return ifaceFacts{}, fmt.Errorf("interface %q: %w", name, err)
 	}
-	facts := ifaceFacts{index: idx}
-	for typ, v := range parseAttrs(attrs[unix.IFLA_XDP]) {
-		if len(v) < 4 {
-			continue
-		}
-		id := binary.NativeEndian.Uint32(v)
-		switch typ {
-		case unix.IFLA_XDP_SKB_PROG_ID:
-			facts.skbProg = id
-		case unix.IFLA_XDP_DRV_PROG_ID:
-			facts.drvProg = id
-		case unix.IFLA_XDP_HW_PROG_ID:
-			facts.hwProg = id
-		}
-	}
+	facts.index = idx
 	return facts, nil
 }
 

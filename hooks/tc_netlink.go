@@ -107,19 +107,25 @@ func attrU32(typ uint16, v uint32) []byte {
 
 func attrString(typ uint16, s string) []byte { return attr(typ, append([]byte(s), 0)) }
 
-// parseAttrs splits b into attributes by type; nested ones are left encoded.
-func parseAttrs(b []byte) map[uint16][]byte {
-	out := map[uint16][]byte{}
+// nlAttrs is a run of encoded netlink attributes; get finds one without
+// allocating (an interface's answer has ~50, read once per check).
+type nlAttrs []byte
+
+// get returns the payload of the first attribute of type typ (nested ones
+// left encoded), or nil.
+func (b nlAttrs) get(typ uint16) []byte {
 	for len(b) >= unix.SizeofRtAttr {
 		l := int(binary.NativeEndian.Uint16(b[0:]))
-		typ := binary.NativeEndian.Uint16(b[2:]) &^ unix.NLA_F_NESTED
+		t := binary.NativeEndian.Uint16(b[2:]) &^ unix.NLA_F_NESTED
 		if l < unix.SizeofRtAttr || l > len(b) {
-			break
+			return nil
 		}
-		out[typ] = b[unix.SizeofRtAttr:l]
+		if t == typ {
+			return b[unix.SizeofRtAttr:l]
+		}
 		b = b[min(nlAlign(l), len(b)):]
 	}
-	return out
+	return nil
 }
 
 // request sends one message and reads the answers until the ack (or, for a
@@ -191,7 +197,7 @@ func nlError(body []byte, flags uint16) error {
 			off = 4 + int(binary.NativeEndian.Uint32(body[4:]))
 		}
 		if off <= len(body) {
-			if m, ok := parseAttrs(body[nlAlign(off):])[unix.NLMSGERR_ATTR_MSG]; ok {
+			if m := nlAttrs(body[nlAlign(off):]).get(unix.NLMSGERR_ATTR_MSG); m != nil {
 				return fmt.Errorf("%w (%s)", err, strings.TrimRight(string(m), "\x00"))
 			}
 		}
@@ -245,17 +251,17 @@ func (r *rtnl) filters(ifindex int, parent uint32) ([]tcFilter, error) {
 		}
 		handle := binary.NativeEndian.Uint32(body[8:])
 		info := binary.NativeEndian.Uint32(body[16:])
-		attrs := parseAttrs(body[sizeofTcMsg:])
-		if handle == 0 || strings.TrimRight(string(attrs[unix.TCA_KIND]), "\x00") != "bpf" {
+		attrs := nlAttrs(body[sizeofTcMsg:])
+		if handle == 0 || strings.TrimRight(string(attrs.get(unix.TCA_KIND)), "\x00") != "bpf" {
 			// Handle 0 is the entry of a priority's classifier itself.
 			return
 		}
 		f := tcFilter{handle: handle, prio: uint16(info >> 16), proto: htons(uint16(info))}
-		opts := parseAttrs(attrs[unix.TCA_OPTIONS])
-		if id, ok := opts[tcaBPFID]; ok && len(id) >= 4 {
+		opts := nlAttrs(attrs.get(unix.TCA_OPTIONS))
+		if id := opts.get(tcaBPFID); len(id) >= 4 {
 			f.progID = binary.NativeEndian.Uint32(id)
 		}
-		f.name = strings.TrimRight(string(opts[tcaBPFName]), "\x00")
+		f.name = strings.TrimRight(string(opts.get(tcaBPFName)), "\x00")
 		out = append(out, f)
 	})
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
