@@ -177,19 +177,24 @@ the programs stay attached when CMD or bpfsup dies.`,
 				return usageError{fmt.Errorf("--notify %q: must be child or none", notify)}
 			}
 
+			// The first build takes the file parsed above; a reload reads it
+			// again, since it may have changed.
+			parsed := file
 			build := func() ([]supervisor.ObjectConfig, error) {
-				objs := append([]supervisor.ObjectConfig(nil), file.Objects...)
-				if configPath != "" {
-					// Re-read on reload: the file may have changed.
+				f := parsed
+				parsed = nil
+				if f == nil && configPath != "" {
 					data, err := os.ReadFile(configPath)
 					if err != nil {
 						return nil, fmt.Errorf("config: %w", err)
 					}
-					f, err := supervisor.ParseConfig(data)
-					if err != nil {
+					if f, err = supervisor.ParseConfig(data); err != nil {
 						return nil, fmt.Errorf("%s: %w", configPath, err)
 					}
-					objs = append([]supervisor.ObjectConfig(nil), f.Objects...)
+				}
+				var objs []supervisor.ObjectConfig
+				if f != nil {
+					objs = append(objs, f.Objects...)
 				}
 				for _, o := range objects {
 					objs = append(objs, supervisor.ObjectConfig{Path: o})
