@@ -77,7 +77,7 @@ trap 'exit 130' INT TERM HUP
 
 echo "bench: building" >&2
 go build -o "$work/bpfsupbench" ./bench/cmd/bpfsupbench
-go build -o "$work/benchchild" ./bench/cmd/benchchild
+clang -O2 -Wall -o "$work/benchchild" bench/benchchild.c
 # A copy: a `make build` elsewhere must not swap the binary mid-run.
 cp bin/bpfsup "$work/bpfsup"
 
