@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
-	"strings"
-	"unsafe"
 
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/pinstore"
 )
 
 // What sits at a link's pin path: a bpf_link for most hooks, the record of a
@@ -45,11 +43,11 @@ func LoadPinned(path string) (link.Link, error) {
 	if err == nil || errors.Is(err, os.ErrNotExist) {
 		return l, err
 	}
-	kind, kerr := pinKind(path)
+	kind, kerr := pinstore.PinKind(path)
 	if kerr != nil {
 		return nil, kerr
 	}
-	if kind != "bpf-map" {
+	if kind != pinstore.PinMap {
 		return nil, err
 	}
 	rec, id, err := readTCRecordID(path)
@@ -74,11 +72,11 @@ func IsFilterRecord(path string) bool {
 // reference. A tc filter, which no pin holds, is deleted first. A missing
 // pin is not an error.
 func Unpin(path string) error {
-	kind, err := pinKind(path)
-	if errors.Is(err, os.ErrNotExist) {
+	kind, err := pinstore.PinKind(path)
+	if err == nil && kind == "" {
 		return nil
 	}
-	if err == nil && (kind == "bpf_link" || kind == "bpf-link") {
+	if err == nil && kind == pinstore.PinLink {
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
 			return fmt.Errorf("unpin %s: %w", path, err)
@@ -88,7 +86,7 @@ func Unpin(path string) error {
 			return fmt.Errorf("unpin %s: %w", path, err)
 		}
 	}
-	if err == nil && kind == "bpf-map" {
+	if err == nil && kind == pinstore.PinMap {
 		rec, err := readTCRecord(path)
 		if err != nil {
 			return fmt.Errorf("unpin %s: %w", path, err)
@@ -102,33 +100,4 @@ func Unpin(path string) error {
 		return fmt.Errorf("unpin %s: %w", path, err)
 	}
 	return nil
-}
-
-// pinKind says what kind of BPF object is pinned at path: "bpf_link",
-// "bpf-map", "bpf-prog"... (the name of its anonymous inode).
-func pinKind(path string) (string, error) {
-	p, err := unix.BytePtrFromString(path)
-	if err != nil {
-		return "", err
-	}
-	// union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
-	attr := struct {
-		pathname  uint64
-		bpfFD     uint32
-		fileFlags uint32
-	}{pathname: uint64(uintptr(unsafe.Pointer(p)))} // read-write: the kernel refuses links opened otherwise
-	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	runtime.KeepAlive(p)
-	if errno != 0 {
-		if errno == unix.ENOENT {
-			return "", fmt.Errorf("load pinned link %s: %w", path, os.ErrNotExist)
-		}
-		return "", fmt.Errorf("load pinned link %s: %w", path, errno)
-	}
-	defer unix.Close(int(fd))
-	target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-	if err != nil {
-		return "", fmt.Errorf("load pinned link %s: %w", path, err)
-	}
-	return strings.TrimPrefix(target, "anon_inode:"), nil
 }

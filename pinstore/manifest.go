@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
@@ -96,6 +97,22 @@ func (s Store) ReadManifest(name string) (*Manifest, error) {
 		return nil, nil
 	}
 	return &m, nil
+}
+
+// WriteManifestUnlessSame writes m, unless old (the manifest on record) says
+// all the same things: a restart that adopted everything as it was rewrites
+// nothing. It returns whether it wrote.
+func (o *Object) WriteManifestUnlessSame(m, old *Manifest) (bool, error) {
+	if old != nil {
+		a, b := *m, *old
+		a.Version, a.Object, a.PinRoot = ManifestVersion, o.Name, o.store.root()
+		a.Updated, b.Updated = time.Time{}, time.Time{}
+		if reflect.DeepEqual(a, b) {
+			m.Version, m.Object, m.PinRoot, m.Updated = old.Version, old.Object, old.PinRoot, old.Updated
+			return false, nil
+		}
+	}
+	return true, o.WriteManifest(m)
 }
 
 // WriteManifest replaces the object's manifest atomically.

@@ -105,3 +105,48 @@ func TestManifestCorrupt(t *testing.T) {
 		t.Fatalf("ReadManifest of a corrupt file = %+v, %v; want an error naming the file", m, err)
 	}
 }
+
+// A manifest that says what the one on record says is not written again; one
+// that differs in anything but its time is.
+func TestWriteManifestUnlessSame(t *testing.T) {
+	s := mustPlainStore(t)
+	o := mustOpen(t, s, "fw")
+	m := &Manifest{Source: "/x.bpf.o", Generation: 1,
+		Maps:     map[string]MapRecord{"m": {ID: 1, Path: "/p"}},
+		Programs: map[string]ProgramRecord{"p": {ID: 2, Tag: "t", Type: "XDP"}},
+		Links:    map[string]LinkRecord{"p": {ID: 3, Program: "p", Hook: "xdp:veth0"}}}
+	if wrote, err := o.WriteManifestUnlessSame(m, nil); err != nil || !wrote {
+		t.Fatalf("first write: wrote %v, %v", wrote, err)
+	}
+	old, err := s.ReadManifest("fw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(s.ManifestPath("fw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	same := &Manifest{Source: "/x.bpf.o", Generation: 1,
+		Maps:     map[string]MapRecord{"m": {ID: 1, Path: "/p"}},
+		Programs: map[string]ProgramRecord{"p": {ID: 2, Tag: "t", Type: "XDP"}},
+		Links:    map[string]LinkRecord{"p": {ID: 3, Program: "p", Hook: "xdp:veth0"}}}
+	if wrote, err := o.WriteManifestUnlessSame(same, old); err != nil || wrote {
+		t.Fatalf("same manifest: wrote %v, %v; want no write", wrote, err)
+	}
+	if st2, err := os.Stat(s.ManifestPath("fw")); err != nil || !os.SameFile(st, st2) {
+		t.Fatalf("same manifest: the file was replaced (%v)", err)
+	}
+	if !same.Updated.Equal(old.Updated) || same.PinRoot != old.PinRoot {
+		t.Errorf("same manifest: not filled in from the one on record: %+v", same)
+	}
+
+	changed := *same
+	changed.Links = map[string]LinkRecord{"p": {ID: 4, Program: "p", Hook: "xdp:veth0"}}
+	if wrote, err := o.WriteManifestUnlessSame(&changed, old); err != nil || !wrote {
+		t.Fatalf("changed link id: wrote %v, %v; want a write", wrote, err)
+	}
+	if got, _ := s.ReadManifest("fw"); got == nil || got.Links["p"].ID != 4 {
+		t.Fatalf("after the write: %+v", got)
+	}
+}

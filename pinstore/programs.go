@@ -27,6 +27,8 @@ type ProgramResult struct {
 	Pinned *ebpf.Program
 	// Mismatch says why a pinned program was not adopted.
 	Mismatch string
+	// Brief is the adopted program's id, tag and maps (zero when loaded).
+	Brief ProgramBrief
 }
 
 // ProgramNames lists the programs of spec that bpfsup manages: every program
@@ -48,7 +50,10 @@ func ProgramNames(spec *ebpf.CollectionSpec) []string {
 // the maps given in maps; every other program is loaded, with maps standing in
 // for the object's maps. Nothing is pinned here. On error every program is
 // closed; the verifier's log is in the error (see VerifierLog).
-func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, opts ebpf.ProgramOptions) (_ map[string]*ProgramResult, err error) {
+//
+// opened, when not nil, hands over a program the caller already opened from
+// the pin at path (the call then owns it), or nil to open the pin here.
+func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, opts ebpf.ProgramOptions, opened func(path string) *ebpf.Program) (_ map[string]*ProgramResult, err error) {
 	names := ProgramNames(spec)
 	for _, name := range names {
 		if err := CheckName("program", name); err != nil {
@@ -78,21 +83,28 @@ func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]
 	for _, name := range names {
 		r := &ProgramResult{Path: o.Path(Programs, name)}
 		results[name] = r
-		pinned, err := ebpf.LoadPinnedProgram(r.Path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			toLoad = append(toLoad, name)
-			continue
+		var pinned *ebpf.Program
+		if opened != nil {
+			pinned = opened(r.Path)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("load pinned program %s from %s: %w", name, r.Path, err)
+		if pinned == nil {
+			p, err := ebpf.LoadPinnedProgram(r.Path, nil)
+			if errors.Is(err, os.ErrNotExist) {
+				toLoad = append(toLoad, name)
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("load pinned program %s from %s: %w", name, r.Path, err)
+			}
+			pinned = p
 		}
-		mismatch, err := programMismatch(spec.Programs[name], pinned, ids)
+		brief, mismatch, err := programMismatch(spec.Programs[name], pinned, ids)
 		if err != nil {
 			pinned.Close()
 			return nil, fmt.Errorf("program %s pinned at %s: %w", name, r.Path, err)
 		}
 		if mismatch == "" {
-			r.Program, r.Adopted = pinned, true
+			r.Program, r.Adopted, r.Brief = pinned, true, brief
 			continue
 		}
 		r.Pinned, r.Mismatch = pinned, mismatch
@@ -142,22 +154,22 @@ func (r *ProgramResult) close() {
 }
 
 // programMismatch says why pinned is not the program of ps using maps ids, or
-// "" when it is.
-func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.MapID]bool) (string, error) {
+// "" when it is, with pinned's brief.
+func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.MapID]bool) (ProgramBrief, string, error) {
 	info, err := BriefProgram(pinned)
 	if err != nil {
-		return "", err
+		return info, "", err
 	}
 	if pinned.Type() != ps.Type {
-		return fmt.Sprintf("type %s, the object's is %s", pinned.Type(), ps.Type), nil
+		return info, fmt.Sprintf("type %s, the object's is %s", pinned.Type(), ps.Type), nil
 	}
 	// ProgramSpec.Compatible, without asking the kernel again for the tag.
 	same, err := ps.Instructions.HasTag(info.Tag, HostEndian())
 	if err != nil {
-		return "", err
+		return info, "", err
 	}
 	if !same {
-		return fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
+		return info, fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
 	}
 	// The program must use the maps bpfsup holds, not an older, replaced map
 	// of the same name. Maps the compiler made (.rodata, .bss) are its own.
@@ -169,9 +181,9 @@ func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.Ma
 		}
 	}
 	if have != len(want) {
-		return fmt.Sprintf("it uses other maps than the pinned ones (%d of %d match)", have, len(want)), nil
+		return info, fmt.Sprintf("it uses other maps than the pinned ones (%d of %d match)", have, len(want)), nil
 	}
-	return "", nil
+	return info, "", nil
 }
 
 func referencedMaps(ps *ebpf.ProgramSpec) map[string]bool {

@@ -46,7 +46,7 @@ func mustObjectMaps(tb testing.TB, o *Object, spec *ebpf.CollectionSpec) map[str
 // of the test.
 func mustPrograms(tb testing.TB, o *Object, spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map) map[string]*ProgramResult {
 	tb.Helper()
-	res, err := o.AdoptOrLoadPrograms(spec, maps, ebpf.ProgramOptions{})
+	res, err := o.AdoptOrLoadPrograms(spec, maps, ebpf.ProgramOptions{}, nil)
 	if err != nil {
 		tb.Fatalf("adopt or load programs: %v", err)
 	}
@@ -160,7 +160,7 @@ func TestVerifierLog(t *testing.T) {
 	s := mustStore(t)
 	o := mustOpen(t, s, "bad")
 	spec := mustSpec(t, "bad_verifier")
-	res, err := o.AdoptOrLoadPrograms(spec, nil, ebpf.ProgramOptions{})
+	res, err := o.AdoptOrLoadPrograms(spec, nil, ebpf.ProgramOptions{}, nil)
 	if err == nil {
 		for _, r := range res {
 			r.close()

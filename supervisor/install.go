@@ -66,7 +66,7 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if !bytes.HasPrefix(data, []byte("\x7fELF")) {
 		return nil, fmt.Errorf("object %s: not an ELF file (%d bytes, starting %q)", cfg.Path, len(data), data[:min(len(data), 8)])
 	}
-	spec, err := ebpf.LoadCollectionSpecFromReader(strings.NewReader(string(data)))
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(data))
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return nil, fmt.Errorf("object %s: the ELF file is truncated (%d bytes): %w", cfg.Path, len(data), err)
 	}
@@ -293,6 +293,10 @@ type installed struct {
 	// defunct names the links install kept defunct, their targets gone:
 	// the first look at the interfaces (watchInterfaces) re-attaches them.
 	defunct map[string]bool
+	// briefs and linkIDs are what install learnt of adopted programs and
+	// links, so that the manifest need not ask the kernel again.
+	briefs  map[string]pinstore.ProgramBrief
+	linkIDs map[string]link.ID
 	adopted int // programs adopted without loading
 	loaded  int
 	// loadTook is the time spent loading programs (the verifier's);
@@ -352,7 +356,8 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 // removes pins the configuration no longer has. Until it returns an error
 // it changes nothing it cannot undo; on error, it undoes what it did.
 func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err error) {
-	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, defunct: map[string]bool{}}
+	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, defunct: map[string]bool{},
+		briefs: map[string]pinstore.ProgramBrief{}, linkIDs: map[string]link.ID{}}
 	// release closes what a rollback would need, once install is done
 	// (deferred first, so that it runs after the rollback).
 	var release undo
@@ -374,7 +379,9 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 
 	// Foreign pins are found before anything is made; see ownership.go.
 	own := ownedBy(old)
-	foreign, resetMaps, err := checkPinsBefore(obj, p, own)
+	pins := newPinSet()
+	defer pins.close()
+	foreign, resetMaps, err := checkPinsBefore(obj, p, own, pins)
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", p.name, err)
 	}
@@ -414,7 +421,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 
 	// Programs.
 	loadStart := time.Now()
-	progs, err := obj.AdoptOrLoadPrograms(p.spec, in.maps, ebpf.ProgramOptions{})
+	progs, err := obj.AdoptOrLoadPrograms(p.spec, in.maps, ebpf.ProgramOptions{}, pins.takeProgram)
 	in.loadTook = time.Since(loadStart)
 	if err != nil {
 		if vlog := pinstore.VerifierLog(err, 20); vlog != "" {
@@ -433,6 +440,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 		in.progs[name] = r.Program
 		if r.Adopted {
 			in.adopted++
+			in.briefs[name] = r.Brief
 		} else {
 			in.loaded++
 			changed = true
@@ -442,7 +450,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 			}
 		}
 	}
-	foreign, err = checkPinsAfterLoad(obj, p, own, progs)
+	foreign, err = checkPinsAfterLoad(obj, p, own, progs, pins)
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", p.name, err)
 	}
@@ -522,12 +530,19 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	endBatch := hooks.Batch()
 	defer endBatch()
 	for _, pl := range p.links {
-		l, defunct, err := reconcileLinkUndoable(obj, pl, in.progs[pl.program], &rollback, &release, p.force, log)
+		var progID ebpf.ProgramID
+		if r := progs[pl.program]; r != nil && r.Adopted {
+			progID = r.Brief.ID
+		}
+		l, id, defunct, err := reconcileLinkUndoable(obj, pl, in.progs[pl.program], progID, pins, &rollback, &release, p.force, log)
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w", p.name, err)
 		}
 		if l != nil {
 			in.links[pl.name] = l
+		}
+		if id != 0 {
+			in.linkIDs[pl.name] = id
 		}
 		if defunct {
 			in.defunct[pl.name] = true
@@ -564,7 +579,10 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 	if changed && old != nil {
 		man.Generation = old.Generation + 1
 	}
-	if err := obj.WriteManifest(man); err != nil {
+	// Links may change later (re-attached when an interface comes back):
+	// the manifest asks the kernel from here on.
+	in.briefs, in.linkIDs = nil, nil
+	if _, err := obj.WriteManifestUnlessSame(man, old); err != nil {
 		log.Warn("could not write manifest", "object", p.name, "err", err)
 	}
 	in.manifest = man
@@ -592,14 +610,19 @@ func recordedState(obj *pinstore.Object, name string, spec hooks.Spec) hooks.Sta
 func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback *undo, log *slog.Logger) (link.Link, error) {
 	var release undo
 	defer func() { release.run() }()
-	l, _, err := reconcileLinkUndoable(obj, pl, prog, rollback, &release, false, log)
+	pins := newPinSet()
+	defer pins.close()
+	l, _, _, err := reconcileLinkUndoable(obj, pl, prog, 0, pins, rollback, &release, false, log)
 	return l, err
 }
 
 // reconcileLinkUndoable is reconcileLink for an install that may roll back:
 // what the rollback needs stays open until the caller runs release. A link
 // running a program bpfsup did not put there is ErrLinkChanged unless force.
-func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback, release *undo, force bool, log *slog.Logger) (_ link.Link, keptDefunct bool, _ error) {
+// progID is prog's id when the caller knows it (else 0); pins has the link's
+// pin open if install looked at it already. It returns the link, and its id
+// when it is the pinned link adopted as it was (else 0).
+func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, progID ebpf.ProgramID, pins *pinSet, rollback, release *undo, force bool, log *slog.Logger) (_ link.Link, adoptedID link.ID, keptDefunct bool, _ error) {
 	path := obj.Path(pinstore.Links, pl.name)
 	spec := pl.hook.Spec()
 	// A hook without bpf_links (tcx's tc fallback) names its attachment
@@ -608,62 +631,59 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 	if c := hooks.Caveat(pl.hook); c != "" {
 		log.Warn(c, "object", obj.Name, "link", pl.name, "hook", spec.String(), "mechanism", pl.hook.Mechanism())
 	}
-	pinned, err := hooks.LoadPinned(path)
+	pinned, info, err := pins.loadLink(path)
 	if errors.Is(err, os.ErrNotExist) {
 		l, err := pl.hook.Attach(prog)
 		if err != nil {
-			return nil, false, fmt.Errorf("program %s: %w", pl.program, err)
+			return nil, 0, false, fmt.Errorf("program %s: %w", pl.program, err)
 		}
 		crash.At("links/attached")
 		if err := obj.Pin(pinstore.Links, path, l); err != nil {
 			l.Close()
-			return nil, false, err
+			return nil, 0, false, err
 		}
 		rollback.push(func() { hooks.Unpin(path) })
-		return l, false, nil
+		return l, 0, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
+		return nil, 0, false, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
 	}
+	pins.takeLink(path) // returned, or closed, or released below
 
 	state, err := pl.hook.Check(pinned)
 	if err != nil {
 		pinned.Close()
-		return nil, false, fmt.Errorf("link %s: %w", pl.name, err)
+		return nil, 0, false, fmt.Errorf("link %s: %w", pl.name, err)
 	}
 	if state == hooks.Unknown {
 		state = recordedState(obj, pl.name, spec)
 	}
-	info, err := pinned.Info()
-	if err != nil {
-		pinned.Close()
-		return nil, false, fmt.Errorf("link %s: %w", pl.name, err)
-	}
-	progID, err := pinstore.ProgramID(prog)
-	if err != nil {
-		pinned.Close()
-		return nil, false, err
+	if progID == 0 {
+		if progID, err = pinstore.ProgramID(prog); err != nil {
+			pinned.Close()
+			return nil, 0, false, err
+		}
 	}
 
 	switch state {
 	case hooks.Attached:
 		if info.Program == progID {
-			return pinned, false, nil
+			return pinned, info.ID, false, nil
 		}
 		if pl.hook.Updatable() {
 			if err := checkLinkProgram(obj, pl.name, pl.program, info.Program, force); err != nil {
 				pinned.Close()
-				return nil, false, err
+				return nil, 0, false, err
 			}
 			oldProg, err := ebpf.NewProgramFromID(info.Program)
 			if err != nil {
 				pinned.Close()
-				return nil, false, fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
+				return nil, 0, false, fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
 			}
 			if err := updateLink(pinned, prog, oldProg); err != nil {
 				oldProg.Close()
 				pinned.Close()
-				return nil, false, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
+				return nil, 0, false, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
 			}
 			crash.At("links/updated")
 			release.push(func() { oldProg.Close() })
@@ -673,12 +693,12 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 				}
 			})
 			log.Info("swapped program in place", "link", pl.name, "hook", spec.String(), "old_program", info.Program, "new_program", progID)
-			return pinned, false, nil
+			return pinned, 0, false, nil
 		}
 	case hooks.Defunct:
 		if hooks.CheckTarget(spec) != nil {
 			log.Warn("link is defunct and its target is gone; keeping it until the target is back", "link", pl.name, "hook", spec.String())
-			return pinned, true, nil
+			return pinned, 0, true, nil
 		}
 	}
 
@@ -687,13 +707,13 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 	l, err := pl.hook.Attach(prog)
 	if err != nil {
 		pinned.Close()
-		return nil, false, fmt.Errorf("program %s: %w", pl.program, err)
+		return nil, 0, false, fmt.Errorf("program %s: %w", pl.program, err)
 	}
 	crash.At("links/attached")
 	if err := obj.Pin(pinstore.Links, path, l); err != nil {
 		l.Close()
 		pinned.Close()
-		return nil, false, err
+		return nil, 0, false, err
 	}
 	log.Info("replaced link", "link", pl.name, "hook", spec.String(), "was", state.String(), "old_link", info.ID)
 	// The old link stays open until the install is done (a reload's old
@@ -710,7 +730,7 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 			log.Error("could not pin the old link back", "link", pl.name, "err", err)
 		}
 	})
-	return l, false, nil
+	return l, 0, false, nil
 }
 
 // updateLink swaps the link's program from old to prog, atomically and only
@@ -772,7 +792,9 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 	}
 	for name, pr := range in.progs {
 		rec := pinstore.ProgramRecord{Type: pr.Type().String()}
-		if b, err := pinstore.BriefProgram(pr); err == nil {
+		if b, ok := in.briefs[name]; ok {
+			rec.ID, rec.Tag = uint32(b.ID), b.Tag
+		} else if b, err := pinstore.BriefProgram(pr); err == nil {
 			rec.ID, rec.Tag = uint32(b.ID), b.Tag
 		}
 		if old != nil {
@@ -786,7 +808,9 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 		spec := pl.hook.Spec()
 		rec := pinstore.LinkRecord{Program: pl.program, Hook: spec.String(), Netns: spec.Netns,
 			Mechanism: pl.hook.Mechanism(), Updatable: pl.hook.Updatable()}
-		if l, ok := in.links[pl.name]; ok {
+		if id, ok := in.linkIDs[pl.name]; ok {
+			rec.ID = uint32(id)
+		} else if l, ok := in.links[pl.name]; ok {
 			if info, err := l.Info(); err == nil {
 				rec.ID = uint32(info.ID)
 			}

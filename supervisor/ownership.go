@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -92,56 +91,21 @@ func foreignError(object string, pins []foreignPin) error {
 		"remove them, or run with --force to replace them (make-before-break)", object, ErrForeignPin, strings.Join(lines, "\n"))
 }
 
-// pinKind opens the pin at path and says what it holds: "map", "program" or
-// "link" ("" when nothing is pinned there).
-func pinKind(path string) (string, error) {
-	p, err := unix.BytePtrFromString(path)
-	if err != nil {
-		return "", err
-	}
-	attr := struct {
-		pathname  uint64
-		bpfFD     uint32
-		fileFlags uint32
-	}{pathname: uint64(uintptr(unsafe.Pointer(p)))}
-	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	if errno == unix.ENOENT {
-		return "", nil
-	}
-	if errno != 0 {
-		return "", fmt.Errorf("open pin %s: %w", path, errno)
-	}
-	defer unix.Close(int(fd))
-	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(fd)))
-	if err != nil {
-		return "", fmt.Errorf("open pin %s: %w", path, err)
-	}
-	switch strings.TrimPrefix(target, "anon_inode:") {
-	case "bpf-map":
-		return "map", nil
-	case "bpf-prog":
-		return "program", nil
-	case "bpf_link", "bpf-link": // the name changed over kernel versions
-		return "link", nil
-	}
-	return target, nil
-}
-
 // describePin says what the pin at path holds, with its ids and tags, for
 // error messages and logs.
 func describePin(path, kind string) string {
 	switch kind {
-	case "map":
+	case pinstore.PinMap:
 		if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
 			defer m.Close()
 			return describeMap(m)
 		}
-	case "program":
+	case pinstore.PinProgram:
 		if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
 			defer p.Close()
 			return describeProgram(p)
 		}
-	case "link":
+	case pinstore.PinLink:
 		if l, err := hooks.LoadPinned(path); err == nil {
 			defer l.Close()
 			return describeLink(l)
@@ -208,19 +172,105 @@ func idList(ids []uint32) string {
 	return strings.Join(parts, ", ")
 }
 
+// pinSet holds the programs and links an install found pinned, open, so that
+// each pin is opened once (a BPF_OBJ_GET and a readlink) and its link's info
+// read once, however many of the install's steps look at it. Whatever is
+// still in the set when the install ends is closed.
+type pinSet struct {
+	progs     map[string]*ebpf.Program // by pin path
+	links     map[string]link.Link
+	linkInfos map[string]*link.Info
+}
+
+func newPinSet() *pinSet {
+	return &pinSet{progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, linkInfos: map[string]*link.Info{}}
+}
+
+// takeProgram hands over the program pinned at path, or nil when the set
+// has none (nothing pinned there, or already taken).
+func (ps *pinSet) takeProgram(path string) *ebpf.Program {
+	p := ps.progs[path]
+	delete(ps.progs, path)
+	return p
+}
+
+// loadLink returns the link pinned at path, from the set or else from the
+// pin (hooks.LoadPinned: a tc filter's record too), with its info. The set
+// keeps it: close it only after taking it with takeLink.
+func (ps *pinSet) loadLink(path string) (link.Link, *link.Info, error) {
+	l, ok := ps.links[path]
+	if !ok {
+		var err error
+		if l, err = hooks.LoadPinned(path); err != nil {
+			return nil, nil, err
+		}
+		ps.links[path] = l
+	}
+	if info := ps.linkInfos[path]; info != nil {
+		return l, info, nil
+	}
+	info, err := l.Info()
+	if err != nil {
+		return nil, nil, err
+	}
+	ps.linkInfos[path] = info
+	return l, info, nil
+}
+
+// takeLink removes the link at path from the set: the caller owns it.
+func (ps *pinSet) takeLink(path string) {
+	delete(ps.links, path)
+	delete(ps.linkInfos, path)
+}
+
+func (ps *pinSet) close() {
+	for path, p := range ps.progs {
+		p.Close()
+		delete(ps.progs, path)
+	}
+	for path, l := range ps.links {
+		l.Close()
+		ps.takeLink(path)
+	}
+}
+
 // checkPinsBefore looks at every pin the plan will use before anything is
 // made: pins of the wrong kind, and pinned maps incompatible with the object
 // that the manifest does not list, are foreign. It returns them, and the
-// maps that --force may reset.
-func checkPinsBefore(obj *pinstore.Object, p *plan, own owned) (foreign []foreignPin, resetMaps map[string]bool, err error) {
+// maps that --force may reset. The programs and links it finds stay open in
+// pins for the steps after it.
+func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (foreign []foreignPin, resetMaps map[string]bool, err error) {
 	resetMaps = map[string]bool{}
 	check := func(path, want string) (bool, error) {
-		kind, err := pinKind(path)
-		if kind == "map" && want == "link" && hooks.IsFilterRecord(path) {
-			kind = "link" // a tc filter's record stands where its link would (hooks/tc.go)
+		fd, kind, err := pinstore.OpenPin(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
 		}
-		if err != nil || kind == "" || kind == want {
-			return kind == want, err
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case kind == want && kind == pinstore.PinProgram:
+			prog, err := ebpf.NewProgramFromFD(fd)
+			if err != nil {
+				return false, fmt.Errorf("open pin %s: %w", path, err)
+			}
+			pins.progs[path] = prog
+			return true, nil
+		case kind == want && kind == pinstore.PinLink:
+			l, err := link.NewFromFD(fd)
+			if err != nil {
+				return false, fmt.Errorf("open pin %s: %w", path, err)
+			}
+			pins.links[path] = l
+			return true, nil
+		}
+		unix.Close(fd)
+		if kind == want {
+			return true, nil
+		}
+		if kind == pinstore.PinMap && want == pinstore.PinLink && hooks.IsFilterRecord(path) {
+			return true, nil // a tc filter's record stands where its link would (hooks/tc.go)
 		}
 		foreign = append(foreign, foreignPin{path: path, what: describePin(path, kind),
 			why: "bpfsup pins a " + want + " there", aside: true})
@@ -231,7 +281,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned) (foreign []foreig
 			continue // shared on purpose with another object or tool
 		}
 		path := obj.Path(pinstore.Maps, name)
-		isMap, err := check(path, "map")
+		isMap, err := check(path, pinstore.PinMap)
 		if err != nil || !isMap {
 			if err != nil {
 				return nil, nil, err
@@ -258,12 +308,12 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned) (foreign []foreig
 		resetMaps[name] = true
 	}
 	for _, name := range p.progList {
-		if _, err := check(obj.Path(pinstore.Programs, name), "program"); err != nil {
+		if _, err := check(obj.Path(pinstore.Programs, name), pinstore.PinProgram); err != nil {
 			return nil, nil, err
 		}
 	}
 	for _, pl := range p.links {
-		if _, err := check(obj.Path(pinstore.Links, pl.name), "link"); err != nil {
+		if _, err := check(obj.Path(pinstore.Links, pl.name), pinstore.PinLink); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -275,7 +325,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned) (foreign []foreig
 // anything is pinned or attached: a pinned program that differs from the
 // object's and is not in the manifest is foreign, and so is a pinned link
 // that is not in the manifest and runs a program that is not bpfsup's.
-func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[string]*pinstore.ProgramResult) ([]foreignPin, error) {
+func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[string]*pinstore.ProgramResult, pins *pinSet) ([]foreignPin, error) {
 	var foreign []foreignPin
 	ours := map[uint32]bool{}
 	for id := range own.progIDs {
@@ -283,7 +333,9 @@ func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[stri
 	}
 	for _, name := range p.progList {
 		r := progs[name]
-		if id, err := pinstore.ProgramID(r.Program); err == nil {
+		if r.Adopted {
+			ours[uint32(r.Brief.ID)] = true
+		} else if id, err := pinstore.ProgramID(r.Program); err == nil {
 			ours[uint32(id)] = true
 		}
 		if r.Pinned == nil {
@@ -305,25 +357,17 @@ func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[stri
 	}
 	for _, pl := range p.links {
 		path := obj.Path(pinstore.Links, pl.name)
-		l, err := hooks.LoadPinned(path)
+		l, info, err := pins.loadLink(path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
 		}
-		info, err := l.Info()
-		if err != nil {
-			l.Close()
-			return nil, fmt.Errorf("link %s: %w", pl.name, err)
-		}
 		if hasID(own.links[pl.name], uint32(info.ID)) || ours[uint32(info.Program)] {
-			l.Close()
 			continue
 		}
-		what := describeLink(l)
-		l.Close()
-		foreign = append(foreign, foreignPin{path: path, what: what, why: fmt.Sprintf(
+		foreign = append(foreign, foreignPin{path: path, what: describeLink(l), why: fmt.Sprintf(
 			"its program is not one bpfsup installed and the manifest does not list the link (ids %s)", idList(own.links[pl.name]))})
 	}
 	return foreign, nil
@@ -382,7 +426,7 @@ func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan,
 	if ours {
 		return true
 	}
-	kindName, _ := pinKind(path)
+	kindName, _ := pinstore.PinKind(path)
 	what := describePin(path, kindName)
 	if p.force {
 		log.Warn("removing foreign pin no longer configured (--force)", "object", p.name, "pin", path, "was", what)

@@ -1,0 +1,76 @@
+package pinstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// What a pin holds, as OpenPin says it.
+const (
+	PinMap     = "map"
+	PinProgram = "program"
+	PinLink    = "link"
+)
+
+// OpenPin opens the BPF object pinned at path (BPF_OBJ_GET, read-write: the
+// kernel refuses links opened otherwise) and says what it is: PinMap,
+// PinProgram, PinLink, or the name of its anonymous inode for anything else.
+// The caller owns fd, which is close-on-exec. A missing pin is an error
+// wrapping os.ErrNotExist.
+func OpenPin(path string) (fd int, kind string, err error) {
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return -1, "", err
+	}
+	// union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+	attr := struct {
+		pathname  uint64
+		bpfFD     uint32
+		fileFlags uint32
+	}{pathname: uint64(uintptr(unsafe.Pointer(p)))}
+	r, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(p)
+	if errno != 0 {
+		if errno == unix.ENOENT {
+			return -1, "", fmt.Errorf("open pin %s: %w", path, os.ErrNotExist)
+		}
+		return -1, "", fmt.Errorf("open pin %s: %w", path, errno)
+	}
+	fd = int(r)
+	// The name of the fd's anonymous inode is the only thing that tells a
+	// map from a program from a link.
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		unix.Close(fd)
+		return -1, "", fmt.Errorf("open pin %s: %w", path, err)
+	}
+	switch kind = strings.TrimPrefix(target, "anon_inode:"); kind {
+	case "bpf-map":
+		kind = PinMap
+	case "bpf-prog":
+		kind = PinProgram
+	case "bpf_link", "bpf-link": // the name changed over kernel versions
+		kind = PinLink
+	}
+	return fd, kind, nil
+}
+
+// PinKind says what is pinned at path (see OpenPin), or "" when nothing is.
+func PinKind(path string) (string, error) {
+	fd, kind, err := OpenPin(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", nil
+		}
+		return "", err
+	}
+	unix.Close(fd)
+	return kind, nil
+}
