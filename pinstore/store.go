@@ -199,6 +199,14 @@ func (o *Object) Pin(kind Kind, target string, p Pinner) error {
 	return nil
 }
 
+// HasStaged reports whether the object name has something in its staging
+// directory: debris of a crash that opening the object clears, moving a
+// staged link into place (finishStagedLink).
+func (s Store) HasStaged(name string) bool {
+	entries, err := os.ReadDir(filepath.Join(s.ObjectDir(name), stagingDir))
+	return err == nil && len(entries) > 0
+}
+
 func (o *Object) clearStaging() error {
 	dir := filepath.Join(o.Dir, stagingDir)
 	entries, err := os.ReadDir(dir)

@@ -355,7 +355,14 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 // changed (in place where the hook allows, make-before-break elsewhere) and
 // removes pins the configuration no longer has. Until it returns an error
 // it changes nothing it cannot undo; on error, it undoes what it did.
-func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err error) {
+//
+// pins, when not nil, holds what prefetchPins opened for the object; install
+// takes it over and closes what it does not keep.
+func install(obj *pinstore.Object, p *plan, pins *pinSet, log *slog.Logger) (_ *installed, err error) {
+	if pins == nil {
+		pins = newPinSet()
+	}
+	defer pins.close()
 	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, defunct: map[string]bool{},
 		briefs: map[string]pinstore.ProgramBrief{}, linkIDs: map[string]link.ID{}}
 	// release closes what a rollback would need, once install is done
@@ -371,7 +378,7 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 		}
 	}()
 	store := obj.Store()
-	old, err := store.ReadManifest(p.name)
+	old, err := pins.readManifest(store, p.name)
 	if err != nil {
 		log.Warn("ignoring unreadable manifest", "object", p.name, "err", err)
 		old = nil
@@ -379,8 +386,6 @@ func install(obj *pinstore.Object, p *plan, log *slog.Logger) (_ *installed, err
 
 	// Foreign pins are found before anything is made; see ownership.go.
 	own := ownedBy(old)
-	pins := newPinSet()
-	defer pins.close()
 	foreign, resetMaps, err := checkPinsBefore(obj, p, own, pins)
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", p.name, err)

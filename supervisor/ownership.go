@@ -180,10 +180,72 @@ type pinSet struct {
 	progs     map[string]*ebpf.Program // by pin path
 	links     map[string]link.Link
 	linkInfos map[string]*link.Info
+	// manifest is the object's manifest when prefetchPins read it.
+	manifest     *pinstore.Manifest
+	manifestErr  error
+	manifestRead bool
 }
 
 func newPinSet() *pinSet {
 	return &pinSet{progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, linkInfos: map[string]*link.Info{}}
+}
+
+// prefetchPins opens what is pinned for the object name before its plan is
+// made, while its ELF file is parsed (the two are independent; the parse of
+// a large object takes tens of milliseconds): the programs under programs/
+// and the links under links/, with their info, and the manifest. Nothing is
+// changed, so the object's lock is not needed yet; a pin of the wrong kind
+// is left for checkPinsBefore to find and report. After a crash that left
+// something in staging, opening the object may move a link into place: then
+// nothing is prefetched, and install opens the pins after that.
+func prefetchPins(store pinstore.Store, name string) *pinSet {
+	ps := newPinSet()
+	if pinstore.CheckName("object", name) != nil || store.HasStaged(name) {
+		return ps
+	}
+	dir := store.ObjectDir(name)
+	for _, kind := range []pinstore.Kind{pinstore.Programs, pinstore.Links} {
+		entries, err := os.ReadDir(filepath.Join(dir, string(kind)))
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			path := filepath.Join(dir, string(kind), e.Name())
+			fd, k, err := pinstore.OpenPin(path)
+			if err != nil {
+				continue
+			}
+			switch {
+			case kind == pinstore.Programs && k == pinstore.PinProgram:
+				if p, err := ebpf.NewProgramFromFD(fd); err == nil {
+					ps.progs[path] = p
+				}
+			case kind == pinstore.Links && k == pinstore.PinLink:
+				if l, err := link.NewFromFD(fd); err == nil {
+					ps.links[path] = l
+					if info, err := l.Info(); err == nil {
+						ps.linkInfos[path] = info
+					}
+				}
+			default:
+				unix.Close(fd)
+			}
+		}
+	}
+	ps.manifest, ps.manifestErr = store.ReadManifest(name)
+	ps.manifestRead = true
+	return ps
+}
+
+// readManifest is the object's manifest, as prefetched or from disk.
+func (ps *pinSet) readManifest(store pinstore.Store, name string) (*pinstore.Manifest, error) {
+	if ps.manifestRead {
+		return ps.manifest, ps.manifestErr
+	}
+	return store.ReadManifest(name)
 }
 
 // takeProgram hands over the program pinned at path, or nil when the set
@@ -242,6 +304,12 @@ func (ps *pinSet) close() {
 func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (foreign []foreignPin, resetMaps map[string]bool, err error) {
 	resetMaps = map[string]bool{}
 	check := func(path, want string) (bool, error) {
+		if _, ok := pins.progs[path]; ok && want == pinstore.PinProgram {
+			return true, nil // prefetched: a program
+		}
+		if _, ok := pins.links[path]; ok && want == pinstore.PinLink {
+			return true, nil
+		}
 		fd, kind, err := pinstore.OpenPin(path)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil

@@ -150,7 +150,7 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 	for _, p := range plans {
 		old := byName[p.name]
 		before := snapshotIDs(old)
-		in, err := install(old.obj, p, s.log)
+		in, err := install(old.obj, p, nil, s.log)
 		if err != nil {
 			s.log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", err)
 			errs = append(errs, err)

@@ -205,7 +205,29 @@ func (s *supervisor) installAll() error {
 	} else if mounted {
 		s.log.Info("mounted bpffs", "path", pinstore.DefaultBPFFS)
 	}
+	// What is pinned is opened while the ELF files are parsed (see
+	// prefetchPins): on a restart that adopts, the two take about as long.
+	prefetched := make(chan []*pinSet, 1)
+	go func() {
+		sets := make([]*pinSet, len(s.opts.Objects))
+		for i, c := range s.opts.Objects {
+			name := c.Name
+			if name == "" {
+				name = pinstore.ObjectName(c.Path)
+			}
+			sets[i] = prefetchPins(s.opts.Store, name)
+		}
+		prefetched <- sets
+	}()
 	plans, err := s.planAll(s.opts.Objects)
+	sets := <-prefetched
+	defer func() {
+		for _, ps := range sets {
+			if ps != nil {
+				ps.close()
+			}
+		}
+	}()
 	if err != nil {
 		return err
 	}
@@ -214,12 +236,14 @@ func (s *supervisor) installAll() error {
 			return err
 		}
 	}
-	for _, p := range plans {
+	for i, p := range plans {
 		obj, err := s.opts.Store.Open(p.name)
 		if err != nil {
 			return err
 		}
-		in, err := install(obj, p, s.log)
+		pins := sets[i]
+		sets[i] = nil // install closes it
+		in, err := install(obj, p, pins, s.log)
 		if err != nil {
 			obj.RemoveIfEmpty()
 			obj.Close()

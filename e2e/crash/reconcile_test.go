@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
@@ -216,4 +218,91 @@ func TestStagedLinkKeepsHook(t *testing.T) {
 		t.Errorf("errors in the log:\n%s", p.Output())
 	}
 	stop(t, p)
+}
+
+// TestStagedReplacementWins: a crash between pinning a replacement link in
+// staging and moving it into place leaves two links attached, the old one at
+// the pin and the new one in staging. The next start moves the new one over
+// the old one (the crash's rename, completed) and must then go on with the
+// new one: not with the old one, which bpfsup must not have opened before
+// the move (it opens pins ahead of time while the object parses). Netfilter,
+// where make-before-break puts the replacement one priority away, is the
+// hook that takes one program twice.
+func TestStagedReplacementWins(t *testing.T) {
+	testutil.SkipWithout(t, testutil.NetfilterLink)
+	e := testutil.MustEnv(t)
+	ns := testutil.MustNetns(t, "staged")
+	args := []string{"-o", testutil.BPFObject("hooks"), "-a", "nf_count@netfilter:ipv4/local_in/-100",
+		"--netns", ns.Path, "--restart", "never", "--", "true"}
+	if out, code := e.Run(t, "run", args...); code != 0 {
+		t.Fatalf("first run: exit %d\n%s", code, out)
+	}
+	objDir := filepath.Join(e.PinRoot, "hooks")
+	names, err := os.ReadDir(filepath.Join(objDir, "links"))
+	if err != nil || len(names) != 1 {
+		t.Fatalf("links after the first run: %v, %v; want one", names, err)
+	}
+	name := names[0].Name()
+	pin := filepath.Join(objDir, "links", name)
+	old, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldInfo, err := old.Info()
+	old.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The replacement a crashed install had attached and staged.
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(objDir, "programs", "nf_count"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	var repl link.Link
+	err = hooks.InNetns(ns.Path, func() (err error) {
+		repl, err = link.AttachNetfilter(link.NetfilterOptions{Program: prog,
+			ProtocolFamily: link.NetfilterProtoIPv4, Hook: link.NetfilterInetLocalIn, Priority: -99})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repl.Close()
+	if err := repl.Pin(filepath.Join(objDir, "staging", "links-"+name)); err != nil {
+		t.Fatal(err)
+	}
+	replInfo, err := repl.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	out, code := e.Run(t, "run", args...)
+	if code != 0 {
+		t.Fatalf("second run: exit %d\n%s", code, out)
+	}
+	m, err := pinstore.Store{Root: e.PinRoot, StateDir: e.StateDir}.ReadManifest("hooks")
+	if err != nil || m == nil {
+		t.Fatalf("manifest: %v, %v", m, err)
+	}
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := l.Info()
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The staged link went into place; install found it one priority away
+	// from the configuration and replaced it (make-before-break), or kept
+	// it: either way the pin and the manifest name the same link, and it is
+	// not the old one.
+	if info.ID == oldInfo.ID {
+		t.Errorf("pinned link is the old one, %d; the staged %d should have replaced it", oldInfo.ID, replInfo.ID)
+	}
+	if got := m.Links[name].ID; got != uint32(info.ID) {
+		t.Errorf("manifest records link %d, the pin holds %d (old %d, staged %d)\n%s", got, info.ID, oldInfo.ID, replInfo.ID, out)
+	}
 }
