@@ -383,6 +383,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, log *slog.Logger) (_ *
 		log.Warn("ignoring unreadable manifest", "object", p.name, "err", err)
 		old = nil
 	}
+	pins.manifest, pins.manifestErr, pins.manifestRead = old, nil, true
 
 	// Foreign pins are found before anything is made; see ownership.go.
 	own := ownedBy(old)
@@ -598,9 +599,12 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, log *slog.Logger) (_ *
 // (hooks.Unknown): it is Attached when the manifest records it on spec, and
 // Elsewhere (replaced make-before-break) when the manifest says otherwise or
 // says nothing.
-func recordedState(obj *pinstore.Object, name string, spec hooks.Spec) hooks.State {
-	m, err := obj.Store().ReadManifest(obj.Name)
-	if err != nil || m == nil {
+//
+// m is the manifest of what was installed before this install began: not
+// the write-ahead one an install may have written since, which already
+// names the hooks it is about to attach.
+func recordedState(m *pinstore.Manifest, name string, spec hooks.Spec) hooks.State {
+	if m == nil {
 		return hooks.Elsewhere
 	}
 	if rec, ok := m.Links[name]; ok && rec.Hook == spec.String() && rec.Netns == spec.Netns {
@@ -611,12 +615,13 @@ func recordedState(obj *pinstore.Object, name string, spec hooks.Spec) hooks.Sta
 
 // reconcileLink makes the link pl exist, pinned, with prog attached. It
 // returns the open link, or nil when the link is kept defunct because its
-// target is gone.
-func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rollback *undo, log *slog.Logger) (link.Link, error) {
+// target is gone. recorded is the object's manifest (see recordedState).
+func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, recorded *pinstore.Manifest, rollback *undo, log *slog.Logger) (link.Link, error) {
 	var release undo
 	defer func() { release.run() }()
 	pins := newPinSet()
 	defer pins.close()
+	pins.manifest, pins.manifestRead = recorded, true
 	l, _, _, err := reconcileLinkUndoable(obj, pl, prog, 0, pins, rollback, &release, false, log)
 	return l, err
 }
@@ -661,7 +666,7 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 		return nil, 0, false, fmt.Errorf("link %s: %w", pl.name, err)
 	}
 	if state == hooks.Unknown {
-		state = recordedState(obj, pl.name, spec)
+		state = recordedState(pins.manifest, pl.name, spec)
 	}
 	if progID == 0 {
 		if progID, err = pinstore.ProgramID(prog); err != nil {

@@ -243,7 +243,7 @@ func (s *supervisor) relink(ev linkEvent) {
 			}
 			start := time.Now()
 			var discard undo
-			l, err := reconcileLink(in.obj, pl, in.progs[pl.program], &discard, s.log)
+			l, err := reconcileLink(in.obj, pl, in.progs[pl.program], in.manifest, &discard, s.log)
 			if err != nil {
 				s.log.Error("could not re-attach link", "object", in.plan.name, "link", pl.name, "hook", spec.String(), "err", err)
 				continue
