@@ -2,11 +2,12 @@ package supervisor
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 
-	"github.com/BurntSushi/toml"
+	"github.com/pelletier/go-toml/v2"
 )
 
 // File is bpfsup's TOML configuration file. It says everything the flags
@@ -55,17 +56,24 @@ type File struct {
 // them: a misspelt key silently ignored is a firewall silently open.
 func ParseConfig(data []byte) (*File, error) {
 	var f File
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		keys := make([]string, len(und))
-		for i, k := range und {
-			keys[i] = k.String()
+	d := toml.NewDecoder(bytes.NewReader(data))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&f); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			keys := make([]string, len(strict.Errors))
+			for i, e := range strict.Errors {
+				keys[i] = strings.Join(e.Key(), ".")
+			}
+			sort.Strings(keys)
+			return nil, fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
 		}
-		sort.Strings(keys)
-		return nil, fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return nil, fmt.Errorf("config: line %d, column %d: %w", row, col, err)
+		}
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	for i, o := range f.Objects {
 		if o.Path == "" {

@@ -32,7 +32,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/BurntSushi/toml"
+	"github.com/pelletier/go-toml/v2"
 )
 
 type bench struct {
