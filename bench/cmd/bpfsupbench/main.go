@@ -66,6 +66,7 @@ func main() {
 	flag.StringVar(&sections, "sections", "ready,upgrade,restart,footprint,scale", "sections to run")
 	flag.BoolVar(&quick, "quick", false, "a short run for development: 3 repetitions, fewer programs and restarts")
 	flag.DurationVar(&readyCaseBudget, "case-budget", readyCaseBudget, "restart-to-ready: after 3 repetitions and this long, only adopt repeats")
+	flag.DurationVar(&settleMax, "settle", settleMax, "at most this long, wait for the CPU pressure to fall before measuring")
 	flag.BoolVar(&keep, "keep", false, "keep the work directory (logs, configs, generated objects)")
 	flag.Parse()
 	b.keep = keep
@@ -137,9 +138,12 @@ func (b *bench) main(sections []string) error {
 
 	b.res = &Results{Started: time.Now().UTC(), Reps: b.reps}
 	b.res.Env = collectEnv(b.bpfsupBin)
+	logf("waiting for the CPU pressure (avg10) to fall under %.0f%%", settleThreshold)
+	settled, waited := settle(settleMax)
+	b.res.Env.Settled, b.res.Env.SettleWait = settled, waited.Seconds()
 	b.res.Env.LoadAvgStart, b.res.Env.CPUPressureStart = loadAvg(), cpuPressure()
-	logf("bench %s on %s, kernel %s; load average %s, CPU pressure %s", b.id, b.res.Env.CPU, b.res.Env.Kernel,
-		b.res.Env.LoadAvgStart, b.res.Env.CPUPressureStart)
+	logf("bench %s on %s, kernel %s; load average %s, CPU pressure %s (settled %v after %s)", b.id, b.res.Env.CPU, b.res.Env.Kernel,
+		b.res.Env.LoadAvgStart, b.res.Env.CPUPressureStart, settled, waited.Round(time.Second))
 
 	if b.ready, err = listenReady(b.work); err != nil {
 		return err

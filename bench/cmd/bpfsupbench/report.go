@@ -33,8 +33,10 @@ func (b *bench) report() string {
 		r.Env.Kernel, r.Env.CPU, r.Env.Cores, r.Env.Bpfsup, r.Env.Bpftool, r.Env.XdpTools, r.Env.Go, r.Env.Clang, r.Env.Iproute2)
 	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |\n", r.Env.LoadAvgStart, r.Env.LoadAvgEnd)
 	p("| CPU pressure, %% of time tasks waited for a CPU (avg10, avg60, avg300) | %s at the start, %s at the end |\n\n", r.Env.CPUPressureStart, r.Env.CPUPressureEnd)
+	p("The run began once the CPU pressure of the last ten seconds was under %.0f%% (after %.0f s); the figures at the end are the benchmark's own work.\n\n",
+		settleThreshold, r.Env.SettleWait)
 	if r.Env.loaded() {
-		p("**The machine was loaded** while this ran (other work, see the load average): absolute times are noisy and ")
+		p("**The machine was loaded** while this ran (other work held the CPUs at the start for longer than the benchmark waits): absolute times are noisy and ")
 		p("the slow tails longer than on an idle machine. The comparisons hold better than the absolute figures, since ")
 		p("both sides of each ran interleaved under the same load.\n\n")
 	}

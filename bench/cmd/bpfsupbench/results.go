@@ -51,6 +51,10 @@ type Env struct {
 	// share of time runnable tasks waited for a CPU.
 	CPUPressureStart string `json:"cpu_pressure_start"`
 	CPUPressureEnd   string `json:"cpu_pressure_end"`
+	// Settled says whether other work had let go of the CPUs when the
+	// run began (see settle); SettleWait is how long that took.
+	Settled    bool    `json:"settled"`
+	SettleWait float64 `json:"settle_wait_s"`
 }
 
 // Target is one target of the issue and whether this run met it.
@@ -123,22 +127,40 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// loaded says whether the 1-minute load average at either end of the run
-// shows other work on the machine.
+// loaded says whether other work held the CPUs when the run began: the
+// settle step gave up waiting. The figures at the end are the benchmark's
+// own work as much as anything else's, and the load average decays too
+// slowly (a build just before the run keeps it up for minutes) to say.
 func (e Env) loaded() bool {
-	for _, s := range []string{e.LoadAvgStart, e.LoadAvgEnd} {
-		var l float64
-		if _, err := fmt.Sscan(s, &l); err == nil && l > 0.5 {
-			return true
+	return !e.Settled
+}
+
+// settleMax bounds the wait for an idle machine (-settle).
+var settleMax = time.Minute
+
+// settleThreshold: CPU pressure (avg10, % of time a task waited for a CPU)
+// under which the machine counts as idle enough to measure.
+const settleThreshold = 2.0
+
+// settle waits, up to max, until the CPU pressure of the last ten seconds
+// falls under settleThreshold, so that the work just before the run (the
+// build) does not leak into its first figures. It says whether it got there
+// and how long it waited.
+func settle(max time.Duration) (bool, time.Duration) {
+	start := time.Now()
+	for {
+		var a10 float64
+		if _, err := fmt.Sscan(cpuPressure(), &a10); err != nil {
+			return true, 0 // no PSI on this kernel: nothing to wait for
 		}
-	}
-	for _, s := range []string{e.CPUPressureStart, e.CPUPressureEnd} {
-		var a10, a60 float64
-		if _, err := fmt.Sscan(s, &a10, &a60); err == nil && a60 > 5 {
-			return true
+		if a10 < settleThreshold {
+			return true, time.Since(start)
 		}
+		if time.Since(start) >= max {
+			return false, time.Since(start)
+		}
+		time.Sleep(time.Second)
 	}
-	return false
 }
 
 // cpuPressure is "avg10 avg60 avg300" of /proc/pressure/cpu's "some" line.
