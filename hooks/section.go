@@ -175,3 +175,13 @@ func Prepare(h Hook, name string, ps *ebpf.ProgramSpec) error {
 	}
 	return p.prepare(name, ps)
 }
+
+// NeedsSpec reports whether h takes anything from its program's spec
+// (Prepare): a hook that does not (xdp, tc, tcx) checks and attaches from
+// its Spec alone.
+func NeedsSpec(h Hook) bool {
+	_, ok := h.(interface {
+		prepare(name string, ps *ebpf.ProgramSpec) error
+	})
+	return ok
+}

@@ -38,6 +38,22 @@ type Manifest struct {
 
 	// Supervisor describes the running supervisor, if any.
 	Supervisor *SupervisorRecord `json:"supervisor,omitempty"`
+
+	// Plan is what the install planned from besides the object and its
+	// configuration (hashed above), for a restart that finds nothing
+	// changed and adopts without reading the object's programs again.
+	Plan *PlanRecord `json:"plan,omitempty"`
+}
+
+// PlanRecord is the rest of what an install's plan came from, and the one
+// thing of it the records above do not keep.
+type PlanRecord struct {
+	// Key names the build of bpfsup that planned and its default network
+	// namespace: another build may plan the same configuration otherwise.
+	Key string `json:"key"`
+	// Links are the names of the links in the plan's order, which is the
+	// order of their fds in the hand-off.
+	Links []string `json:"links"`
 }
 
 // MapRecord is one map in the manifest.

@@ -39,6 +39,8 @@ type plan struct {
 	progList []string
 	// force replaces foreign pins (Options.Force) instead of stopping.
 	force bool
+	// key is plannerKey's, for the manifest (see adoptUnchanged).
+	key string
 	// unattached lists the programs no attachment names and whose section
 	// names no whole hook, for the log.
 	unattached []unattachedProgram
@@ -56,6 +58,15 @@ type plannedLink struct {
 // planObject reads and checks one object's configuration. defaultNetns is the
 // run's --netns.
 func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
+	data, err := readObject(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return planObjectData(cfg, data, defaultNetns)
+}
+
+// readObject reads the object file of cfg.
+func readObject(cfg ObjectConfig) ([]byte, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("object without a path")
 	}
@@ -63,6 +74,19 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", cfg.Path, err)
 	}
+	return data, nil
+}
+
+// objectName is the name the object of cfg is pinned under.
+func objectName(cfg ObjectConfig) string {
+	if cfg.Name != "" {
+		return cfg.Name
+	}
+	return pinstore.ObjectName(cfg.Path)
+}
+
+// planObjectData is planObject of the object file's content, data.
+func planObjectData(cfg ObjectConfig, data []byte, defaultNetns string) (*plan, error) {
 	if !bytes.HasPrefix(data, []byte("\x7fELF")) {
 		return nil, fmt.Errorf("object %s: not an ELF file (%d bytes, starting %q)", cfg.Path, len(data), data[:min(len(data), 8)])
 	}
@@ -76,10 +100,7 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if spec.ByteOrder != nil && spec.ByteOrder.String() != pinstore.HostEndian().String() {
 		return nil, fmt.Errorf("object %s: built for %s byte order, this machine is %s", cfg.Path, spec.ByteOrder, pinstore.HostEndian())
 	}
-	name := cfg.Name
-	if name == "" {
-		name = pinstore.ObjectName(cfg.Path)
-	}
+	name := objectName(cfg)
 	if err := pinstore.CheckName("object", name); err != nil {
 		return nil, fmt.Errorf("object %s: %w (set a name for it)", cfg.Path, err)
 	}
@@ -792,6 +813,12 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 	if old != nil {
 		m.Generation = old.Generation
 		m.Supervisor = old.Supervisor
+	}
+	if p.key != "" {
+		m.Plan = &pinstore.PlanRecord{Key: p.key, Links: make([]string, 0, len(p.links))}
+		for _, pl := range p.links {
+			m.Plan.Links = append(m.Plan.Links, pl.name)
+		}
 	}
 	for name, mp := range in.maps {
 		rec := pinstore.MapRecord{Path: in.obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath})}

@@ -2,6 +2,8 @@ package supervisor
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,6 +101,8 @@ func Install(opts Options) (adopted, loaded int, err error) {
 }
 
 type supervisor struct {
+	// planKey is plannerKey's: what plans depend on besides the objects.
+	planKey string
 	opts    Options
 	log     *slog.Logger
 	objects []*installed
@@ -159,6 +163,7 @@ func newSupervisor(opts Options) (*supervisor, error) {
 		reloads:   make(chan reloadRequest),
 		childNote: make(chan notifyMsg, 16),
 		started:   time.Now(),
+		planKey:   plannerKey(opts.Version, opts.Netns),
 	}, nil
 }
 
@@ -205,52 +210,100 @@ func (s *supervisor) installAll() error {
 	} else if mounted {
 		s.log.Info("mounted bpffs", "path", pinstore.DefaultBPFFS)
 	}
-	// What is pinned is opened while the ELF files are parsed (see
-	// prefetchPins): on a restart that adopts, the two take about as long.
+	// What is pinned is opened while the object files are read (see
+	// prefetchPins). An object nothing changed for since the last install
+	// is adopted as the manifest records it (adoptUnchanged); the others are
+	// planned from their ELF files, the longest part of a restart.
+	cfgs := s.opts.Objects
 	prefetched := make(chan []*pinSet, 1)
 	go func() {
-		sets := make([]*pinSet, len(s.opts.Objects))
-		for i, c := range s.opts.Objects {
-			name := c.Name
-			if name == "" {
-				name = pinstore.ObjectName(c.Path)
-			}
-			sets[i] = prefetchPins(s.opts.Store, name)
+		sets := make([]*pinSet, len(cfgs))
+		for i, c := range cfgs {
+			sets[i] = prefetchPins(s.opts.Store, objectName(c))
 		}
 		prefetched <- sets
 	}()
-	plans, err := s.planAll(s.opts.Objects)
+	datas := make([][]byte, len(cfgs))
+	readErrs := make([]error, len(cfgs))
+	for i, c := range cfgs {
+		datas[i], readErrs[i] = readObject(c)
+	}
 	sets := <-prefetched
+	ready := make([]*installed, len(cfgs))
 	defer func() {
-		for _, ps := range sets {
+		for i, ps := range sets {
 			if ps != nil {
 				ps.close()
 			}
+			if ready[i] != nil {
+				ready[i].close() // adopted, but another object failed
+			}
 		}
 	}()
-	if err != nil {
-		return err
+
+	names := map[string]string{}
+	for i, c := range cfgs {
+		name := objectName(c)
+		if prev, ok := names[name]; ok {
+			return fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, name)
+		}
+		names[name] = c.Path
+		if readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
+			continue
+		}
+		sum := sha256.Sum256(datas[i])
+		in, why := adoptUnchanged(s.opts.Store, c, name, hex.EncodeToString(sum[:]), s.planKey, sets[i], s.log)
+		if in == nil {
+			s.log.Debug("planning the object from its file", "object", name, "why", why)
+			continue
+		}
+		ready[i] = in
+	}
+	plans := make([]*plan, len(cfgs))
+	for i, c := range cfgs {
+		if ready[i] != nil {
+			continue
+		}
+		if readErrs[i] != nil {
+			return readErrs[i]
+		}
+		p, err := planObjectData(c, datas[i], s.opts.Netns)
+		if err != nil {
+			return err
+		}
+		p.force, p.key = s.opts.Force, s.planKey
+		plans[i] = p
 	}
 	for _, p := range plans {
+		if p == nil {
+			continue
+		}
 		if err := hooksPrecheck(s.opts.Store, p); err != nil {
 			return err
 		}
 	}
 	for i, p := range plans {
-		obj, err := s.opts.Store.Open(p.name)
-		if err != nil {
-			return err
-		}
-		pins := sets[i]
-		sets[i] = nil // install closes it
-		in, err := install(obj, p, pins, s.log)
-		if err != nil {
-			obj.RemoveIfEmpty()
-			obj.Close()
-			return err
+		in := ready[i]
+		ready[i] = nil // s.objects owns it from here
+		if in != nil {
+			s.log.Info("nothing changed since the last install: adopted as recorded, without reading the object's programs",
+				"object", in.plan.name)
+		} else {
+			obj, err := s.opts.Store.Open(p.name)
+			if err != nil {
+				return err
+			}
+			pins := sets[i]
+			sets[i] = nil // install closes it
+			in, err = install(obj, p, pins, s.log)
+			if err != nil {
+				obj.RemoveIfEmpty()
+				obj.Close()
+				return err
+			}
 		}
 		s.objects = append(s.objects, in)
-		s.log.Info("object ready", "object", p.name, "maps", len(in.maps), "programs", len(in.progs),
+		s.log.Info("object ready", "object", in.plan.name, "maps", len(in.maps), "programs", len(in.progs),
 			"links", len(in.links), "adopted", in.adopted, "loaded", in.loaded, "generation", in.manifest.Generation)
 	}
 	return nil
@@ -264,7 +317,7 @@ func (s *supervisor) planAll(cfgs []ObjectConfig) ([]*plan, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.force = s.opts.Force
+		p.force, p.key = s.opts.Force, s.planKey
 		if prev, ok := names[p.name]; ok {
 			return nil, fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, p.name)
 		}
