@@ -147,6 +147,7 @@ func (b *bench) upgradeSection() error {
 		return os.Rename(tmp, installed)
 	}
 	reloadedRE := regexp.MustCompile(`reloaded in (\S+)`)
+	var sup *proc // bpfsup run, once set up
 	methods[0].name = "bpfsup reload"
 	methods[0].setup = func() error {
 		if err := installVersion(0); err != nil {
@@ -163,6 +164,7 @@ func (b *bench) upgradeSection() error {
 		if err != nil {
 			return err
 		}
+		sup = p
 		if _, err := b.ready.waitStart(p, time.Minute); err != nil {
 			return err
 		}
@@ -172,7 +174,9 @@ func (b *bench) upgradeSection() error {
 	methods[0].upgrade = func(version int) (float64, error) {
 		out, err := runCmd(e.cmd("reload"))
 		if err != nil {
-			return 0, err
+			// What the supervisor said, to tell a refused reload from
+			// a supervisor that is gone.
+			return 0, fmt.Errorf("%w%s", err, sup.logTail())
 		}
 		m := reloadedRE.FindStringSubmatch(out)
 		if m == nil {
