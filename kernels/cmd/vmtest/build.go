@@ -195,12 +195,12 @@ func commonFiles(repo string, b *built, o options) (*initramfs, error) {
 	// and sed; iproute2's ip and tc for the namespace and veth helpers;
 	// bpftool where tests look at what is attached; iputils' ping, whose
 	// output tests read; systemd-notify and systemd-socket-activate, which
-	// work without systemd running.
+	// work without systemd running; getent, bpfsup's way to NSS users.
 	var programs []string
 	for _, pkg := range []string{"coreutils", "dash", "bash", "grep", "sed"} {
 		programs = append(programs, packagePrograms(pkg)...)
 	}
-	for _, tool := range []string{"sh", "ip", "tc", "bpftool", "ping", "systemd-notify", "systemd-socket-activate"} {
+	for _, tool := range []string{"sh", "ip", "tc", "bpftool", "ping", "systemd-notify", "systemd-socket-activate", "getent"} {
 		if path, err := exec.LookPath(tool); err == nil {
 			programs = append(programs, path)
 		} else if tool == "ip" {
