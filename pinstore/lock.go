@@ -36,20 +36,65 @@ func lockFile(path string) (*os.File, error) {
 }
 
 // LockHolder returns the pid of the live process holding the lock at path.
+// It asks the kernel (/proc/locks) rather than taking the lock itself: a
+// probe with a shared lock made a supervisor that opened the object at that
+// instant fail ("held by unknown pid"), and the pid the file holds is
+// missing for the moment between the holder's truncate and write.
 func LockHolder(path string) (int, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, false
+	}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return lockHolderByProbe(path)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// "1: FLOCK  ADVISORY  WRITE 18548 fe:00:10019300 0 EOF"; a
+		// waiter's line has "->" after the number.
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" || f[3] != "WRITE" {
+			continue
+		}
+		var major, minor uint32
+		var ino uint64
+		if _, err := fmt.Sscanf(f[5], "%x:%x:%d", &major, &minor, &ino); err != nil {
+			continue
+		}
+		if ino != st.Ino || major != unix.Major(st.Dev) || minor != unix.Minor(st.Dev) {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil && pid > 0 {
+			return pid, true
+		}
+		// Held by a process of another pid namespace: the file says who.
+		return lockFilePID(path)
+	}
+	return 0, false
+}
+
+// lockHolderByProbe is LockHolder where /proc is not there: a shared lock
+// that can be taken means nobody holds the lock.
+func lockHolderByProbe(path string) (int, bool) {
 	f, err := os.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, false
 	}
 	defer f.Close()
-	// If we can take a shared lock, nobody holds it.
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
 		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		return 0, false
 	}
-	buf := make([]byte, 32)
-	n, _ := f.ReadAt(buf, 0)
-	pid, err := strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+	return lockFilePID(path)
+}
+
+// lockFilePID is the pid the lock file at path holds.
+func lockFilePID(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
 		return 0, false
 	}

@@ -143,3 +143,40 @@ func TestLockStaleFile(t *testing.T) {
 		t.Fatal("LockHolder reports a holder for a missing file")
 	}
 }
+
+// Asking who holds a lock must not hold it, not even for an instant: a
+// status run while a supervisor opens the object would make that open fail.
+func TestLockHolderDoesNotTakeTheLock(t *testing.T) {
+	s := mustPlainStore(t)
+	o := mustOpen(t, s, "fw")
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				LockHolder(s.LockPath("fw"))
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+	for i := 0; i < 2000; i++ {
+		o, err := s.Open("fw")
+		if err != nil {
+			t.Fatalf("open %d while LockHolder asks: %v", i, err)
+		}
+		if pid, ok := LockHolder(s.LockPath("fw")); !ok || pid != os.Getpid() {
+			t.Fatalf("open %d: LockHolder = %d, %v; want %d", i, pid, ok, os.Getpid())
+		}
+		o.Close()
+	}
+}
