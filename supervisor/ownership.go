@@ -204,7 +204,7 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 		return ps
 	}
 	dir := store.ObjectDir(name)
-	for _, kind := range []pinstore.Kind{pinstore.Programs, pinstore.Links} {
+	for kind, want := range map[pinstore.Kind]string{pinstore.Programs: pinstore.PinProgram, pinstore.Links: pinstore.PinLink} {
 		entries, err := os.ReadDir(filepath.Join(dir, string(kind)))
 		if err != nil {
 			continue
@@ -215,29 +215,48 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 			}
 			path := filepath.Join(dir, string(kind), e.Name())
 			fd, k, err := pinstore.OpenPin(path)
-			if err != nil {
+			if err != nil || k != want {
+				if err == nil {
+					unix.Close(fd)
+				}
 				continue
 			}
-			switch {
-			case kind == pinstore.Programs && k == pinstore.PinProgram:
-				if p, err := ebpf.NewProgramFromFD(fd); err == nil {
-					ps.progs[path] = p
+			if ps.keep(path, fd, k) != nil {
+				continue
+			}
+			if l := ps.links[path]; l != nil {
+				if info, err := l.Info(); err == nil {
+					ps.linkInfos[path] = info
 				}
-			case kind == pinstore.Links && k == pinstore.PinLink:
-				if l, err := link.NewFromFD(fd); err == nil {
-					ps.links[path] = l
-					if info, err := l.Info(); err == nil {
-						ps.linkInfos[path] = info
-					}
-				}
-			default:
-				unix.Close(fd)
 			}
 		}
 	}
 	ps.manifest, ps.manifestErr = store.ReadManifest(name)
 	ps.manifestRead = true
 	return ps
+}
+
+// keep wraps fd, opened from the pin at path and holding a program or a
+// link (kind, as pinstore.OpenPin says), and keeps it in the set. It owns fd.
+func (ps *pinSet) keep(path string, fd int, kind string) error {
+	switch kind {
+	case pinstore.PinProgram:
+		p, err := ebpf.NewProgramFromFD(fd)
+		if err != nil {
+			return fmt.Errorf("open pin %s: %w", path, err)
+		}
+		ps.progs[path] = p
+	case pinstore.PinLink:
+		l, err := link.NewFromFD(fd)
+		if err != nil {
+			return fmt.Errorf("open pin %s: %w", path, err)
+		}
+		ps.links[path] = l
+	default:
+		unix.Close(fd)
+		return fmt.Errorf("open pin %s: a %s, not a program or a link", path, kind)
+	}
+	return nil
 }
 
 // readManifest is the object's manifest, as prefetched or from disk.
@@ -317,20 +336,10 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		if err != nil {
 			return false, err
 		}
-		switch {
-		case kind == want && kind == pinstore.PinProgram:
-			prog, err := ebpf.NewProgramFromFD(fd)
-			if err != nil {
-				return false, fmt.Errorf("open pin %s: %w", path, err)
+		if kind == want && (kind == pinstore.PinProgram || kind == pinstore.PinLink) {
+			if err := pins.keep(path, fd, kind); err != nil {
+				return false, err
 			}
-			pins.progs[path] = prog
-			return true, nil
-		case kind == want && kind == pinstore.PinLink:
-			l, err := link.NewFromFD(fd)
-			if err != nil {
-				return false, fmt.Errorf("open pin %s: %w", path, err)
-			}
-			pins.links[path] = l
 			return true, nil
 		}
 		unix.Close(fd)
