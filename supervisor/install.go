@@ -62,7 +62,14 @@ func planObject(cfg ObjectConfig, defaultNetns string) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return planObjectData(cfg, data, defaultNetns)
+	return planObjectData(cfg, data, objectSHA256(data), defaultNetns)
+}
+
+// objectSHA256 is the hex SHA-256 of an object file's content, as the
+// manifest records it.
+func objectSHA256(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }
 
 // readObject reads the object file of cfg.
@@ -85,8 +92,9 @@ func objectName(cfg ObjectConfig) string {
 	return pinstore.ObjectName(cfg.Path)
 }
 
-// planObjectData is planObject of the object file's content, data.
-func planObjectData(cfg ObjectConfig, data []byte, defaultNetns string) (*plan, error) {
+// planObjectData is planObject of the object file's content, data, whose
+// SHA-256 is sha.
+func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*plan, error) {
 	if !bytes.HasPrefix(data, []byte("\x7fELF")) {
 		return nil, fmt.Errorf("object %s: not an ELF file (%d bytes, starting %q)", cfg.Path, len(data), data[:min(len(data), 8)])
 	}
@@ -104,8 +112,7 @@ func planObjectData(cfg ObjectConfig, data []byte, defaultNetns string) (*plan, 
 	if err := pinstore.CheckName("object", name); err != nil {
 		return nil, fmt.Errorf("object %s: %w (set a name for it)", cfg.Path, err)
 	}
-	sum := sha256.Sum256(data)
-	p := &plan{cfg: cfg, name: name, spec: spec, sha256: hex.EncodeToString(sum[:]),
+	p := &plan{cfg: cfg, name: name, spec: spec, sha256: sha,
 		mapCfg: cfg.Maps, progCfg: cfg.Programs}
 
 	for vname, value := range cfg.Variables {

@@ -2,8 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -225,6 +223,7 @@ func (s *supervisor) installAll() error {
 	}()
 	datas := make([][]byte, len(cfgs))
 	readErrs := make([]error, len(cfgs))
+	shas := make([]string, len(cfgs))
 	for i, c := range cfgs {
 		datas[i], readErrs[i] = readObject(c)
 	}
@@ -251,8 +250,8 @@ func (s *supervisor) installAll() error {
 		if readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
 			continue
 		}
-		sum := sha256.Sum256(datas[i])
-		in, why := adoptUnchanged(s.opts.Store, c, name, hex.EncodeToString(sum[:]), s.planKey, sets[i], s.log)
+		shas[i] = objectSHA256(datas[i])
+		in, why := adoptUnchanged(s.opts.Store, c, name, shas[i], s.planKey, sets[i], s.log)
 		if in == nil {
 			s.log.Debug("planning the object from its file", "object", name, "why", why)
 			continue
@@ -267,7 +266,10 @@ func (s *supervisor) installAll() error {
 		if readErrs[i] != nil {
 			return readErrs[i]
 		}
-		p, err := planObjectData(c, datas[i], s.opts.Netns)
+		if shas[i] == "" {
+			shas[i] = objectSHA256(datas[i])
+		}
+		p, err := planObjectData(c, datas[i], shas[i], s.opts.Netns)
 		if err != nil {
 			return err
 		}
