@@ -52,10 +52,7 @@ func BuildBpfsup(tb testing.TB) string {
 		}
 		_ = os.Chmod(dir, 0o755)
 		buildPath = filepath.Join(dir, "bpfsup")
-		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/bpfsup")
-		cmd.Dir = RepoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build`
-		if out, err := cmd.CombinedOutput(); err != nil {
+		if out, err := goBuild("-o", buildPath, "./cmd/bpfsup").CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})

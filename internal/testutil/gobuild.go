@@ -29,9 +29,16 @@ func GoBuild(pkg, out string) ([]byte, error) {
 		}
 		return nil, os.WriteFile(out, data, 0o755)
 	}
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	return goBuild("-o", out, pkg).CombinedOutput()
+}
+
+// goBuild is `go build args...` in the repository, without cgo as `make
+// build` (and the VMs' builds) do.
+func goBuild(args ...string) *exec.Cmd {
+	cmd := exec.Command("go", append([]string{"build"}, args...)...)
 	cmd.Dir = RepoRoot()
-	return cmd.CombinedOutput()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return cmd
 }
 
 // BpfsupVersions are the versions of bpfsup that tests of its self-upgrade
@@ -54,8 +61,5 @@ func GoBuildBpfsup(version, out string) ([]byte, error) {
 		}
 		return nil, os.WriteFile(out, data, 0o755)
 	}
-	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", out, "./cmd/bpfsup")
-	cmd.Dir = RepoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build`
-	return cmd.CombinedOutput()
+	return goBuild("-ldflags", "-X main.version="+version, "-o", out, "./cmd/bpfsup").CombinedOutput()
 }
