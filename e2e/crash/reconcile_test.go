@@ -244,15 +244,7 @@ func TestStagedReplacementWins(t *testing.T) {
 	}
 	name := names[0].Name()
 	pin := filepath.Join(objDir, "links", name)
-	old, err := link.LoadPinnedLink(pin, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldInfo, err := old.Info()
-	old.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldInfo := pinnedLinkInfo(t, pin)
 
 	// The replacement a crashed install had attached and staged.
 	prog, err := ebpf.LoadPinnedProgram(filepath.Join(objDir, "programs", "nf_count"), nil)
@@ -286,15 +278,7 @@ func TestStagedReplacementWins(t *testing.T) {
 	if err != nil || m == nil {
 		t.Fatalf("manifest: %v, %v", m, err)
 	}
-	l, err := link.LoadPinnedLink(pin, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := l.Info()
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := pinnedLinkInfo(t, pin)
 	// The staged link went into place; install found it one priority away
 	// from the configuration and replaced it (make-before-break), or kept
 	// it: either way the pin and the manifest name the same link, and it is

@@ -324,6 +324,21 @@ func (r *rig) setObject(t testing.TB, version string) {
 
 func (r *rig) objDir() string { return filepath.Join(r.env.PinRoot, objName) }
 
+// pinnedLinkInfo is the info of the link pinned at path.
+func pinnedLinkInfo(t testing.TB, path string) *link.Info {
+	t.Helper()
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
 func (r *rig) pinPath(kind, name string) string { return filepath.Join(r.objDir(), kind, name) }
 
 // linkPins are where the filter's link may be pinned: in place, or staged.
@@ -562,15 +577,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 			}
 		}
 	}
-	l, err := link.LoadPinnedLink(r.pinPath("links", "xdp_drop"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := l.Info()
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := pinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
 	st.link, st.linkProg = uint32(info.ID), uint32(info.Program)
 	if st.linkProg != st.progs["xdp_drop"] {
 		t.Errorf("link %d runs program %d, not the pinned xdp_drop %d", st.link, st.linkProg, st.progs["xdp_drop"])
