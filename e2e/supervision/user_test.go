@@ -61,13 +61,13 @@ func TestUserNobody(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := testutil.MustEnv(t)
-			sock := listenNotify(t)
-			env := childEnv("nobody", "NOTIFY_SOCKET="+sock.path)
+			sock := testutil.ListenNotify(t)
+			env := childEnv("nobody", "NOTIFY_SOCKET="+sock.Path)
 			args := append([]string{"-o", counterObj, "-o", testutil.BPFObject("dropfilter"),
 				"--map-access", "dropfilter/drop_ports=ro", "--notify", "child", "--restart", "never"}, tt.flags...)
 			p := startRun(t, e, env, append(args, "--", child)...)
 			p.WaitOutput(t, "report done=1", 20*time.Second)
-			sock.waitFor(t, "READY=1")
+			sock.WaitFor(t, "READY=1")
 			p.Kill(syscall.SIGTERM)
 			if code := p.Wait(t, 10*time.Second); code != 0 {
 				t.Fatalf("bpfsup exited %d, want the child's 0; output:\n%s", code, p.Output())
