@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -33,33 +34,59 @@ type ControlReply struct {
 }
 
 type control struct {
-	l       *net.UnixListener
+	l       *pausableListener
 	path    string
 	reloads chan<- reloadRequest
 	status  func() []byte
+	busy    *busyConns
+	// quiet is closed while the control socket is handed over (quiesce):
+	// a reload waiting for the loop then gets an error instead.
+	mu    sync.Mutex
+	quiet chan struct{}
 }
 
-func listenControl(stateDir string, reloads chan<- reloadRequest, status func() []byte) (*control, error) {
+func newControl(l *net.UnixListener, path string, reloads chan<- reloadRequest, status func() []byte) *control {
+	return &control{l: newPausableListener(l), path: path, reloads: reloads, status: status, busy: newBusyConns(), quiet: make(chan struct{})}
+}
+
+// listenControl listens on the control socket, or serves the listener
+// inherited across a re-exec when it is the socket it should be.
+func listenControl(stateDir string, reloads chan<- reloadRequest, status func() []byte, inherited *os.File) (*control, error) {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, err
 	}
-	removeStaleControlSockets(stateDir)
 	path := ControlSocket(stateDir, os.Getpid())
+	if inherited != nil {
+		l, err := net.FileListener(inherited)
+		inherited.Close()
+		if ul, ok := l.(*net.UnixListener); ok && err == nil && ul.Addr().String() == path {
+			removeStaleControlSockets(stateDir, path)
+			return newControl(ul, path, reloads, status), nil
+		}
+		if l != nil {
+			l.Close()
+		}
+	}
+	removeStaleControlSockets(stateDir, "")
 	_ = os.Remove(path)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	_ = os.Chmod(path, 0o600)
-	return &control{l: l, path: path, reloads: reloads, status: status}, nil
+	return newControl(l, path, reloads, status), nil
 }
 
 // removeStaleControlSockets removes the control sockets that supervisors
 // killed with SIGKILL left behind: nobody listens on them any more. Without
-// this, every crash would leave one in the state directory for good.
-func removeStaleControlSockets(stateDir string) {
+// this, every crash would leave one in the state directory for good. own is
+// this supervisor's, not to be dialled.
+func removeStaleControlSockets(stateDir, own string) {
 	paths, _ := filepath.Glob(filepath.Join(stateDir, "supervisor-*.sock"))
 	for _, p := range paths {
+		if p == own {
+			continue
+		}
 		conn, err := net.DialTimeout("unix", p, time.Second)
 		if err == nil {
 			conn.Close()
@@ -73,18 +100,45 @@ func removeStaleControlSockets(stateDir string) {
 
 func (c *control) serve() error {
 	for {
-		conn, err := c.l.AcceptUnix()
+		conn, err := c.l.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		go c.handle(conn)
+		c.busy.mark(conn, true)
+		go c.handle(conn.(*net.UnixConn))
 	}
 }
 
+// quiesce stops taking requests and waits until those taken are answered,
+// for a re-exec; a reload among them is refused, since the loop that would
+// make it is the one re-executing.
+func (c *control) quiesce() {
+	c.mu.Lock()
+	close(c.quiet)
+	c.mu.Unlock()
+	c.l.pause(quiesceTimeout)
+	c.busy.wait(quiesceTimeout)
+}
+
+// resume takes requests again after a re-exec that did not happen.
+func (c *control) resume() {
+	c.mu.Lock()
+	c.quiet = make(chan struct{})
+	c.mu.Unlock()
+	c.l.resume()
+}
+
+func (c *control) quieted() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.quiet
+}
+
 func (c *control) handle(conn *net.UnixConn) {
+	defer c.busy.mark(conn, false)
 	defer conn.Close()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(conn).ReadString('\n')
@@ -98,11 +152,15 @@ func (c *control) handle(conn *net.UnixConn) {
 		start := time.Now()
 		ch := make(chan error, 1)
 		report := &ReloadReport{}
-		c.reloads <- reloadRequest{reason: "bpfsup reload", reply: ch, report: report}
-		if err := <-ch; err != nil {
-			reply.Error = err.Error()
-		} else {
-			reply.OK, reply.Reload = true, report
+		select {
+		case c.reloads <- reloadRequest{reason: "bpfsup reload", reply: ch, report: report}:
+			if err := <-ch; err != nil {
+				reply.Error = err.Error()
+			} else {
+				reply.OK, reply.Reload = true, report
+			}
+		case <-c.quieted():
+			reply.Error = "bpfsup is re-executing itself (SIGUSR2) and made no reload; ask again once it is back"
 		}
 		reply.Took = time.Since(start).String()
 	case "status":

@@ -17,6 +17,7 @@
 // What survives a restart of the process: the pins and the manifests, so the
 // next run adopts everything without reloading; the child does not (it dies
 // with bpfsup by its parent-death signal). A self-upgrade (SIGUSR2, see
-// reexec.go) is no restart: the pid, the child and the object locks survive
-// the exec.
+// reexec.go) is no restart: the pid, the child, the object locks and the
+// listening sockets (control, notify, metrics; see handover.go) survive the
+// exec.
 package supervisor

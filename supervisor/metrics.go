@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,21 +80,65 @@ func (s *supervisor) updateMetrics() {
 }
 
 type metricsServer struct {
-	l   net.Listener
-	srv *http.Server
+	l    *pausableListener
+	srv  *http.Server
+	busy *busyConns
 }
 
-func (m *metrics) listen(addr string) (*metricsServer, error) {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+// listen listens on addr, or takes the listener inherited across a re-exec
+// when it is a TCP socket on addr's port.
+func (m *metrics) listen(addr string, inherited *os.File) (*metricsServer, error) {
+	l := inheritedTCP(addr, inherited)
+	if l == nil {
+		var err error
+		if l, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+		}
 	}
 	// The Go and process collectors cost milliseconds to build (runtime/metrics
 	// descriptions, regexps): a start without --metrics-addr skips them.
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	return &metricsServer{l: l, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+	ms := &metricsServer{l: newPausableListener(l.(*net.TCPListener)), busy: newBusyConns()}
+	// A connection is busy from its accept until it goes idle between
+	// requests, or closes.
+	ms.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnState: func(c net.Conn, st http.ConnState) {
+		ms.busy.mark(c, st == http.StateNew || st == http.StateActive)
+	}}
+	return ms, nil
+}
+
+// quiesce stops taking scrapes, closes idle connections and waits until the
+// scrapes taken are answered, for a re-exec.
+func (ms *metricsServer) quiesce() {
+	ms.l.pause(quiesceTimeout)
+	ms.srv.SetKeepAlivesEnabled(false)
+	ms.busy.wait(quiesceTimeout)
+}
+
+// resume serves again after a re-exec that did not happen.
+func (ms *metricsServer) resume() {
+	ms.srv.SetKeepAlivesEnabled(true)
+	ms.l.resume()
+}
+
+func inheritedTCP(addr string, f *os.File) net.Listener {
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil
+	}
+	tl, ok := l.Addr().(*net.TCPAddr)
+	_, port, _ := net.SplitHostPort(addr)
+	if !ok || (port != "0" && port != strconv.Itoa(tl.Port)) {
+		l.Close()
+		return nil
+	}
+	return l
 }
 
 func (ms *metricsServer) addr() string { return ms.l.Addr().String() }

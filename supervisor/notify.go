@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -45,6 +46,7 @@ func (s *supervisor) notifyReady() {
 type notifySocket struct {
 	path string // NOTIFY_SOCKET for the child
 	conn *net.UnixConn
+	p    *pauser // holds serve across a re-exec
 	out  chan<- notifyMsg
 	uids []uint32 // senders accepted
 }
@@ -64,18 +66,25 @@ func (m notifyMsg) close() {
 	}
 }
 
-func listenNotify(out chan<- notifyMsg, childUID *uint32) (*notifySocket, error) {
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, fmt.Errorf("child notify socket: %w", err)
+// listenNotify listens on a new notify socket, or on the one inherited
+// across a re-exec: the running child's NOTIFY_SOCKET names that one.
+func listenNotify(out chan<- notifyMsg, childUID *uint32, inherited *os.File) (*notifySocket, error) {
+	conn := inheritedNotify(inherited)
+	if conn == nil {
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, fmt.Errorf("child notify socket: %w", err)
+		}
+		// A leading '@' makes Go (and every sd_notify client) use the
+		// abstract namespace: no file, nothing to remove after a crash.
+		path := "@" + notifyPrefix + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
+		var err error
+		conn, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+		if err != nil {
+			return nil, fmt.Errorf("child notify socket: %w", err)
+		}
 	}
-	// A leading '@' makes Go (and every sd_notify client) use the abstract
-	// namespace: no file, nothing to remove after a crash.
-	path := "@bpfsup-notify-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return nil, fmt.Errorf("child notify socket: %w", err)
-	}
+	path := conn.LocalAddr().String()
 	raw, err := conn.SyscallConn()
 	if err == nil {
 		cerr := raw.Control(func(fd uintptr) {
@@ -93,7 +102,27 @@ func listenNotify(out chan<- notifyMsg, childUID *uint32) (*notifySocket, error)
 	if childUID != nil {
 		uids = append(uids, *childUID)
 	}
-	return &notifySocket{path: path, conn: conn, out: out, uids: uids}, nil
+	return &notifySocket{path: path, conn: conn, p: newPauser(conn.SetReadDeadline), out: out, uids: uids}, nil
+}
+
+const notifyPrefix = "bpfsup-notify-"
+
+// inheritedNotify is f as the notify socket, or nil when it is not one.
+func inheritedNotify(f *os.File) *net.UnixConn {
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	c, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok || !strings.HasPrefix(uc.LocalAddr().String(), "@"+notifyPrefix) {
+		c.Close()
+		return nil
+	}
+	return uc
 }
 
 func (n *notifySocket) serve() error {
@@ -103,6 +132,9 @@ func (n *notifySocket) serve() error {
 	for {
 		k, ok, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
+			if n.p.hold(err) {
+				continue
+			}
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}

@@ -92,7 +92,20 @@ type reexecState struct {
 	// that no other supervisor can take an object in between. The new
 	// program closes them just before it locks the objects again.
 	LockFDs []int `json:"lock_fds,omitempty"`
+	// Sockets are the listening sockets kept open across the exec, by
+	// what they serve (sockControl, sockNotify, sockMetrics): a `bpfsup
+	// reload`, a notification from the child or a scrape that comes
+	// meanwhile waits in its socket for the new program, and the child's
+	// NOTIFY_SOCKET still names a socket that someone reads.
+	Sockets map[string]int `json:"sockets,omitempty"`
 }
+
+// The listening sockets a re-exec hands over.
+const (
+	sockControl = "control"
+	sockNotify  = "notify"
+	sockMetrics = "metrics"
+)
 
 // upgrade is the loop's state for reloads and self-upgrades.
 type upgrade struct {
@@ -223,7 +236,7 @@ func (s *supervisor) reexec() error {
 	}
 	newVersion := strings.TrimSpace(string(out))
 
-	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs()}
+	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs(), Sockets: s.listeningSockets()}
 	if s.child != nil {
 		st.ChildPID, st.ChildStarted = s.child.Pid, s.childStarted
 	}
@@ -234,6 +247,9 @@ func (s *supervisor) reexec() error {
 	env := dropEnv(os.Environ(), envReexec, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames)
 	env = append(env, envReexec+"="+string(data))
 	keep := append([]int(nil), st.LockFDs...)
+	for _, fd := range st.Sockets {
+		keep = append(keep, fd)
+	}
 	if n := len(s.opts.Inherited); n > 0 {
 		// Socket-activated fds are where systemd put them (3 on) and go to
 		// the new program the way they came to this one.
@@ -252,7 +268,8 @@ func (s *supervisor) reexec() error {
 		}
 	}
 	argv := append([]string{path}, os.Args[1:]...)
-	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "child", st.ChildPID, "locks_kept", len(st.LockFDs))
+	s.quiesceSockets()
+	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "child", st.ChildPID, "locks_kept", len(st.LockFDs), "sockets_kept", len(st.Sockets))
 
 	var execErr error
 	do := func() { execErr = syscall.Exec(path, argv, env) } // returns only on failure
@@ -271,7 +288,117 @@ func (s *supervisor) reexec() error {
 		}
 	}
 	setCloseOnExec(keep)
+	s.resumeSockets()
 	return fmt.Errorf("re-exec %s: %w", path, execErr)
+}
+
+// quiesceSockets gets the sockets ready to be handed over: no connection
+// taken and not answered, no notification read and not acted on, is lost
+// to the exec. What comes after waits in the sockets.
+func (s *supervisor) quiesceSockets() {
+	if s.ctl != nil {
+		s.ctl.quiesce()
+	}
+	if s.metricsSrv != nil {
+		s.metricsSrv.quiesce()
+	}
+	if s.notify == nil {
+		return
+	}
+	held := make(chan struct{})
+	go func() {
+		s.notify.p.pause(quiesceTimeout)
+		close(held)
+	}()
+	for held != nil {
+		select {
+		case msg := <-s.childNote:
+			s.childNotified(msg)
+		case <-held:
+			held = nil
+		}
+	}
+	for {
+		select {
+		case msg := <-s.childNote:
+			s.childNotified(msg)
+		default:
+			return
+		}
+	}
+}
+
+// resumeSockets serves again after a re-exec that did not happen.
+func (s *supervisor) resumeSockets() {
+	if s.ctl != nil {
+		s.ctl.resume()
+	}
+	if s.metricsSrv != nil {
+		s.metricsSrv.resume()
+	}
+	if s.notify != nil {
+		s.notify.p.resume()
+	}
+}
+
+// listeningSockets finds the fds of the sockets bpfsup listens on, for the
+// program after the exec.
+func (s *supervisor) listeningSockets() map[string]int {
+	socks := map[string]int{}
+	add := func(name string, l any) {
+		c, ok := l.(syscall.Conn)
+		if !ok {
+			return
+		}
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return
+		}
+		_ = raw.Control(func(fd uintptr) { socks[name] = int(fd) })
+	}
+	if s.ctl != nil {
+		add(sockControl, s.ctl.l.deadlineListener)
+	}
+	if s.notify != nil {
+		add(sockNotify, s.notify.conn)
+	}
+	if s.metricsSrv != nil {
+		add(sockMetrics, s.metricsSrv.l.deadlineListener)
+	}
+	return socks
+}
+
+// inheritedSocket takes the socket the program before the exec handed over
+// for name, or returns nil when there is none.
+func (s *supervisor) inheritedSocket(name string) *os.File {
+	st := s.up.resumed
+	if st == nil {
+		return nil
+	}
+	fd, ok := st.Sockets[name]
+	if !ok {
+		return nil
+	}
+	delete(st.Sockets, name)
+	if _, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+		s.log.Warn("the socket handed over across the re-exec is not one; listening anew", "socket", name, "fd", fd, "err", err)
+		return nil
+	}
+	unix.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), name)
+}
+
+// closeUnclaimedSockets closes the sockets handed over that this program
+// has no use for.
+func (s *supervisor) closeUnclaimedSockets() {
+	if s.up.resumed == nil {
+		return
+	}
+	for name := range s.up.resumed.Sockets {
+		if f := s.inheritedSocket(name); f != nil {
+			f.Close()
+		}
+	}
 }
 
 func setCloseOnExec(fds []int) {

@@ -122,11 +122,13 @@ type supervisor struct {
 
 	runtime atomic.Pointer[[]byte] // JSON of SupervisorRecord, for the control socket
 
-	reloads   chan reloadRequest
-	childNote chan notifyMsg
-	notify    *notifySocket
-	links     *linkWatcher // re-attaches defunct links; see netlink.go
-	up        upgrade      // reloads and self-upgrades; see reexec.go
+	reloads    chan reloadRequest
+	childNote  chan notifyMsg
+	notify     *notifySocket
+	ctl        *control
+	metricsSrv *metricsServer
+	links      *linkWatcher // re-attaches defunct links; see netlink.go
+	up         upgrade      // reloads and self-upgrades; see reexec.go
 }
 
 type reloadRequest struct {
@@ -388,6 +390,7 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		return 1, err
 	}
 	s.metrics = newMetrics()
+	s.metrics.restarts.Add(float64(s.restarts)) // those before a re-exec
 	s.updateMetrics()
 
 	var g run.Group
@@ -399,7 +402,7 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		if opts.Credential != nil {
 			childUID = &opts.Credential.UID
 		}
-		ns, err := listenNotify(s.childNote, childUID)
+		ns, err := listenNotify(s.childNote, childUID, s.inheritedSocket(sockNotify))
 		if err != nil {
 			return 1, err
 		}
@@ -407,17 +410,20 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		g.Add(ns.serve, func(error) { ns.close() })
 	}
 	if opts.MetricsAddr != "" {
-		srv, err := s.metrics.listen(opts.MetricsAddr)
+		srv, err := s.metrics.listen(opts.MetricsAddr, s.inheritedSocket(sockMetrics))
 		if err != nil {
 			return 1, err
 		}
+		s.metricsSrv = srv
 		g.Add(srv.serve, func(error) { srv.close() })
 		s.log.Info("serving metrics", "addr", srv.addr())
 	}
-	ctl, err := listenControl(s.opts.Store.StateDirectory(), s.reloads, s.statusJSON)
+	ctl, err := listenControl(s.opts.Store.StateDirectory(), s.reloads, s.statusJSON, s.inheritedSocket(sockControl))
 	if err != nil {
 		return 1, err
 	}
+	s.ctl = ctl
+	s.closeUnclaimedSockets()
 	g.Add(ctl.serve, func(error) { ctl.close() })
 	if err := s.watchInterfaces(); err != nil {
 		return 1, err
@@ -594,8 +600,7 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			s.relink(ev)
 
 		case msg := <-s.childNote:
-			s.childNotified(msg.text)
-			msg.close()
+			s.childNotified(msg)
 
 		case <-watchdog:
 			// STOPPING=1 was the last word to the service manager.
@@ -727,9 +732,11 @@ func (s *supervisor) startChild() error {
 	return nil
 }
 
-// childNotified handles a datagram from the child's notify socket.
-func (s *supervisor) childNotified(msg string) {
-	for _, line := range strings.Split(msg, "\n") {
+// childNotified handles a datagram from the child's notify socket, and
+// closes the fds that came with it (see notifyMsg).
+func (s *supervisor) childNotified(msg notifyMsg) {
+	defer msg.close()
+	for _, line := range strings.Split(msg.text, "\n") {
 		switch {
 		case line == "READY=1":
 			if !s.ready {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/bpfsup/bpfsup/bpf"
 	"github.com/bpfsup/bpfsup/handoff"
@@ -43,7 +44,8 @@ const (
 )
 
 // childMain is the child application: it says who it is and which fds it
-// got, reports every signal, and exits 0 on SIGTERM.
+// got, reports every signal, says READY=1 on SIGUSR1 when it has a notify
+// socket, and exits 0 on SIGTERM.
 func childMain() {
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT)
@@ -66,6 +68,11 @@ func childMain() {
 	fmt.Printf("child: pid=%d ppid=%d maps=%s names=%s\n", os.Getpid(), os.Getppid(), strings.Join(maps, ","), names)
 	for sig := range sigs {
 		fmt.Printf("child %d: got %s\n", os.Getpid(), sig)
+		if sig == syscall.SIGUSR1 && os.Getenv("NOTIFY_SOCKET") != "" {
+			// Under --notify=child: the application says it is ready.
+			ok, err := daemon.SdNotify(false, "READY=1\nSTATUS=serving")
+			fmt.Printf("child %d: notified ok=%v err=%v\n", os.Getpid(), ok, err)
+		}
 		if sig == syscall.SIGTERM || sig == syscall.SIGINT {
 			os.Exit(0)
 		}

@@ -1,19 +1,25 @@
 package upgrade
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
+	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // buildVersions builds bpfsup once per version, with main.version set, into
@@ -184,4 +190,136 @@ func TestSelfUpgrade(t *testing.T) {
 		return sup != nil && sup.ChildPID == child
 	})
 	upgrade("upgrade-v2", 3) // a child forked by a re-executed program
+}
+
+// TestSelfUpgradeKeepsSockets: across SIGUSR2, bpfsup hands its listening
+// sockets to the new program. `bpfsup status` over the control socket and
+// scrapes of the metrics endpoint, made without pause while bpfsup
+// re-executes, all succeed (they wait in the socket instead of being
+// refused); the metrics keep their port; and with --notify=child the child,
+// started before the exec, says READY=1 after it on the NOTIFY_SOCKET it was
+// given, and bpfsup passes it on to systemd.
+func TestSelfUpgradeKeepsSockets(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "upk")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	sd := testutil.ListenNotify(t)
+
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(e.Bin, e.Args("run", "--notify", "child", "--metrics-addr", "127.0.0.1:0",
+		"-o", obj, "-a", "xdp_drop@xdp:"+x.Name, "--netns", nsR.Path, "--", self)...)
+	cmd.Env = append(os.Environ(), childEnv+"=1", "NOTIFY_SOCKET="+sd.Path)
+	p := testutil.StartProc(t, cmd)
+	child := waitChildren(t, p, 1)
+	metricsAddr := regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
+	p.WaitOutput(t, `msg="serving metrics"`, 10*time.Second)
+	addr := metricsAddr.FindStringSubmatch(p.Output())[1]
+	ctl := supervisor.ControlSocket(e.StateDir, p.Pid())
+	if i := sd.Index("READY=1"); i >= 0 {
+		t.Fatalf("READY=1 before the child said it: %q", sd.Lines())
+	}
+
+	// Ask without pause until well after the new program is up.
+	var (
+		stop               atomic.Bool
+		wg                 sync.WaitGroup
+		mu                 sync.Mutex
+		failures           []string
+		before, acrossExec int
+	)
+	// phase: 0 before the exec, 1 from "re-executing" to "re-executed", 2
+	// after. A request that starts before 2 and ends in it waited through
+	// the exec.
+	phase := func() int {
+		out := p.Output()
+		switch {
+		case !strings.Contains(out, `msg="re-executing bpfsup"`):
+			return 0
+		case !strings.Contains(out, "msg=re-executed"):
+			return 1
+		}
+		return 2
+	}
+	record := func(what string, started int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", what, err))
+		}
+		if started == 0 {
+			before++
+		}
+		if started < 2 && phase() == 2 {
+			acrossExec++
+		}
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			started := phase()
+			r, err := supervisor.Request(ctl, "status", 10*time.Second)
+			if err == nil && !r.OK {
+				err = errors.New(r.Error)
+			}
+			record("status", started, err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			started := phase()
+			resp, err := client.Get("http://" + addr + "/metrics")
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode != http.StatusOK {
+					err = errors.New(resp.Status)
+				}
+			}
+			record("metrics", started, err)
+		}
+	}()
+	testutil.WaitFor(t, 10*time.Second, "requests before the upgrade", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return before >= 10
+	})
+	p.Kill(syscall.SIGUSR2)
+	p.WaitOutput(t, "msg=re-executed", 20*time.Second)
+	testutil.WaitFor(t, 10*time.Second, "the metrics served again", func() bool {
+		return strings.Count(p.Output(), `msg="serving metrics"`) == 2
+	})
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("requests that waited through the re-exec: %d", acrossExec)
+	if len(failures) > 0 {
+		t.Fatalf("%d requests failed across the re-exec, first: %s\n%s", len(failures), failures[0], p.Output())
+	}
+	if acrossExec == 0 {
+		t.Fatal("no request waited through the re-exec: the hand-over went untested")
+	}
+	if !strings.Contains(p.Output(), "sockets_kept=3") {
+		t.Fatalf("the re-exec did not keep the control, notify and metrics sockets:\n%s", p.Output())
+	}
+	if got := metricsAddr.FindAllStringSubmatch(p.Output(), -1)[1][1]; got != addr {
+		t.Fatalf("metrics moved from %s to %s across the re-exec", addr, got)
+	}
+
+	// The child, adopted by the new program, says it is ready.
+	if err := syscall.Kill(child, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitOutput(t, "notified ok=true", 10*time.Second)
+	sd.WaitFor(t, "READY=1")
+	sd.WaitFor(t, "STATUS=child: serving")
+	if c := sd.Count("READY=1"); c != 1 {
+		t.Fatalf("READY=1 sent %d times, want once: %q", c, sd.Lines())
+	}
 }
