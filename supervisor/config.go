@@ -57,7 +57,15 @@ type MapConfig struct {
 type ProgramConfig struct {
 	// Handoff hands the program's fd to the child.
 	Handoff bool `toml:"handoff" json:"handoff,omitempty"`
+	// AutoAttach false leaves a program whose section names a whole hook
+	// (SEC("tp/sched/sched_process_exec")) unattached unless an attachment
+	// names it, as libbpf's bpf_program__set_autoattach(prog, false) does.
+	AutoAttach *bool `toml:"autoattach" json:"autoattach,omitempty"`
 }
+
+// autoAttach reports whether the program attaches to its section's hook
+// when no attachment names it.
+func (c ProgramConfig) autoAttach() bool { return c.AutoAttach == nil || *c.AutoAttach }
 
 // Map access modes.
 const (

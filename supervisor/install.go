@@ -284,6 +284,10 @@ func planSectionHooks(p *plan, count map[string]int, seen map[string]string) err
 			return fmt.Errorf("object %s: program %s (section %q) can only be loaded for a target: -a %s@%s:TARGET",
 				p.name, pname, ps.SectionName, pname, inf.Spec)
 		}
+		if !p.progCfg[pname].autoAttach() {
+			p.unattached = append(p.unattached, unattachedProgram{pname, "autoattach = false in its configuration"})
+			continue
+		}
 		if inf.NeedsTarget {
 			p.unattached = append(p.unattached, unattachedProgram{pname,
 				fmt.Sprintf("section %q needs a target: -a %s@TARGET", ps.SectionName, pname)})

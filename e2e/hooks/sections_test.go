@@ -2,8 +2,12 @@ package hookstest
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,32 +110,7 @@ func TestSectionInference(t *testing.T) {
 		"xdp_pass":            "xdp:" + ifA.Name,
 		"cg_connect4":         "cgroup/connect4:" + cgroup,
 	}
-	out, code := env.Run(t, "status", "--json")
-	if code != 0 {
-		t.Fatalf("status: exit %d:\n%s", code, out)
-	}
-	var st struct {
-		Objects []struct {
-			Links []struct {
-				Name  string `json:"name"`
-				Hook  string `json:"hook"`
-				State string `json:"state"`
-			} `json:"links"`
-			Programs []struct {
-				Name string `json:"name"`
-			} `json:"programs"`
-		} `json:"objects"`
-	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Objects) != 1 {
-		t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	got := map[string]string{}
-	for _, l := range st.Objects[0].Links {
-		got[l.Name] = l.Hook
-		if l.State != "attached" {
-			t.Errorf("link %s is %s, want attached", l.Name, l.State)
-		}
-	}
+	got, programs := sectionsStatus(t, env)
 	for name, hook := range wantLinks {
 		if got[name] != hook {
 			t.Errorf("link %s: hook %q, want %q", name, got[name], hook)
@@ -151,7 +130,7 @@ func TestSectionInference(t *testing.T) {
 	} else if strings.Contains(p.Output(), left) {
 		t.Errorf("nf_accept left out on a kernel with netfilter programs:\n%s", p.Output())
 	}
-	if n := len(st.Objects[0].Programs); n != want {
+	if n := programs; n != want {
 		t.Errorf("%d programs pinned, want %d", n, want)
 	}
 	if !strings.Contains(p.Output(), `program loaded and pinned, not attached" object=sections program=sk_lookup_pass`) {
@@ -166,6 +145,111 @@ func TestSectionInference(t *testing.T) {
 	})
 	p.Kill(syscall.SIGTERM)
 	p.Wait(t, 20*time.Second)
+}
+
+// sectionsStatus reads `bpfsup status --json` of the one object sections:
+// its links' hooks by name, each checked attached, and how many programs it
+// pinned.
+func sectionsStatus(t *testing.T, env *testutil.Env) (links map[string]string, programs int) {
+	t.Helper()
+	out, code := env.Run(t, "status", "--json")
+	if code != 0 {
+		t.Fatalf("status: exit %d:\n%s", code, out)
+	}
+	var st struct {
+		Objects []struct {
+			Links []struct {
+				Name  string `json:"name"`
+				Hook  string `json:"hook"`
+				State string `json:"state"`
+			} `json:"links"`
+			Programs []struct {
+				Name string `json:"name"`
+			} `json:"programs"`
+		} `json:"objects"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Objects) != 1 {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	links = map[string]string{}
+	for _, l := range st.Objects[0].Links {
+		links[l.Name] = l.Hook
+		if l.State != "attached" {
+			t.Errorf("link %s is %s, want attached", l.Name, l.State)
+		}
+	}
+	return links, len(st.Objects[0].Programs)
+}
+
+// TestSectionAutoAttachOff: `autoattach = false` leaves a program whose
+// section names a whole hook unattached (loaded and pinned, and said so);
+// a restart without it attaches the program, and one with it again detaches
+// and unpins that link, leaving the others as they were.
+func TestSectionAutoAttachOff(t *testing.T) {
+	env := testutil.MustEnv(t)
+	cfg := filepath.Join(t.TempDir(), "bpfsup.toml")
+	run := func(off ...string) (*testutil.Proc, map[string]string) {
+		t.Helper()
+		text := fmt.Sprintf("[[object]]\npath = %q\n", testutil.BPFObject("sections"))
+		for _, prog := range off {
+			text += fmt.Sprintf("[object.programs.%s]\nautoattach = false\n", prog)
+		}
+		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := env.Start(t, "run", "-c", cfg, "--", "sleep", "1000")
+		p.WaitOutput(t, "child started", 30*time.Second)
+		links, _ := sectionsStatus(t, env)
+		return p, links
+	}
+	stop := func(p *testutil.Proc) {
+		t.Helper()
+		p.Kill(syscall.SIGTERM)
+		p.Wait(t, 20*time.Second)
+	}
+	all := map[string]string{
+		"tp_getppid":          "tracepoint:syscalls/sys_enter_getppid",
+		"tracepoint_getppid":  "tracepoint:syscalls/sys_exit_getppid",
+		"raw_tp_sys_exit":     "raw_tp:sys_exit",
+		"raw_tracepoint_exec": "raw_tp:sched_process_exec",
+	}
+	without := func(names ...string) map[string]string {
+		m := maps.Clone(all)
+		for _, n := range names {
+			delete(m, n)
+		}
+		return m
+	}
+
+	p, links := run("tp_getppid", "raw_tp_sys_exit")
+	if want := without("tp_getppid", "raw_tp_sys_exit"); !maps.Equal(links, want) {
+		t.Fatalf("links %v, want %v", links, want)
+	}
+	for _, prog := range []string{"tp_getppid", "raw_tp_sys_exit"} {
+		line := fmt.Sprintf(`program loaded and pinned, not attached" object=sections program=%s why="autoattach = false in its configuration"`, prog)
+		if !strings.Contains(p.Output(), line) {
+			t.Errorf("no log line for %s:\n%s", prog, p.Output())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(env.PinRoot, "sections", "programs", "tp_getppid")); err != nil {
+		t.Errorf("tp_getppid is not pinned: %v", err)
+	}
+	stop(p)
+
+	p, links = run()
+	if !maps.Equal(links, all) {
+		t.Fatalf("without autoattach = false: links %v, want %v", links, all)
+	}
+	stop(p)
+
+	p, links = run("raw_tracepoint_exec")
+	if want := without("raw_tracepoint_exec"); !maps.Equal(links, want) {
+		t.Fatalf("autoattach = false again: links %v, want %v", links, want)
+	}
+	if _, err := os.Stat(filepath.Join(env.PinRoot, "sections", "links", "raw_tracepoint_exec")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the link of raw_tracepoint_exec is still pinned: %v", err)
+	}
+	stop(p)
 }
 
 // TestSectionInferenceErrors: an -a that gives a target where the section
