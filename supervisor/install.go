@@ -390,7 +390,11 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 //
 // pins, when not nil, holds what prefetchPins opened for the object; install
 // takes it over and closes what it does not keep.
-func install(obj *pinstore.Object, p *plan, pins *pinSet, log *slog.Logger) (_ *installed, err error) {
+//
+// gate, when not nil, is called once everything is loaded and pinned beside
+// what runs, just before the first link changes: an error from it rolls the
+// install back from there, as any failure would (see reload).
+func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log *slog.Logger) (_ *installed, err error) {
 	if pins == nil {
 		pins = newPinSet()
 	}
@@ -563,6 +567,11 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, log *slog.Logger) (_ *
 		rollback.push(func() { os.Remove(path) })
 	}
 
+	if gate != nil {
+		if err := gate(); err != nil {
+			return nil, err
+		}
+	}
 	swapStart := time.Now()
 	// One rtnetlink socket per namespace for all the links' checks.
 	endBatch := hooks.Batch()

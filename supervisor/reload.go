@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"syscall"
@@ -103,9 +104,11 @@ func (s *supervisor) handleReload(req reloadRequest, upgradeSig syscall.Signal) 
 // back by install and keeps running as it was; the error says why. Then the
 // child is restarted with the new fds, signalled, or left alone.
 //
-// Objects are installed one after the other: when one fails after another
-// succeeded, the one that succeeded stays upgraded (and the child is dealt
-// with for it), and the error names the one that failed.
+// Every object is loaded before any link of any object swaps (stageInstalls):
+// when one fails to load (the verifier refuses it, a map does not fit), none
+// is upgraded. A swap that fails after others succeeded (the kernel refusing
+// a link update it accepted a moment before) leaves those upgraded (and the
+// child is dealt with for them), and the error names the one that failed.
 func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadReport, error) {
 	start := time.Now()
 	s.log.Info("reloading", "reason", reason)
@@ -147,10 +150,17 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 	rep := &ReloadReport{Child: "unchanged"}
 	var errs []error
 	changed := false
-	for _, p := range plans {
-		old := byName[p.name]
-		before := snapshotIDs(old)
-		in, err := install(old.obj, p, nil, s.log)
+	befores := make([]idSnapshot, len(plans))
+	for i, p := range plans {
+		befores[i] = snapshotIDs(byName[p.name])
+	}
+	stages, err := stageInstalls(plans, byName, s.log)
+	if err != nil {
+		return fail(err)
+	}
+	for i, p := range plans {
+		old, before := byName[p.name], befores[i]
+		in, err := stages[i].finish()
 		if err != nil {
 			s.log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", err)
 			errs = append(errs, err)
@@ -196,6 +206,66 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 	s.log.Info("reloaded", "changed", changed, "took", rep.Took.Round(time.Microsecond),
 		"load", rep.Load.Round(time.Microsecond), "swap", rep.Swap.Round(time.Microsecond), "child", rep.Child)
 	return rep, nil
+}
+
+// stagedInstall is an install on a goroutine of its own, held at its gate:
+// everything loaded and pinned beside what runs, no link changed yet.
+type stagedInstall struct {
+	proceed chan error // nil to go on, an error to roll back
+	done    chan stagedResult
+}
+
+type stagedResult struct {
+	in  *installed
+	err error
+}
+
+// finish lets the install swap its links and returns what it returns.
+func (st *stagedInstall) finish() (*installed, error) {
+	st.proceed <- nil
+	r := <-st.done
+	return r.in, r.err
+}
+
+// errOtherFailed rolls back the objects staged beside one that failed.
+var errOtherFailed = errors.New("another object of the reload failed to load")
+
+// stageInstalls runs the install of each plan, one after the other, up to
+// its gate. When one fails before it, those staged so far roll back and the
+// error is that failure: nothing changed.
+func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger) ([]*stagedInstall, error) {
+	stages := make([]*stagedInstall, 0, len(plans))
+	abort := func() {
+		for _, st := range stages {
+			st.proceed <- errOtherFailed
+			<-st.done
+		}
+	}
+	for _, p := range plans {
+		st := &stagedInstall{proceed: make(chan error), done: make(chan stagedResult, 1)}
+		atGate := make(chan struct{})
+		gate := func() error {
+			close(atGate)
+			return <-st.proceed
+		}
+		go func() {
+			in, err := install(byName[p.name].obj, p, nil, gate, log)
+			st.done <- stagedResult{in, err}
+		}()
+		select {
+		case <-atGate:
+			stages = append(stages, st)
+		case r := <-st.done:
+			// Failed before its gate, and rolled back.
+			log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", r.err)
+			abort()
+			for _, q := range plans[:len(stages)] {
+				log.Info("object not upgraded: another object of the reload failed", "object", q.name, "failed", p.name)
+			}
+			return nil, r.err
+		}
+	}
+	return stages, nil
 }
 
 // upgradeChild does what OnUpgrade says to the child after an upgrade that

@@ -299,7 +299,7 @@ func (s *supervisor) installAll() error {
 			}
 			pins := sets[i]
 			sets[i] = nil // install closes it
-			in, err = install(obj, p, pins, s.log)
+			in, err = install(obj, p, pins, nil, s.log)
 			if err != nil {
 				obj.RemoveIfEmpty()
 				obj.Close()

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -354,4 +355,72 @@ func pinnedProgram(t *testing.T, path string) ebpf.ProgramID {
 	}
 	id, _ := info.ID()
 	return id
+}
+
+// TestUpgradeTwoObjectsAllOrNothing: a reload of two objects where the
+// second fails to load (the verifier refuses it) upgrades neither, although
+// the first loaded fine and comes first; once both load, both upgrade.
+func TestUpgradeTwoObjectsAllOrNothing(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "up2")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	_, y := testutil.MustVethPair(t, nsR, nsR)
+	dir := t.TempDir()
+	objA, objB := filepath.Join(dir, "a.bpf.o"), filepath.Join(dir, "b.bpf.o")
+	deploy(t, objA, "dropfilter")
+	deploy(t, objB, "dropfilter")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	cfg := fmt.Sprintf("netns = %q\n", nsR.Path)
+	for _, o := range []struct{ name, path, iface string }{{"fwa", objA, x.Name}, {"fwb", objB, y.Name}} {
+		cfg += fmt.Sprintf("\n[[object]]\nname = %q\npath = %q\n[[object.attach]]\nprogram = \"xdp_drop\"\nhook = \"xdp:%s\"\n", o.name, o.path, o.iface)
+	}
+	writeAtomic(t, cfgPath, []byte(cfg))
+	p := startBpfsup(t, e, "", "-c", cfgPath)
+	waitChildren(t, p, 1)
+
+	type objState struct {
+		generation uint64
+		prog, link uint32
+	}
+	state := func(name string) objState {
+		t.Helper()
+		st := status(t, e, name)
+		s := objState{generation: st.Generation}
+		for _, pr := range st.Programs {
+			if pr.Name == "xdp_drop" {
+				s.prog = pr.ID
+			}
+		}
+		for _, l := range st.Links {
+			if l.Name == "xdp_drop" {
+				if l.ProgramID != s.prog {
+					t.Fatalf("object %s: link xdp_drop runs program %d, the pinned one is %d", name, l.ProgramID, s.prog)
+				}
+				s.link = l.ID
+			}
+		}
+		return s
+	}
+	beforeA, beforeB := state("fwa"), state("fwb")
+
+	deploy(t, objA, "dropfilter_v2")
+	deploy(t, objB, "dropfilter_bad")
+	out, code := reload(t, e)
+	if code == 0 || !strings.Contains(out, "invalid access to packet") || !strings.Contains(out, "fwb") {
+		t.Fatalf("reload with object fwb refused by the verifier: exit %d, want an error that names fwb and the verifier's reason:\n%s", code, out)
+	}
+	if a, b := state("fwa"), state("fwb"); a != beforeA || b != beforeB {
+		t.Fatalf("after the failed reload: fwa %+v (was %+v), fwb %+v (was %+v): want both unchanged", a, beforeA, b, beforeB)
+	}
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to log that fwa was not upgraded", func() bool {
+		return strings.Contains(p.Output(), `msg="object not upgraded: another object of the reload failed" object=fwa failed=fwb`)
+	})
+
+	deploy(t, objB, "dropfilter_v2")
+	out = mustReload(t, e)
+	a, b := state("fwa"), state("fwb")
+	if a.generation != beforeA.generation+1 || b.generation != beforeB.generation+1 ||
+		a.prog == beforeA.prog || b.prog == beforeB.prog || a.link != beforeA.link || b.link != beforeB.link {
+		t.Fatalf("after the reload that loads: fwa %+v (was %+v), fwb %+v (was %+v): want both upgraded in place\n%s", a, beforeA, b, beforeB, out)
+	}
 }
