@@ -64,10 +64,40 @@ func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
 				"ip link set dev %s xdp off), then start again", h.spec, err, other, other, h.spec.Target)
 		}
 	}
+	if errors.Is(err, unix.EBUSY) {
+		if other := h.runningProgram(); other != "" {
+			return nil, fmt.Errorf("attach %s: %w: the interface already runs XDP program %s, not this object's "+
+				"(see bpftool net show dev %s, and bpftool link show for the link that may hold it); bpfsup does not "+
+				"replace it: detach it first", h.spec, err, other, h.spec.Target)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
 	return l, nil
+}
+
+// runningProgram describes the XDP program the interface runs ("id 12
+// (name xdp_fw)"), or "".
+func (h *xdpHook) runningProgram() string {
+	f, err := ifaceByName(h.spec.Netns, h.spec.Target)
+	if err != nil {
+		return ""
+	}
+	for _, id := range []uint32{f.drvProg, f.skbProg, f.hwProg} {
+		if id == 0 {
+			continue
+		}
+		desc := fmt.Sprintf("id %d", id)
+		if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id)); err == nil {
+			if info, err := p.Info(); err == nil && info.Name != "" {
+				desc += fmt.Sprintf(" (name %s)", info.Name)
+			}
+			p.Close()
+		}
+		return desc
+	}
+	return ""
 }
 
 // otherMode names the XDP mode other than the hook's that the interface

@@ -3,6 +3,7 @@ package hooks
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -221,5 +222,38 @@ func TestLinkOnNamesakeIfindexIsElsewhere(t *testing.T) {
 			wantState(t, onA, l, Attached)
 			wantState(t, mustHook(t, tc.spec, nsB.Path), l, Elsewhere)
 		})
+	}
+}
+
+// An interface that runs someone else's XDP program through a link refuses
+// a second link (EBUSY); the error names the program that runs there.
+func TestXDPHookTaken(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.MustNetns(t, "xdp")
+	ifA, _ := testutil.MustVethPair(t, ns, ns)
+	h := mustHook(t, "xdp:"+ifA.Name, ns.Path)
+	theirs := mustProgram(t, "counter", "count_packets")
+	l, err := h.Attach(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := theirs.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+
+	l2, err := h.Attach(mustProgram(t, "counter", "count_packets"))
+	if err == nil {
+		l2.Close()
+		t.Fatal("a second XDP link attached to one interface")
+	}
+	want := fmt.Sprintf("already runs XDP program id %d (name %s)", id, info.Name)
+	if !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "xdp:"+ifA.Name) {
+		t.Fatalf("attach to a taken interface: %v, want EBUSY saying %q", err, want)
+	}
+	if got := xdpAttached(t, ns, ifA.Name); len(got) != 1 || got[0] != id {
+		t.Fatalf("XDP programs %v on %s, want only the first, %d", got, ifA.Name, id)
 	}
 }
