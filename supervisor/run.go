@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,12 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/oklog/run"
@@ -786,23 +787,33 @@ func (s *supervisor) recordSupervisor() {
 }
 
 // reap collects zombies other than the child (which its own goroutine waits
-// for): grandchildren reparented to bpfsup as subreaper.
+// for): grandchildren reparented to bpfsup as subreaper. It asks the kernel
+// which child exited without reaping it (waitid with WNOWAIT), and reaps it
+// unless it is the child; one system call when there is nothing to reap.
+// Behind the child's own zombie the others wait for the reap that follows
+// its exit.
 func (s *supervisor) reap() {
-	tasks, _ := filepath.Glob("/proc/self/task/*/children")
-	for _, t := range tasks {
-		data, err := os.ReadFile(t)
-		if err != nil {
-			continue
+	for {
+		var info unix.Siginfo
+		if err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
+			return // ECHILD: no children at all
 		}
-		for _, f := range strings.Fields(string(data)) {
-			pid, err := strconv.Atoi(f)
-			if err != nil || (s.child != nil && pid == s.child.Pid) {
-				continue
-			}
-			var ws unix.WaitStatus
-			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		pid := siginfoPID(&info)
+		if pid == 0 || (s.child != nil && pid == s.child.Pid) {
+			return
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err != nil {
+			return
 		}
 	}
+}
+
+// siginfoPID is si_pid of a SIGCHLD's siginfo, which x/sys/unix leaves in
+// the union after the three leading ints and their padding.
+func siginfoPID(info *unix.Siginfo) int {
+	raw := (*[unsafe.Sizeof(unix.Siginfo{})]byte)(unsafe.Pointer(info))
+	return int(int32(binary.NativeEndian.Uint32(raw[16:20])))
 }
 
 func dropEnv(env []string, names ...string) []string {
