@@ -53,7 +53,7 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 		return nil, err
 	}
 	path := o.MapPath(name, pol)
-	spec = spec.Copy()
+	spec = WithoutReferences(spec)
 	spec.Pinning = ebpf.PinNone
 
 	pinned, err := ebpf.LoadPinnedMap(path, nil)
@@ -97,6 +97,44 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 	}
 	pinned.Close()
 	return res, nil
+}
+
+// Reference is a slot of a prog array or map of maps that its declaration
+// fills by name (libbpf's `.values = { [0] = &prog }`): Key holds Name, a
+// program or map of the same object.
+type Reference struct {
+	Key  any
+	Name string
+}
+
+// References lists the slots spec's declaration fills with programs or maps.
+func References(spec *ebpf.MapSpec) []Reference {
+	var refs []Reference
+	for _, kv := range spec.Contents {
+		if name, ok := kv.Value.(string); ok {
+			refs = append(refs, Reference{Key: kv.Key, Name: name})
+		}
+	}
+	return refs
+}
+
+// WithoutReferences is a copy of spec without the slots it fills with
+// programs or maps. Those exist only once the object's programs are loaded
+// or adopted and its maps made, so a map is created (and a collection
+// loaded) without them, and the install fills them (supervisor's slots.go).
+func WithoutReferences(spec *ebpf.MapSpec) *ebpf.MapSpec {
+	spec = spec.Copy()
+	if len(References(spec)) == 0 {
+		return spec
+	}
+	kept := spec.Contents[:0]
+	for _, kv := range spec.Contents {
+		if _, ok := kv.Value.(string); !ok {
+			kept = append(kept, kv)
+		}
+	}
+	spec.Contents = kept
+	return spec
 }
 
 // copyEntries copies every entry of from into to. Both must have the same

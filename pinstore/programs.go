@@ -120,8 +120,13 @@ func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]
 			delete(cs.Programs, name)
 		}
 	}
-	for _, ms := range cs.Maps {
+	for name, ms := range cs.Maps {
+		// The loader would fill the slots of replaced maps itself, live
+		// and before the install's gate, and load programs for them that
+		// are adopted.
+		ms = WithoutReferences(ms)
 		ms.Pinning = ebpf.PinNone
+		cs.Maps[name] = ms
 	}
 	replacements := make(map[string]*ebpf.Map, len(maps))
 	for name, m := range maps {

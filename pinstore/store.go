@@ -157,6 +157,18 @@ func (o *Object) stagingPath(target string) string {
 	return filepath.Join(dir, "bpfsup-staging-"+base)
 }
 
+// RenamePin moves the pin of kind from one name to another in one rename,
+// refusing to replace a pin already at the new name.
+func (o *Object) RenamePin(kind Kind, from, to string) error {
+	if err := CheckName(string(kind), to); err != nil {
+		return err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, o.Path(kind, from), unix.AT_FDCWD, o.Path(kind, to), unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("rename pin %s to %s: %w", o.Path(kind, from), to, err)
+	}
+	return nil
+}
+
 // Pinner is anything that pins itself: *ebpf.Map, *ebpf.Program, link.Link.
 type Pinner interface {
 	Pin(string) error

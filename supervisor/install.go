@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -269,12 +270,24 @@ func skipUnsupported(p *plan) error {
 // calls, socket filters), are loaded and pinned only: for the child, or for
 // a later -a.
 func planSectionHooks(p *plan, count map[string]int, seen map[string]string) error {
+	tailCalls := map[string]string{}
+	for _, mname := range p.maps {
+		if ms := p.spec.Maps[mname]; ms.Type == ebpf.ProgramArray {
+			for _, ref := range pinstore.References(ms) {
+				tailCalls[ref.Name] = fmt.Sprintf("a tail call, in slot %v of prog array %s", ref.Key, mname)
+			}
+		}
+	}
 	for _, pname := range p.progList {
 		ps := p.spec.Programs[pname]
 		if count[pname] > 0 || ps == nil || ps.Type == ebpf.UnspecifiedProgram {
 			continue
 		}
 		inf, err := hooks.FromSection(ps.SectionName)
+		if why, ok := tailCalls[pname]; ok && (err != nil || inf.NeedsTarget) {
+			p.unattached = append(p.unattached, unattachedProgram{pname, why})
+			continue
+		}
 		if err != nil {
 			p.unattached = append(p.unattached, unattachedProgram{pname, err.Error()})
 			continue
@@ -307,6 +320,30 @@ func planSectionHooks(p *plan, count map[string]int, seen map[string]string) err
 		p.links = append(p.links, plannedLink{name: pname, program: pname, hook: h})
 	}
 	return nil
+}
+
+// renamedLink is the name under which the last install (old) recorded a link
+// on pl's XDP hook for pl's program, when pl has no pin under its own name
+// and the plan has no link of that other name; else "". Only XDP: its hook
+// takes one link, so a second one cannot be attached beside the old and the
+// old removed after, as every other hook allows.
+func renamedLink(obj *pinstore.Object, p *plan, pl plannedLink, old *pinstore.Manifest) string {
+	spec := pl.hook.Spec()
+	if old == nil || spec.Kind != "xdp" || pinstore.Exists(obj.Path(pinstore.Links, pl.name)) {
+		return ""
+	}
+	for name, rec := range old.Links {
+		if name == pl.name || rec.Program != pl.program || rec.Hook != spec.String() || rec.Netns != spec.Netns {
+			continue
+		}
+		if slices.ContainsFunc(p.links, func(other plannedLink) bool { return other.name == name }) {
+			continue
+		}
+		if pinstore.Exists(obj.Path(pinstore.Links, name)) {
+			return name
+		}
+	}
+	return ""
 }
 
 // unattachedProgram is a program loaded and pinned but attached nowhere, and
@@ -573,10 +610,24 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 		}
 	}
 	swapStart := time.Now()
+	if err := fillSlots(p, in, fresh, &rollback, log); err != nil {
+		return nil, err
+	}
 	// One rtnetlink socket per namespace for all the links' checks.
 	endBatch := hooks.Batch()
 	defer endBatch()
 	for _, pl := range p.links {
+		if from := renamedLink(obj, p, pl, old); from != "" {
+			// The same hook under another name (a second attachment of its
+			// program names both after their targets): the link moves to
+			// the new name instead of a second one being attached, which an
+			// XDP hook would refuse.
+			if err := obj.RenamePin(pinstore.Links, from, pl.name); err != nil {
+				return nil, fmt.Errorf("object %s: %w", p.name, err)
+			}
+			rollback.push(func() { _ = obj.RenamePin(pinstore.Links, pl.name, from) })
+			log.Info("link renamed", "object", p.name, "from", from, "to", pl.name, "hook", pl.hook.Spec().String())
+		}
 		var progID ebpf.ProgramID
 		if r := progs[pl.program]; r != nil && r.Adopted {
 			progID = r.Brief.ID

@@ -1,0 +1,71 @@
+package upgrade
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+	"github.com/bpfsup/bpfsup/pinstore"
+)
+
+// TestXDPSecondAttachment: a reload that attaches a program to a second
+// interface renames its link after its target (xdp_drop becomes
+// xdp_drop-X, as a program attached to several hooks has its links named),
+// keeping the very link on X, which an XDP hook could not have taken beside
+// a new one; a reload back to one interface renames it back and removes the
+// other.
+func TestXDPSecondAttachment(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "uprn")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	_, y := testutil.MustVethPair(t, nsR, nsR)
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	one := config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}}
+	one.write(t, cfgPath)
+	p := startBpfsup(t, e, "", "-c", cfgPath)
+	waitChildren(t, p, 1)
+	linkX, _ := linkIDs(t, e, "xdp_drop")
+
+	two := one
+	two.attach = append(append([]attachment(nil), one.attach...), attachment{"xdp_drop", "xdp:" + y.Name})
+	two.write(t, cfgPath)
+	mustReload(t, e)
+	nameX, nameY := "xdp_drop-"+x.Name, "xdp_drop-"+y.Name
+	if l, _ := linkIDs(t, e, nameX); l != linkX {
+		t.Fatalf("link %s is %d, want the link that was xdp_drop (%d), renamed", nameX, l, linkX)
+	}
+	if l, _ := linkIDs(t, e, nameY); l == 0 || l == linkX {
+		t.Fatalf("link %s is %d, want a new link", nameY, l)
+	}
+	st := status(t, e, "dropfilter")
+	var names []string
+	for _, l := range st.Links {
+		names = append(names, l.Name+"="+l.Hook)
+	}
+	want := []string{nameX + "=xdp:" + x.Name, nameY + "=xdp:" + y.Name}
+	slices.Sort(names)
+	slices.Sort(want)
+	if got, want := strings.Join(names, " "), strings.Join(want, " "); got != want {
+		t.Fatalf("status links %q, want %q", got, want)
+	}
+	if !strings.Contains(p.Output(), `msg="link renamed" object=dropfilter from=xdp_drop to=`+nameX) {
+		t.Errorf("no log line for the rename:\n%s", p.Output())
+	}
+
+	one.write(t, cfgPath)
+	mustReload(t, e)
+	if l, _ := linkIDs(t, e, "xdp_drop"); l != linkX {
+		t.Fatalf("back to one attachment: link xdp_drop is %d, want %d", l, linkX)
+	}
+	if pinstore.Exists(pinPath(e, "links", nameY)) || pinstore.Exists(pinPath(e, "links", nameX)) {
+		t.Fatalf("links %s or %s still pinned after going back to one attachment", nameX, nameY)
+	}
+	if got := len(status(t, e, "dropfilter").Links); got != 1 {
+		t.Fatalf("%d links after going back to one attachment, want 1", got)
+	}
+}

@@ -1,0 +1,197 @@
+package upgrade
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// TestUpgradeTailCalls: an object whose prog array declares its tail call
+// (`.values = { [0] = &tail_count }`) and whose map of maps declares its
+// inner map installs with both slots filled; an upgrade that changes the
+// tail-called program moves the slot to the new program (and the attached
+// entry program, adopted, runs it); an upgrade that fails after the slot
+// moved puts the old program back; a restart of bpfsup adopts the slots as
+// they are.
+func TestUpgradeTailCalls(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "uptc")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	_, y := testutil.MustVethPair(t, nsR, nsR)
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "tailcall.bpf.o")
+	deploy(t, obj, "tailcall")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	cfg := config{object: obj, netns: nsR.Path, attach: []attachment{{"entry", "xdp:" + x.Name}}}
+	cfg.write(t, cfgPath)
+	p := startBpfsup(t, e, "", "-c", cfgPath, "--on-upgrade", "none")
+	waitChildren(t, p, 1)
+
+	pinned := func(kind, name string) string { return filepath.Join(e.PinRoot, "tailcall", kind, name) }
+	progID := func(name string) ebpf.ProgramID {
+		t.Helper()
+		pr, err := ebpf.LoadPinnedProgram(pinned("programs", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pr.Close()
+		info, err := pr.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	slot := func(mapName string) uint32 {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(pinned("maps", mapName), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		var id uint32
+		if err := m.Lookup(uint32(0), &id); err != nil {
+			t.Fatalf("%s[0]: %v", mapName, err)
+		}
+		return id
+	}
+	counter := func(mapName string) uint64 {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(pinned("maps", mapName), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		var v uint64
+		if err := m.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// run runs the program the link on x runs, once, on a made-up frame.
+	run := func() {
+		t.Helper()
+		_, pr := linkIDsOf(t, pinned("links", "entry"))
+		prog, err := ebpf.NewProgramFromID(pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer prog.Close()
+		if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
+			t.Fatalf("test run of the entry program: %v", err)
+		}
+	}
+	innerID := func() uint32 {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(pinned("maps", "inner"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return uint32(id)
+	}
+
+	tail1 := progID("tail_count")
+	if got := slot("jmp"); got != uint32(tail1) {
+		t.Fatalf("jmp[0] holds program %d, want tail_count (%d)", got, tail1)
+	}
+	if got, want := slot("outer"), innerID(); got != want {
+		t.Fatalf("outer[0] holds map %d, want inner (%d)", got, want)
+	}
+	if !strings.Contains(p.Output(), `why="a tail call, in slot 0 of prog array jmp"`) {
+		t.Errorf("the log does not say why tail_count is not attached:\n%s", p.Output())
+	}
+	run()
+	if h, i := counter("hits"), counter("inner"); h != 1 || i != 1 {
+		t.Fatalf("after one run of v1: hits %d, inner %d; want 1 and 1 (the tail call ran once)", h, i)
+	}
+
+	// Upgrade: v2's tail_count adds 100; entry is the same and adopted.
+	entry := progID("entry")
+	deploy(t, obj, "tailcall_v2")
+	if out := mustReload(t, e); !strings.Contains(out, "loaded: tail_count") {
+		t.Fatalf("the reload did not load tail_count anew:\n%s", out)
+	}
+	tail2 := progID("tail_count")
+	if tail2 == tail1 || progID("entry") != entry {
+		t.Fatalf("after the upgrade: tail_count %d (was %d), entry %d (was %d): want a new tail_count, the same entry", tail2, tail1, progID("entry"), entry)
+	}
+	if got := slot("jmp"); got != uint32(tail2) {
+		t.Fatalf("after the upgrade jmp[0] holds program %d, want the new tail_count (%d)", got, tail2)
+	}
+	testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("the old tail_count (%d) to be freed", tail1), func() bool { return !progExists(tail1) })
+	run()
+	if h := counter("hits"); h != 101 {
+		t.Fatalf("after a run of v2: hits %d, want 101 (the new tail call ran)", h)
+	}
+
+	// An upgrade that fails after the slot moved: back to v1, with a second
+	// attachment on an interface someone else's program holds.
+	foreign := loadForeignXDP(t)
+	var busy link.Link
+	if err := nsR.Do(func() (err error) {
+		busy, err = link.AttachXDP(link.XDPOptions{Program: foreign, Interface: y.Index})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	bad := cfg
+	bad.attach = append(append([]attachment(nil), cfg.attach...), attachment{"entry", "xdp:" + y.Name})
+	bad.write(t, cfgPath)
+	deploy(t, obj, "tailcall")
+	filled := strings.Count(p.Output(), `msg="prog array slot filled"`)
+	if out, code := reload(t, e); code == 0 || !strings.Contains(out, "xdp:"+y.Name) {
+		t.Fatalf("reload onto a busy interface: exit %d, want an error naming xdp:%s:\n%s\n%s", code, y.Name, out, p.Output())
+	}
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to log the slot moved before the failure", func() bool {
+		return strings.Count(p.Output(), `msg="prog array slot filled"`) > filled
+	})
+	if got := slot("jmp"); got != uint32(tail2) || progID("tail_count") != tail2 {
+		t.Fatalf("after the failed upgrade jmp[0] holds %d and tail_count is %d, want both the v2 program %d", got, progID("tail_count"), tail2)
+	}
+	run()
+	if h := counter("hits"); h != 201 {
+		t.Fatalf("after a run following the failed upgrade: hits %d, want 201 (v2 still runs)", h)
+	}
+
+	// A restart of bpfsup adopts the slots as they are.
+	busy.Close()
+	deploy(t, obj, "tailcall_v2")
+	cfg.write(t, cfgPath)
+	p.Kill(syscall.SIGKILL)
+	p.Wait(t, 10*time.Second)
+	p = startBpfsup(t, e, "", "-c", cfgPath)
+	waitChildren(t, p, 1)
+	if progID("tail_count") != tail2 || slot("jmp") != uint32(tail2) || strings.Contains(p.Output(), "prog array slot filled") {
+		t.Fatalf("after a restart: tail_count %d, jmp[0] %d, want %d untouched:\n%s", progID("tail_count"), slot("jmp"), tail2, p.Output())
+	}
+}
+
+// linkIDsOf reads the pinned link's id and the id of the program it runs.
+func linkIDsOf(t *testing.T, path string) (link.ID, ebpf.ProgramID) {
+	t.Helper()
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		t.Fatalf("link %s: %v", path, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ID, info.Program
+}
