@@ -1,10 +1,13 @@
 package pinstore
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -51,9 +54,8 @@ func ProgramNames(spec *ebpf.CollectionSpec) []string {
 // for the object's maps. Nothing is pinned here. On error every program is
 // closed; the verifier's log is in the error (see VerifierLog).
 //
-// opened, when not nil, hands over a program the caller already opened from
-// the pin at path (the call then owns it), or nil to open the pin here.
-func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, opts ebpf.ProgramOptions, opened func(path string) *ebpf.Program) (_ map[string]*ProgramResult, err error) {
+// adopt says what else is known of the pinned programs (see Adoption).
+func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, opts ebpf.ProgramOptions, adopt Adoption) (_ map[string]*ProgramResult, err error) {
 	names := ProgramNames(spec)
 	for _, name := range names {
 		if err := CheckName("program", name); err != nil {
@@ -84,8 +86,8 @@ func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]
 		r := &ProgramResult{Path: o.Path(Programs, name)}
 		results[name] = r
 		var pinned *ebpf.Program
-		if opened != nil {
-			pinned = opened(r.Path)
+		if adopt.Opened != nil {
+			pinned = adopt.Opened(r.Path)
 		}
 		if pinned == nil {
 			p, err := ebpf.LoadPinnedProgram(r.Path, nil)
@@ -98,7 +100,7 @@ func (o *Object) AdoptOrLoadPrograms(spec *ebpf.CollectionSpec, maps map[string]
 			}
 			pinned = p
 		}
-		brief, mismatch, err := programMismatch(spec.Programs[name], pinned, ids)
+		brief, mismatch, err := programMismatch(spec.Programs[name], pinned, ids, adopt.Want[name], adopt.Recorded, name)
 		if err != nil {
 			pinned.Close()
 			return nil, fmt.Errorf("program %s pinned at %s: %w", name, r.Path, err)
@@ -158,9 +160,88 @@ func (r *ProgramResult) close() {
 	}
 }
 
-// programMismatch says why pinned is not the program of ps using maps ids, or
-// "" when it is, with pinned's brief.
-func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.MapID]bool) (ProgramBrief, string, error) {
+// Adoption is what AdoptOrLoadPrograms knows of the pinned programs besides
+// their pins. Every field may be left empty.
+type Adoption struct {
+	// Opened hands over a program the caller already opened from the pin at
+	// path (the call then owns it), or nil to open the pin here.
+	Opened func(path string) *ebpf.Program
+	// Want is each program's digest in this object (DigestPrograms).
+	Want map[string]ProgramDigest
+	// Recorded is the manifest's record of each program, written by the
+	// install that pinned it.
+	Recorded map[string]ProgramRecord
+}
+
+// ProgramDigest is what a program's loaded form depends on besides the
+// instructions whose tag the kernel reports.
+//
+//   - Source names the object file and the program. Loading rewrites some
+//     instructions (CO-RE relocations against the running kernel's BTF,
+//     .kconfig values), so the kernel's tag of a CO-RE program is not that of
+//     the ELF's instructions, and cannot be compared. But the same program of
+//     the same file loads into the same kernel the same way, and pins do not
+//     outlive the kernel: a pinned program recorded with this Source and
+//     still holding its recorded id and tag is what a load would make.
+//   - Data digests the initial contents of the global-data maps (.rodata,
+//     .data, .bss) the program reads: the ELF's bytes and the configuration's
+//     variables. Those maps belong to one load of the program, so a pinned
+//     program whose variables differ (variables = { ... } changed) must be
+//     loaded anew even though its instructions are the same. "" when it
+//     reads none.
+type ProgramDigest struct {
+	Source string
+	Data   string
+}
+
+// DigestPrograms digests every program of spec, an object whose file has
+// hash objectSHA, with its variables as set.
+func DigestPrograms(spec *ebpf.CollectionSpec, objectSHA string) map[string]ProgramDigest {
+	out := make(map[string]ProgramDigest, len(spec.Programs))
+	for name, ps := range spec.Programs {
+		src := sha256.Sum256([]byte(objectSHA + "\x00" + name))
+		d := ProgramDigest{Source: hex.EncodeToString(src[:])}
+		var data []string
+		for _, ins := range ps.Instructions {
+			if ref := ins.Reference(); ins.IsLoadFromMap() && IsInternalMap(ref) && !slices.Contains(data, ref) {
+				data = append(data, ref)
+			}
+		}
+		if len(data) > 0 {
+			sort.Strings(data)
+			h := sha256.New()
+			for _, mname := range data {
+				fmt.Fprintf(h, "map %q\n", mname)
+				if ms := spec.Maps[mname]; ms != nil {
+					for _, kv := range ms.Contents {
+						if b, ok := kv.Value.([]byte); ok {
+							fmt.Fprintf(h, "contents %d %x\n", len(b), b)
+						}
+					}
+				}
+				var vars []string
+				for vname, v := range spec.Variables {
+					if v.SectionName == mname {
+						vars = append(vars, vname)
+					}
+				}
+				sort.Strings(vars)
+				for _, vname := range vars {
+					v := spec.Variables[vname]
+					fmt.Fprintf(h, "variable %q at %d = %x\n", vname, v.Offset, v.Value)
+				}
+			}
+			d.Data = hex.EncodeToString(h.Sum(nil))
+		}
+		out[name] = d
+	}
+	return out
+}
+
+// programMismatch says why pinned is not the program name of ps using maps
+// ids, or "" when it is, with pinned's brief. want is its digest in the
+// object, recorded what the manifest says of the pinned programs.
+func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.MapID]bool, want ProgramDigest, recorded map[string]ProgramRecord, name string) (ProgramBrief, string, error) {
 	info, err := BriefProgram(pinned)
 	if err != nil {
 		return info, "", err
@@ -168,25 +249,32 @@ func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.Ma
 	if pinned.Type() != ps.Type {
 		return info, fmt.Sprintf("type %s, the object's is %s", pinned.Type(), ps.Type), nil
 	}
+	rec, ok := recorded[name]
+	// The manifest speaks for this very program only while the pin holds
+	// the program it recorded.
+	ok = ok && rec.ID == uint32(info.ID) && rec.Tag == info.Tag
 	// ProgramSpec.Compatible, without asking the kernel again for the tag.
 	same, err := ps.Instructions.HasTag(info.Tag, HostEndian())
 	if err != nil {
 		return info, "", err
 	}
-	if !same {
+	if !same && !(ok && want.Source != "" && rec.Source == want.Source) {
 		return info, fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
+	}
+	if want.Data != "" && !(ok && rec.Data == want.Data) {
+		return info, "its global data (.rodata, .data, .bss: the object's initial values and the configuration's variables) is not the object's", nil
 	}
 	// The program must use the maps bpfsup holds, not an older, replaced map
 	// of the same name. Maps the compiler made (.rodata, .bss) are its own.
-	want := referencedMaps(ps)
+	uses := referencedMaps(ps)
 	have := 0
 	for _, id := range info.MapIDs {
 		if ids[id] {
 			have++
 		}
 	}
-	if have != len(want) {
-		return info, fmt.Sprintf("it uses other maps than the pinned ones (%d of %d match)", have, len(want)), nil
+	if have != len(uses) {
+		return info, fmt.Sprintf("it uses other maps than the pinned ones (%d of %d match)", have, len(uses)), nil
 	}
 	return info, "", nil
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
 func progID(tb testing.TB, p *ebpf.Program) ebpf.ProgramID {
@@ -46,7 +48,7 @@ func mustObjectMaps(tb testing.TB, o *Object, spec *ebpf.CollectionSpec) map[str
 // of the test.
 func mustPrograms(tb testing.TB, o *Object, spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map) map[string]*ProgramResult {
 	tb.Helper()
-	res, err := o.AdoptOrLoadPrograms(spec, maps, ebpf.ProgramOptions{}, nil)
+	res, err := o.AdoptOrLoadPrograms(spec, maps, ebpf.ProgramOptions{}, Adoption{})
 	if err != nil {
 		tb.Fatalf("adopt or load programs: %v", err)
 	}
@@ -160,7 +162,7 @@ func TestVerifierLog(t *testing.T) {
 	s := mustStore(t)
 	o := mustOpen(t, s, "bad")
 	spec := mustSpec(t, "bad_verifier")
-	res, err := o.AdoptOrLoadPrograms(spec, nil, ebpf.ProgramOptions{}, nil)
+	res, err := o.AdoptOrLoadPrograms(spec, nil, ebpf.ProgramOptions{}, Adoption{})
 	if err == nil {
 		for _, r := range res {
 			r.close()
@@ -191,5 +193,39 @@ func TestVerifierLog(t *testing.T) {
 	}
 	if pins, _ := o.Pins(Programs); len(pins) != 0 {
 		t.Fatalf("a refused program was pinned: %v", pins)
+	}
+}
+
+// A program's digest follows its object file and, for a program that reads
+// global data, the data's initial values with the variables as set; a
+// program that reads none has no data digest.
+func TestDigestPrograms(t *testing.T) {
+	load := func(name string) *ebpf.CollectionSpec {
+		t.Helper()
+		spec, err := ebpf.LoadCollectionSpec(testutil.BPFObject(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return spec
+	}
+	spec := load("globals")
+	a := DigestPrograms(spec, "sha-a")["on_getppid"]
+	if a.Source == "" || a.Data == "" {
+		t.Fatalf("digest %+v, want a source and a data digest", a)
+	}
+	if b := DigestPrograms(load("globals"), "sha-a")["on_getppid"]; b != a {
+		t.Fatalf("the same object digests differently: %+v, %+v", a, b)
+	}
+	if b := DigestPrograms(spec, "sha-b")["on_getppid"]; b.Source == a.Source || b.Data != a.Data {
+		t.Fatalf("another object file: %+v, was %+v; want another source, the same data", b, a)
+	}
+	if err := spec.Variables["step"].Set(uint64(7)); err != nil {
+		t.Fatal(err)
+	}
+	if b := DigestPrograms(spec, "sha-a")["on_getppid"]; b.Source != a.Source || b.Data == a.Data {
+		t.Fatalf("step set to 7: %+v, was %+v; want the same source, other data", b, a)
+	}
+	if d := DigestPrograms(load("counter"), "sha-a")["count_packets"]; d.Data != "" {
+		t.Fatalf("count_packets reads no global data, yet has data digest %q", d.Data)
 	}
 }

@@ -80,7 +80,7 @@ func TestRemove(t *testing.T) {
 			man.Maps[name] = MapRecord{ID: uint32(mapID(t, r.Map)), Path: r.Path}
 			mapIDs = append(mapIDs, mapID(t, r.Map))
 		}
-		progs, err := o.AdoptOrLoadPrograms(spec, maps, ebpf.ProgramOptions{}, nil)
+		progs, err := o.AdoptOrLoadPrograms(spec, maps, ebpf.ProgramOptions{}, Adoption{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -42,6 +42,9 @@ type plan struct {
 	force bool
 	// key is plannerKey's, for the manifest (see adoptUnchanged).
 	key string
+	// digests are the programs' (pinstore.DigestPrograms), recorded in the
+	// manifest to check adoptions by.
+	digests map[string]pinstore.ProgramDigest
 	// unattached lists the programs no attachment names and whose section
 	// names no whole hook, for the log.
 	unattached []unattachedProgram
@@ -125,6 +128,7 @@ func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*p
 			return nil, fmt.Errorf("object %s: set variable %s: %w", name, vname, err)
 		}
 	}
+	p.digests = pinstore.DigestPrograms(spec, sha)
 
 	for mname := range spec.Maps {
 		if pinstore.IsInternalMap(mname) {
@@ -500,7 +504,11 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 
 	// Programs.
 	loadStart := time.Now()
-	progs, err := obj.AdoptOrLoadPrograms(p.spec, in.maps, ebpf.ProgramOptions{}, pins.takeProgram)
+	adopt := pinstore.Adoption{Opened: pins.takeProgram, Want: p.digests}
+	if old != nil {
+		adopt.Recorded = old.Programs
+	}
+	progs, err := obj.AdoptOrLoadPrograms(p.spec, in.maps, ebpf.ProgramOptions{}, adopt)
 	in.loadTook = time.Since(loadStart)
 	if err != nil {
 		if vlog := pinstore.VerifierLog(err, 20); vlog != "" {
@@ -905,9 +913,17 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 		} else if b, err := pinstore.BriefProgram(pr); err == nil {
 			rec.ID, rec.Tag = uint32(b.ID), b.Tag
 		}
+		if d, ok := p.digests[name]; ok {
+			rec.Source, rec.Data = d.Source, d.Data
+		}
 		if old != nil {
 			if o, ok := old.Programs[name]; ok {
 				rec.PreviousIDs = carryIDs(o.PreviousIDs, o.ID, rec.ID, programAlive)
+				if _, planned := p.digests[name]; !planned && o.ID == rec.ID {
+					// Written without the object's spec (adoptUnchanged,
+					// a re-attach): what was recorded still holds.
+					rec.Source, rec.Data = o.Source, o.Data
+				}
 			}
 		}
 		m.Programs[name] = rec
