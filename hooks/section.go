@@ -28,6 +28,7 @@ var sectionKinds = map[string]string{
 	"tracepoint":     "tracepoint",
 	"raw_tp":         "raw_tp",
 	"raw_tracepoint": "raw_tp",
+	"tp_btf":         "tp_btf",
 	"fentry":         "fentry",
 	"fexit":          "fexit",
 	"fmod_ret":       "fmod_ret",

@@ -190,12 +190,18 @@ func (h *rawTPHook) Attach(prog *ebpf.Program) (link.Link, error) {
 }
 
 func (h *rawTPHook) Check(l link.Link) (State, error) {
+	return rawTracepointState(l, h.spec.Target)
+}
+
+// rawTracepointState is Attached when l is a raw_tracepoint link on the
+// tracepoint name (raw_tp and tp_btf programs alike).
+func rawTracepointState(l link.Link, name string) (State, error) {
 	info, err := l.Info()
 	if err != nil {
 		return 0, err
 	}
 	rt := info.RawTracepoint()
-	if info.Type != link.RawTracepointType || rt == nil || rt.Name != h.spec.Target {
+	if info.Type != link.RawTracepointType || rt == nil || rt.Name != name {
 		return Elsewhere, nil
 	}
 	return Attached, nil

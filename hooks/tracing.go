@@ -32,6 +32,49 @@ func init() {
 			},
 		})
 	}
+	register("tp_btf", kind{
+		variants:    []string{""},
+		needsTarget: true,
+		make: func(s Spec) (Hook, error) {
+			if !traceName(s.Target) {
+				return nil, fmt.Errorf("hook %q: want tp_btf:TRACEPOINT, a raw tracepoint the kernel's BTF describes (tp_btf:sched_switch): %w", s, ErrBadSpec)
+			}
+			return &btfTracepointHook{spec: s}, nil
+		},
+	})
+}
+
+// btfTracepointHook attaches a Tracing program of attach type raw_tp
+// (SEC("tp_btf/NAME")) to a raw tracepoint typed by the kernel's BTF. Unlike
+// fentry it needs no trampoline: the kernel attaches it with a
+// raw_tracepoint link, as a raw_tp program. As for fentry the kernel binds
+// the tracepoint at load time (prepare), and the link cannot swap its
+// program: upgrades are make-before-break.
+type btfTracepointHook struct {
+	spec Spec
+}
+
+func (h *btfTracepointHook) Spec() Spec        { return h.spec }
+func (h *btfTracepointHook) Updatable() bool   { return false }
+func (h *btfTracepointHook) Mechanism() string { return "bpf_link raw_tracepoint (tp_btf)" }
+
+func (h *btfTracepointHook) prepare(name string, ps *ebpf.ProgramSpec) error {
+	return bindAtLoad(h.spec, name, ps, ebpf.Tracing, ebpf.AttachTraceRawTp, h.spec.Target)
+}
+
+func (h *btfTracepointHook) Attach(prog *ebpf.Program) (link.Link, error) {
+	if err := checkType(h.spec, prog, ebpf.Tracing); err != nil {
+		return nil, err
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
+	}
+	return l, nil
+}
+
+func (h *btfTracepointHook) Check(l link.Link) (State, error) {
+	return rawTracepointState(l, h.spec.Target)
 }
 
 // tracingHook attaches a Tracing program to a kernel function through a BPF

@@ -107,6 +107,7 @@ func hookCases() []hookCase {
 	return []hookCase{
 		{name: "tracepoint", object: hooks, program: "tp_count", slot: 0, events: "getppid", hook: fixed("tracepoint:syscalls/sys_enter_getppid")},
 		{name: "raw_tp", object: hooks, program: "raw_tp_count", slot: 1, events: "getppid", hook: fixed("raw_tp:sys_enter")},
+		{name: "tp_btf", object: "tpbtf", program: "tp_btf_count", slot: 12, events: "getppid", hook: fixed("tp_btf:sys_enter")},
 		{name: "uprobe", object: hooks, program: "uprobe_count", slot: 2, events: "call",
 			hook: func(tg *targets) string {
 				return "uprobe:" + tg.binary + ":" + tg.sym + ":" + itoa(tg.helper.pid())
