@@ -28,9 +28,21 @@ type metrics struct {
 	lastReload     prometheus.Gauge
 	lastReloadTime prometheus.Gauge
 	reloads        *prometheus.CounterVec
+	tally          reloadTally
 }
 
-func newMetrics() *metrics {
+// reloadTally is what the reload metrics say, handed over across a re-exec
+// so that they go on from there.
+type reloadTally struct {
+	Success  float64 `json:"success"`
+	Failure  float64 `json:"failure"`
+	Last     float64 `json:"last"` // bpfsup_last_reload_success
+	LastTime float64 `json:"last_time"`
+}
+
+// newMetrics makes the metrics, the reload metrics going on from carried
+// when it is not nil.
+func newMetrics(carried *reloadTally) *metrics {
 	m := &metrics{
 		reg:            prometheus.NewRegistry(),
 		childUp:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_child_up", Help: "1 while the child runs."}),
@@ -44,21 +56,32 @@ func newMetrics() *metrics {
 		lastReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_last_reload_timestamp_seconds", Help: "When the last reload ended."}),
 		reloads:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bpfsup_reloads_total", Help: "Reloads, by result."}, []string{"result"}),
 	}
-	m.lastReload.Set(-1)
+	m.tally = reloadTally{Last: -1}
+	if carried != nil {
+		m.tally = *carried
+	}
+	m.reloads.WithLabelValues("success").Add(m.tally.Success)
+	m.reloads.WithLabelValues("failure").Add(m.tally.Failure)
+	m.lastReload.Set(m.tally.Last)
+	m.lastReloadTime.Set(m.tally.LastTime)
 	m.reg.MustRegister(m.childUp, m.restarts, m.startLimitHits, m.objects, m.maps, m.programs, m.links,
 		m.lastReload, m.lastReloadTime, m.reloads)
 	return m
 }
 
 func (m *metrics) setReload(err error) {
-	m.lastReloadTime.Set(float64(time.Now().Unix()))
+	m.tally.LastTime = float64(time.Now().Unix())
+	m.lastReloadTime.Set(m.tally.LastTime)
 	if err != nil {
-		m.lastReload.Set(0)
+		m.tally.Last = 0
+		m.tally.Failure++
 		m.reloads.WithLabelValues("failure").Inc()
-		return
+	} else {
+		m.tally.Last = 1
+		m.tally.Success++
+		m.reloads.WithLabelValues("success").Inc()
 	}
-	m.lastReload.Set(1)
-	m.reloads.WithLabelValues("success").Inc()
+	m.lastReload.Set(m.tally.Last)
 }
 
 func (s *supervisor) updateMetrics() {

@@ -98,6 +98,8 @@ type reexecState struct {
 	// meanwhile waits in its socket for the new program, and the child's
 	// NOTIFY_SOCKET still names a socket that someone reads.
 	Sockets map[string]int `json:"sockets,omitempty"`
+	// Reloads is what the reload metrics said.
+	Reloads *reloadTally `json:"reloads,omitempty"`
 }
 
 // The listening sockets a re-exec hands over.
@@ -239,6 +241,9 @@ func (s *supervisor) reexec() error {
 	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs(), Sockets: s.listeningSockets()}
 	if s.child != nil {
 		st.ChildPID, st.ChildStarted = s.child.Pid, s.childStarted
+	}
+	if s.metrics != nil {
+		st.Reloads = &s.metrics.tally
 	}
 	data, err := json.Marshal(st)
 	if err != nil {

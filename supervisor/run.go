@@ -390,7 +390,11 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	if err := s.openFiles(); err != nil {
 		return 1, err
 	}
-	s.metrics = newMetrics()
+	var carried *reloadTally
+	if s.up.resumed != nil {
+		carried = s.up.resumed.Reloads
+	}
+	s.metrics = newMetrics(carried)
 	s.metrics.restarts.Add(float64(s.restarts)) // those before a re-exec
 	s.updateMetrics()
 

@@ -223,6 +223,31 @@ func TestSelfUpgradeKeepsSockets(t *testing.T) {
 	if i := sd.Index("READY=1"); i >= 0 {
 		t.Fatalf("READY=1 before the child said it: %q", sd.Lines())
 	}
+	// A reload before the upgrade: its metrics go on after it.
+	mustReload(t, e)
+	reloadMetrics := func() string {
+		t.Helper()
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, "bpfsup_reloads_total{") || strings.HasPrefix(l, "bpfsup_last_reload_success ") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "; ")
+	}
+	wantReloads := `bpfsup_last_reload_success 1; bpfsup_reloads_total{result="failure"} 0; bpfsup_reloads_total{result="success"} 1`
+	if got := reloadMetrics(); got != wantReloads {
+		t.Fatalf("reload metrics before the upgrade: %s, want %s", got, wantReloads)
+	}
 
 	// Ask without pause until well after the new program is up.
 	var (
@@ -310,6 +335,9 @@ func TestSelfUpgradeKeepsSockets(t *testing.T) {
 	}
 	if got := metricsAddr.FindAllStringSubmatch(p.Output(), -1)[1][1]; got != addr {
 		t.Fatalf("metrics moved from %s to %s across the re-exec", addr, got)
+	}
+	if got := reloadMetrics(); got != wantReloads {
+		t.Fatalf("reload metrics after the upgrade: %s, want them carried over: %s", got, wantReloads)
 	}
 
 	// The child, adopted by the new program, says it is ready.
