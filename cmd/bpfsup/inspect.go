@@ -100,6 +100,15 @@ type MapSection struct {
 	MaxEntries uint32 `json:"max_entries"`
 	Pinning    string `json:"pinning"`
 	Internal   bool   `json:"internal,omitempty"`
+	// Slots are the slots the declaration fills with programs (a prog
+	// array: tail calls) or maps (a map of maps), which bpfsup fills.
+	Slots []MapSlot `json:"slots,omitempty"`
+}
+
+// MapSlot is one slot a map's declaration fills.
+type MapSlot struct {
+	Key  any    `json:"key"`
+	Name string `json:"name"`
 }
 
 func inspectCmd() *cobra.Command {
@@ -126,8 +135,12 @@ func inspectCmd() *cobra.Command {
 				if m.Pinning == ebpf.PinByName {
 					pin = "by-name (bpfsup pins every map in its own layout)"
 				}
-				ins.Maps = append(ins.Maps, MapSection{Name: name, Type: m.Type.String(), KeySize: m.KeySize, ValueSize: m.ValueSize,
-					MaxEntries: m.MaxEntries, Pinning: pin, Internal: pinstore.IsInternalMap(name)})
+				ms := MapSection{Name: name, Type: m.Type.String(), KeySize: m.KeySize, ValueSize: m.ValueSize,
+					MaxEntries: m.MaxEntries, Pinning: pin, Internal: pinstore.IsInternalMap(name)}
+				for _, ref := range pinstore.References(m) {
+					ms.Slots = append(ms.Slots, MapSlot{Key: ref.Key, Name: ref.Name})
+				}
+				ins.Maps = append(ins.Maps, ms)
 			}
 			sort.Slice(ins.Maps, func(i, j int) bool { return ins.Maps[i].Name < ins.Maps[j].Name })
 			if asJSON {
@@ -141,6 +154,9 @@ func inspectCmd() *cobra.Command {
 			}
 			for _, m := range ins.Maps {
 				fmt.Printf("  map     %-20s %s key %d value %d max %d pinning %s\n", m.Name, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, m.Pinning)
+				for _, sl := range m.Slots {
+					fmt.Printf("          slot %v: %s (filled by bpfsup)\n", sl.Key, sl.Name)
+				}
 			}
 			return nil
 		},

@@ -147,6 +147,37 @@ func TestSectionInference(t *testing.T) {
 	p.Wait(t, 20*time.Second)
 }
 
+// inspect lists the slots a prog array or map of maps declares, which
+// bpfsup fills.
+func TestInspectSlots(t *testing.T) {
+	env := testutil.MustEnv(t)
+	out, err := exec.Command(env.Bin, "inspect", "--json", testutil.BPFObject("tailcall")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("inspect: %v:\n%s", err, out)
+	}
+	var ins struct {
+		Maps []struct {
+			Name  string `json:"name"`
+			Slots []struct {
+				Key  uint32 `json:"key"`
+				Name string `json:"name"`
+			} `json:"slots"`
+		} `json:"maps"`
+	}
+	if err := json.Unmarshal(out, &ins); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, m := range ins.Maps {
+		for _, sl := range m.Slots {
+			got[fmt.Sprintf("%s[%d]", m.Name, sl.Key)] = sl.Name
+		}
+	}
+	if want := map[string]string{"jmp[0]": "tail_count", "outer[0]": "inner"}; !maps.Equal(got, want) {
+		t.Fatalf("slots %v, want %v", got, want)
+	}
+}
+
 // sectionsStatus reads `bpfsup status --json` of the one object sections:
 // its links' hooks by name, each checked attached, and how many programs it
 // pinned.
