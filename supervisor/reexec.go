@@ -102,6 +102,30 @@ type reexecState struct {
 	Reloads *reloadTally `json:"reloads,omitempty"`
 }
 
+// ReexecProtocol is what this build takes over from the program before a
+// re-exec: 1, the child and the object locks; 2, also the listening sockets
+// (and the reload metrics). `bpfsup debug reexec-protocol` prints it, so that
+// a program about to exec a binary knows what to hand over: a build from
+// before 2 would leave the sockets open and unused, and then fail to listen
+// on the metrics port the inherited socket still holds.
+const ReexecProtocol = 2
+
+// reexecProtocolOf asks the binary at path for its ReexecProtocol; a build
+// that has none (its `debug` prints its help) is 1.
+func reexecProtocolOf(path string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), reexecCheckTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "debug", "reexec-protocol").Output()
+	if err != nil {
+		return 1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
+
 // The listening sockets a re-exec hands over.
 const (
 	sockControl = "control"
@@ -237,8 +261,12 @@ func (s *supervisor) reexec() error {
 		return fmt.Errorf("re-exec: %s version: %w", path, err)
 	}
 	newVersion := strings.TrimSpace(string(out))
+	protocol := reexecProtocolOf(path)
 
-	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs(), Sockets: s.listeningSockets()}
+	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs()}
+	if protocol >= 2 {
+		st.Sockets = s.listeningSockets()
+	}
 	if s.child != nil {
 		st.ChildPID, st.ChildStarted = s.child.Pid, s.childStarted
 	}
@@ -274,7 +302,7 @@ func (s *supervisor) reexec() error {
 	}
 	argv := append([]string{path}, os.Args[1:]...)
 	s.quiesceSockets()
-	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "child", st.ChildPID, "locks_kept", len(st.LockFDs), "sockets_kept", len(st.Sockets))
+	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "protocol", protocol, "child", st.ChildPID, "locks_kept", len(st.LockFDs), "sockets_kept", len(st.Sockets))
 
 	var execErr error
 	do := func() { execErr = syscall.Exec(path, argv, env) } // returns only on failure

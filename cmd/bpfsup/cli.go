@@ -575,6 +575,14 @@ func supervisorPIDs(store pinstore.Store) ([]int, error) {
 func debugCmd() *cobra.Command {
 	c := &cobra.Command{Use: "debug", Short: "Tools for testing bpfsup itself", Hidden: true}
 	c.AddCommand(&cobra.Command{
+		Use:   "reexec-protocol",
+		Short: "Print what this build takes over from the program before a re-exec (SIGUSR2)",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Println(supervisor.ReexecProtocol)
+		},
+	})
+	c.AddCommand(&cobra.Command{
 		Use:   "crash-points",
 		Short: "List the steps at which " + crash.EnvVar + " can make bpfsup kill itself (tests only)",
 		Run: func(cmd *cobra.Command, args []string) {

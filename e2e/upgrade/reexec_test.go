@@ -351,3 +351,51 @@ func TestSelfUpgradeKeepsSockets(t *testing.T) {
 		t.Fatalf("READY=1 sent %d times, want once: %q", c, sd.Lines())
 	}
 }
+
+// TestSelfUpgradeToOlderProtocol: SIGUSR2 to a binary that does not take
+// the listening sockets over (a build from before they were handed over,
+// whose `debug reexec-protocol` prints its help) keeps them out of the exec:
+// that binary listens again itself, which an inherited socket holding the
+// metrics port would make fail.
+func TestSelfUpgradeToOlderProtocol(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "upo")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin", "bpfsup")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(e.Bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	obj := filepath.Join(dir, "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	p := startBpfsup(t, e, bin, "--metrics-addr", "127.0.0.1:0", "-o", obj, "-a", "xdp_drop@xdp:"+x.Name, "--netns", nsR.Path)
+	waitChildren(t, p, 1)
+
+	// The "older" build: asked for its protocol, it prints the help of
+	// `debug`, as every build before protocol 2 does.
+	old := "#!/bin/sh\n" +
+		"if [ \"$1\" = debug ] && [ \"$2\" = reexec-protocol ]; then echo 'Tools for testing bpfsup itself'; exit 0; fi\n" +
+		"exec " + e.Bin + " \"$@\"\n"
+	writeAtomic(t, bin, []byte(old))
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p.Kill(syscall.SIGUSR2)
+	p.WaitOutput(t, "msg=re-executed", 20*time.Second)
+	testutil.WaitFor(t, 10*time.Second, "the metrics served again", func() bool {
+		return strings.Count(p.Output(), `msg="serving metrics"`) == 2
+	})
+	if !strings.Contains(p.Output(), "protocol=1") || !strings.Contains(p.Output(), "sockets_kept=0") {
+		t.Fatalf("the re-exec to a protocol-1 build handed sockets over:\n%s", p.Output())
+	}
+	if r, err := supervisor.Request(supervisor.ControlSocket(e.StateDir, p.Pid()), "status", 10*time.Second); err != nil || !r.OK {
+		t.Fatalf("status after the re-exec: %+v, %v", r, err)
+	}
+}
