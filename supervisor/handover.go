@@ -27,11 +27,11 @@ type pauser struct {
 	setDeadline func(time.Time) error
 	mu          sync.Mutex
 	paused      chan struct{} // closed by resume; nil when not paused
-	parked      chan struct{} // hold tells pause it holds
+	parked      chan struct{} // this pause's: hold tells pause it holds
 }
 
 func newPauser(setDeadline func(time.Time) error) *pauser {
-	return &pauser{setDeadline: setDeadline, parked: make(chan struct{}, 1)}
+	return &pauser{setDeadline: setDeadline}
 }
 
 // hold is for the loop, with the error of its accept or read: when the error
@@ -42,13 +42,13 @@ func (p *pauser) hold(err error) bool {
 		return false
 	}
 	p.mu.Lock()
-	resumed := p.paused
+	resumed, parked := p.paused, p.parked
 	p.mu.Unlock()
 	if resumed == nil {
 		return true // resumed in between
 	}
 	select {
-	case p.parked <- struct{}{}:
+	case parked <- struct{}{}:
 	default:
 	}
 	<-resumed
@@ -65,10 +65,14 @@ func (p *pauser) pause(timeout time.Duration) {
 		return
 	}
 	p.paused = make(chan struct{})
+	// A channel per pause: a hold that comes after a pause gave up waiting
+	// cannot answer the next one.
+	parked := make(chan struct{}, 1)
+	p.parked = parked
 	p.mu.Unlock()
 	_ = p.setDeadline(time.Now())
 	select {
-	case <-p.parked:
+	case <-parked:
 	case <-time.After(timeout):
 	}
 }
@@ -82,11 +86,7 @@ func (p *pauser) resume() {
 	}
 	_ = p.setDeadline(time.Time{})
 	close(p.paused)
-	p.paused = nil
-	select { // a hold that pause did not wait for
-	case <-p.parked:
-	default:
-	}
+	p.paused, p.parked = nil, nil
 }
 
 // deadlineListener is what both *net.UnixListener and *net.TCPListener are.

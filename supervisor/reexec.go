@@ -262,7 +262,21 @@ func (s *supervisor) reexec() error {
 	}
 	newVersion := strings.TrimSpace(string(out))
 	protocol := reexecProtocolOf(path)
+	if s.child != nil && s.child == s.up.adopted && s.up.main == nil {
+		return errors.New("re-exec: the adopted child's parent thread (the main thread) is not available; restart the child first")
+	}
 
+	// Quiet the sockets before the state is taken: what they bring
+	// meanwhile (the child's READY=1) is then in it.
+	s.quiesceSockets()
+	err = s.execSelf(path, newVersion, protocol)
+	s.resumeSockets()
+	return err
+}
+
+// execSelf execs the binary at path with this program's state; it returns
+// only when the exec did not happen, with the reason.
+func (s *supervisor) execSelf(path, newVersion string, protocol int) error {
 	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs()}
 	if protocol >= 2 {
 		st.Sockets = s.listeningSockets()
@@ -301,7 +315,6 @@ func (s *supervisor) reexec() error {
 		}
 	}
 	argv := append([]string{path}, os.Args[1:]...)
-	s.quiesceSockets()
 	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "protocol", protocol, "child", st.ChildPID, "locks_kept", len(st.LockFDs), "sockets_kept", len(st.Sockets))
 
 	var execErr error
@@ -310,18 +323,13 @@ func (s *supervisor) reexec() error {
 	case s.child == nil:
 		do()
 	case s.child == s.up.adopted:
-		if s.up.main == nil {
-			execErr = errors.New("the adopted child's parent thread (the main thread) is not available; restart the child first")
-		} else {
-			s.up.main.do(do)
-		}
+		s.up.main.do(do)
 	default:
 		if err := s.child.OnForkThread(do); err != nil {
 			execErr = fmt.Errorf("run on the child's parent thread: %w", err)
 		}
 	}
 	setCloseOnExec(keep)
-	s.resumeSockets()
 	return fmt.Errorf("re-exec %s: %w", path, execErr)
 }
 
@@ -329,35 +337,37 @@ func (s *supervisor) reexec() error {
 // taken and not answered, no notification read and not acted on, is lost
 // to the exec. What comes after waits in the sockets.
 func (s *supervisor) quiesceSockets() {
+	// The child's notifications first: once its reader holds, nothing more
+	// comes into childNote, which is drained here (nobody else reads it
+	// while the loop is busy with this).
+	if s.notify != nil {
+		held := make(chan struct{})
+		go func() {
+			s.notify.p.pause(quiesceTimeout)
+			close(held)
+		}()
+		for held != nil {
+			select {
+			case msg := <-s.childNote:
+				s.childNotified(msg)
+			case <-held:
+				held = nil
+			}
+		}
+		for drained := false; !drained; {
+			select {
+			case msg := <-s.childNote:
+				s.childNotified(msg)
+			default:
+				drained = true
+			}
+		}
+	}
 	if s.ctl != nil {
 		s.ctl.quiesce()
 	}
 	if s.metricsSrv != nil {
 		s.metricsSrv.quiesce()
-	}
-	if s.notify == nil {
-		return
-	}
-	held := make(chan struct{})
-	go func() {
-		s.notify.p.pause(quiesceTimeout)
-		close(held)
-	}()
-	for held != nil {
-		select {
-		case msg := <-s.childNote:
-			s.childNotified(msg)
-		case <-held:
-			held = nil
-		}
-	}
-	for {
-		select {
-		case msg := <-s.childNote:
-			s.childNotified(msg)
-		default:
-			return
-		}
 	}
 }
 
