@@ -69,10 +69,11 @@ type ProgramRecord struct {
 	Tag         string   `json:"tag"`
 	Type        string   `json:"type"`
 	PreviousIDs []uint32 `json:"previous_ids,omitempty"`
-	// Source and Data are the program's digest (ProgramDigest) as it was
-	// loaded: what its adoption is checked against besides its tag.
+	// Source, Data and Target are the program's digest (ProgramDigest) as
+	// it was loaded: what its adoption is checked against besides its tag.
 	Source string `json:"source,omitempty"`
 	Data   string `json:"data,omitempty"`
+	Target string `json:"target,omitempty"`
 }
 
 // LinkRecord is one link in the manifest.

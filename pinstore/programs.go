@@ -189,9 +189,15 @@ type Adoption struct {
 //     program whose variables differ (variables = { ... } changed) must be
 //     loaded anew even though its instructions are the same. "" when it
 //     reads none.
+//   - Target is what the kernel binds the program to at load time (fentry,
+//     tp_btf, lsm: the attach type and function or tracepoint, as the
+//     hooks set them), which its tag does not cover either: a program
+//     whose configured target moved is loaded anew for the new one. ""
+//     for programs bound to nothing at load.
 type ProgramDigest struct {
 	Source string
 	Data   string
+	Target string
 }
 
 // DigestPrograms digests every program of spec, an object whose file has
@@ -201,6 +207,9 @@ func DigestPrograms(spec *ebpf.CollectionSpec, objectSHA string) map[string]Prog
 	for name, ps := range spec.Programs {
 		src := sha256.Sum256([]byte(objectSHA + "\x00" + name))
 		d := ProgramDigest{Source: hex.EncodeToString(src[:])}
+		if ps.AttachTo != "" {
+			d.Target = ps.AttachType.String() + ":" + ps.AttachTo
+		}
 		var data []string
 		for _, ins := range ps.Instructions {
 			if ref := ins.Reference(); ins.IsLoadFromMap() && IsInternalMap(ref) && !slices.Contains(data, ref) {
@@ -260,6 +269,9 @@ func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.Ma
 	}
 	if !same && !(ok && want.Source != "" && rec.Source == want.Source) {
 		return info, fmt.Sprintf("tag %s differs from the object's instructions", info.Tag), nil
+	}
+	if want.Target != "" && !(ok && rec.Target == want.Target) {
+		return info, fmt.Sprintf("it was loaded for another target than %s", want.Target), nil
 	}
 	if want.Data != "" && !(ok && rec.Data == want.Data) {
 		return info, "its global data (.rodata, .data, .bss: the object's initial values and the configuration's variables) is not the object's", nil

@@ -128,7 +128,6 @@ func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*p
 			return nil, fmt.Errorf("object %s: set variable %s: %w", name, vname, err)
 		}
 	}
-	p.digests = pinstore.DigestPrograms(spec, sha)
 
 	for mname := range spec.Maps {
 		if pinstore.IsInternalMap(mname) {
@@ -220,6 +219,9 @@ func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*p
 	if err := skipUnsupported(p); err != nil {
 		return nil, err
 	}
+	// Once the hooks set the load-time targets (Prepare), which the digests
+	// cover.
+	p.digests = pinstore.DigestPrograms(spec, sha)
 	return p, nil
 }
 
@@ -914,7 +916,7 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 			rec.ID, rec.Tag = uint32(b.ID), b.Tag
 		}
 		if d, ok := p.digests[name]; ok {
-			rec.Source, rec.Data = d.Source, d.Data
+			rec.Source, rec.Data, rec.Target = d.Source, d.Data, d.Target
 		}
 		if old != nil {
 			if o, ok := old.Programs[name]; ok {
@@ -922,7 +924,7 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 				if _, planned := p.digests[name]; !planned && o.ID == rec.ID {
 					// Written without the object's spec (adoptUnchanged,
 					// a re-attach): what was recorded still holds.
-					rec.Source, rec.Data = o.Source, o.Data
+					rec.Source, rec.Data, rec.Target = o.Source, o.Data, o.Target
 				}
 			}
 		}
