@@ -539,6 +539,9 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 			}
 		}
 	}
+	if err := fillNewMaps(p, in, fresh, log); err != nil {
+		return nil, err
+	}
 	foreign, err = checkPinsAfterLoad(obj, p, own, progs, pins)
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", p.name, err)
@@ -620,7 +623,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 		}
 	}
 	swapStart := time.Now()
-	if err := fillSlots(p, in, fresh, &rollback, log); err != nil {
+	if err := moveProgSlots(p, in, fresh, &rollback, &release, log); err != nil {
 		return nil, err
 	}
 	// One rtnetlink socket per namespace for all the links' checks.

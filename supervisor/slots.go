@@ -13,64 +13,85 @@ import (
 // Prog arrays and maps of maps whose declaration fills slots by name
 // (libbpf's `.values = { [0] = (void *)&tail }`, the usual way to set up
 // tail calls) are created empty, since the programs and maps they name exist
-// only later in the install (pinstore.WithoutReferences). fillSlots fills
-// them once the programs are loaded or adopted:
+// only later in the install (pinstore.WithoutReferences). The install fills
+// them:
 //
-//   - a prog array slot is made to hold the object's program of that name
-//     whenever it holds anything else: on the first install, and on an
-//     upgrade, where it moves from the old program to the new one before
-//     the links swap (the new entry program tail-calls the new programs; the
-//     old one, still attached for that instant, does too, as when Cilium
-//     replaces its tail calls). A rollback puts the old program back.
-//   - a map-of-maps slot is filled only when bpfsup creates the outer map: on
-//     an adopted one the slots are the application's data.
+//   - a map bpfsup creates, before it is pinned (fillNewMaps): nothing uses
+//     it yet, and a crash never leaves it pinned and empty;
+//   - a prog array adopted from its pin, after the install's gate and before
+//     the links swap (moveProgSlots): each declared slot is made to hold the
+//     object's program of that name whenever it holds anything else, so an
+//     upgrade moves it from the old program to the new one (the new entry
+//     program tail-calls the new programs; the old one, still attached for
+//     that instant, does too, as when Cilium replaces its tail calls). A
+//     rollback puts the old program back.
 //
-// Slots the declaration does not name are never touched: an application may
-// fill them itself.
-func fillSlots(p *plan, in *installed, fresh map[string]bool, rollback *undo, log *slog.Logger) error {
+// An adopted map of maps is left alone: its slots are the application's
+// data. Slots the declaration does not name are never touched: an
+// application may fill them itself.
+
+// fillNewMaps fills the declared slots of the maps the install created.
+func fillNewMaps(p *plan, in *installed, fresh map[string]bool, log *slog.Logger) error {
 	for _, name := range p.maps {
 		ms := p.spec.Maps[name]
 		refs := pinstore.References(ms)
-		if len(refs) == 0 {
+		if len(refs) == 0 || !fresh[name] {
 			continue
 		}
 		m := in.maps[name]
-		switch ms.Type {
-		case ebpf.ProgramArray:
-			for _, ref := range refs {
-				if err := fillProgSlot(p.name, name, m, ref, in.progs[ref.Name], rollback, log); err != nil {
-					return err
+		for _, ref := range refs {
+			var value any
+			switch ms.Type {
+			case ebpf.ProgramArray:
+				prog := in.progs[ref.Name]
+				if prog == nil {
+					logSlotLeftEmpty(log, p.name, name, ref)
+					continue
 				}
-			}
-		case ebpf.ArrayOfMaps, ebpf.HashOfMaps:
-			if !fresh[name] {
-				continue
-			}
-			for _, ref := range refs {
+				value = prog
+			case ebpf.ArrayOfMaps, ebpf.HashOfMaps:
 				inner := in.maps[ref.Name]
 				if inner == nil {
 					return fmt.Errorf("object %s: map %s: slot %v names map %s, which bpfsup does not hold", p.name, name, ref.Key, ref.Name)
 				}
-				if err := m.Put(ref.Key, inner); err != nil {
-					return fmt.Errorf("object %s: map %s: put map %s in slot %v: %w", p.name, name, ref.Name, ref.Key, err)
-				}
+				value = inner
+			default:
+				continue
+			}
+			if err := m.Put(ref.Key, value); err != nil {
+				return fmt.Errorf("object %s: map %s: put %s in slot %v: %w", p.name, name, ref.Name, ref.Key, err)
 			}
 		}
 	}
 	return nil
 }
 
-func fillProgSlot(object, name string, m *ebpf.Map, ref pinstore.Reference, prog *ebpf.Program, rollback *undo, log *slog.Logger) error {
+// moveProgSlots makes the declared slots of the adopted prog arrays hold the
+// object's programs. What a rollback needs stays open until release runs.
+func moveProgSlots(p *plan, in *installed, fresh map[string]bool, rollback, release *undo, log *slog.Logger) error {
+	for _, name := range p.maps {
+		ms := p.spec.Maps[name]
+		if ms.Type != ebpf.ProgramArray || fresh[name] {
+			continue
+		}
+		for _, ref := range pinstore.References(ms) {
+			if err := moveProgSlot(p.name, name, in.maps[name], ref, in.progs[ref.Name], rollback, release, log); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func moveProgSlot(object, name string, m *ebpf.Map, ref pinstore.Reference, prog *ebpf.Program, rollback, release *undo, log *slog.Logger) error {
 	if prog == nil {
-		// Left out (a type this kernel lacks, see skipUnsupported).
-		log.Warn("prog array slot left empty: its program is not loaded", "object", object, "map", name, "slot", ref.Key, "program", ref.Name)
+		logSlotLeftEmpty(log, object, name, ref)
 		return nil
 	}
-	info, err := prog.Info()
+	want, err := pinstore.ProgramID(prog)
 	if err != nil {
 		return fmt.Errorf("object %s: program %s: %w", object, ref.Name, err)
 	}
-	want, _ := info.ID()
 	var had uint32
 	err = m.Lookup(ref.Key, &had)
 	switch {
@@ -79,25 +100,34 @@ func fillProgSlot(object, name string, m *ebpf.Map, ref pinstore.Reference, prog
 	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
 		return fmt.Errorf("object %s: prog array %s: read slot %v: %w", object, name, ref.Key, err)
 	}
-	existed := err == nil
+	// The program the slot held, open until the install is done: its pin
+	// may go before a rollback needs it back.
+	var old *ebpf.Program
+	if err == nil {
+		if old, err = ebpf.NewProgramFromID(ebpf.ProgramID(had)); err != nil {
+			return fmt.Errorf("object %s: prog array %s: open program %d of slot %v: %w", object, name, had, ref.Key, err)
+		}
+		release.push(func() { old.Close() })
+	}
 	if err := m.Put(ref.Key, prog); err != nil {
 		return fmt.Errorf("object %s: prog array %s: put program %s in slot %v: %w", object, name, ref.Name, ref.Key, err)
 	}
-	log.Info("prog array slot filled", "object", object, "map", name, "slot", ref.Key, "program", ref.Name, "id", want, "was", had)
+	log.Info("prog array slot moved", "object", object, "map", name, "slot", ref.Key, "program", ref.Name, "id", want, "was", had)
 	rollback.push(func() {
-		if !existed {
-			_ = m.Delete(ref.Key)
-			return
+		var err error
+		if old == nil {
+			err = m.Delete(ref.Key)
+		} else {
+			err = m.Put(ref.Key, old)
 		}
-		old, err := ebpf.NewProgramFromID(ebpf.ProgramID(had))
 		if err != nil {
-			_ = m.Delete(ref.Key)
-			return
-		}
-		defer old.Close()
-		if err := m.Put(ref.Key, old); err != nil {
-			log.Error("could not put the old program back in its prog array slot", "map", name, "slot", ref.Key, "err", err)
+			log.Error("could not put back what a prog array slot held", "map", name, "slot", ref.Key, "err", err)
 		}
 	})
 	return nil
+}
+
+func logSlotLeftEmpty(log *slog.Logger, object, name string, ref pinstore.Reference) {
+	// Left out: a type this kernel lacks (see skipUnsupported).
+	log.Warn("slot left empty: its program is not loaded", "object", object, "map", name, "slot", ref.Key, "program", ref.Name)
 }

@@ -2,6 +2,8 @@ package upgrade
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -11,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -153,12 +156,12 @@ func TestUpgradeTailCalls(t *testing.T) {
 	bad.attach = append(append([]attachment(nil), cfg.attach...), attachment{"entry", "xdp:" + y.Name})
 	bad.write(t, cfgPath)
 	deploy(t, obj, "tailcall")
-	filled := strings.Count(p.Output(), `msg="prog array slot filled"`)
+	filled := strings.Count(p.Output(), `msg="prog array slot moved"`)
 	if out, code := reload(t, e); code == 0 || !strings.Contains(out, "xdp:"+y.Name) {
 		t.Fatalf("reload onto a busy interface: exit %d, want an error naming xdp:%s:\n%s\n%s", code, y.Name, out, p.Output())
 	}
 	testutil.WaitFor(t, 5*time.Second, "bpfsup to log the slot moved before the failure", func() bool {
-		return strings.Count(p.Output(), `msg="prog array slot filled"`) > filled
+		return strings.Count(p.Output(), `msg="prog array slot moved"`) > filled
 	})
 	if got := slot("jmp"); got != uint32(tail2) || progID("tail_count") != tail2 {
 		t.Fatalf("after the failed upgrade jmp[0] holds %d and tail_count is %d, want both the v2 program %d", got, progID("tail_count"), tail2)
@@ -176,7 +179,7 @@ func TestUpgradeTailCalls(t *testing.T) {
 	p.Wait(t, 10*time.Second)
 	p = startBpfsup(t, e, "", "-c", cfgPath)
 	waitChildren(t, p, 1)
-	if progID("tail_count") != tail2 || slot("jmp") != uint32(tail2) || strings.Contains(p.Output(), "prog array slot filled") {
+	if progID("tail_count") != tail2 || slot("jmp") != uint32(tail2) || strings.Contains(p.Output(), "prog array slot moved") {
 		t.Fatalf("after a restart: tail_count %d, jmp[0] %d, want %d untouched:\n%s", progID("tail_count"), slot("jmp"), tail2, p.Output())
 	}
 }
@@ -194,4 +197,48 @@ func linkIDsOf(t *testing.T, path string) (link.ID, ebpf.ProgramID) {
 		t.Fatal(err)
 	}
 	return info.ID, info.Program
+}
+
+// TestTailCallsCrashFirstStart: bpfsup killed on its first start right
+// after the map of maps was pinned; the next start finds its slot filled
+// (bpfsup fills a map it creates before pinning it) and the prog array's.
+func TestTailCallsCrashFirstStart(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "uptk")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	obj := filepath.Join(t.TempDir(), "tailcall.bpf.o")
+	deploy(t, obj, "tailcall")
+	args := e.Args("run", "-o", obj, "-a", "entry@xdp:"+x.Name, "--netns", nsR.Path, "--", "sleep", "1000")
+
+	// Maps are pinned in name order: hits, inner, jmp, outer.
+	cmd := exec.Command(e.Bin, args...)
+	cmd.Env = append(os.Environ(), crash.EnvVar+"=maps/moved#4")
+	p := testutil.StartProc(t, cmd)
+	p.Wait(t, 30*time.Second)
+	if strings.Contains(p.Output(), "child started") {
+		t.Fatalf("bpfsup did not crash at maps/moved#4:\n%s", p.Output())
+	}
+	outerPin := filepath.Join(e.PinRoot, "tailcall", "maps", "outer")
+	if _, err := os.Stat(outerPin); err != nil {
+		t.Fatalf("the crash left no outer map pinned (%v): the case tests nothing", err)
+	}
+
+	p = testutil.StartProc(t, exec.Command(e.Bin, args...))
+	p.WaitOutput(t, "child started", 30*time.Second)
+	lookup := func(name string) uint32 {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(e.PinRoot, "tailcall", "maps", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		var id uint32
+		if err := m.Lookup(uint32(0), &id); err != nil {
+			t.Fatalf("%s[0] after the crash and a restart: %v", name, err)
+		}
+		return id
+	}
+	if lookup("outer") == 0 || lookup("jmp") == 0 {
+		t.Fatalf("slots empty after the crash and a restart")
+	}
 }
