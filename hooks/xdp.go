@@ -66,9 +66,9 @@ func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	}
 	if errors.Is(err, unix.EBUSY) {
 		if other := h.runningProgram(); other != "" {
-			return nil, fmt.Errorf("attach %s: %w: the interface already runs XDP program %s, not this object's "+
-				"(see bpftool net show dev %s, and bpftool link show for the link that may hold it); bpfsup does not "+
-				"replace it: detach it first", h.spec, err, other, h.spec.Target)
+			return nil, fmt.Errorf("attach %s: %w: the interface already runs XDP program %s, put there by something "+
+				"other than this attachment (see bpftool net show dev %s, and bpftool link show for the link that may "+
+				"hold it); bpfsup does not replace it: detach it first", h.spec, err, other, h.spec.Target)
 		}
 	}
 	if err != nil {

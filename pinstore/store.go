@@ -163,8 +163,14 @@ func (o *Object) RenamePin(kind Kind, from, to string) error {
 	if err := CheckName(string(kind), to); err != nil {
 		return err
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, o.Path(kind, from), unix.AT_FDCWD, o.Path(kind, to), unix.RENAME_NOREPLACE); err != nil {
-		return fmt.Errorf("rename pin %s to %s: %w", o.Path(kind, from), to, err)
+	return RenameNoReplace(o.Path(kind, from), o.Path(kind, to))
+}
+
+// RenameNoReplace moves the pin (or directory) at from to to in one rename,
+// refusing to replace anything already at to.
+func RenameNoReplace(from, to string) error {
+	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", from, to, err)
 	}
 	return nil
 }

@@ -328,24 +328,44 @@ func planSectionHooks(p *plan, count map[string]int, seen map[string]string) err
 	return nil
 }
 
-// renamedLink is the name under which the last install (old) recorded a link
-// on pl's XDP hook for pl's program, when pl has no pin under its own name
-// and the plan has no link of that other name; else "". Only XDP: its hook
-// takes one link, so a second one cannot be attached beside the old and the
-// old removed after, as every other hook allows.
+// renamedLink is the name under which pl's XDP link is pinned when pl has no
+// pin under its own name: the name the last install (old) recorded for a
+// link of pl's program on pl's hook, or else any pin of the object's links
+// that the plan does not name and that is attached to pl's hook (a crash
+// right after a rename leaves the pin under a name old does not know).
+// "" when there is none. Only XDP: its hook takes one link, so a second one
+// cannot be attached beside the old and the old removed after, as every
+// other hook allows.
 func renamedLink(obj *pinstore.Object, p *plan, pl plannedLink, old *pinstore.Manifest) string {
 	spec := pl.hook.Spec()
-	if old == nil || spec.Kind != "xdp" || pinstore.Exists(obj.Path(pinstore.Links, pl.name)) {
+	if spec.Kind != "xdp" || pinstore.Exists(obj.Path(pinstore.Links, pl.name)) {
 		return ""
 	}
-	for name, rec := range old.Links {
-		if name == pl.name || rec.Program != pl.program || rec.Hook != spec.String() || rec.Netns != spec.Netns {
+	planned := func(name string) bool {
+		return slices.ContainsFunc(p.links, func(other plannedLink) bool { return other.name == name })
+	}
+	if old != nil {
+		for name, rec := range old.Links {
+			if name == pl.name || rec.Program != pl.program || rec.Hook != spec.String() || rec.Netns != spec.Netns || planned(name) {
+				continue
+			}
+			if pinstore.Exists(obj.Path(pinstore.Links, name)) {
+				return name
+			}
+		}
+	}
+	names, _ := obj.Pins(pinstore.Links)
+	for _, name := range names {
+		if name == pl.name || planned(name) {
 			continue
 		}
-		if slices.ContainsFunc(p.links, func(other plannedLink) bool { return other.name == name }) {
+		l, err := hooks.LoadPinned(obj.Path(pinstore.Links, name))
+		if err != nil {
 			continue
 		}
-		if pinstore.Exists(obj.Path(pinstore.Links, name)) {
+		st, err := pl.hook.Check(l)
+		l.Close()
+		if err == nil && st == hooks.Attached {
 			return name
 		}
 	}

@@ -459,10 +459,10 @@ func moveAside(obj *pinstore.Object, f foreignPin) (undo func(), err error) {
 		return nil, err
 	}
 	aside := filepath.Join(obj.Dir, "staging", "foreign-"+strings.ReplaceAll(rel, "/", "-"))
-	if err := unix.Renameat2(unix.AT_FDCWD, f.path, unix.AT_FDCWD, aside, unix.RENAME_NOREPLACE); err != nil {
-		return nil, fmt.Errorf("move foreign pin %s aside: %w", f.path, err)
+	if err := pinstore.RenameNoReplace(f.path, aside); err != nil {
+		return nil, fmt.Errorf("move foreign pin aside: %w", err)
 	}
-	return func() { _ = unix.Renameat2(unix.AT_FDCWD, aside, unix.AT_FDCWD, f.path, unix.RENAME_NOREPLACE) }, nil
+	return func() { _ = pinstore.RenameNoReplace(aside, f.path) }, nil
 }
 
 // asidePath is where moveAside put f.

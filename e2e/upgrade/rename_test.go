@@ -1,10 +1,13 @@
 package upgrade
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
@@ -67,5 +70,38 @@ func TestXDPSecondAttachment(t *testing.T) {
 	}
 	if got := len(status(t, e, "dropfilter").Links); got != 1 {
 		t.Fatalf("%d links after going back to one attachment, want 1", got)
+	}
+}
+
+// TestXDPRenameCrash: a crash right after a link pin was renamed, followed
+// by a start with the configuration from before (as when the new one is
+// reverted): the manifest does not know the new name, yet the link on the
+// hook is found under it and renamed back, not refused as someone else's.
+func TestXDPRenameCrash(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "uprc")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	args := []string{"-o", obj, "-a", "xdp_drop@xdp:" + x.Name, "--netns", nsR.Path}
+	p := startBpfsup(t, e, "", args...)
+	waitChildren(t, p, 1)
+	linkX, _ := linkIDs(t, e, "xdp_drop")
+	p.Kill(syscall.SIGKILL)
+	p.Wait(t, 10*time.Second)
+
+	// What the crash leaves: the pin moved to the name a second attachment
+	// would give it, the manifest as before.
+	renamed := pinPath(e, "links", "xdp_drop-"+x.Name)
+	if err := os.Rename(pinPath(e, "links", "xdp_drop"), renamed); err != nil {
+		t.Fatal(err)
+	}
+	p = startBpfsup(t, e, "", args...)
+	waitChildren(t, p, 1)
+	if l, _ := linkIDs(t, e, "xdp_drop"); l != linkX {
+		t.Fatalf("link xdp_drop is %d after the start, want the renamed link %d back", l, linkX)
+	}
+	if pinstore.Exists(renamed) {
+		t.Fatalf("%s still pinned", renamed)
 	}
 }
