@@ -236,9 +236,11 @@ var errOtherFailed = errors.New("another object of the reload failed to load")
 func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger) ([]*stagedInstall, error) {
 	stages := make([]*stagedInstall, 0, len(plans))
 	abort := func() {
-		for _, st := range stages {
-			st.proceed <- errOtherFailed
-			<-st.done
+		// The last staged first, as a rollback goes: objects may share a
+		// map (pin_path).
+		for i := len(stages) - 1; i >= 0; i-- {
+			stages[i].proceed <- errOtherFailed
+			<-stages[i].done
 		}
 	}
 	for _, p := range plans {

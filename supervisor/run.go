@@ -814,10 +814,15 @@ func (s *supervisor) reap() {
 }
 
 // siginfoPID is si_pid of a SIGCHLD's siginfo, which x/sys/unix leaves in
-// the union after the three leading ints and their padding.
+// the union after si_signo, si_errno and si_code: at the union's alignment,
+// a pointer's (offset 16 on 64-bit, 12 on 32-bit).
 func siginfoPID(info *unix.Siginfo) int {
+	off := 12
+	if unsafe.Sizeof(uintptr(0)) == 8 {
+		off = 16
+	}
 	raw := (*[unsafe.Sizeof(unix.Siginfo{})]byte)(unsafe.Pointer(info))
-	return int(int32(binary.NativeEndian.Uint32(raw[16:20])))
+	return int(int32(binary.NativeEndian.Uint32(raw[off : off+4])))
 }
 
 func dropEnv(env []string, names ...string) []string {
