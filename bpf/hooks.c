@@ -10,6 +10,22 @@
  */
 #include "hooks.h"
 
+/* Slots of hits: one per program. */
+enum {
+	HIT_TRACEPOINT = 0,
+	HIT_RAW_TP = 1,
+	HIT_UPROBE = 2,
+	HIT_URETPROBE = 3,
+	HIT_KPROBE = 4,
+	HIT_KRETPROBE = 5,
+	HIT_CONNECT4 = 6,
+	HIT_CGROUP_SKB = 7,
+	HIT_NETFILTER = 8,
+	HIT_SK_LOOKUP = 9,
+	HIT_FLOW_DISSECTOR = 10,
+	HIT_SOCK_CREATE = 11,
+};
+
 SEC("tracepoint")
 int tp_count(void *ctx)
 {

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The counters of the hook conformance test, shared by hooks.c and tpbtf.c:
+/* The counters of the hook conformance test, shared by its objects (hooks.c,
+ * tpbtf.c, tracing.c, lsm.c), each of which numbers its programs' slots:
  * hits[slot] counts the events of the program of that slot, and
  * hits[16 + slot] those of its v2 (-DHOOKS_V2) alone; config[0] names the
  * process whose events the tracing programs count.
@@ -10,23 +11,6 @@
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
-
-/* Slots of hits: one per program. */
-enum {
-	HIT_TRACEPOINT = 0,
-	HIT_RAW_TP = 1,
-	HIT_UPROBE = 2,
-	HIT_URETPROBE = 3,
-	HIT_KPROBE = 4,
-	HIT_KRETPROBE = 5,
-	HIT_CONNECT4 = 6,
-	HIT_CGROUP_SKB = 7,
-	HIT_NETFILTER = 8,
-	HIT_SK_LOOKUP = 9,
-	HIT_FLOW_DISSECTOR = 10,
-	HIT_SOCK_CREATE = 11,
-	HIT_TP_BTF = 12,
-};
 
 /* V2_OFFSET: hits[V2_OFFSET + slot] counts what the v2 programs alone saw. */
 #define V2_OFFSET 16

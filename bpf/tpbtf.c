@@ -8,6 +8,10 @@
  */
 #include "hooks.h"
 
+enum {
+	HIT_TP_BTF = 12, /* apart from hooks.c's slots */
+};
+
 SEC("tp_btf")
 int tp_btf_count(void *ctx)
 {
