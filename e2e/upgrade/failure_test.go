@@ -195,16 +195,9 @@ func TestUpgradeFailures(t *testing.T) {
 
 	// After the first swaps: a third attachment cannot be made (the hook
 	// is taken). Both links swapped already go back.
-	var busy link.Link
-	if err := nsR.Do(func() (err error) {
-		busy, err = link.AttachXDP(link.XDPOptions{Program: foreign, Interface: z.Index})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	busy := holdXDP(t, nsR, z, foreign)
 	defer busy.Close()
-	three := cfg
-	three.attach = append(append([]attachment(nil), cfg.attach...), attachment{"xdp_drop", "xdp:" + z.Name})
+	three := cfg.with(attachment{"xdp_drop", "xdp:" + z.Name})
 	three.write(t, cfgPath)
 	failReload(t, e, p, "third hook busy", linkY, "xdp:"+z.Name, "device or resource busy")
 
@@ -235,6 +228,20 @@ func TestUpgradeFailures(t *testing.T) {
 	if got := waitChildren(t, p, 2); got == before.child {
 		t.Fatalf("child %d was not restarted", got)
 	}
+}
+
+// holdXDP attaches prog to v in ns with a link of the test's own, so that
+// the interface refuses another.
+func holdXDP(t *testing.T, ns *testutil.Netns, v testutil.Veth, prog *ebpf.Program) link.Link {
+	t.Helper()
+	var l link.Link
+	if err := ns.Do(func() (err error) {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: v.Index})
+		return err
+	}); err != nil {
+		t.Fatalf("hold xdp:%s: %v", v.Name, err)
+	}
+	return l
 }
 
 // loadForeignXDP loads an XDP program that is not bpfsup's (dropfilter v1

@@ -167,6 +167,12 @@ func (c config) String() string {
 	return b.String()
 }
 
+// with is c with one more attachment.
+func (c config) with(a attachment) config {
+	c.attach = append(append([]attachment(nil), c.attach...), a)
+	return c
+}
+
 // write writes the config to path by rename.
 func (c config) write(t testing.TB, path string) {
 	t.Helper()
@@ -227,16 +233,22 @@ func pinPath(e *testutil.Env, kind, name string) string {
 // linkIDs reads the pinned link's id and the id of the program it runs.
 func linkIDs(t *testing.T, e *testutil.Env, name string) (linkID link.ID, progID ebpf.ProgramID) {
 	t.Helper()
-	l, err := hooks.LoadPinned(pinPath(e, "links", name)) // a link, or tcx's tc fallback
-	if err != nil {
-		t.Fatalf("link %s: %v", name, err)
-	}
-	defer l.Close()
-	info, err := l.Info()
+	info, err := pinnedLinkInfo(pinPath(e, "links", name))
 	if err != nil {
 		t.Fatalf("link %s: %v", name, err)
 	}
 	return info.ID, info.Program
+}
+
+// pinnedLinkInfo is the info of the link pinned at path (a link, or tcx's
+// tc fallback).
+func pinnedLinkInfo(path string) (*link.Info, error) {
+	l, err := hooks.LoadPinned(path)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	return l.Info()
 }
 
 // pinnedProgID is the id of the pinned program name.
@@ -395,12 +407,7 @@ func countLines(p *testutil.Proc, msg string) int {
 
 // linkIDsErr is linkIDs for a link that may not be there.
 func linkIDsErr(e *testutil.Env, name string) (link.ID, error) {
-	l, err := hooks.LoadPinned(pinPath(e, "links", name)) // a link, or tcx's tc fallback
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	info, err := l.Info()
+	info, err := pinnedLinkInfo(pinPath(e, "links", name))
 	if err != nil {
 		return 0, err
 	}

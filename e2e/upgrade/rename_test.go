@@ -34,8 +34,7 @@ func TestXDPSecondAttachment(t *testing.T) {
 	waitChildren(t, p, 1)
 	linkX, _ := linkIDs(t, e, "xdp_drop")
 
-	two := one
-	two.attach = append(append([]attachment(nil), one.attach...), attachment{"xdp_drop", "xdp:" + y.Name})
+	two := one.with(attachment{"xdp_drop", "xdp:" + y.Name})
 	two.write(t, cfgPath)
 	mustReload(t, e)
 	nameX, nameY := "xdp_drop-"+x.Name, "xdp_drop-"+y.Name

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -82,8 +81,11 @@ func TestUpgradeTailCalls(t *testing.T) {
 	// run runs the program the link on x runs, once, on a made-up frame.
 	run := func() {
 		t.Helper()
-		_, pr := linkIDsOf(t, pinned("links", "entry"))
-		prog, err := ebpf.NewProgramFromID(pr)
+		info, err := pinnedLinkInfo(pinned("links", "entry"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -143,17 +145,9 @@ func TestUpgradeTailCalls(t *testing.T) {
 
 	// An upgrade that fails after the slot moved: back to v1, with a second
 	// attachment on an interface someone else's program holds.
-	foreign := loadForeignXDP(t)
-	var busy link.Link
-	if err := nsR.Do(func() (err error) {
-		busy, err = link.AttachXDP(link.XDPOptions{Program: foreign, Interface: y.Index})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	busy := holdXDP(t, nsR, y, loadForeignXDP(t))
 	defer busy.Close()
-	bad := cfg
-	bad.attach = append(append([]attachment(nil), cfg.attach...), attachment{"entry", "xdp:" + y.Name})
+	bad := cfg.with(attachment{"entry", "xdp:" + y.Name})
 	bad.write(t, cfgPath)
 	deploy(t, obj, "tailcall")
 	filled := strings.Count(p.Output(), `msg="prog array slot moved"`)
@@ -182,21 +176,6 @@ func TestUpgradeTailCalls(t *testing.T) {
 	if progID("tail_count") != tail2 || slot("jmp") != uint32(tail2) || strings.Contains(p.Output(), "prog array slot moved") {
 		t.Fatalf("after a restart: tail_count %d, jmp[0] %d, want %d untouched:\n%s", progID("tail_count"), slot("jmp"), tail2, p.Output())
 	}
-}
-
-// linkIDsOf reads the pinned link's id and the id of the program it runs.
-func linkIDsOf(t *testing.T, path string) (link.ID, ebpf.ProgramID) {
-	t.Helper()
-	l, err := link.LoadPinnedLink(path, nil)
-	if err != nil {
-		t.Fatalf("link %s: %v", path, err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.ID, info.Program
 }
 
 // TestTailCallsCrashFirstStart: bpfsup killed on its first start right
