@@ -77,6 +77,7 @@ trap 'exit 130' INT TERM HUP
 
 echo "bench: building" >&2
 go build -o "$work/bpfsupbench" ./bench/cmd/bpfsupbench
+CGO_ENABLED=0 go build -o "$work/gohello" ./bench/cmd/gohello
 clang -O2 -Wall -o "$work/benchchild" bench/benchchild.c
 # A copy: a `make build` elsewhere must not swap the binary mid-run.
 cp bin/bpfsup "$work/bpfsup"
@@ -84,7 +85,7 @@ cp bin/bpfsup "$work/bpfsup"
 # In the background, so that a signal to this script reaches the trap at
 # once and is passed on.
 "$work/bpfsupbench" -id "$id" -work "$work" -out "$repo/bench/results" \
-	-bpfsup "$work/bpfsup" -child "$work/benchchild" "$@" &
+	-bpfsup "$work/bpfsup" -child "$work/benchchild" -gohello "$work/gohello" "$@" &
 pid=$!
 set +e
 wait "$pid"

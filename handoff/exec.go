@@ -38,8 +38,8 @@ const (
 // supervisor is close-on-exec, see Start).
 const ShellHelper = "/bin/sh"
 
-// shellScript is ShellHelper's command; "$@" is the application.
-const shellScript = `export LISTEN_PID=$$ && exec "$@"`
+// ShellScript is ShellHelper's command; "$@" is the application.
+const ShellScript = `export LISTEN_PID=$$ && exec "$@"`
 
 // shellName is $0 of shellScript, which the shell puts before its errors
 // ("bpfsup exec: 1: exec: foo: not found").
@@ -164,7 +164,7 @@ func Start(c Child) (*Process, error) {
 	}
 	args := append([]string{helper, ExecArg}, c.Args...)
 	if shell {
-		args = append([]string{helper, "-c", shellScript, shellName}, c.Args...)
+		args = append([]string{helper, "-c", ShellScript, shellName}, c.Args...)
 		// Go sets the parent-death signal after the change of user (which
 		// clears it), and kills the child when the parent died meanwhile.
 		if cr := c.Credential; cr != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bpfsup/bpfsup/handoff"
 )
 
 // Restart-to-ready. "Ready" is: every program attached and the application
@@ -54,32 +56,57 @@ type StartupRow struct {
 
 // startupFloors times commands that do nothing but start and exit.
 func (b *bench) startupFloors() error {
-	cmds := [][]string{
-		{b.bpfsupBin, "version"},
-		{"bpftool", "version"},
-		{"xdp-loader", "help"},
-		{b.childBin, "exit"},
+	type floor struct {
+		label string
+		argv  []string
 	}
-	rows := make([]StartupRow, len(cmds))
+	floors := []floor{
+		{startupBpfsup, []string{b.bpfsupBin, "version"}},
+		{"bpftool version", []string{"bpftool", "version"}},
+		{"xdp-loader help", []string{"xdp-loader", "help"}},
+		{"benchchild exit", []string{b.childBin, "exit"}},
+		// How bpfsup starts its child: through its exec helper.
+		{startupHelper, []string{handoff.ShellHelper, "-c", handoff.ShellScript, "bpfsup exec", b.childBin, "exit"}},
+	}
+	if b.goHelloBin != "" {
+		floors = append(floors, floor{startupGo, []string{b.goHelloBin}})
+	}
+	rows := make([]StartupRow, len(floors))
 	for r := 0; r < 11; r++ {
-		for i, c := range cmds {
-			cmd := exec.Command(c[0], c[1:]...)
+		for i, f := range floors {
+			cmd := exec.Command(f.argv[0], f.argv[1:]...)
 			cmd.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 			t0 := mono()
 			// xdp-loader help exits 1 after printing its usage.
-			if out, err := cmd.CombinedOutput(); err != nil && c[0] != "xdp-loader" {
-				return fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
+			if out, err := cmd.CombinedOutput(); err != nil && f.argv[0] != "xdp-loader" {
+				return fmt.Errorf("%s: %w: %s", f.label, err, out)
 			}
 			rows[i].Samples = append(rows[i].Samples, ms(mono()-t0))
 		}
 	}
-	for i, c := range cmds {
-		rows[i].Command = filepath.Base(c[0]) + " " + strings.Join(c[1:], " ")
+	for i, f := range floors {
+		rows[i].Command = f.label
 		rows[i].Stats = summarize(rows[i].Samples)
-		logf("start-up %-20s median %.2f ms", rows[i].Command, rows[i].Stats.Median)
+		logf("start-up %-30s median %.2f ms", f.label, rows[i].Stats.Median)
 	}
 	b.res.Startup = rows
+	return nil
+}
+
+// Labels of the start-up rows the targets read.
+const (
+	startupBpfsup = "bpfsup version"
+	startupHelper = "sh -c 'exec benchchild' exit"
+	startupGo     = "gohello (a Go program that does nothing)"
+)
+
+func (b *bench) startupRow(label string) *StartupRow {
+	for i := range b.res.Startup {
+		if b.res.Startup[i].Command == label {
+			return &b.res.Startup[i]
+		}
+	}
 	return nil
 }
 

@@ -84,7 +84,8 @@ func (b *bench) report() string {
 	p("dispatcher first, which this kernel refuses (no freplace), and falls back to a single program.\n\n")
 	if len(r.Startup) > 0 {
 		p("For scale, the time each tool takes to start and exit doing nothing (fork to exit, 11 runs; bpfsup starts its ")
-		p("child through `/bin/sh` as its exec helper):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
+		p("child through `/bin/sh` as its exec helper, timed here on its own; `gohello` is a Go program with an empty ")
+		p("`main`, the floor under any Go program on this machine):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
 		for _, s := range r.Startup {
 			p("| `%s` | %s | %s |\n", s.Command, fmtMs(s.Stats.Median), spread(s.Stats))
 		}

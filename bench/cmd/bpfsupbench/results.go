@@ -231,6 +231,11 @@ func (b *bench) targets() []Target {
 		parts = append(parts, fmt.Sprintf("%d prog: %.0fx (%s vs %s ms)", n, r, fmtMs(l.Stats.Median), fmtMs(a.Stats.Median)))
 		met = met && r >= 10
 	}
+	if any && !met {
+		if bound := b.goBound(); bound != "" {
+			parts = append(parts, bound)
+		}
+	}
 	if any {
 		t = append(t, Target{Target: name, Measured: strings.Join(parts, "; "), Met: met})
 	} else {
@@ -329,4 +334,24 @@ func fmtMs(v float64) string {
 	default:
 		return fmt.Sprintf("%.2f", v)
 	}
+}
+
+// goBound is the ratio that a supervisor written in Go could reach at one
+// verifier-heavy program on this machine if its own work took no time at
+// all: its start-up floor is a Go program that does nothing plus the child
+// started through the exec helper, and a load adds to that what bpfsup's
+// load takes above bpfsup's own start-up and helper.
+func (b *bench) goBound() string {
+	load := b.readyRow("heavy", 1, "bpfsup-load")
+	own, helper, goFloor := b.startupRow(startupBpfsup), b.startupRow(startupHelper), b.startupRow(startupGo)
+	if load == nil || own == nil || helper == nil || goFloor == nil {
+		return ""
+	}
+	floor := goFloor.Stats.Median + helper.Stats.Median
+	work := load.Stats.Median - own.Stats.Median - helper.Stats.Median
+	if work <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("bound at 1 prog for any Go supervisor here: %.1fx (a start-up floor of %s ms, Go %s + child through the helper %s, against %s ms of load work)",
+		ratio(floor+work, floor), fmtMs(floor), fmtMs(goFloor.Stats.Median), fmtMs(helper.Stats.Median), fmtMs(work))
 }
