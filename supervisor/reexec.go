@@ -110,12 +110,12 @@ type reexecState struct {
 // on the metrics port the inherited socket still holds.
 const ReexecProtocol = 2
 
-// reexecProtocolOf asks the binary at path for its ReexecProtocol; a build
-// that has none (its `debug` prints its help) is 1.
-func reexecProtocolOf(path string) int {
+// reexecProtocolOf asks the binary for its ReexecProtocol; a build that has
+// none (its `debug` prints its help) is 1.
+func reexecProtocolOf(bin *execFile) int {
 	ctx, cancel := context.WithTimeout(context.Background(), reexecCheckTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, path, "debug", "reexec-protocol").Output()
+	out, err := bin.command(ctx, "debug", "reexec-protocol").Output()
 	if err != nil {
 		return 1
 	}
@@ -124,6 +124,47 @@ func reexecProtocolOf(path string) int {
 		return 1
 	}
 	return n
+}
+
+// execFile is a binary held open from its checks to its exec, so that what
+// is exec'd is the file that was checked: a package manager may install
+// another build at its path meanwhile (the checks and the sockets' quiet
+// take seconds at worst), and an older one would be handed what it does
+// not take.
+type execFile struct {
+	path string   // what it was opened as; argv[0]
+	file *os.File // nil for a script, which is run by its path
+	run  string   // what to exec: /proc/self/fd/N, or path for a script
+}
+
+// openExec opens the binary at path for execFile.
+func openExec(path string) (*execFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	// The kernel runs a script's interpreter on the script's path, which
+	// the close-on-exec fd no longer has by then: run a script by path.
+	magic := make([]byte, 2)
+	if n, _ := f.ReadAt(magic, 0); n == 2 && string(magic) == "#!" {
+		f.Close()
+		return &execFile{path: path, run: path}, nil
+	}
+	return &execFile{path: path, file: f, run: "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))}, nil
+}
+
+// command runs the file with args, named by its path.
+func (b *execFile) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, b.run, args...)
+	cmd.Args[0] = b.path
+	return cmd
+}
+
+func (b *execFile) Close() error {
+	if b.file == nil {
+		return nil
+	}
+	return b.file.Close()
 }
 
 // The listening sockets a re-exec hands over.
@@ -253,15 +294,20 @@ func (s *supervisor) reexec() error {
 		}
 		path = exe
 	}
+	bin, err := openExec(path)
+	if err != nil {
+		return fmt.Errorf("re-exec: %w", err)
+	}
+	defer bin.Close()
 	// Once exec'd there is no way back: make sure the binary runs at all.
 	ctx, cancel := context.WithTimeout(context.Background(), reexecCheckTimeout)
-	out, err := exec.CommandContext(ctx, path, "version").Output()
+	out, err := bin.command(ctx, "version").Output()
 	cancel()
 	if err != nil {
 		return fmt.Errorf("re-exec: %s version: %w", path, err)
 	}
 	newVersion := strings.TrimSpace(string(out))
-	protocol := reexecProtocolOf(path)
+	protocol := reexecProtocolOf(bin)
 	if s.child != nil && s.child == s.up.adopted && s.up.main == nil {
 		return errors.New("re-exec: the adopted child's parent thread (the main thread) is not available; restart the child first")
 	}
@@ -269,14 +315,15 @@ func (s *supervisor) reexec() error {
 	// Quiet the sockets before the state is taken: what they bring
 	// meanwhile (the child's READY=1) is then in it.
 	s.quiesceSockets()
-	err = s.execSelf(path, newVersion, protocol)
+	err = s.execSelf(bin, newVersion, protocol)
 	s.resumeSockets()
 	return err
 }
 
-// execSelf execs the binary at path with this program's state; it returns
-// only when the exec did not happen, with the reason.
-func (s *supervisor) execSelf(path, newVersion string, protocol int) error {
+// execSelf execs bin with this program's state; it returns only when the
+// exec did not happen, with the reason.
+func (s *supervisor) execSelf(bin *execFile, newVersion string, protocol int) error {
+	path := bin.path
 	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs()}
 	if protocol >= 2 {
 		st.Sockets = s.listeningSockets()
@@ -318,7 +365,7 @@ func (s *supervisor) execSelf(path, newVersion string, protocol int) error {
 	s.log.Info("re-executing bpfsup", "path", path, "from", s.opts.Version, "to", newVersion, "protocol", protocol, "child", st.ChildPID, "locks_kept", len(st.LockFDs), "sockets_kept", len(st.Sockets))
 
 	var execErr error
-	do := func() { execErr = syscall.Exec(path, argv, env) } // returns only on failure
+	do := func() { execErr = syscall.Exec(bin.run, argv, env) } // returns only on failure
 	switch {
 	case s.child == nil:
 		do()
