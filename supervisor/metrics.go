@@ -109,7 +109,7 @@ type metricsServer struct {
 }
 
 // listen listens on addr, or takes the listener inherited across a re-exec
-// when it is a TCP socket on addr's port.
+// when it is a TCP socket on addr's host and port.
 func (m *metrics) listen(addr string, inherited *os.File) (*metricsServer, error) {
 	l := inheritedTCP(addr, inherited)
 	if l == nil {
@@ -156,12 +156,36 @@ func inheritedTCP(addr string, f *os.File) net.Listener {
 		return nil
 	}
 	tl, ok := l.Addr().(*net.TCPAddr)
-	_, port, _ := net.SplitHostPort(addr)
-	if !ok || (port != "0" && port != strconv.Itoa(tl.Port)) {
+	host, port, _ := net.SplitHostPort(addr)
+	if !ok || (port != "0" && port != strconv.Itoa(tl.Port)) || !hostIs(host, tl.IP) {
 		l.Close()
 		return nil
 	}
 	return l
+}
+
+// hostIs says whether a listener on ip is one on host (of HOST:PORT): a
+// configuration that moved the metrics from 127.0.0.1 to 0.0.0.0 across a
+// re-exec must not keep the old socket.
+func hostIs(host string, ip net.IP) bool {
+	if host == "" {
+		return ip.IsUnspecified()
+	}
+	if h := net.ParseIP(host); h != nil {
+		return h.Equal(ip)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupIP(ctx, "ip", host)
+	if err != nil {
+		return false
+	}
+	for _, h := range ips {
+		if h.Equal(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (ms *metricsServer) addr() string { return ms.l.Addr().String() }
