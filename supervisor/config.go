@@ -90,8 +90,10 @@ func (c ObjectConfig) hash() string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Duration is a time.Duration that reads "100ms" from TOML.
-type Duration time.Duration
+// Duration is a time.Duration that reads "100ms" from TOML. It is a struct
+// so that a bare number (`stop_timeout = 10`) is refused rather than read
+// as nanoseconds.
+type Duration struct{ time.Duration }
 
 // UnmarshalText parses a Go duration.
 func (d *Duration) UnmarshalText(b []byte) error {
@@ -99,6 +101,6 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	if err != nil {
 		return err
 	}
-	*d = Duration(v)
+	d.Duration = v
 	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -55,6 +57,23 @@ type File struct {
 // ParseConfig parses a configuration file. Unknown keys are errors that name
 // them: a misspelt key silently ignored is a firewall silently open.
 func ParseConfig(data []byte) (*File, error) {
+	// go-toml reports a bad duration without its key: check them first.
+	var raw map[string]any
+	if toml.Unmarshal(data, &raw) == nil {
+		for _, k := range durationKeys {
+			v, ok := raw[k]
+			if !ok {
+				continue
+			}
+			str, ok := v.(string)
+			if !ok {
+				return nil, fmt.Errorf("config: %s = %v: %s", k, v, durationHint)
+			}
+			if _, err := time.ParseDuration(str); err != nil {
+				return nil, fmt.Errorf("config: %s = %q: %s", k, str, durationHint)
+			}
+		}
+	}
 	var f File
 	d := toml.NewDecoder(bytes.NewReader(data))
 	d.DisallowUnknownFields()
@@ -71,6 +90,9 @@ func ParseConfig(data []byte) (*File, error) {
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			row, col := de.Position()
+			if key, hint := configHint(de.Key(), err); hint != "" {
+				return nil, fmt.Errorf("config: line %d, column %d: %s: %s", row, col, key, hint)
+			}
 			return nil, fmt.Errorf("config: line %d, column %d: %w", row, col, err)
 		}
 		return nil, fmt.Errorf("config: %w", err)
@@ -96,4 +118,41 @@ func ParseConfig(data []byte) (*File, error) {
 		return nil, fmt.Errorf("config: notify %q: must be \"child\" or empty", f.Notify)
 	}
 	return &f, nil
+}
+
+// The keys of File that are a Duration.
+var durationKeys = []string{"restart_delay", "restart_max_delay", "stable_after", "start_limit_interval", "stop_timeout"}
+
+const durationHint = `a duration is a string with its unit, like "10s" or "500ms"`
+
+// tomlTypeError is how go-toml says a value has the wrong type, in Go's terms.
+var tomlTypeError = regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)$`)
+
+// configHint says what is wrong with the value of key in TOML's terms,
+// where go-toml says it in Go's.
+func configHint(key []string, err error) (string, string) {
+	k := strings.Join(key, ".")
+	if k == "object.attach" {
+		return k, `each attachment is a table: [[object.attach]] with program = "PROG" and hook = "HOOK" (PROG@HOOK is the form of -a on the command line)`
+	}
+	m := tomlTypeError.FindStringSubmatch(err.Error())
+	if m == nil {
+		return k, ""
+	}
+	want := m[2]
+	switch {
+	case strings.HasPrefix(want, "[]"):
+		want = "an array"
+	case strings.HasPrefix(want, "map["), strings.Contains(want, "."):
+		want = "a table"
+	case strings.HasPrefix(want, "int"), strings.HasPrefix(want, "uint"), strings.HasPrefix(want, "*int"):
+		want = "an integer"
+	case want == "bool":
+		want = "true or false"
+	case want == "string":
+		want = "a string"
+	default:
+		return k, ""
+	}
+	return k, fmt.Sprintf("must be %s, not a TOML %s", want, m[1])
 }

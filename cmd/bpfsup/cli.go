@@ -138,7 +138,7 @@ the programs stay attached when CMD or bpfsup dies.`,
 			}
 			dur := func(flag string, fromFile *supervisor.Duration, v *time.Duration) {
 				if !fl.Changed(flag) && fromFile != nil {
-					*v = time.Duration(*fromFile)
+					*v = fromFile.Duration
 				}
 			}
 			str("pin-root", file.PinRoot, &sf.pinRoot)

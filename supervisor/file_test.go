@@ -1,0 +1,35 @@
+package supervisor
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestParseConfigErrors: a value of the wrong type is refused with its key
+// and what to write instead; a bare number is never read as nanoseconds.
+func TestParseConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"stop_timeout = 10\n", `stop_timeout = 10: a duration is a string with its unit`},
+		{"restart_delay = \"fast\"\n", `restart_delay = "fast": a duration`},
+		{"[[object]]\npath = \"x.o\"\nattach = [\"p@xdp:eth0\"]\n", `line 3, column 11: object.attach: each attachment is a table`},
+		{"restart = 3\n", `restart: must be a string, not a TOML integer`},
+		{"start_limit = \"5\"\n", `start_limit: must be an integer, not a TOML string`},
+		{"[[object]]\npath = \"x.o\"\n[object.programs.p]\nautoattach = \"no\"\n", `object.programs.p.autoattach: must be true or false`},
+		{"command = \"./app\"\n", `command: must be an array`},
+		{"restrat = \"always\"\n", `unknown keys: restrat`},
+	} {
+		_, err := ParseConfig([]byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one with %q", tc.doc, err, tc.want)
+		}
+	}
+
+	f, err := ParseConfig([]byte("stop_timeout = \"1m30s\"\nrestart_delay = \"250ms\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.StopTimeout.Duration != 90*time.Second || f.RestartDelay.Duration != 250*time.Millisecond {
+		t.Fatalf("stop_timeout %v, restart_delay %v", f.StopTimeout.Duration, f.RestartDelay.Duration)
+	}
+}
