@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -34,6 +35,10 @@ type MapResult struct {
 	Adopted bool
 	// Replaced describes the incompatible map a new one replaces, if any.
 	Replaced string
+	// Migrated is the replaced map when its entries were copied into Map
+	// (migrate = "copy"), owned by the caller: the programs still attached
+	// write it until their links swap, and SyncEntries catches Map up.
+	Migrated *ebpf.Map
 }
 
 // MapPath is where map name of the object is pinned under policy pol.
@@ -90,10 +95,13 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 	crash.At("maps/created")
 	res := &MapResult{Map: fresh, Path: path, Replaced: incompat.Error()}
 	if pol.Migrate == "copy" && !pol.Reset {
-		if err := copyEntries(pinned, fresh); err != nil {
+		if _, err := copyEntries(pinned, fresh); err != nil {
 			fresh.Close()
 			return nil, fmt.Errorf("migrate map %s: %w", name, err)
 		}
+		crash.At("maps/migrated")
+		res.Migrated = pinned
+		return res, nil
 	}
 	pinned.Close()
 	return res, nil
@@ -137,19 +145,54 @@ func WithoutReferences(spec *ebpf.MapSpec) *ebpf.MapSpec {
 	return spec
 }
 
-// copyEntries copies every entry of from into to. Both must have the same
-// type and key and value sizes.
-func copyEntries(from, to *ebpf.Map) error {
+// SyncEntries makes to hold what from holds: every entry of from is put
+// into to, and the keys of to that from lacks are deleted. It is the second
+// half of a migration, run just before the links swap, for what the running
+// programs wrote to from since the copy. to must not be in use yet.
+func SyncEntries(from, to *ebpf.Map) (put, deleted int, err error) {
+	put, err = copyEntries(from, to)
+	if err != nil {
+		return 0, 0, err
+	}
+	var key, value []byte
+	var gone [][]byte
+	it := to.Iterate()
+	for it.Next(&key, &value) {
+		// LookupBytes says a missing key with a nil value.
+		v, err := from.LookupBytes(key)
+		if err != nil {
+			return 0, 0, fmt.Errorf("look up entry: %w", err)
+		}
+		if v == nil {
+			gone = append(gone, slices.Clone(key))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, err
+	}
+	for _, k := range gone {
+		if err := to.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, 0, fmt.Errorf("delete entry: %w", err)
+		}
+	}
+	return put, len(gone), nil
+}
+
+// copyEntries copies every entry of from into to, and says how many. Both
+// must have the same type and key and value sizes.
+func copyEntries(from, to *ebpf.Map) (int, error) {
 	if from.Type() != to.Type() || from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
-		return fmt.Errorf("copy needs the same type, key and value size: have %s %d/%d, want %s %d/%d",
+		return 0, fmt.Errorf("copy needs the same type, key and value size: have %s %d/%d, want %s %d/%d",
 			from.Type(), from.KeySize(), from.ValueSize(), to.Type(), to.KeySize(), to.ValueSize())
 	}
 	var key, value []byte
+	n := 0
 	it := from.Iterate()
 	for it.Next(&key, &value) {
 		if err := to.Put(key, value); err != nil {
-			return fmt.Errorf("copy entry: %w", err)
+			return n, fmt.Errorf("copy entry: %w", err)
 		}
+		n++
 	}
-	return it.Err()
+	return n, it.Err()
 }

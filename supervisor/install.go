@@ -509,11 +509,22 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 
 	// Maps.
 	fresh := map[string]bool{}
+	// The maps migrated maps replace, which the attached programs write
+	// until their links swap.
+	migrated := map[string]*ebpf.Map{}
+	defer func() {
+		for _, m := range migrated {
+			m.Close()
+		}
+	}()
 	for _, name := range p.maps {
 		mc := p.mapCfg[name]
 		res, err := obj.AdoptOrCreateMap(name, p.spec.Maps[name], pinstore.MapPolicy{PinPath: mc.PinPath, Reset: mc.Reset || resetMaps[name], Migrate: mc.Migrate})
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w", p.name, err)
+		}
+		if res.Migrated != nil {
+			migrated[name] = res.Migrated
 		}
 		in.maps[name] = res.Map
 		if res.Replaced != "" {
@@ -643,6 +654,22 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 		}
 	}
 	swapStart := time.Now()
+	// The copy of a migrated map was taken before the loads (of this object
+	// and of the others of a reload): catch it up with what the running
+	// programs wrote since, just before they are swapped out.
+	for _, name := range p.maps {
+		was := migrated[name]
+		if was == nil {
+			continue
+		}
+		put, deleted, err := pinstore.SyncEntries(was, in.maps[name])
+		if err != nil {
+			// The copy stands; what changed since it may be missing.
+			log.Warn("migrated map not caught up with the writes since its copy", "object", p.name, "map", name, "err", err)
+			continue
+		}
+		log.Info("migrated map caught up", "object", p.name, "map", name, "entries", put, "deleted", deleted)
+	}
 	if err := moveProgSlots(p, in, fresh, &rollback, &release, log); err != nil {
 		return nil, err
 	}

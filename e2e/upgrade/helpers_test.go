@@ -41,6 +41,7 @@ const (
 	portV2      = 9999 // dropped by dropfilter_v2 only (hard-coded in it)
 	portPassX   = 4001 // never dropped, on the XDP pair
 	portPassT   = 4002 // never dropped, on the tcx pair
+	portLate    = 4003 // put in drop_ports during a migration
 )
 
 // childMain is the child application: it says who it is and which fds it

@@ -2,15 +2,18 @@ package upgrade
 
 import (
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -110,5 +113,94 @@ func testIncompatibleMap(t *testing.T, mode string) {
 	out = mustReload(t, e)
 	if !strings.Contains(out, "object dropfilter: unchanged") {
 		t.Fatalf("a second reload changed something:\n%s", out)
+	}
+}
+
+// TestMigrateCatchesUp: a migrated map is copied when the new map is made,
+// before the loads; what the running programs write to the old map between
+// that copy and the swap (here a port added and one removed, while bpfsup is
+// stopped right after the copy) is in the new map once the links swapped.
+func TestMigrateCatchesUp(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsS, nsR := testutil.MustNetns(t, "upc-send"), testutil.MustNetns(t, "upc-recv")
+	_, x := testutil.MustVethPair(t, nsS, nsR)
+	dir := t.TempDir()
+	obj := filepath.Join(dir, "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}, dropPorts: []string{`migrate = "copy"`}}.write(t, cfgPath)
+	t.Setenv(crash.StopEnvVar, "maps/migrated")
+	p := startBpfsup(t, e, "", "-c", cfgPath)
+	// Runs before p's own clean-up: a stopped bpfsup would not stop.
+	t.Cleanup(func() { p.Kill(syscall.SIGCONT) })
+	waitChildren(t, p, 1)
+	addDropPort(t, e, portDropped)
+	_, oldID, _ := dropPorts(t, e)
+	oldMap, err := ebpf.NewMapFromID(oldID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldMap.Close()
+
+	deploy(t, obj, "dropfilter_bigmap")
+	type result struct {
+		out  string
+		code int
+	}
+	done := make(chan result, 1)
+	go func() {
+		cmd := exec.Command(e.Bin, e.Args("reload")...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if err != nil {
+			code = -1
+			if cmd.ProcessState != nil {
+				code = cmd.ProcessState.ExitCode()
+			}
+		}
+		done <- result{string(out), code}
+	}()
+	testutil.WaitFor(t, 30*time.Second, "bpfsup to stop right after copying drop_ports", func() bool {
+		st, _ := testutil.ProcState(p.Pid())
+		return st == 'T'
+	})
+	// What the running programs would write meanwhile.
+	if err := oldMap.Put(uint16(portLate), uint8(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := oldMap.Delete(uint16(portDropped)); err != nil {
+		t.Fatal(err)
+	}
+	p.Kill(syscall.SIGCONT)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("bpfsup reload did not return")
+	}
+	if r.code != 0 {
+		t.Fatalf("bpfsup reload exited %d:\n%s", r.code, r.out)
+	}
+	ports, newID, maxEntries := dropPorts(t, e)
+	if newID == oldID || maxEntries != 128 {
+		t.Fatalf("drop_ports is map %d with %d entries, want a new map (not %d) with 128", newID, maxEntries, oldID)
+	}
+	if !slices.Equal(ports, []uint16{portLate}) {
+		t.Fatalf("migrated drop_ports holds %v, want [%d]: the writes between the copy and the swap are lost", ports, portLate)
+	}
+	if !strings.Contains(p.Output(), `msg="migrated map caught up" object=dropfilter map=drop_ports entries=1 deleted=1`) {
+		t.Fatalf("bpfsup does not say it caught drop_ports up:\n%s", p.Output())
+	}
+
+	// And the data path goes by the caught-up map.
+	recvLate := testutil.StartUDPReceiver(t, nsR, portLate)
+	recvOpen := testutil.StartUDPReceiver(t, nsR, portDropped)
+	sendN(t, nsS, netip.AddrPortFrom(x.Addr, portDropped), 5)
+	recvOpen.WaitCount(t, 5, 5*time.Second)
+	before := dropCount(t, e)
+	sendN(t, nsS, netip.AddrPortFrom(x.Addr, portLate), 5)
+	testutil.WaitFor(t, 5*time.Second, "5 drops of the port added after the copy", func() bool { return dropCount(t, e) == before+5 })
+	if n := recvLate.Count(); n != 0 {
+		t.Fatalf("%d datagrams to port %d arrived; it was added to drop_ports before the swap", n, portLate)
 	}
 }

@@ -10,8 +10,11 @@
 //   - BPFSUP_TEST_CRASH_TRACE=FILE appends the name of every step reached to
 //     FILE, one a line, so that a test can list the steps a run goes through
 //     and then crash at each of them.
+//   - BPFSUP_TEST_STOP_AT=STEP[#N] stops the process with SIGSTOP instead,
+//     so that a test can act in the middle of a step and then let bpfsup
+//     go on with SIGCONT.
 //
-// When neither is set, At costs one comparison.
+// When none is set, At costs one comparison.
 package crash
 
 import (
@@ -28,11 +31,15 @@ const EnvVar = "BPFSUP_TEST_CRASH_AT"
 // TraceEnvVar names the testing-only variable that records the steps reached.
 const TraceEnvVar = "BPFSUP_TEST_CRASH_TRACE"
 
+// StopEnvVar names the testing-only variable that arms a stop point.
+const StopEnvVar = "BPFSUP_TEST_STOP_AT"
+
 // The steps at which bpfsup can be made to crash, in the order an install
 // reaches them. Every call of At must name one of these, and every one of
 // these must be named by a call; TestPointsMatchSources checks both.
 var points = []string{
 	"maps/created",          // a map was created (not pinned yet)
+	"maps/migrated",         // a new map got the entries of the one it replaces
 	"maps/staged",           // a map was pinned under its staging name
 	"maps/moved",            // a map's pin was moved into place
 	"programs/loaded",       // a program was loaded (not pinned yet)
@@ -49,14 +56,40 @@ var points = []string{
 // Points lists every crash point, in the order bpfsup reaches them.
 func Points() []string { return append([]string(nil), points...) }
 
+// trigger is an armed point: the nth time the step is reached.
+type trigger struct {
+	step string
+	nth  int
+	seen int
+}
+
+func parseTrigger(v string) trigger {
+	name, count, ok := strings.Cut(v, "#")
+	t := trigger{step: name, nth: 1}
+	if ok {
+		if n, err := strconv.Atoi(count); err == nil && n > 0 {
+			t.nth = n
+		}
+	}
+	return t
+}
+
+// reached counts a step and says whether it is the armed one's nth.
+func (t *trigger) reached(name string) bool {
+	if t.step == "" || name != t.step {
+		return false
+	}
+	t.seen++
+	return t.seen == t.nth
+}
+
 var (
 	once   sync.Once
 	active bool
-	target string
-	nth    = 1
+	kill   trigger
+	stop   trigger
 	trace  *os.File
 	mu     sync.Mutex
-	seen   int
 )
 
 func arm() {
@@ -66,20 +99,14 @@ func arm() {
 			trace = f
 		}
 	}
-	if v := os.Getenv(EnvVar); v != "" {
-		name, count, ok := strings.Cut(v, "#")
-		if ok {
-			if n, err := strconv.Atoi(count); err == nil && n > 0 {
-				nth = n
-			}
-		}
-		target = name
-	}
-	active = trace != nil || target != ""
+	kill = parseTrigger(os.Getenv(EnvVar))
+	stop = parseTrigger(os.Getenv(StopEnvVar))
+	active = trace != nil || kill.step != "" || stop.step != ""
 }
 
-// At kills the process with SIGKILL when the armed crash point is name, and
-// records name when tracing is on.
+// At kills the process with SIGKILL when the armed crash point is name
+// (stops it with SIGSTOP when the armed stop point is), and records name
+// when tracing is on.
 func At(name string) {
 	once.Do(arm)
 	if !active {
@@ -90,13 +117,13 @@ func At(name string) {
 		// One write per line: O_APPEND keeps lines whole and in order.
 		_, _ = trace.WriteString(name + "\n")
 	}
-	hit := false
-	if name == target {
-		seen++
-		hit = seen == nth
-	}
+	killHit, stopHit := kill.reached(name), stop.reached(name)
 	mu.Unlock()
-	if hit {
+	if stopHit {
+		// Every thread stops; At returns once the test sends SIGCONT.
+		_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+	}
+	if killHit {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // SIGKILL cannot be caught; never return
 	}

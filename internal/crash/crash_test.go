@@ -163,13 +163,21 @@ func TestArmParsesCount(t *testing.T) {
 		{"links/moved#0", "links/moved", 1},
 		{"links/moved#x", "links/moved", 1},
 	} {
-		t.Setenv(EnvVar, tt.env)
-		t.Setenv(TraceEnvVar, "")
-		target, nth, trace = "", 1, nil
-		arm()
-		if target != tt.target || nth != tt.nth || !active {
-			t.Errorf("%s=%q: target %q #%d (active %v), want %q #%d", EnvVar, tt.env, target, nth, active, tt.target, tt.nth)
+		for _, v := range []string{EnvVar, StopEnvVar} {
+			t.Setenv(EnvVar, "")
+			t.Setenv(StopEnvVar, "")
+			t.Setenv(v, tt.env)
+			t.Setenv(TraceEnvVar, "")
+			trace = nil
+			arm()
+			got := kill
+			if v == StopEnvVar {
+				got = stop
+			}
+			if got.step != tt.target || got.nth != tt.nth || !active {
+				t.Errorf("%s=%q: target %q #%d (active %v), want %q #%d", v, tt.env, got.step, got.nth, active, tt.target, tt.nth)
+			}
 		}
 	}
-	target, nth, active = "", 1, false
+	kill, stop, active = trigger{}, trigger{}, false
 }
