@@ -445,6 +445,17 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 	return nil
 }
 
+// installGates are the two points at which an install of a reload waits
+// for the others.
+type installGates struct {
+	// beforeSwap is called once everything is loaded and pinned beside what
+	// runs, just before the first link changes.
+	beforeSwap func() error
+	// afterSwap is called once every link and program pin is in place, with
+	// the rollback still possible.
+	afterSwap func() error
+}
+
 // install converges one object to its plan: adopts what is pinned and
 // compatible, creates and pins what is missing, swaps links whose program
 // changed (in place where the hook allows, make-before-break elsewhere) and
@@ -454,10 +465,10 @@ func hooksPrecheck(store pinstore.Store, p *plan) error {
 // pins, when not nil, holds what prefetchPins opened for the object; install
 // takes it over and closes what it does not keep.
 //
-// gate, when not nil, is called once everything is loaded and pinned beside
-// what runs, just before the first link changes: an error from it rolls the
-// install back from there, as any failure would (see reload).
-func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log *slog.Logger) (_ *installed, err error) {
+// gates, when not nil, hold the install twice for a reload of several
+// objects (see stageInstalls); an error from either rolls the install back
+// from there, as any failure would.
+func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, log *slog.Logger) (_ *installed, err error) {
 	if pins == nil {
 		pins = newPinSet()
 	}
@@ -648,8 +659,8 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 		rollback.push(func() { os.Remove(path) })
 	}
 
-	if gate != nil {
-		if err := gate(); err != nil {
+	if gates != nil {
+		if err := gates.beforeSwap(); err != nil {
 			return nil, err
 		}
 	}
@@ -715,7 +726,25 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gate func() error, log
 		if r.Adopted || r.Pinned == nil {
 			continue
 		}
+		// A clone, without r.Pinned's pin path (which Pin would move), open
+		// until after a rollback: r.Pinned is closed before it runs.
+		prev, err := r.Pinned.Clone()
+		if err != nil {
+			return nil, fmt.Errorf("object %s: program %s: %w", p.name, name, err)
+		}
+		release.push(func() { prev.Close() })
 		if err := obj.Pin(pinstore.Programs, r.Path, r.Program); err != nil {
+			return nil, err
+		}
+		path := r.Path
+		rollback.push(func() {
+			if err := obj.Pin(pinstore.Programs, path, prev); err != nil {
+				log.Error("could not pin the replaced program back", "program", path, "err", err)
+			}
+		})
+	}
+	if gates != nil {
+		if err := gates.afterSwap(); err != nil {
 			return nil, err
 		}
 	}
@@ -843,9 +872,10 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 				return nil, 0, false, fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
 			}
 			if err := updateLink(pinned, prog, oldProg); err != nil {
+				err = fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
 				oldProg.Close()
 				pinned.Close()
-				return nil, 0, false, fmt.Errorf("link %s: swap program %d for %d: %w", pl.name, info.Program, progID, replaceRefused(err, oldProg))
+				return nil, 0, false, err
 			}
 			crash.At("links/updated")
 			release.push(func() { oldProg.Close() })

@@ -158,13 +158,17 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 	if err != nil {
 		return fail(err)
 	}
+	ins, err := swapStaged(plans, stages, s.log)
+	if ins == nil {
+		return fail(err)
+	}
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for i, p := range plans {
-		old, before := byName[p.name], befores[i]
-		in, err := stages[i].finish()
-		if err != nil {
-			s.log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", err)
-			errs = append(errs, err)
-			continue
+		old, before, in := byName[p.name], befores[i], ins[i]
+		if in == nil {
+			continue // failed after its swap, and rolled back
 		}
 		or := objectReport(p, before, snapshotIDs(in), in)
 		rep.Objects = append(rep.Objects, or)
@@ -208,10 +212,13 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 	return rep, nil
 }
 
-// stagedInstall is an install on a goroutine of its own, held at its gate:
-// everything loaded and pinned beside what runs, no link changed yet.
+// stagedInstall is an install on a goroutine of its own, held at its
+// gates: first with everything loaded and pinned beside what runs and no
+// link changed yet, then with its links swapped and the rollback possible.
 type stagedInstall struct {
-	proceed chan error // nil to go on, an error to roll back
+	proceed chan error    // at the first gate: nil to swap, an error to roll back
+	commit  chan error    // at the second: nil to keep, an error to roll back
+	swapped chan struct{} // closed at the second gate
 	done    chan stagedResult
 }
 
@@ -220,38 +227,58 @@ type stagedResult struct {
 	err error
 }
 
-// finish lets the install swap its links and returns what it returns.
-func (st *stagedInstall) finish() (*installed, error) {
+// swap lets the install swap its links, and waits until it did (it is then
+// at its second gate) or failed (and rolled back).
+func (st *stagedInstall) swap() error {
 	st.proceed <- nil
+	select {
+	case <-st.swapped:
+		return nil
+	case r := <-st.done:
+		return r.err
+	}
+}
+
+// keep lets a swapped install finish, and returns what it returns.
+func (st *stagedInstall) keep() (*installed, error) {
+	st.commit <- nil
 	r := <-st.done
 	return r.in, r.err
 }
 
+// rollBack makes an install held at either gate undo everything it did.
+func (st *stagedInstall) rollBack(atSecond bool) {
+	if atSecond {
+		st.commit <- errOtherFailed
+	} else {
+		st.proceed <- errOtherFailed
+	}
+	<-st.done
+}
+
 // errOtherFailed rolls back the objects staged beside one that failed.
-var errOtherFailed = errors.New("another object of the reload failed to load")
+var errOtherFailed = errors.New("another object of the reload failed")
 
 // stageInstalls runs the install of each plan, one after the other, up to
-// its gate. When one fails before it, those staged so far roll back and the
-// error is that failure: nothing changed.
+// its first gate. When one fails before it, those staged so far roll back and
+// the error is that failure: nothing changed.
 func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger) ([]*stagedInstall, error) {
 	stages := make([]*stagedInstall, 0, len(plans))
-	abort := func() {
-		// The last staged first, as a rollback goes: objects may share a
-		// map (pin_path).
-		for i := len(stages) - 1; i >= 0; i-- {
-			stages[i].proceed <- errOtherFailed
-			<-stages[i].done
-		}
-	}
 	for _, p := range plans {
-		st := &stagedInstall{proceed: make(chan error), done: make(chan stagedResult, 1)}
+		st := &stagedInstall{proceed: make(chan error), commit: make(chan error), swapped: make(chan struct{}), done: make(chan stagedResult, 1)}
 		atGate := make(chan struct{})
-		gate := func() error {
-			close(atGate)
-			return <-st.proceed
+		gates := &installGates{
+			beforeSwap: func() error {
+				close(atGate)
+				return <-st.proceed
+			},
+			afterSwap: func() error {
+				close(st.swapped)
+				return <-st.commit
+			},
 		}
 		go func() {
-			in, err := install(byName[p.name].obj, p, nil, gate, log)
+			in, err := install(byName[p.name].obj, p, nil, gates, log)
 			st.done <- stagedResult{in, err}
 		}()
 		select {
@@ -260,7 +287,11 @@ func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger
 		case r := <-st.done:
 			// Failed before its gate, and rolled back.
 			log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", r.err)
-			abort()
+			// The last staged first, as a rollback goes: objects may
+			// share a map (pin_path).
+			for i := len(stages) - 1; i >= 0; i-- {
+				stages[i].rollBack(false)
+			}
 			for _, q := range plans[:len(stages)] {
 				log.Info("object not upgraded: another object of the reload failed", "object", q.name, "failed", p.name)
 			}
@@ -268,6 +299,46 @@ func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger
 		}
 	}
 	return stages, nil
+}
+
+// swapStaged swaps the links of the staged installs one object after the
+// other, and keeps them all once every one swapped. When a swap fails (the
+// kernel refusing an update, a link changed behind bpfsup's back), that
+// object has rolled itself back; the objects swapped before it are swapped
+// back, last first, and those after it never swap: nothing changed, and
+// swapStaged returns no installs. Otherwise an install is nil where it
+// failed after its swap, which nothing past the second gate does.
+func swapStaged(plans []*plan, stages []*stagedInstall, log *slog.Logger) ([]*installed, error) {
+	for i, st := range stages {
+		err := st.swap()
+		if err == nil {
+			continue
+		}
+		log.Error("reload of object failed; it keeps running as it was", "object", plans[i].name, "err", err)
+		for j := len(stages) - 1; j > i; j-- {
+			stages[j].rollBack(false)
+			log.Info("object not upgraded: another object of the reload failed", "object", plans[j].name, "failed", plans[i].name)
+		}
+		for j := i - 1; j >= 0; j-- {
+			stages[j].rollBack(true)
+			log.Info("object swapped back: another object of the reload failed", "object", plans[j].name, "failed", plans[i].name)
+		}
+		return nil, err
+	}
+	ins := make([]*installed, len(stages))
+	var errs []error
+	for i, st := range stages {
+		in, err := st.keep()
+		if err != nil {
+			// Nothing fails past the second gate; should it, the object
+			// rolled back and the others stay upgraded.
+			log.Error("reload of object failed after its swap", "object", plans[i].name, "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		ins[i] = in
+	}
+	return ins, errors.Join(errs...)
 }
 
 // upgradeChild does what OnUpgrade says to the child after an upgrade that

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/bpfsup/bpfsup/bpf"
 	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -369,45 +371,8 @@ func pinnedProgram(t *testing.T, path string) ebpf.ProgramID {
 // the first loaded fine and comes first; once both load, both upgrade.
 func TestUpgradeTwoObjectsAllOrNothing(t *testing.T) {
 	e := testutil.MustEnv(t)
-	nsR := testutil.MustNetns(t, "up2")
-	_, x := testutil.MustVethPair(t, nsR, nsR)
-	_, y := testutil.MustVethPair(t, nsR, nsR)
-	dir := t.TempDir()
-	objA, objB := filepath.Join(dir, "a.bpf.o"), filepath.Join(dir, "b.bpf.o")
-	deploy(t, objA, "dropfilter")
-	deploy(t, objB, "dropfilter")
-	cfgPath := filepath.Join(dir, "bpfsup.toml")
-	cfg := fmt.Sprintf("netns = %q\n", nsR.Path)
-	for _, o := range []struct{ name, path, iface string }{{"fwa", objA, x.Name}, {"fwb", objB, y.Name}} {
-		cfg += fmt.Sprintf("\n[[object]]\nname = %q\npath = %q\n[[object.attach]]\nprogram = \"xdp_drop\"\nhook = \"xdp:%s\"\n", o.name, o.path, o.iface)
-	}
-	writeAtomic(t, cfgPath, []byte(cfg))
-	p := startBpfsup(t, e, "", "-c", cfgPath)
-	waitChildren(t, p, 1)
-
-	type objState struct {
-		generation uint64
-		prog, link uint32
-	}
-	state := func(name string) objState {
-		t.Helper()
-		st := status(t, e, name)
-		s := objState{generation: st.Generation}
-		for _, pr := range st.Programs {
-			if pr.Name == "xdp_drop" {
-				s.prog = pr.ID
-			}
-		}
-		for _, l := range st.Links {
-			if l.Name == "xdp_drop" {
-				if l.ProgramID != s.prog {
-					t.Fatalf("object %s: link xdp_drop runs program %d, the pinned one is %d", name, l.ProgramID, s.prog)
-				}
-				s.link = l.ID
-			}
-		}
-		return s
-	}
+	p, objA, objB := startTwoObjects(t, e)
+	state := func(name string) objState { return twoObjectsState(t, e, name) }
 	beforeA, beforeB := state("fwa"), state("fwb")
 
 	deploy(t, objA, "dropfilter_v2")
@@ -429,5 +394,121 @@ func TestUpgradeTwoObjectsAllOrNothing(t *testing.T) {
 	if a.generation != beforeA.generation+1 || b.generation != beforeB.generation+1 ||
 		a.prog == beforeA.prog || b.prog == beforeB.prog || a.link != beforeA.link || b.link != beforeB.link {
 		t.Fatalf("after the reload that loads: fwa %+v (was %+v), fwb %+v (was %+v): want both upgraded in place\n%s", a, beforeA, b, beforeB, out)
+	}
+}
+
+// startTwoObjects runs bpfsup with two objects, fwa and fwb, each
+// dropfilter's xdp_drop on a veth of its own, and returns their files.
+func startTwoObjects(t *testing.T, e *testutil.Env) (p *testutil.Proc, objA, objB string) {
+	t.Helper()
+	nsR := testutil.MustNetns(t, "up2")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	_, y := testutil.MustVethPair(t, nsR, nsR)
+	dir := t.TempDir()
+	objA, objB = filepath.Join(dir, "a.bpf.o"), filepath.Join(dir, "b.bpf.o")
+	deploy(t, objA, "dropfilter")
+	deploy(t, objB, "dropfilter")
+	cfgPath := filepath.Join(dir, "bpfsup.toml")
+	cfg := fmt.Sprintf("netns = %q\n", nsR.Path)
+	for _, o := range []struct{ name, path, iface string }{{"fwa", objA, x.Name}, {"fwb", objB, y.Name}} {
+		cfg += fmt.Sprintf("\n[[object]]\nname = %q\npath = %q\n[[object.attach]]\nprogram = \"xdp_drop\"\nhook = \"xdp:%s\"\n", o.name, o.path, o.iface)
+	}
+	writeAtomic(t, cfgPath, []byte(cfg))
+	p = startBpfsup(t, e, "", "-c", cfgPath)
+	waitChildren(t, p, 1)
+	return p, objA, objB
+}
+
+// objState is what a reload of startTwoObjects changes in an object.
+type objState struct {
+	generation uint64
+	prog, link uint32
+}
+
+func twoObjectsState(t *testing.T, e *testutil.Env, name string) objState {
+	t.Helper()
+	st := status(t, e, name)
+	s := objState{generation: st.Generation}
+	for _, pr := range st.Programs {
+		if pr.Name == "xdp_drop" {
+			s.prog = pr.ID
+		}
+	}
+	for _, l := range st.Links {
+		if l.Name == "xdp_drop" {
+			if l.ProgramID != s.prog {
+				t.Fatalf("object %s: link xdp_drop runs program %d, the pinned one is %d", name, l.ProgramID, s.prog)
+			}
+			s.link = l.ID
+		}
+	}
+	return s
+}
+
+// TestUpgradeTwoObjectsSwapFails: when the swap of the second object of a
+// reload fails (here its link was moved to another program behind bpfsup's
+// back while bpfsup was stopped right after the first object's swap), the
+// first object is swapped back: both run what they ran before.
+func TestUpgradeTwoObjectsSwapFails(t *testing.T) {
+	e := testutil.MustEnv(t)
+	t.Setenv(crash.StopEnvVar, "links/updated")
+	p, objA, objB := startTwoObjects(t, e)
+	// Runs before p's own clean-up: a stopped bpfsup would not stop.
+	t.Cleanup(func() { p.Kill(syscall.SIGCONT) })
+	beforeA, beforeB := twoObjectsState(t, e, "fwa"), twoObjectsState(t, e, "fwb")
+
+	deploy(t, objA, "dropfilter_v2")
+	deploy(t, objB, "dropfilter_v2")
+	done := make(chan string, 1)
+	go func() {
+		out, _ := exec.Command(e.Bin, e.Args("reload")...).CombinedOutput()
+		done <- string(out)
+	}()
+	testutil.WaitFor(t, 30*time.Second, "bpfsup to stop right after fwa's swap", func() bool {
+		st, _ := testutil.ProcState(p.Pid())
+		return st == 'T'
+	})
+	// The program pin moves after the swap: the link runs the new one.
+	if info, err := pinnedLinkInfo(filepath.Join(e.PinRoot, "fwa", "links", "xdp_drop")); err != nil || info.Program == ebpf.ProgramID(beforeA.prog) {
+		t.Fatalf("stopped after fwa's swap, fwa's link runs program %v (err %v), was %d", info, err, beforeA.prog)
+	}
+	foreign := loadForeignXDP(t)
+	bLink, err := link.LoadPinnedLink(filepath.Join(e.PinRoot, "fwb", "links", "xdp_drop"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bLink.Update(foreign)
+	bLink.Close()
+	if err != nil {
+		t.Fatalf("move fwb's link to another program: %v", err)
+	}
+	p.Kill(syscall.SIGCONT)
+	var out string
+	select {
+	case out = <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("bpfsup reload did not return")
+	}
+	t.Logf("bpfsup reload:\n%s", out)
+	if want := fmt.Sprintf("object fwb: link xdp_drop: swap program %d for", beforeB.prog); !strings.Contains(out, want) ||
+		!strings.Contains(out, fmt.Sprintf("it no longer runs program %d,", beforeB.prog)) {
+		t.Fatalf("the reload does not say that fwb's link no longer runs program %d:\n%s", beforeB.prog, out)
+	}
+	if a := twoObjectsState(t, e, "fwa"); a != beforeA {
+		t.Fatalf("fwa is %+v after the reload whose fwb failed, was %+v: want it swapped back\n%s", a, beforeA, out)
+	}
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to log that fwa was swapped back", func() bool {
+		return strings.Contains(p.Output(), `msg="object swapped back: another object of the reload failed" object=fwa failed=fwb`)
+	})
+	// fwb's link still runs what it was moved to: bpfsup overwrites no
+	// change made behind its back.
+	info, err := pinnedLinkInfo(filepath.Join(e.PinRoot, "fwb", "links", "xdp_drop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := foreign.Info(); err == nil {
+		if id, _ := fi.ID(); info.Program != id {
+			t.Fatalf("fwb's link runs program %d, not %d it was moved to", info.Program, id)
+		}
 	}
 }
