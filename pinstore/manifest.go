@@ -60,6 +60,10 @@ type PlanRecord struct {
 type MapRecord struct {
 	ID   uint32 `json:"id"`
 	Path string `json:"path"`
+	// PreviousIDs are maps this one replaced (reset or migrated) that may
+	// still be pinned at Path after a crash before the new one's pin moved
+	// into place.
+	PreviousIDs []uint32 `json:"previous_ids,omitempty"`
 }
 
 // ProgramRecord is one program in the manifest. PreviousIDs are ids this

@@ -986,6 +986,11 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 		if id, err := pinstore.MapID(mp); err == nil {
 			rec.ID = uint32(id)
 		}
+		if old != nil {
+			if o, ok := old.Maps[name]; ok {
+				rec.PreviousIDs = carryIDs(o.PreviousIDs, o.ID, rec.ID, mapAlive)
+			}
+		}
 		m.Maps[name] = rec
 	}
 	for name, pr := range in.progs {
@@ -1045,6 +1050,15 @@ func carryIDs(prev []uint32, oldID, cur uint32, alive func(uint32) bool) []uint3
 		out = append(out, id)
 	}
 	return out
+}
+
+func mapAlive(id uint32) bool {
+	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	m.Close()
+	return true
 }
 
 func programAlive(id uint32) bool {

@@ -35,7 +35,7 @@ var ErrForeignPin = errors.New("foreign pin at bpfsup's path")
 
 // owned is what the manifest says bpfsup installed.
 type owned struct {
-	maps  map[string]uint32
+	maps  map[string][]uint32
 	progs map[string][]uint32
 	links map[string][]uint32
 	// progIDs holds every program id of the manifest, of any name.
@@ -43,12 +43,12 @@ type owned struct {
 }
 
 func ownedBy(m *pinstore.Manifest) owned {
-	o := owned{maps: map[string]uint32{}, progs: map[string][]uint32{}, links: map[string][]uint32{}, progIDs: map[uint32]bool{}}
+	o := owned{maps: map[string][]uint32{}, progs: map[string][]uint32{}, links: map[string][]uint32{}, progIDs: map[uint32]bool{}}
 	if m == nil {
 		return o
 	}
 	for name, r := range m.Maps {
-		o.maps[name] = r.ID
+		o.maps[name] = append([]uint32{r.ID}, r.PreviousIDs...)
 	}
 	for name, r := range m.Programs {
 		ids := append([]uint32{r.ID}, r.PreviousIDs...)
@@ -376,12 +376,12 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		}
 		what := describeMap(m)
 		m.Close()
-		if incompat == nil || (own.maps[name] != 0 && own.maps[name] == uint32(id)) {
+		if incompat == nil || hasID(own.maps[name], uint32(id)) {
 			continue
 		}
 		foreign = append(foreign, foreignPin{path: path, what: what, why: fmt.Sprintf(
 			"it is incompatible with the object's map %s (%v) and the manifest does not list it (id %s)",
-			name, incompat, idList([]uint32{own.maps[name]}))})
+			name, incompat, idList(own.maps[name]))})
 		resetMaps[name] = true
 	}
 	for _, name := range p.progList {

@@ -38,11 +38,11 @@ func TestOwnedBy(t *testing.T) {
 		t.Fatal("an empty manifest owns something")
 	}
 	o = ownedBy(&pinstore.Manifest{
-		Maps:     map[string]pinstore.MapRecord{"m": {ID: 3}},
+		Maps:     map[string]pinstore.MapRecord{"m": {ID: 3, PreviousIDs: []uint32{2}}},
 		Programs: map[string]pinstore.ProgramRecord{"p": {ID: 5, PreviousIDs: []uint32{4}}},
 		Links:    map[string]pinstore.LinkRecord{"l": {ID: 0, PreviousIDs: []uint32{9}}},
 	})
-	if o.maps["m"] != 3 || !hasID(o.progs["p"], 5) || !hasID(o.progs["p"], 4) || hasID(o.progs["p"], 6) ||
+	if !hasID(o.maps["m"], 3) || !hasID(o.maps["m"], 2) || hasID(o.maps["m"], 1) || !hasID(o.progs["p"], 5) || !hasID(o.progs["p"], 4) || hasID(o.progs["p"], 6) ||
 		!o.progIDs[4] || !hasID(o.links["l"], 9) || hasID(o.links["l"], 0) {
 		t.Errorf("ownedBy: %+v", o)
 	}

@@ -24,6 +24,8 @@ type scenario struct {
 type before struct {
 	seededPorts uint32 // id of the seeded drop_ports map
 	installed   *state // what ran before an upgrade
+	// migrated: the upgrade replaces drop_ports by a bigger copy.
+	migrated bool
 }
 
 var scenarios = []scenario{
@@ -47,6 +49,22 @@ var scenarios = []scenario{
 			b.installed = &st
 			kill(t, p)
 			r.setObject(t, v2)
+			return b
+		},
+	},
+	{
+		// v1 installed and running, then bpfsup killed and started with
+		// dropfilter_bigmap, whose drop_ports is bigger and migrated by
+		// copy: a new map with the old entries, programs reloaded for it.
+		name: "migrate",
+		prepare: func(t *testing.T, r *rig) before {
+			b := before{seededPorts: r.seedDropPorts(t), migrated: true}
+			p := r.startReady(t)
+			r.setDropCount(t, seededCount)
+			st := r.checkConverged(t)
+			b.installed = &st
+			kill(t, p)
+			r.migrateDropPorts(t)
 			return b
 		},
 	},
@@ -117,7 +135,12 @@ func crashAndRestart(t *testing.T, n *netRig, sc scenario, target string) {
 	n.traffic.waitPassing(t)
 	s.check(t)
 
-	if st.maps["drop_ports"] != b.seededPorts {
+	switch {
+	case b.migrated:
+		if st.maps["drop_ports"] == b.seededPorts {
+			t.Errorf("drop_ports is still the seeded map %d, not migrated", b.seededPorts)
+		}
+	case st.maps["drop_ports"] != b.seededPorts:
 		t.Errorf("drop_ports is map %d, not the seeded %d", st.maps["drop_ports"], b.seededPorts)
 	}
 	c := r.contents(t)
@@ -126,6 +149,9 @@ func crashAndRestart(t *testing.T, n *netRig, sc scenario, target string) {
 	}
 	if old := b.installed; old != nil {
 		for name, id := range old.maps {
+			if b.migrated && name == "drop_ports" {
+				continue
+			}
 			if st.maps[name] != id {
 				t.Errorf("map %s is %d after the upgrade, was %d: not adopted", name, st.maps[name], id)
 			}

@@ -279,6 +279,9 @@ type rig struct {
 	env     *testutil.Env
 	objPath string
 	version string
+	// config, when set, is a configuration file that says the object and
+	// its attachment (and map settings), instead of -o and -a.
+	config string
 }
 
 func newRig(t testing.TB, n *netRig) *rig {
@@ -322,6 +325,19 @@ func (r *rig) setObject(t testing.TB, version string) {
 	r.version = version
 }
 
+// migrateDropPorts makes the object dropfilter_bigmap, whose drop_ports is
+// bigger, configured to migrate drop_ports by copying it.
+func (r *rig) migrateDropPorts(t testing.TB) {
+	t.Helper()
+	r.setObject(t, "dropfilter_bigmap")
+	r.config = filepath.Join(filepath.Dir(r.objPath), "bpfsup.toml")
+	cfg := fmt.Sprintf("[[object]]\npath = %q\n[[object.attach]]\nprogram = \"xdp_drop\"\nhook = \"xdp:%s\"\n"+
+		"[object.maps.drop_ports]\nmigrate = \"copy\"\n", r.objPath, r.ifB.Name)
+	if err := os.WriteFile(r.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (r *rig) objDir() string { return filepath.Join(r.env.PinRoot, objName) }
 
 // pinnedLinkInfo is the info of the link pinned at path.
@@ -350,6 +366,9 @@ func (r *rig) linkPins() []string {
 func (r *rig) runArgs(extra ...string) []string {
 	args := r.env.Args("run", "--netns", r.nsB.Path, "-o", r.objPath, "-a", "xdp_drop@xdp:"+r.ifB.Name,
 		"--stop-timeout", "5s")
+	if r.config != "" {
+		args = r.env.Args("run", "--netns", r.nsB.Path, "-c", r.config, "--stop-timeout", "5s")
+	}
 	args = append(args, extra...)
 	return append(args, "--", "sleep", "3600")
 }
