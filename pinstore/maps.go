@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -146,28 +145,32 @@ func WithoutReferences(spec *ebpf.MapSpec) *ebpf.MapSpec {
 }
 
 // SyncEntries makes to hold what from holds: every entry of from is put
-// into to, and the keys of to that from lacks are deleted. It is the second
-// half of a migration, run just before the links swap, for what the running
-// programs wrote to from since the copy. to must not be in use yet.
+// into to, and the keys of to that from lacks are deleted (in an array,
+// whose keys cannot be deleted, the indices past from's size keep their
+// initial zeros). It is the second half of a migration, run just before the
+// links swap, for what the running programs wrote to from since the copy.
+// to must not be in use yet.
 func SyncEntries(from, to *ebpf.Map) (put, deleted int, err error) {
 	put, err = copyEntries(from, to)
 	if err != nil {
 		return 0, 0, err
 	}
-	var key, value []byte
+	if isArray(to.Type()) {
+		return put, 0, nil
+	}
 	var gone [][]byte
-	it := to.Iterate()
-	for it.Next(&key, &value) {
+	err = eachKey(to, func(key []byte) error {
 		// LookupBytes says a missing key with a nil value.
 		v, err := from.LookupBytes(key)
 		if err != nil {
-			return 0, 0, fmt.Errorf("look up entry: %w", err)
+			return fmt.Errorf("look up entry: %w", err)
 		}
 		if v == nil {
-			gone = append(gone, slices.Clone(key))
+			gone = append(gone, key)
 		}
-	}
-	if err := it.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return 0, 0, err
 	}
 	for _, k := range gone {
@@ -185,14 +188,76 @@ func copyEntries(from, to *ebpf.Map) (int, error) {
 		return 0, fmt.Errorf("copy needs the same type, key and value size: have %s %d/%d, want %s %d/%d",
 			from.Type(), from.KeySize(), from.ValueSize(), to.Type(), to.KeySize(), to.ValueSize())
 	}
-	var key, value []byte
 	n := 0
-	it := from.Iterate()
-	for it.Next(&key, &value) {
+	err := eachKey(from, func(key []byte) error {
+		raw, err := from.LookupBytes(key)
+		if err != nil {
+			return fmt.Errorf("look up entry: %w", err)
+		}
+		if raw == nil {
+			return nil // deleted meanwhile
+		}
+		var value any = raw
+		if isPerCPU(from.Type()) {
+			value = perCPUValues(raw, int(from.ValueSize()))
+		}
 		if err := to.Put(key, value); err != nil {
-			return n, fmt.Errorf("copy entry: %w", err)
+			return fmt.Errorf("copy entry: %w", err)
 		}
 		n++
+		return nil
+	})
+	return n, err
+}
+
+// eachKey calls fn with each key of m, as bytes. Keys deleted meanwhile may
+// make the walk start over, as the kernel's next-key does; it gives up
+// after twice the map's size.
+func eachKey(m *ebpf.Map, fn func(key []byte) error) error {
+	var key []byte
+	for i := 0; ; i++ {
+		if i > 2*int(m.MaxEntries())+1 {
+			return errors.New("the map changed too much to be walked")
+		}
+		var next []byte
+		var err error
+		if key == nil {
+			next, err = m.NextKeyBytes(nil)
+		} else {
+			next, err = m.NextKeyBytes(key)
+		}
+		if err != nil {
+			return fmt.Errorf("look up next key: %w", err)
+		}
+		if next == nil {
+			return nil
+		}
+		if err := fn(next); err != nil {
+			return err
+		}
+		key = next
 	}
-	return n, it.Err()
+}
+
+func isPerCPU(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUCPUHash, ebpf.PerCPUCGroupStorage:
+		return true
+	}
+	return false
+}
+
+func isArray(t ebpf.MapType) bool {
+	return t == ebpf.Array || t == ebpf.PerCPUArray
+}
+
+// perCPUValues splits a per-CPU map's raw value (one value per possible
+// CPU, each padded to 8 bytes) into the slice Put takes.
+func perCPUValues(raw []byte, size int) [][]byte {
+	stride := (size + 7) &^ 7
+	out := make([][]byte, 0, len(raw)/stride)
+	for off := 0; off+size <= len(raw); off += stride {
+		out = append(out, raw[off:off+size])
+	}
+	return out
 }

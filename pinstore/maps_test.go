@@ -28,7 +28,12 @@ func mustAdoptOrCreate(tb testing.TB, o *Object, name string, spec *ebpf.MapSpec
 	if err != nil {
 		tb.Fatalf("adopt or create map %s: %v", name, err)
 	}
-	tb.Cleanup(func() { r.Map.Close() })
+	tb.Cleanup(func() {
+		r.Map.Close()
+		if r.Migrated != nil {
+			r.Migrated.Close()
+		}
+	})
 	return r
 }
 
@@ -190,5 +195,97 @@ func TestAdoptOrCreateMapOwnPinPath(t *testing.T) {
 
 	if _, err := o.AdoptOrCreateMap("drop.count", spec, MapPolicy{}); !errors.Is(err, ErrBadName) {
 		t.Fatalf("bad map name: %v, want ErrBadName", err)
+	}
+}
+
+// TestSyncEntries: after SyncEntries the new map holds exactly what the old
+// one holds, values included, for the kinds of maps a migration copies
+// (per-CPU maps carry one value per possible CPU).
+func TestSyncEntries(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, typ := range []ebpf.MapType{ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.Array, ebpf.PerCPUArray} {
+		t.Run(typ.String(), func(t *testing.T) {
+			mk := func(max uint32) *ebpf.Map {
+				m, err := ebpf.NewMap(&ebpf.MapSpec{Type: typ, KeySize: 4, ValueSize: 8, MaxEntries: max})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { m.Close() })
+				return m
+			}
+			from, to := mk(16), mk(32)
+			ncpu, err := ebpf.PossibleCPU()
+			if err != nil {
+				t.Fatal(err)
+			}
+			perCPU := typ == ebpf.PerCPUHash || typ == ebpf.PerCPUArray
+			put := func(m *ebpf.Map, k uint32, v uint64) {
+				t.Helper()
+				var err error
+				if perCPU {
+					vs := make([]uint64, ncpu)
+					for i := range vs {
+						vs[i] = v + uint64(i)
+					}
+					err = m.Put(k, vs)
+				} else {
+					err = m.Put(k, v)
+				}
+				if err != nil {
+					t.Fatalf("put %d: %v", k, err)
+				}
+			}
+			get := func(m *ebpf.Map, k uint32) (uint64, bool) {
+				t.Helper()
+				if perCPU {
+					var vs []uint64
+					if err := m.Lookup(k, &vs); err != nil {
+						return 0, false
+					}
+					for i, v := range vs {
+						if vs[0] != 0 && v != vs[0]+uint64(i) {
+							t.Fatalf("key %d: per-CPU values %v", k, vs)
+						}
+					}
+					return vs[0], true
+				}
+				var v uint64
+				if err := m.Lookup(k, &v); err != nil {
+					return 0, false
+				}
+				return v, true
+			}
+			// The first copy, then what the running programs change.
+			put(from, 1, 10)
+			put(from, 2, 20)
+			if _, err := copyEntries(from, to); err != nil {
+				t.Fatal(err)
+			}
+			put(from, 2, 21)
+			put(from, 3, 30)
+			arrays := typ == ebpf.Array || typ == ebpf.PerCPUArray
+			if !arrays {
+				if err := from.Delete(uint32(1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, _, err := SyncEntries(from, to); err != nil {
+				t.Fatal(err)
+			}
+			want := map[uint32]uint64{2: 21, 3: 30}
+			if arrays {
+				want[1] = 10
+			}
+			for k := uint32(0); k < 16; k++ {
+				w, wok := want[k]
+				g, gok := get(to, k)
+				if arrays && !wok {
+					w, wok = 0, true
+				}
+				if wok != gok || w != g {
+					t.Errorf("key %d: have %d (%v), want %d (%v)", k, g, gok, w, wok)
+				}
+			}
+		})
 	}
 }
