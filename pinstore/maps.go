@@ -184,6 +184,9 @@ func SyncEntries(from, to *ebpf.Map) (put, deleted int, err error) {
 // copyEntries copies every entry of from into to, and says how many. Both
 // must have the same type and key and value sizes.
 func copyEntries(from, to *ebpf.Map) (int, error) {
+	if !Copyable(from.Type()) {
+		return 0, fmt.Errorf("cannot copy the entries of a %s map", from.Type())
+	}
 	if from.Type() != to.Type() || from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
 		return 0, fmt.Errorf("copy needs the same type, key and value size: have %s %d/%d, want %s %d/%d",
 			from.Type(), from.KeySize(), from.ValueSize(), to.Type(), to.KeySize(), to.ValueSize())
@@ -237,6 +240,19 @@ func eachKey(m *ebpf.Map, fn func(key []byte) error) error {
 		}
 		key = next
 	}
+}
+
+// Copyable says whether migrate = "copy" can copy a map of type t: one
+// whose entries are keys and plain values. Not a ring buffer, queue or
+// stack (no keys), nor a map whose values are programs, maps or sockets
+// (read as ids, written as fds).
+func Copyable(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.Hash, ebpf.Array, ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUHash, ebpf.LRUCPUHash,
+		ebpf.LPMTrie, ebpf.DevMap, ebpf.DevMapHash:
+		return true
+	}
+	return false
 }
 
 func isPerCPU(t ebpf.MapType) bool {

@@ -92,6 +92,18 @@ name = "count.packets"
 			want: []string{`link name "count.packets"`, `'.'`},
 		},
 		{
+			name: "migrate a ring buffer by copy",
+			config: fmt.Sprintf(`
+[[object]]
+path = %q
+[object.programs.trace_exec]
+autoattach = false
+[object.maps.events]
+migrate = "copy"
+`, testutil.BPFObject("exectrace")),
+			want: []string{"map events", `migrate = "copy" cannot copy a RingBuf map`, "reset = true"},
+		},
+		{
 			// Refused after the object's directory and lock were made.
 			name: "program the verifier refuses",
 			args: []string{"-o", testutil.BPFObject("bad_verifier"), "-a", "bad@xdp:" + ifB.Name},
