@@ -1055,32 +1055,19 @@ func carryIDs(prev []uint32, oldID, cur uint32, alive func(uint32) bool) []uint3
 	return out
 }
 
-func mapAlive(id uint32) bool {
-	m, err := ebpf.NewMapFromID(ebpf.MapID(id))
+// alive says whether an object opened by its id (obj, err) is still in the
+// kernel; it closes obj.
+func alive[T io.Closer](obj T, err error) bool {
 	if err != nil {
 		return !errors.Is(err, os.ErrNotExist)
 	}
-	m.Close()
+	obj.Close()
 	return true
 }
 
-func programAlive(id uint32) bool {
-	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	p.Close()
-	return true
-}
-
-func linkAlive(id uint32) bool {
-	l, err := link.NewFromID(link.ID(id))
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	l.Close()
-	return true
-}
+func mapAlive(id uint32) bool     { return alive(ebpf.NewMapFromID(ebpf.MapID(id))) }
+func programAlive(id uint32) bool { return alive(ebpf.NewProgramFromID(ebpf.ProgramID(id))) }
+func linkAlive(id uint32) bool    { return alive(link.NewFromID(link.ID(id))) }
 
 func contains(list []string, s string) bool {
 	for _, v := range list {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -459,36 +458,23 @@ func TestUpgradeTwoObjectsSwapFails(t *testing.T) {
 
 	deploy(t, objA, "dropfilter_v2")
 	deploy(t, objB, "dropfilter_v2")
-	done := make(chan string, 1)
-	go func() {
-		out, _ := exec.Command(e.Bin, e.Args("reload")...).CombinedOutput()
-		done <- string(out)
-	}()
-	testutil.WaitFor(t, 30*time.Second, "bpfsup to stop right after fwa's swap", func() bool {
-		st, _ := testutil.ProcState(p.Pid())
-		return st == 'T'
+	var foreign *ebpf.Program
+	out, _ := reloadWhileStopped(t, e, p, "right after fwa's swap", func() {
+		// The program pin moves after the swap: the link runs the new one.
+		if info, err := pinnedLinkInfo(filepath.Join(e.PinRoot, "fwa", "links", "xdp_drop")); err != nil || info.Program == ebpf.ProgramID(beforeA.prog) {
+			t.Fatalf("stopped after fwa's swap, fwa's link runs program %v (err %v), was %d", info, err, beforeA.prog)
+		}
+		foreign = loadForeignXDP(t)
+		bLink, err := link.LoadPinnedLink(filepath.Join(e.PinRoot, "fwb", "links", "xdp_drop"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = bLink.Update(foreign)
+		bLink.Close()
+		if err != nil {
+			t.Fatalf("move fwb's link to another program: %v", err)
+		}
 	})
-	// The program pin moves after the swap: the link runs the new one.
-	if info, err := pinnedLinkInfo(filepath.Join(e.PinRoot, "fwa", "links", "xdp_drop")); err != nil || info.Program == ebpf.ProgramID(beforeA.prog) {
-		t.Fatalf("stopped after fwa's swap, fwa's link runs program %v (err %v), was %d", info, err, beforeA.prog)
-	}
-	foreign := loadForeignXDP(t)
-	bLink, err := link.LoadPinnedLink(filepath.Join(e.PinRoot, "fwb", "links", "xdp_drop"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = bLink.Update(foreign)
-	bLink.Close()
-	if err != nil {
-		t.Fatalf("move fwb's link to another program: %v", err)
-	}
-	p.Kill(syscall.SIGCONT)
-	var out string
-	select {
-	case out = <-done:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("bpfsup reload did not return")
-	}
 	t.Logf("bpfsup reload:\n%s", out)
 	if want := fmt.Sprintf("object fwb: link xdp_drop: swap program %d for", beforeB.prog); !strings.Contains(out, want) ||
 		!strings.Contains(out, fmt.Sprintf("it no longer runs program %d,", beforeB.prog)) {

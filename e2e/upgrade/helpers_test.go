@@ -217,6 +217,43 @@ func reload(t *testing.T, e *testutil.Env) (string, int) {
 	return e.Run(t, "reload")
 }
 
+// reloadWhileStopped runs `bpfsup reload` against p, which the test armed
+// with crash.StopEnvVar: once p stopped itself (at what the test describes
+// in where), it runs during, lets p go on and returns what the reload said.
+func reloadWhileStopped(t *testing.T, e *testutil.Env, p *testutil.Proc, where string, during func()) (string, int) {
+	t.Helper()
+	type result struct {
+		out  string
+		code int
+	}
+	done := make(chan result, 1)
+	go func() {
+		cmd := exec.Command(e.Bin, e.Args("reload")...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if err != nil {
+			code = -1
+			if cmd.ProcessState != nil {
+				code = cmd.ProcessState.ExitCode()
+			}
+		}
+		done <- result{string(out), code}
+	}()
+	testutil.WaitFor(t, 30*time.Second, "bpfsup to stop "+where, func() bool {
+		st, _ := testutil.ProcState(p.Pid())
+		return st == 'T'
+	})
+	during()
+	p.Kill(syscall.SIGCONT)
+	select {
+	case r := <-done:
+		return r.out, r.code
+	case <-time.After(2 * time.Minute):
+		t.Fatal("bpfsup reload did not return")
+		return "", 0
+	}
+}
+
 func mustReload(t *testing.T, e *testutil.Env) string {
 	t.Helper()
 	out, code := reload(t, e)

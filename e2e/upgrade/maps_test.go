@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"net/netip"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -27,15 +26,24 @@ func TestUpgradeIncompatibleMap(t *testing.T) {
 	}
 }
 
+// xdpDropfilter deploys dropfilter in a directory of the test and writes a
+// configuration that attaches its xdp_drop to a veth in a namespace pair
+// (named after prefix), with drop_ports configured by mode.
+func xdpDropfilter(t *testing.T, prefix, mode string) (nsS, nsR *testutil.Netns, x testutil.Veth, obj, cfgPath string) {
+	t.Helper()
+	nsS, nsR = testutil.MustNetns(t, prefix+"-send"), testutil.MustNetns(t, prefix+"-recv")
+	_, x = testutil.MustVethPair(t, nsS, nsR)
+	dir := t.TempDir()
+	obj = filepath.Join(dir, "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	cfgPath = filepath.Join(dir, "bpfsup.toml")
+	config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}, dropPorts: []string{mode}}.write(t, cfgPath)
+	return nsS, nsR, x, obj, cfgPath
+}
+
 func testIncompatibleMap(t *testing.T, mode string) {
 	e := testutil.MustEnv(t)
-	nsS, nsR := testutil.MustNetns(t, "upm-send"), testutil.MustNetns(t, "upm-recv")
-	_, x := testutil.MustVethPair(t, nsS, nsR)
-	dir := t.TempDir()
-	obj := filepath.Join(dir, "dropfilter.bpf.o")
-	deploy(t, obj, "dropfilter")
-	cfgPath := filepath.Join(dir, "bpfsup.toml")
-	config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}, dropPorts: []string{mode}}.write(t, cfgPath)
+	nsS, nsR, x, obj, cfgPath := xdpDropfilter(t, "upm", mode)
 	p := startBpfsup(t, e, "", "-c", cfgPath)
 	firstChild := waitChildren(t, p, 1)
 	addDropPort(t, e, portDropped)
@@ -122,13 +130,7 @@ func testIncompatibleMap(t *testing.T, mode string) {
 // stopped right after the copy) is in the new map once the links swapped.
 func TestMigrateCatchesUp(t *testing.T) {
 	e := testutil.MustEnv(t)
-	nsS, nsR := testutil.MustNetns(t, "upc-send"), testutil.MustNetns(t, "upc-recv")
-	_, x := testutil.MustVethPair(t, nsS, nsR)
-	dir := t.TempDir()
-	obj := filepath.Join(dir, "dropfilter.bpf.o")
-	deploy(t, obj, "dropfilter")
-	cfgPath := filepath.Join(dir, "bpfsup.toml")
-	config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}, dropPorts: []string{`migrate = "copy"`}}.write(t, cfgPath)
+	nsS, nsR, x, obj, cfgPath := xdpDropfilter(t, "upc", `migrate = "copy"`)
 	t.Setenv(crash.StopEnvVar, "maps/migrated")
 	p := startBpfsup(t, e, "", "-c", cfgPath)
 	// Runs before p's own clean-up: a stopped bpfsup would not stop.
@@ -143,43 +145,17 @@ func TestMigrateCatchesUp(t *testing.T) {
 	defer oldMap.Close()
 
 	deploy(t, obj, "dropfilter_bigmap")
-	type result struct {
-		out  string
-		code int
-	}
-	done := make(chan result, 1)
-	go func() {
-		cmd := exec.Command(e.Bin, e.Args("reload")...)
-		out, err := cmd.CombinedOutput()
-		code := 0
-		if err != nil {
-			code = -1
-			if cmd.ProcessState != nil {
-				code = cmd.ProcessState.ExitCode()
-			}
+	out, code := reloadWhileStopped(t, e, p, "right after copying drop_ports", func() {
+		// What the running programs would write meanwhile.
+		if err := oldMap.Put(uint16(portLate), uint8(1)); err != nil {
+			t.Fatal(err)
 		}
-		done <- result{string(out), code}
-	}()
-	testutil.WaitFor(t, 30*time.Second, "bpfsup to stop right after copying drop_ports", func() bool {
-		st, _ := testutil.ProcState(p.Pid())
-		return st == 'T'
+		if err := oldMap.Delete(uint16(portDropped)); err != nil {
+			t.Fatal(err)
+		}
 	})
-	// What the running programs would write meanwhile.
-	if err := oldMap.Put(uint16(portLate), uint8(1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := oldMap.Delete(uint16(portDropped)); err != nil {
-		t.Fatal(err)
-	}
-	p.Kill(syscall.SIGCONT)
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("bpfsup reload did not return")
-	}
-	if r.code != 0 {
-		t.Fatalf("bpfsup reload exited %d:\n%s", r.code, r.out)
+	if code != 0 {
+		t.Fatalf("bpfsup reload exited %d:\n%s", code, out)
 	}
 	ports, newID, maxEntries := dropPorts(t, e)
 	if newID == oldID || maxEntries != 128 {
