@@ -54,6 +54,27 @@ func init() {
 		// The child adopted across the exec has this, the main thread, as
 		// its parent thread: keep main (and Run) on it. See the top.
 		runtime.LockOSThread()
+		nameThreads()
+	}
+}
+
+// nameThreads names the program's threads after its binary again: exec'd
+// as /proc/self/fd/N (see execFile), the kernel named them "N", which ps,
+// top, pgrep and journald's _COMM would show.
+func nameThreads() {
+	if len(os.Args) == 0 {
+		return
+	}
+	name := filepath.Base(os.Args[0])
+	if len(name) > 15 { // TASK_COMM_LEN, with its NUL
+		name = name[:15]
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return
+	}
+	for _, t := range tasks {
+		_ = os.WriteFile("/proc/self/task/"+t.Name()+"/comm", []byte(name), 0)
 	}
 }
 

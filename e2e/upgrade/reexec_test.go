@@ -144,6 +144,10 @@ func TestSelfUpgrade(t *testing.T) {
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != bin {
 			t.Fatalf("after upgrade %d: bpfsup runs %q (%v), want the new %s", n, exe, err, bin)
 		}
+		// Exec'd through /proc/self/fd/N, it names itself again.
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err != nil || strings.TrimSpace(string(comm)) != filepath.Base(bin) {
+			t.Fatalf("after upgrade %d: bpfsup's name (comm) is %q (%v), want %q", n, comm, err, filepath.Base(bin))
+		}
 		if state, alive := testutil.ProcState(child); !alive {
 			t.Fatalf("after upgrade %d: the child %d is gone (state %c): its parent-death signal fired", n, child, state)
 		}
