@@ -172,7 +172,8 @@ func hostIs(host string, ip net.IP) bool {
 		return ip.IsUnspecified()
 	}
 	if h := net.ParseIP(host); h != nil {
-		return h.Equal(ip)
+		// Go listens on 0.0.0.0 with a dual-stack socket, on [::].
+		return h.Equal(ip) || (h.IsUnspecified() && ip.IsUnspecified())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

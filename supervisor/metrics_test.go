@@ -40,4 +40,25 @@ func TestInheritedMetricsListener(t *testing.T) {
 			got.Close()
 		}
 	}
+
+	// On every address: Go makes a dual-stack socket on [::] for "0.0.0.0"
+	// as for "".
+	all, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Close()
+	port = strconv.Itoa(all.Addr().(*net.TCPAddr).Port)
+	for _, addr := range []string{"0.0.0.0:" + port, ":" + port, "[::]:" + port} {
+		f, err := all.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := inheritedTCP(addr, f)
+		if got == nil {
+			t.Errorf("listener on %s, asked for %s: not kept", all.Addr(), addr)
+			continue
+		}
+		got.Close()
+	}
 }
