@@ -184,7 +184,7 @@ func SyncEntries(from, to *ebpf.Map) (put, deleted int, err error) {
 // copyEntries copies every entry of from into to, and says how many. Both
 // must have the same type and key and value sizes.
 func copyEntries(from, to *ebpf.Map) (int, error) {
-	if !Copyable(from.Type()) {
+	if !Copyable(from.Type(), from.ValueSize()) {
 		return 0, fmt.Errorf("cannot copy the entries of a %s map", from.Type())
 	}
 	if from.Type() != to.Type() || from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
@@ -242,15 +242,17 @@ func eachKey(m *ebpf.Map, fn func(key []byte) error) error {
 	}
 }
 
-// Copyable says whether migrate = "copy" can copy a map of type t: one
-// whose entries are keys and plain values. Not a ring buffer, queue or
-// stack (no keys), nor a map whose values are programs, maps or sockets
-// (read as ids, written as fds).
-func Copyable(t ebpf.MapType) bool {
+// Copyable says whether migrate = "copy" can copy a map of type t with
+// values of valueSize bytes: one whose entries are keys and plain values.
+// Not a ring buffer, queue or stack (no keys), nor a map whose values are
+// programs, maps or sockets (read as ids, written as fds): a devmap only
+// with 4-byte values, the bare ifindex (8 bytes add a program).
+func Copyable(t ebpf.MapType, valueSize uint32) bool {
 	switch t {
-	case ebpf.Hash, ebpf.Array, ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUHash, ebpf.LRUCPUHash,
-		ebpf.LPMTrie, ebpf.DevMap, ebpf.DevMapHash:
+	case ebpf.Hash, ebpf.Array, ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUHash, ebpf.LRUCPUHash, ebpf.LPMTrie:
 		return true
+	case ebpf.DevMap, ebpf.DevMapHash:
+		return valueSize == 4
 	}
 	return false
 }

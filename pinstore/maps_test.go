@@ -276,7 +276,8 @@ func TestSyncEntries(t *testing.T) {
 			if arrays {
 				want[1] = 10
 			}
-			for k := uint32(0); k < 16; k++ {
+			// Past the old size (16) too: an array's new indices are zeros.
+			for k := uint32(0); k < 32; k++ {
 				w, wok := want[k]
 				g, gok := get(to, k)
 				if arrays && !wok {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -120,8 +121,17 @@ func ParseConfig(data []byte) (*File, error) {
 	return &f, nil
 }
 
-// The keys of File that are a Duration.
-var durationKeys = []string{"restart_delay", "restart_max_delay", "stable_after", "start_limit_interval", "stop_timeout"}
+// durationKeys are the keys of File's Duration fields.
+var durationKeys = func() []string {
+	var keys []string
+	t := reflect.TypeFor[File]()
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Type == reflect.TypeFor[*Duration]() {
+			keys = append(keys, strings.Split(f.Tag.Get("toml"), ",")[0])
+		}
+	}
+	return keys
+}()
 
 const durationHint = `a duration is a string with its unit, like "10s" or "500ms"`
 

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,9 @@ func TestParseConfigErrors(t *testing.T) {
 		}
 	}
 
+	if want := []string{"restart_delay", "restart_max_delay", "stable_after", "start_limit_interval", "stop_timeout"}; !slices.Equal(durationKeys, want) {
+		t.Errorf("duration keys %v, want %v", durationKeys, want)
+	}
 	f, err := ParseConfig([]byte("stop_timeout = \"1m30s\"\nrestart_delay = \"250ms\"\n"))
 	if err != nil {
 		t.Fatal(err)

@@ -149,8 +149,8 @@ func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*p
 		if mc.Migrate != "" && mc.Migrate != "copy" {
 			return nil, fmt.Errorf("object %s: map %s: migrate %q: only \"copy\" is known", name, mname, mc.Migrate)
 		}
-		if typ := spec.Maps[mname].Type; mc.Migrate == "copy" && !pinstore.Copyable(typ) {
-			return nil, fmt.Errorf("object %s: map %s: migrate = \"copy\" cannot copy a %s map (its values are not plain data, or it has no keys to copy by); use reset = true", name, mname, typ)
+		if ms := spec.Maps[mname]; mc.Migrate == "copy" && !pinstore.Copyable(ms.Type, ms.ValueSize) {
+			return nil, fmt.Errorf("object %s: map %s: migrate = \"copy\" cannot copy a %s map (its values are not plain data, or it has no keys to copy by); use reset = true", name, mname, ms.Type)
 		}
 	}
 

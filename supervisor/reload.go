@@ -106,9 +106,10 @@ func (s *supervisor) handleReload(req reloadRequest, upgradeSig syscall.Signal) 
 //
 // Every object is loaded before any link of any object swaps (stageInstalls):
 // when one fails to load (the verifier refuses it, a map does not fit), none
-// is upgraded. A swap that fails after others succeeded (the kernel refusing
-// a link update it accepted a moment before) leaves those upgraded (and the
-// child is dealt with for them), and the error names the one that failed.
+// is upgraded. The objects then swap one after the other and are kept once
+// all have (swapStaged): a swap that fails (the kernel refusing a link
+// update, a link changed behind bpfsup's back) swaps back those before it,
+// and the error names the one that failed.
 func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadReport, error) {
 	start := time.Now()
 	s.log.Info("reloading", "reason", reason)

@@ -164,9 +164,9 @@ func TestMigrateCatchesUp(t *testing.T) {
 	if !slices.Equal(ports, []uint16{portLate}) {
 		t.Fatalf("migrated drop_ports holds %v, want [%d]: the writes between the copy and the swap are lost", ports, portLate)
 	}
-	if !strings.Contains(p.Output(), `msg="migrated map caught up" object=dropfilter map=drop_ports entries=1 deleted=1`) {
-		t.Fatalf("bpfsup does not say it caught drop_ports up:\n%s", p.Output())
-	}
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to log that it caught drop_ports up", func() bool {
+		return strings.Contains(p.Output(), `msg="migrated map caught up" object=dropfilter map=drop_ports entries=1 deleted=1`)
+	})
 
 	// And the data path goes by the caught-up map.
 	recvLate := testutil.StartUDPReceiver(t, nsR, portLate)
