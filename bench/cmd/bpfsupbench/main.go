@@ -262,52 +262,61 @@ func (e *bpfsupEnv) down() error {
 	return nil
 }
 
-var objectReadyRE = regexp.MustCompile(`msg="object ready".* adopted=(\d+) loaded=(\d+)`)
+var installedRE = regexp.MustCompile(`msg="objects installed" objects=\d+ adopted=(\d+) loaded=(\d+) took=(\S+)`)
 
-// programCounts sums the "object ready" lines of a bpfsup log: how many
-// programs were adopted from their pins and how many loaded.
-func programCounts(log string) (adopted, loaded int) {
+// installed reads the "objects installed" line of a bpfsup log: how many
+// programs were adopted from their pins and how many loaded, and how long
+// the install step took, in ms.
+func installed(log string) (adopted, loaded int, took float64, err error) {
 	b, _ := os.ReadFile(log)
-	for _, m := range objectReadyRE.FindAllStringSubmatch(string(b), -1) {
-		a, _ := strconv.Atoi(m[1])
-		l, _ := strconv.Atoi(m[2])
-		adopted += a
-		loaded += l
+	m := installedRE.FindStringSubmatch(string(b))
+	if m == nil {
+		return 0, 0, 0, fmt.Errorf("no \"objects installed\" line in %s", log)
 	}
-	return adopted, loaded
+	adopted, _ = strconv.Atoi(m[1])
+	loaded, _ = strconv.Atoi(m[2])
+	d, err := time.ParseDuration(m[3])
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("%s: took=%s: %w", log, m[3], err)
+	}
+	return adopted, loaded, ms(d.Nanoseconds()), nil
 }
 
 // readyRun starts `bpfsup run` with a child that reports its start and
 // exits, and returns the time from just before the fork of bpfsup to the
-// child running with its fds. It checks that bpfsup adopted or loaded the
-// programs as wanted (want is "adopted" or "loaded") and handed nfds fds.
-func (b *bench) readyRun(e *bpfsupEnv, cfg, want string, progs, nfds int) (float64, error) {
+// child running with its fds, and the install step's time as bpfsup logs
+// it. It checks that bpfsup adopted or loaded the programs as wanted (want
+// is "adopted" or "loaded") and handed nfds fds.
+func (b *bench) readyRun(e *bpfsupEnv, cfg, want string, progs, nfds int) (float64, float64, error) {
 	c := e.cmd("run", "-c", cfg, "--netns", b.rns.path, "--restart", "never", "--", b.childBin, "exit")
 	log := filepath.Join(b.work, "bpfsup-"+e.name+".log")
 	b.ready.drain()
 	t0 := mono()
 	p, err := startProc("bpfsup run", c, log)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	ev, err := b.ready.waitStart(p, readyTimeout)
 	if err != nil {
 		p.stop(5 * time.Second)
-		return 0, err
+		return 0, 0, err
 	}
 	if err := p.wait(time.Minute); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if ev.nfds != nfds {
-		return 0, fmt.Errorf("child got %d fds, want %d", ev.nfds, nfds)
+		return 0, 0, fmt.Errorf("child got %d fds, want %d", ev.nfds, nfds)
 	}
-	adopted, loaded := programCounts(log)
+	adopted, loaded, took, err := installed(log)
+	if err != nil {
+		return 0, 0, err
+	}
 	switch {
 	case want == "adopted" && (adopted != progs || loaded != 0),
 		want == "loaded" && (loaded != progs || adopted != 0):
-		return 0, fmt.Errorf("bpfsup adopted %d and loaded %d programs, want %d %s", adopted, loaded, progs, want)
+		return 0, 0, fmt.Errorf("bpfsup adopted %d and loaded %d programs, want %d %s", adopted, loaded, progs, want)
 	}
-	return ms(ev.ts - t0), nil
+	return ms(ev.ts - t0), took, nil
 }
 
 // Config files for bpfsup, written as TOML.

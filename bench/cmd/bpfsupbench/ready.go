@@ -42,6 +42,11 @@ type ReadyRow struct {
 	Method   string    `json:"method"`
 	Samples  []float64 `json:"samples_ms"`
 	Stats    Stats     `json:"stats_ms"`
+	// Install is bpfsup's own install step in each of its runs (its log's
+	// "objects installed" took=): from the configuration read to every
+	// hook converged, without the process's and the child's start-up.
+	Install      []float64 `json:"install_ms,omitempty"`
+	InstallStats *Stats    `json:"install_stats_ms,omitempty"`
 }
 
 var readyMethods = []string{"bpfsup-adopt", "bpfsup-load", "bpftool", "xdp-loader"}
@@ -179,6 +184,7 @@ func (b *bench) readyCase(kind string, n int) error {
 	}
 
 	samples := map[string][]float64{}
+	installs := map[string][]float64{}
 	start := time.Now()
 	adoptOnly := false
 	for r := 0; r < b.reps; r++ {
@@ -192,7 +198,7 @@ func (b *bench) readyCase(kind string, n int) error {
 			b.res.Notes = append(b.res.Notes, note)
 		}
 		if adoptOnly {
-			d, err := b.readyRun(e, cfg, "adopted", n, nfds)
+			d, inst, err := b.readyRun(e, cfg, "adopted", n, nfds)
 			if err != nil {
 				return fmt.Errorf("bpfsup-adopt: %w", err)
 			}
@@ -200,6 +206,7 @@ func (b *bench) readyCase(kind string, n int) error {
 				return fmt.Errorf("bpfsup-adopt: %w", err)
 			}
 			samples["bpfsup-adopt"] = append(samples["bpfsup-adopt"], d)
+			installs["bpfsup-adopt"] = append(installs["bpfsup-adopt"], inst)
 			continue
 		}
 		if err := e.down(); err != nil {
@@ -248,7 +255,7 @@ func (b *bench) readyCase(kind string, n int) error {
 		// bpfsup from nothing, then bpfsup again with the pins it left,
 		// which stay for the next repetition's adopt-only runs.
 		for _, m := range []struct{ method, want string }{{"bpfsup-load", "loaded"}, {"bpfsup-adopt", "adopted"}} {
-			d, err := b.readyRun(e, cfg, m.want, n, nfds)
+			d, inst, err := b.readyRun(e, cfg, m.want, n, nfds)
 			if err != nil {
 				return fmt.Errorf("%s: %w", m.method, err)
 			}
@@ -256,6 +263,7 @@ func (b *bench) readyCase(kind string, n int) error {
 				return fmt.Errorf("%s: %w", m.method, err)
 			}
 			samples[m.method] = append(samples[m.method], d)
+			installs[m.method] = append(installs[m.method], inst)
 		}
 	}
 	if err := e.down(); err != nil {
@@ -263,6 +271,10 @@ func (b *bench) readyCase(kind string, n int) error {
 	}
 	for _, m := range readyMethods {
 		row := ReadyRow{Kind: kind, Programs: n, Method: m, Samples: samples[m], Stats: summarize(samples[m])}
+		if in := installs[m]; len(in) > 0 {
+			st := summarize(in)
+			row.Install, row.InstallStats = in, &st
+		}
 		b.res.Ready = append(b.res.Ready, row)
 		logf("ready %s x%d %-13s median %9.2f ms  [%.2f .. %.2f]", kind, n, m, row.Stats.Median, row.Stats.Min, row.Stats.Max)
 	}

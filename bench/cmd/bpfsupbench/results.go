@@ -235,6 +235,11 @@ func (b *bench) targets() []Target {
 		if bound := b.goBound(); bound != "" {
 			parts = append(parts, bound)
 		}
+		a, l := b.readyRow("heavy", 1, "bpfsup-adopt"), b.readyRow("heavy", 1, "bpfsup-load")
+		if a != nil && l != nil && a.InstallStats != nil && l.InstallStats != nil {
+			parts = append(parts, fmt.Sprintf("bpfsup's install step alone at 1 prog: %.0fx (%s vs %s ms)",
+				ratio(l.InstallStats.Median, a.InstallStats.Median), fmtMs(l.InstallStats.Median), fmtMs(a.InstallStats.Median)))
+		}
 	}
 	if any {
 		t = append(t, Target{Target: name, Measured: strings.Join(parts, "; "), Met: met})

@@ -44,12 +44,12 @@ func (b *bench) scaleSection() error {
 			if err := e.down(); err != nil {
 				return err
 			}
-			d, err := b.readyRun(e, cfg, "loaded", k, k*scaleMaps)
+			d, _, err := b.readyRun(e, cfg, "loaded", k, k*scaleMaps)
 			if err != nil {
 				return fmt.Errorf("%d objects: load: %w", k, err)
 			}
 			row.LoadMs = append(row.LoadMs, d)
-			if d, err = b.readyRun(e, cfg, "adopted", k, k*scaleMaps); err != nil {
+			if d, _, err = b.readyRun(e, cfg, "adopted", k, k*scaleMaps); err != nil {
 				return fmt.Errorf("%d objects: adopt: %w", k, err)
 			}
 			row.AdoptMs = append(row.AdoptMs, d)
