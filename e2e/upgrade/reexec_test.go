@@ -173,7 +173,7 @@ func TestSelfUpgrade(t *testing.T) {
 	if out := mustReload(t, e); !strings.Contains(out, "object dropfilter: unchanged") {
 		t.Fatalf("reload after the self-upgrades changed something:\n%s", out)
 	}
-	if n := strings.Count(p.Output(), "loaded=0"); n != 2 {
+	if n := strings.Count(p.Output(), `msg="object ready" object=dropfilter maps=2 programs=2 links=1 adopted=2 loaded=0`); n != 2 {
 		t.Fatalf("the re-executed bpfsup loaded programs (%d installs without loading, want 2):\n%s", n, p.Output())
 	}
 
