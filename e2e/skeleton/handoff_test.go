@@ -2,6 +2,7 @@ package skeleton
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -139,6 +140,9 @@ func fdsOf(t *testing.T, pid int) map[int]string {
 			continue
 		}
 		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // closed since the listing: the child is still starting
+		}
 		if err != nil {
 			t.Fatalf("read fd %d of %d: %v", fd, pid, err)
 		}
