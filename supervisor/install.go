@@ -457,6 +457,11 @@ type installGates struct {
 	// afterSwap is called once every link and program pin is in place, with
 	// the rollback still possible.
 	afterSwap func() error
+	// failed is called when the install fails between the two, before it
+	// rolls back: it returns when the objects staged after it have rolled
+	// back, so that a map pin they replaced in turn (a shared pin_path) is
+	// restored last-first.
+	failed func(error)
 }
 
 // install converges one object to its plan: adopts what is pinned and
@@ -483,8 +488,14 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 	var release undo
 	defer func() { release.run() }()
 	var rollback undo
+	// swapping: between the gates, where a failure waits for the other
+	// objects of the reload before rolling back (see installGates.failed).
+	swapping := false
 	defer func() {
 		if err != nil {
+			if swapping {
+				gates.failed(err)
+			}
 			rollback.run()
 			in.obj = nil // the caller owns obj
 			in.close()
@@ -666,6 +677,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 		if err := gates.beforeSwap(); err != nil {
 			return nil, err
 		}
+		swapping = true
 	}
 	swapStart := time.Now()
 	// The copy of a migrated map was taken before the loads (of this object
@@ -747,6 +759,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 		})
 	}
 	if gates != nil {
+		swapping = false
 		if err := gates.afterSwap(); err != nil {
 			return nil, err
 		}

@@ -220,7 +220,32 @@ type stagedInstall struct {
 	proceed chan error    // at the first gate: nil to swap, an error to roll back
 	commit  chan error    // at the second: nil to keep, an error to roll back
 	swapped chan struct{} // closed at the second gate
+	failed  chan error    // its swap failed; it waits on undo to roll back
+	undo    chan struct{} // closed to let a failed swap roll back
 	done    chan stagedResult
+}
+
+func newStagedInstall() *stagedInstall {
+	return &stagedInstall{proceed: make(chan error), commit: make(chan error), swapped: make(chan struct{}),
+		failed: make(chan error), undo: make(chan struct{}), done: make(chan stagedResult, 1)}
+}
+
+// gates are the install's side of st.
+func (st *stagedInstall) gates(atFirst chan<- struct{}) *installGates {
+	return &installGates{
+		beforeSwap: func() error {
+			close(atFirst)
+			return <-st.proceed
+		},
+		afterSwap: func() error {
+			close(st.swapped)
+			return <-st.commit
+		},
+		failed: func(err error) {
+			st.failed <- err
+			<-st.undo
+		},
+	}
 }
 
 type stagedResult struct {
@@ -229,15 +254,24 @@ type stagedResult struct {
 }
 
 // swap lets the install swap its links, and waits until it did (it is then
-// at its second gate) or failed (and rolled back).
-func (st *stagedInstall) swap() error {
+// at its second gate) or failed (held before its rollback when held, see
+// rollBackFailed; rolled back otherwise).
+func (st *stagedInstall) swap() (held bool, err error) {
 	st.proceed <- nil
 	select {
 	case <-st.swapped:
-		return nil
+		return false, nil
+	case err := <-st.failed:
+		return true, err
 	case r := <-st.done:
-		return r.err
+		return false, r.err
 	}
+}
+
+// rollBackFailed lets an install whose swap failed roll back.
+func (st *stagedInstall) rollBackFailed() {
+	close(st.undo)
+	<-st.done
 }
 
 // keep lets a swapped install finish, and returns what it returns.
@@ -266,18 +300,9 @@ var errOtherFailed = errors.New("another object of the reload failed")
 func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger) ([]*stagedInstall, error) {
 	stages := make([]*stagedInstall, 0, len(plans))
 	for _, p := range plans {
-		st := &stagedInstall{proceed: make(chan error), commit: make(chan error), swapped: make(chan struct{}), done: make(chan stagedResult, 1)}
+		st := newStagedInstall()
 		atGate := make(chan struct{})
-		gates := &installGates{
-			beforeSwap: func() error {
-				close(atGate)
-				return <-st.proceed
-			},
-			afterSwap: func() error {
-				close(st.swapped)
-				return <-st.commit
-			},
-		}
+		gates := st.gates(atGate)
 		go func() {
 			in, err := install(byName[p.name].obj, p, nil, gates, log)
 			st.done <- stagedResult{in, err}
@@ -311,14 +336,18 @@ func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger
 // failed after its swap, which nothing past the second gate does.
 func swapStaged(plans []*plan, stages []*stagedInstall, log *slog.Logger) ([]*installed, error) {
 	for i, st := range stages {
-		err := st.swap()
+		held, err := st.swap()
 		if err == nil {
 			continue
 		}
 		log.Error("reload of object failed; it keeps running as it was", "object", plans[i].name, "err", err)
+		// Last staged first, as one rollback goes.
 		for j := len(stages) - 1; j > i; j-- {
 			stages[j].rollBack(false)
 			log.Info("object not upgraded: another object of the reload failed", "object", plans[j].name, "failed", plans[i].name)
+		}
+		if held {
+			st.rollBackFailed()
 		}
 		for j := i - 1; j >= 0; j-- {
 			stages[j].rollBack(true)
