@@ -155,11 +155,11 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 	for i, p := range plans {
 		befores[i] = snapshotIDs(byName[p.name])
 	}
-	stages, err := stageInstalls(plans, byName, s.log)
-	if err != nil {
-		return fail(err)
+	objs := make([]*pinstore.Object, len(plans))
+	for i, p := range plans {
+		objs[i] = byName[p.name].obj
 	}
-	ins, err := swapStaged(plans, stages, s.log)
+	ins, err := installStaged("reload", plans, objs, nil, s.log)
 	if ins == nil {
 		return fail(err)
 	}
@@ -294,17 +294,35 @@ func (st *stagedInstall) rollBack(atSecond bool) {
 // errOtherFailed rolls back the objects staged beside one that failed.
 var errOtherFailed = errors.New("another object of the reload failed")
 
+// installStaged installs the plans together: each up to its first gate,
+// then each swap, then all kept (stageInstalls, swapStaged). objs[i] is
+// plans[i]'s object, pins[i] (when pins is not nil) what prefetchPins
+// opened for it, which the install takes over. op names the operation in
+// the log ("reload", "start"). It returns an install per plan, or an
+// error and nothing changed.
+func installStaged(op string, plans []*plan, objs []*pinstore.Object, pins []*pinSet, log *slog.Logger) ([]*installed, error) {
+	stages, err := stageInstalls(op, plans, objs, pins, log)
+	if err != nil {
+		return nil, err
+	}
+	return swapStaged(op, plans, stages, log)
+}
+
 // stageInstalls runs the install of each plan, one after the other, up to
 // its first gate. When one fails before it, those staged so far roll back and
 // the error is that failure: nothing changed.
-func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger) ([]*stagedInstall, error) {
+func stageInstalls(op string, plans []*plan, objs []*pinstore.Object, pins []*pinSet, log *slog.Logger) ([]*stagedInstall, error) {
 	stages := make([]*stagedInstall, 0, len(plans))
-	for _, p := range plans {
+	for i, p := range plans {
 		st := newStagedInstall()
 		atGate := make(chan struct{})
 		gates := st.gates(atGate)
+		var ps *pinSet
+		if pins != nil {
+			ps, pins[i] = pins[i], nil // the install closes it
+		}
 		go func() {
-			in, err := install(byName[p.name].obj, p, nil, gates, log)
+			in, err := install(objs[i], p, ps, gates, log)
 			st.done <- stagedResult{in, err}
 		}()
 		select {
@@ -312,14 +330,14 @@ func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger
 			stages = append(stages, st)
 		case r := <-st.done:
 			// Failed before its gate, and rolled back.
-			log.Error("reload of object failed; it keeps running as it was", "object", p.name, "err", r.err)
+			log.Error(op+" of object failed; it is as it was", "object", p.name, "err", r.err)
 			// The last staged first, as a rollback goes: objects may
 			// share a map (pin_path).
 			for i := len(stages) - 1; i >= 0; i-- {
 				stages[i].rollBack(false)
 			}
 			for _, q := range plans[:len(stages)] {
-				log.Info("object not upgraded: another object of the reload failed", "object", q.name, "failed", p.name)
+				log.Info("object not upgraded: another object of the "+op+" failed", "object", q.name, "failed", p.name)
 			}
 			return nil, r.err
 		}
@@ -334,24 +352,24 @@ func stageInstalls(plans []*plan, byName map[string]*installed, log *slog.Logger
 // back, last first, and those after it never swap: nothing changed, and
 // swapStaged returns no installs. Otherwise an install is nil where it
 // failed after its swap, which nothing past the second gate does.
-func swapStaged(plans []*plan, stages []*stagedInstall, log *slog.Logger) ([]*installed, error) {
+func swapStaged(op string, plans []*plan, stages []*stagedInstall, log *slog.Logger) ([]*installed, error) {
 	for i, st := range stages {
 		held, err := st.swap()
 		if err == nil {
 			continue
 		}
-		log.Error("reload of object failed; it keeps running as it was", "object", plans[i].name, "err", err)
+		log.Error(op+" of object failed; it is as it was", "object", plans[i].name, "err", err)
 		// Last staged first, as one rollback goes.
 		for j := len(stages) - 1; j > i; j-- {
 			stages[j].rollBack(false)
-			log.Info("object not upgraded: another object of the reload failed", "object", plans[j].name, "failed", plans[i].name)
+			log.Info("object not upgraded: another object of the "+op+" failed", "object", plans[j].name, "failed", plans[i].name)
 		}
 		if held {
 			st.rollBackFailed()
 		}
 		for j := i - 1; j >= 0; j-- {
 			stages[j].rollBack(true)
-			log.Info("object swapped back: another object of the reload failed", "object", plans[j].name, "failed", plans[i].name)
+			log.Info("object swapped back: another object of the "+op+" failed", "object", plans[j].name, "failed", plans[i].name)
 		}
 		return nil, err
 	}
@@ -362,7 +380,7 @@ func swapStaged(plans []*plan, stages []*stagedInstall, log *slog.Logger) ([]*in
 		if err != nil {
 			// Nothing fails past the second gate; should it, the object
 			// rolled back and the others stay upgraded.
-			log.Error("reload of object failed after its swap", "object", plans[i].name, "err", err)
+			log.Error(op+" of object failed after its swap", "object", plans[i].name, "err", err)
 			errs = append(errs, err)
 			continue
 		}

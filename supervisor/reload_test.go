@@ -53,7 +53,7 @@ func TestSwapStagedOrder(t *testing.T) {
 			<-atFirst
 			stages[k] = st
 		}
-		ins, err := swapStaged(plans, stages, log)
+		ins, err := swapStaged("reload", plans, stages, log)
 		return order, ins, err
 	}
 

@@ -288,25 +288,65 @@ func (s *supervisor) installAll() error {
 			return err
 		}
 	}
+	// The objects to install go together, as in a reload: all loaded up to
+	// their first link change, then swapped, then kept; one that fails
+	// leaves every one as it was (see installStaged).
+	var todo []int
 	for i, p := range plans {
+		if p != nil {
+			todo = append(todo, i)
+		}
+	}
+	todoPlans := make([]*plan, len(todo))
+	objs := make([]*pinstore.Object, len(todo))
+	todoPins := make([]*pinSet, len(todo))
+	closeObjs := func() {
+		for _, obj := range objs {
+			if obj != nil {
+				obj.RemoveIfEmpty()
+				obj.Close()
+			}
+		}
+	}
+	for k, i := range todo {
+		obj, err := s.opts.Store.Open(plans[i].name)
+		if err != nil {
+			closeObjs()
+			return err
+		}
+		todoPlans[k], objs[k], todoPins[k] = plans[i], obj, sets[i]
+		sets[i] = nil // the install closes it
+	}
+	installs := make([]*installed, len(cfgs))
+	if len(todo) > 0 {
+		ins, err := installStaged("start", todoPlans, objs, todoPins, s.log)
+		if ins == nil {
+			closeObjs()
+			return err
+		}
+		for k, i := range todo {
+			installs[i] = ins[k] // nil only where it failed after its swap
+		}
+		if err != nil {
+			for k, in := range ins {
+				if in != nil {
+					in.close()
+				} else {
+					objs[k].RemoveIfEmpty()
+					objs[k].Close()
+				}
+			}
+			return err
+		}
+	}
+	for i := range cfgs {
 		in := ready[i]
 		ready[i] = nil // s.objects owns it from here
 		if in != nil {
 			s.log.Info("nothing changed since the last install: adopted as recorded, without reading the object's programs",
 				"object", in.plan.name)
 		} else {
-			obj, err := s.opts.Store.Open(p.name)
-			if err != nil {
-				return err
-			}
-			pins := sets[i]
-			sets[i] = nil // install closes it
-			in, err = install(obj, p, pins, nil, s.log)
-			if err != nil {
-				obj.RemoveIfEmpty()
-				obj.Close()
-				return err
-			}
+			in = installs[i]
 		}
 		s.objects = append(s.objects, in)
 		s.log.Info("object ready", "object", in.plan.name, "maps", len(in.maps), "programs", len(in.progs),

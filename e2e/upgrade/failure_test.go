@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -400,22 +401,78 @@ func TestUpgradeTwoObjectsAllOrNothing(t *testing.T) {
 // dropfilter's xdp_drop on a veth of its own, and returns their files.
 func startTwoObjects(t *testing.T, e *testutil.Env) (p *testutil.Proc, objA, objB string) {
 	t.Helper()
-	nsR := testutil.MustNetns(t, "up2")
-	_, x := testutil.MustVethPair(t, nsR, nsR)
-	_, y := testutil.MustVethPair(t, nsR, nsR)
+	tw := newTwoObjects(t)
+	p = startBpfsup(t, e, "", "-c", tw.cfgPath)
+	waitChildren(t, p, 1)
+	return p, tw.objA, tw.objB
+}
+
+// twoObjects is startTwoObjects' configuration, not started.
+type twoObjects struct {
+	cfgPath, objA, objB string
+	x, y                testutil.Veth
+	nsR                 *testutil.Netns
+}
+
+func newTwoObjects(t *testing.T) twoObjects {
+	t.Helper()
+	tw := twoObjects{nsR: testutil.MustNetns(t, "up2")}
+	_, tw.x = testutil.MustVethPair(t, tw.nsR, tw.nsR)
+	_, tw.y = testutil.MustVethPair(t, tw.nsR, tw.nsR)
 	dir := t.TempDir()
-	objA, objB = filepath.Join(dir, "a.bpf.o"), filepath.Join(dir, "b.bpf.o")
-	deploy(t, objA, "dropfilter")
-	deploy(t, objB, "dropfilter")
-	cfgPath := filepath.Join(dir, "bpfsup.toml")
-	cfg := fmt.Sprintf("netns = %q\n", nsR.Path)
-	for _, o := range []struct{ name, path, iface string }{{"fwa", objA, x.Name}, {"fwb", objB, y.Name}} {
+	tw.objA, tw.objB = filepath.Join(dir, "a.bpf.o"), filepath.Join(dir, "b.bpf.o")
+	deploy(t, tw.objA, "dropfilter")
+	deploy(t, tw.objB, "dropfilter")
+	tw.cfgPath = filepath.Join(dir, "bpfsup.toml")
+	cfg := fmt.Sprintf("netns = %q\n", tw.nsR.Path)
+	for _, o := range []struct{ name, path, iface string }{{"fwa", tw.objA, tw.x.Name}, {"fwb", tw.objB, tw.y.Name}} {
 		cfg += fmt.Sprintf("\n[[object]]\nname = %q\npath = %q\n[[object.attach]]\nprogram = \"xdp_drop\"\nhook = \"xdp:%s\"\n", o.name, o.path, o.iface)
 	}
-	writeAtomic(t, cfgPath, []byte(cfg))
-	p = startBpfsup(t, e, "", "-c", cfgPath)
+	writeAtomic(t, tw.cfgPath, []byte(cfg))
+	return tw
+}
+
+// TestStartTwoObjectsAllOrNothing: a start whose second object fails (the
+// verifier refuses it) leaves the first as it was, as a reload does: not
+// upgraded after a restart, not installed at all on a first start.
+func TestStartTwoObjectsAllOrNothing(t *testing.T) {
+	e := testutil.MustEnv(t)
+	tw := newTwoObjects(t)
+	runFails := func(what string) string {
+		t.Helper()
+		out, code := e.Run(t, "run", "-c", tw.cfgPath, "--", "/bin/true")
+		if code == 0 || !strings.Contains(out, "invalid access to packet") || !strings.Contains(out, "fwb") {
+			t.Fatalf("%s: bpfsup run with fwb refused by the verifier exited %d, want an error that names fwb and the verifier's reason:\n%s", what, code, out)
+		}
+		return out
+	}
+
+	// A first start: nothing of fwa is left behind.
+	deploy(t, tw.objB, "dropfilter_bad")
+	out := runFails("first start")
+	if names, err := os.ReadDir(e.PinRoot); err != nil || len(names) != 0 {
+		t.Fatalf("after a failed first start the pin root holds %v (%v):\n%s", names, err, out)
+	}
+	if link, err := exec.Command("ip", "-n", filepath.Base(tw.nsR.Path), "-d", "link", "show", "dev", tw.x.Name).CombinedOutput(); err != nil || strings.Contains(string(link), "prog/xdp") {
+		t.Fatalf("after a failed first start %s (ip link: %v):\n%s\nbpfsup:\n%s", tw.x.Name, err, link, out)
+	}
+
+	// A restart with a new fwa and a bad fwb: fwa is not upgraded.
+	deploy(t, tw.objB, "dropfilter")
+	p := startBpfsup(t, e, "", "-c", tw.cfgPath)
 	waitChildren(t, p, 1)
-	return p, objA, objB
+	beforeA, beforeB := twoObjectsState(t, e, "fwa"), twoObjectsState(t, e, "fwb")
+	p.Kill(syscall.SIGKILL)
+	p.Wait(t, 10*time.Second)
+	deploy(t, tw.objA, "dropfilter_v2")
+	deploy(t, tw.objB, "dropfilter_bad")
+	out = runFails("restart")
+	if a, b := twoObjectsState(t, e, "fwa"), twoObjectsState(t, e, "fwb"); a != beforeA || b != beforeB {
+		t.Fatalf("after the failed restart: fwa %+v (was %+v), fwb %+v (was %+v): want both as they were\n%s", a, beforeA, b, beforeB, out)
+	}
+	if !strings.Contains(out, `msg="object not upgraded: another object of the start failed" object=fwa failed=fwb`) {
+		t.Fatalf("bpfsup does not say that fwa was left as it was:\n%s", out)
+	}
 }
 
 // objState is what a reload of startTwoObjects changes in an object.
