@@ -35,6 +35,29 @@ func lockFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// lockDir takes an exclusive, non-blocking flock on the directory at path:
+// an object's pin directory on bpffs, locked beside its lock file in the
+// state directory, so that a supervisor (or `bpfsup down`) given another
+// state directory cannot take pins a running one holds.
+func lockDir(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s to lock it: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			holder := "another process"
+			if pid, ok := LockHolder(path); ok {
+				holder = "pid " + strconv.Itoa(pid)
+			}
+			return nil, fmt.Errorf("pins at %s are held by %s (a supervisor with another state directory?): %w", path, holder, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, nil
+}
+
 // LockHolder returns the pid of the live process holding the lock at path.
 // It asks the kernel (/proc/locks) rather than taking the lock itself: a
 // probe with a shared lock made a supervisor that opened the object at that

@@ -94,6 +94,8 @@ type Object struct {
 	Dir   string
 	store Store
 	lock  *os.File
+	// pinLock is the flock on Dir itself (see lockDir).
+	pinLock *os.File
 }
 
 // Open locks object name for this process and makes its directories. It
@@ -116,6 +118,12 @@ func (s Store) Open(name string) (_ *Object, err error) {
 			o.Close()
 		}
 	}()
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
+	}
+	if o.pinLock, err = lockDir(o.Dir); err != nil {
+		return nil, fmt.Errorf("object %s: %w", name, err)
+	}
 	for _, d := range []string{string(Maps), string(Programs), string(Links), stagingDir} {
 		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
@@ -135,13 +143,17 @@ func (o *Object) Path(kind Kind, name string) string {
 	return filepath.Join(o.Dir, string(kind), name)
 }
 
-// Close releases the object's lock. The pins stay.
+// Close releases the object's locks. The pins stay.
 func (o *Object) Close() error {
-	if o.lock == nil {
-		return nil
+	var err error
+	if o.pinLock != nil {
+		err = o.pinLock.Close()
+		o.pinLock = nil
 	}
-	err := o.lock.Close()
-	o.lock = nil
+	if o.lock != nil {
+		err = errors.Join(err, o.lock.Close())
+		o.lock = nil
+	}
 	return err
 }
 

@@ -128,8 +128,10 @@ type reexecState struct {
 // (and the reload metrics). `bpfsup debug reexec-protocol` prints it, so that
 // a program about to exec a binary knows what to hand over: a build from
 // before 2 would leave the sockets open and unused, and then fail to listen
-// on the metrics port the inherited socket still holds.
-const ReexecProtocol = 2
+// on the metrics port the inherited socket still holds; 3, also the locks on
+// the objects' pin directories (a build before 3 would keep them open and
+// locked, and a later build in the same process could not lock them again).
+const ReexecProtocol = 3
 
 // reexecProtocolOf asks the binary for its ReexecProtocol; a build that has
 // none (its `debug` prints its help) is 1.
@@ -224,7 +226,10 @@ func (s *supervisor) prepareResume() {
 		return
 	}
 	for _, fd := range st.LockFDs {
-		if target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil && strings.HasSuffix(target, ".lock") {
+		// A lock file, or an object's pin directory.
+		var fst unix.Stat_t
+		target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+		if err == nil && (strings.HasSuffix(target, ".lock") || (unix.Fstat(fd, &fst) == nil && fst.Mode&unix.S_IFMT == unix.S_IFDIR)) {
 			unix.Close(fd)
 		}
 	}
@@ -345,7 +350,7 @@ func (s *supervisor) reexec() error {
 // exec did not happen, with the reason.
 func (s *supervisor) execSelf(bin *execFile, newVersion string, protocol int) error {
 	path := bin.path
-	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs()}
+	st := reexecState{From: s.opts.Version, Started: s.started, Restarts: s.restarts, Ready: s.ready, LockFDs: s.lockFDs(protocol >= 3)}
 	if protocol >= 2 {
 		st.Sockets = s.listeningSockets()
 	}
@@ -518,12 +523,19 @@ func setCloseOnExec(fds []int) {
 	}
 }
 
-// lockFDs finds the fds of the objects' lock files.
-func (s *supervisor) lockFDs() []int {
+// lockFDs finds the fds of the objects' locks: their lock files, and their
+// pin directories when withDirs.
+func (s *supervisor) lockFDs(withDirs bool) []int {
 	want := map[string]bool{}
 	for _, in := range s.objects {
-		if p, err := filepath.Abs(s.opts.Store.LockPath(in.plan.name)); err == nil {
-			want[p] = true
+		paths := []string{s.opts.Store.LockPath(in.plan.name)}
+		if withDirs {
+			paths = append(paths, s.opts.Store.ObjectDir(in.plan.name))
+		}
+		for _, path := range paths {
+			if p, err := filepath.Abs(path); err == nil {
+				want[p] = true
+			}
 		}
 	}
 	entries, err := os.ReadDir("/proc/self/fd")

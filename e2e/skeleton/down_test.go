@@ -33,6 +33,19 @@ func TestDown(t *testing.T) {
 			}
 			requireAttached(t, r.ifB, before.link, before.countPackets)
 
+			// Nor given another state directory, where the lock file of
+			// the running supervisor is not: the pins are locked too.
+			other := t.TempDir()
+			out, code = r.env.Run(t, "down", "--state-dir", other)
+			if code == 0 || !strings.Contains(out, "counter") || !strings.Contains(out, "held by pid "+strconv.Itoa(r.sup.Pid())) {
+				t.Fatalf("bpfsup down with another state directory: exit %d, want an error naming the object and the supervisor's pid %d:\n%s", code, r.sup.Pid(), out)
+			}
+			out, code = r.env.Run(t, "run", "--state-dir", other, "-o", testutil.BPFObject("counter"), "--", "/bin/true")
+			if code == 0 || !strings.Contains(out, "held by pid "+strconv.Itoa(r.sup.Pid())) {
+				t.Fatalf("a second bpfsup run with another state directory: exit %d, want it refused:\n%s", code, out)
+			}
+			requireAttached(t, r.ifB, before.link, before.countPackets)
+
 			r.sup.Kill(stop)
 			<-r.sup.Done()
 			testutil.WaitProcGone(t, r.child.pid, waitTimeout)

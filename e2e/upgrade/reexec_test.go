@@ -157,7 +157,7 @@ func TestSelfUpgrade(t *testing.T) {
 		if l, pr := linkIDs(t, e, "xdp_drop"); l != linkID || pr != progID || st.Generation != gen {
 			t.Fatalf("after upgrade %d: link %d program %d generation %d; were %d, %d, %d", n, l, pr, st.Generation, linkID, progID, gen)
 		}
-		if got := strings.Count(p.Output(), "locks_kept=1"); got != n {
+		if got := strings.Count(p.Output(), "locks_kept=2"); got != n { // the lock file and the pin directory
 			t.Fatalf("after upgrade %d: %d re-execs kept the object's lock, want %d", n, got, n)
 		}
 		if strings.Contains(p.Output(), "got user defined signal 2") {
