@@ -202,6 +202,12 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 			errs = append(errs, err)
 		} else {
 			rep.Child = s.upgradeChild(upgradeSig)
+			if rep.Child == "restarted" && s.notify != nil && s.ready {
+				// --notify=child: the reload is done when the new child
+				// says READY=1, which childNotified passes on.
+				s.ready = false
+				s.log.Info("READY=1 after the restarted child's own")
+			}
 		}
 	}
 	rep.Took = time.Since(start)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -404,4 +405,47 @@ func TestSelfUpgradeToOlderProtocol(t *testing.T) {
 		r, err := supervisor.Request(supervisor.ControlSocket(e.StateDir, p.Pid()), "status", 10*time.Second)
 		return err == nil && r.OK
 	})
+}
+
+// TestReloadNotifyChild: with --notify=child, a reload that restarts the
+// child says READY=1 (the end of the reload, for systemd's notify-reload)
+// only once the new child said it, as the first start does.
+func TestReloadNotifyChild(t *testing.T) {
+	e := testutil.MustEnv(t)
+	nsR := testutil.MustNetns(t, "unc")
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	sd := testutil.ListenNotify(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(e.Bin, e.Args("run", "--notify", "child", "-o", obj, "-a", "xdp_drop@xdp:"+x.Name, "--netns", nsR.Path, "--", self)...)
+	cmd.Env = append(os.Environ(), childEnv+"=1", "NOTIFY_SOCKET="+sd.Path)
+	p := testutil.StartProc(t, cmd)
+	child := waitChildren(t, p, 1)
+	if err := syscall.Kill(child, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	sd.WaitFor(t, "READY=1")
+
+	deploy(t, obj, "dropfilter_v2")
+	if out := mustReload(t, e); !strings.Contains(out, "child restarted") {
+		t.Fatalf("the reload did not restart the child:\n%s", out)
+	}
+	newChild := waitChildren(t, p, 2)
+	sd.WaitFor(t, "RELOADING=1")
+	// bpfsup's STATUS= after the reload comes after its READY=1 would.
+	testutil.WaitFor(t, 10*time.Second, "bpfsup's status after the reload", func() bool {
+		lines := sd.Lines()
+		return slices.IndexFunc(lines[sd.Index("RELOADING=1"):], func(l string) bool { return strings.HasPrefix(l, "STATUS=objects=") }) >= 0
+	})
+	if c := sd.Count("READY=1"); c != 1 {
+		t.Fatalf("READY=1 sent %d times before the restarted child said it, want once (the first start's): %q", c, sd.Lines())
+	}
+	if err := syscall.Kill(newChild, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "READY=1 after the restarted child's", func() bool { return sd.Count("READY=1") == 2 })
 }
