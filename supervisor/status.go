@@ -108,11 +108,33 @@ type LinkStatus struct {
 // ReadStatus reads the status of every object under the store's pin root,
 // or only of the named ones.
 func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
+	// A pin root that exists elsewhere than on bpffs holds no pins: its
+	// directories are not objects (run refuses such a root).
+	if _, err := os.Stat(store.RootDir()); err == nil {
+		if ok, err := pinstore.IsBPFFS(store.RootDir()); err != nil {
+			return nil, err
+		} else if !ok {
+			return nil, fmt.Errorf("pin root %s: %w", store.RootDir(), pinstore.ErrNotBPFFS)
+		}
+	}
 	names, err := store.Objects()
 	if err != nil {
 		return nil, err
 	}
 	if len(only) > 0 {
+		for _, name := range only {
+			if err := pinstore.CheckName("object", name); err != nil {
+				return nil, err
+			}
+			if !pinstore.Exists(store.ObjectDir(name)) && !pinstore.Exists(store.ManifestPath(name)) {
+				have := strings.Join(names, ", ")
+				if have == "" {
+					have = "none"
+				}
+				return nil, fmt.Errorf("object %s: nothing pinned at %s and no manifest in %s (objects: %s)",
+					name, store.ObjectDir(name), store.StateDirectory(), have)
+			}
+		}
 		names = only
 	}
 	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}}

@@ -218,3 +218,27 @@ hook = "xdp:%s"
 	}
 	requireAttached(t, ifB, xdpLink.ID, findProgram(t, before, "xdp_drop").ID)
 }
+
+// TestStatusBadInput: status of an object nothing is known of, or of a pin
+// root that is not on bpffs, is an error that says so, not an empty report.
+func TestStatusBadInput(t *testing.T) {
+	env := testutil.MustEnv(t)
+	for _, json := range []bool{false, true} {
+		args := []string{"nope"}
+		if json {
+			args = []string{"--json", "nope"}
+		}
+		out, code := env.Run(t, "status", args...)
+		if code == 0 || !strings.Contains(out, "object nope: nothing pinned at "+filepath.Join(env.PinRoot, "nope")) {
+			t.Errorf("bpfsup status %v: exit %d, want an error naming the object:\n%s", args, code, out)
+		}
+	}
+	notBPFFS := t.TempDir()
+	if err := os.Mkdir(filepath.Join(notBPFFS, "looks-like-an-object"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	out, code := env.Run(t, "status", "--pin-root", notBPFFS)
+	if code == 0 || !strings.Contains(out, "pin root "+notBPFFS) || !strings.Contains(out, "not on bpffs") {
+		t.Errorf("bpfsup status on a pin root off bpffs: exit %d, want an error naming it:\n%s", code, out)
+	}
+}
