@@ -121,6 +121,28 @@ func ParseConfig(data []byte) (*File, error) {
 	return &f, nil
 }
 
+// ChangedSettings lists the keys whose values differ between f and g,
+// except the objects: what a reload, which applies the objects only, does
+// not apply.
+func (f *File) ChangedSettings(g *File) []string {
+	if f == nil || g == nil {
+		return nil
+	}
+	var keys []string
+	fv, gv := reflect.ValueOf(*f), reflect.ValueOf(*g)
+	t := fv.Type()
+	for i := range t.NumField() {
+		key := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]
+		if key == "object" {
+			continue
+		}
+		if !reflect.DeepEqual(fv.Field(i).Interface(), gv.Field(i).Interface()) {
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
 // durationKeys are the keys of File's Duration fields.
 var durationKeys = func() []string {
 	var keys []string

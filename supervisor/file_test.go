@@ -37,3 +37,21 @@ func TestParseConfigErrors(t *testing.T) {
 		t.Fatalf("stop_timeout %v, restart_delay %v", f.StopTimeout.Duration, f.RestartDelay.Duration)
 	}
 }
+
+// TestChangedSettings: what a reload would not apply is named by its key.
+func TestChangedSettings(t *testing.T) {
+	a, err := ParseConfig([]byte("command = [\"./app\"]\nrestart = \"always\"\nstop_timeout = \"5s\"\n[[object]]\npath = \"a.o\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ParseConfig([]byte("command = [\"./app\", \"-v\"]\nrestart = \"always\"\nstop_timeout = \"6s\"\n[[object]]\npath = \"b.o\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := a.ChangedSettings(b), []string{"command", "stop_timeout"}; !slices.Equal(got, want) {
+		t.Errorf("changed %v, want %v", got, want)
+	}
+	if got := a.ChangedSettings(a); len(got) != 0 {
+		t.Errorf("unchanged file: changed %v", got)
+	}
+}

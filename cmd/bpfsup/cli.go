@@ -191,6 +191,10 @@ the programs stay attached when CMD or bpfsup dies.`,
 					if f, err = supervisor.ParseConfig(data); err != nil {
 						return nil, fmt.Errorf("%s: %w", configPath, err)
 					}
+					if keys := file.ChangedSettings(f); len(keys) > 0 {
+						log.Warn("the configuration changed more than its objects; a reload applies the objects only, the rest when bpfsup restarts",
+							"config", configPath, "changed", strings.Join(keys, ", "))
+					}
 				}
 				var objs []supervisor.ObjectConfig
 				if f != nil {
