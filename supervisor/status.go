@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -258,13 +259,34 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 			case info.TCX() != nil:
 				ls.Ifindex = info.TCX().Ifindex
 			}
-			if (info.XDP() != nil || info.TCX() != nil) && ls.Ifindex == 0 {
+			// The kernel keeps a link whose target went away, on none.
+			switch {
+			case (info.XDP() != nil || info.TCX() != nil) && ls.Ifindex == 0,
+				info.Cgroup() != nil && info.Cgroup().CgroupId == 0,
+				info.NetNs() != nil && info.NetNs().NetnsInode == 0:
 				ls.State = "defunct"
 			}
 		}
 		l.Close()
 		os.Links = append(os.Links, ls)
 	}
+	// What the manifest says bpfsup pinned and is not there (removed by
+	// hand, or by a `bpfsup down` that took the pins from under it).
+	if man != nil {
+		for _, k := range []struct {
+			kind pinstore.Kind
+			recs map[string]uint32
+		}{{pinstore.Programs, programIDs(man)}, {pinstore.Links, linkIDs(man)}} {
+			have := pinNames(os.Dir, k.kind)
+			for n, id := range k.recs {
+				if !slices.Contains(have, n) {
+					os.Problems = append(os.Problems, fmt.Sprintf("%s %s: bpfsup installed id %d, and nothing is pinned at %s/%s/%s",
+						strings.TrimSuffix(string(k.kind), "s"), n, id, os.Dir, k.kind, n))
+				}
+			}
+		}
+	}
+	sort.Strings(os.Problems)
 	for _, n := range pinNames(os.Dir, "staging") {
 		os.Problems = append(os.Problems, fmt.Sprintf("staging debris %s/staging/%s (the next start removes it)", os.Dir, n))
 	}
@@ -435,4 +457,20 @@ func (st *Status) Render() string {
 // JSON is st as `bpfsup status --json` prints it.
 func (st *Status) JSON() ([]byte, error) {
 	return json.MarshalIndent(st, "", "  ")
+}
+
+func programIDs(m *pinstore.Manifest) map[string]uint32 {
+	ids := map[string]uint32{}
+	for n, r := range m.Programs {
+		ids[n] = r.ID
+	}
+	return ids
+}
+
+func linkIDs(m *pinstore.Manifest) map[string]uint32 {
+	ids := map[string]uint32{}
+	for n, r := range m.Links {
+		ids[n] = r.ID
+	}
+	return ids
 }

@@ -1,0 +1,29 @@
+package hookstest
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
+)
+
+// TestCgroupGoneIsDefunct: a cgroup link whose cgroup was removed is left
+// on no cgroup by the kernel; status says defunct, not attached.
+func TestCgroupGoneIsDefunct(t *testing.T) {
+	env := testutil.MustEnv(t)
+	cg := mustCgroup(t)
+	p := env.Start(t, "run", "-o", testutil.BPFObject("connect4_block"), "-a", "block_connect4@cgroup/connect4:"+cg, "--", "sleep", "1000")
+	p.WaitOutput(t, `msg="child started"`, 20*time.Second)
+	if st := linkStatus(t, env, "connect4_block", "block_connect4").State; st != "attached" {
+		t.Fatalf("link on %s: state %q, want attached", cg, st)
+	}
+	if err := unix.Rmdir(cg); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel lets go of the cgroup a moment after the rmdir.
+	testutil.WaitFor(t, 10*time.Second, "status to say the link is defunct", func() bool {
+		return linkStatus(t, env, "connect4_block", "block_connect4").State == "defunct"
+	})
+}
