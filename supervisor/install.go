@@ -792,6 +792,35 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 	return in, nil
 }
 
+// repinRecordedLink pins again the link the manifest records for pl when
+// its pin is gone (removed by hand) but the link lives on the hook, held by
+// a running bpfsup: that link is bpfsup's, and attaching another beside it
+// would be refused (XDP) or run the program twice. It reports whether it
+// pinned it.
+func repinRecordedLink(obj *pinstore.Object, pl plannedLink, man *pinstore.Manifest, path string, log *slog.Logger) bool {
+	if man == nil {
+		return false
+	}
+	rec, ok := man.Links[pl.name]
+	if !ok || rec.ID == 0 {
+		return false
+	}
+	l, err := link.NewFromID(link.ID(rec.ID))
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	if state, err := pl.hook.Check(l); err != nil || state != hooks.Attached {
+		return false
+	}
+	if err := obj.Pin(pinstore.Links, path, l); err != nil {
+		log.Warn("could not pin the recorded link again", "object", obj.Name, "link", pl.name, "id", rec.ID, "err", err)
+		return false
+	}
+	log.Warn("link pin was gone; pinned the link bpfsup recorded again", "object", obj.Name, "link", pl.name, "id", rec.ID, "path", path)
+	return true
+}
+
 // recordedState decides for a link whose hook the kernel does not describe
 // (hooks.Unknown): it is Attached when the manifest records it on spec, and
 // Elsewhere (replaced make-before-break) when the manifest says otherwise or
@@ -839,6 +868,10 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 		log.Warn(c, "object", obj.Name, "link", pl.name, "hook", spec.String(), "mechanism", pl.hook.Mechanism())
 	}
 	pinned, info, err := pins.loadLink(path)
+	if errors.Is(err, os.ErrNotExist) && repinRecordedLink(obj, pl, pins.manifest, path, log) {
+		rollback.push(func() { hooks.Unpin(path) })
+		pinned, info, err = pins.loadLink(path)
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		l, err := pl.hook.Attach(prog)
 		if err != nil {

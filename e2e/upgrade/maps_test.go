@@ -28,7 +28,7 @@ func TestUpgradeIncompatibleMap(t *testing.T) {
 
 // xdpDropfilter deploys dropfilter in a directory of the test and writes a
 // configuration that attaches its xdp_drop to a veth in a namespace pair
-// (named after prefix), with drop_ports configured by mode.
+// (named after prefix), with drop_ports configured by mode (when not "").
 func xdpDropfilter(t *testing.T, prefix, mode string) (nsS, nsR *testutil.Netns, x testutil.Veth, obj, cfgPath string) {
 	t.Helper()
 	nsS, nsR = testutil.MustNetns(t, prefix+"-send"), testutil.MustNetns(t, prefix+"-recv")
@@ -37,7 +37,11 @@ func xdpDropfilter(t *testing.T, prefix, mode string) (nsS, nsR *testutil.Netns,
 	obj = filepath.Join(dir, "dropfilter.bpf.o")
 	deploy(t, obj, "dropfilter")
 	cfgPath = filepath.Join(dir, "bpfsup.toml")
-	config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}, dropPorts: []string{mode}}.write(t, cfgPath)
+	c := config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}}}
+	if mode != "" {
+		c.dropPorts = []string{mode}
+	}
+	c.write(t, cfgPath)
 	return nsS, nsR, x, obj, cfgPath
 }
 
