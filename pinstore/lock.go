@@ -18,16 +18,8 @@ func lockFile(path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			holder := "unknown pid"
-			if pid, ok := LockHolder(path); ok {
-				holder = "pid " + strconv.Itoa(pid)
-			}
-			return nil, fmt.Errorf("lock %s: held by %s: %w", path, holder, ErrLocked)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+	if err := flock(f, path, "lock %s: held by %s"); err != nil {
+		return nil, err
 	}
 	if err := f.Truncate(0); err == nil {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
@@ -44,18 +36,28 @@ func lockDir(path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s to lock it: %w", path, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			holder := "another process"
-			if pid, ok := LockHolder(path); ok {
-				holder = "pid " + strconv.Itoa(pid)
-			}
-			return nil, fmt.Errorf("pins at %s are held by %s (a supervisor with another state directory?): %w", path, holder, ErrLocked)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+	if err := flock(f, path, "pins at %s are held by %s (a supervisor with another state directory?)"); err != nil {
+		return nil, err
 	}
 	return f, nil
+}
+
+// flock takes an exclusive, non-blocking flock on f, opened from path, or
+// closes it and says who holds it (held formats path and the holder).
+func flock(f *os.File, path, held string) error {
+	err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if err == nil {
+		return nil
+	}
+	f.Close()
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		holder := "an unknown process"
+		if pid, ok := LockHolder(path); ok {
+			holder = "pid " + strconv.Itoa(pid)
+		}
+		return fmt.Errorf(held+": %w", path, holder, ErrLocked)
+	}
+	return fmt.Errorf("lock %s: %w", path, err)
 }
 
 // LockHolder returns the pid of the live process holding the lock at path.

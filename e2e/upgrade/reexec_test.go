@@ -206,20 +206,7 @@ func TestSelfUpgrade(t *testing.T) {
 // given, and bpfsup passes it on to systemd.
 func TestSelfUpgradeKeepsSockets(t *testing.T) {
 	e := testutil.MustEnv(t)
-	nsR := testutil.MustNetns(t, "upk")
-	_, x := testutil.MustVethPair(t, nsR, nsR)
-	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
-	deploy(t, obj, "dropfilter")
-	sd := testutil.ListenNotify(t)
-
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(e.Bin, e.Args("run", "--notify", "child", "--metrics-addr", "127.0.0.1:0",
-		"-o", obj, "-a", "xdp_drop@xdp:"+x.Name, "--netns", nsR.Path, "--", self)...)
-	cmd.Env = append(os.Environ(), childEnv+"=1", "NOTIFY_SOCKET="+sd.Path)
-	p := testutil.StartProc(t, cmd)
+	p, sd, _ := startNotifyChild(t, e, "upk", "--metrics-addr", "127.0.0.1:0")
 	child := waitChildren(t, p, 1)
 	metricsAddr := regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
 	p.WaitOutput(t, `msg="serving metrics"`, 10*time.Second)
@@ -412,18 +399,7 @@ func TestSelfUpgradeToOlderProtocol(t *testing.T) {
 // only once the new child said it, as the first start does.
 func TestReloadNotifyChild(t *testing.T) {
 	e := testutil.MustEnv(t)
-	nsR := testutil.MustNetns(t, "unc")
-	_, x := testutil.MustVethPair(t, nsR, nsR)
-	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
-	deploy(t, obj, "dropfilter")
-	sd := testutil.ListenNotify(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(e.Bin, e.Args("run", "--notify", "child", "-o", obj, "-a", "xdp_drop@xdp:"+x.Name, "--netns", nsR.Path, "--", self)...)
-	cmd.Env = append(os.Environ(), childEnv+"=1", "NOTIFY_SOCKET="+sd.Path)
-	p := testutil.StartProc(t, cmd)
+	p, sd, obj := startNotifyChild(t, e, "unc")
 	child := waitChildren(t, p, 1)
 	if err := syscall.Kill(child, syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
@@ -448,4 +424,26 @@ func TestReloadNotifyChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 10*time.Second, "READY=1 after the restarted child's", func() bool { return sd.Count("READY=1") == 2 })
+}
+
+// startNotifyChild runs bpfsup with --notify=child (and extra flags) over
+// dropfilter on a veth of a namespace named after prefix, with the test's
+// child, and NOTIFY_SOCKET on a listener of the test: bpfsup, the listener
+// and the object file.
+func startNotifyChild(t *testing.T, e *testutil.Env, prefix string, extra ...string) (*testutil.Proc, *testutil.NotifyListener, string) {
+	t.Helper()
+	nsR := testutil.MustNetns(t, prefix)
+	_, x := testutil.MustVethPair(t, nsR, nsR)
+	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	sd := testutil.ListenNotify(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"--notify", "child"}, extra...)
+	args = append(args, "-o", obj, "-a", "xdp_drop@xdp:"+x.Name, "--netns", nsR.Path, "--", self)
+	cmd := exec.Command(e.Bin, e.Args("run", args...)...)
+	cmd.Env = append(os.Environ(), childEnv+"=1", "NOTIFY_SOCKET="+sd.Path)
+	return testutil.StartProc(t, cmd), sd, obj
 }
