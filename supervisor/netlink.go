@@ -217,20 +217,42 @@ func (s *supervisor) watchInterfaces() error {
 // interface while it exists: defunct links, and links missing because their
 // interface was gone at start. It runs in the loop's goroutine.
 func (s *supervisor) relink(ev linkEvent) {
+	match := func(spec hooks.Spec) bool {
+		return spec.IsNetwork() && spec.Netns == ev.netns && (ev.name == "" || spec.Target == ev.name)
+	}
+	if ev.deleted {
+		s.logDefunct(match, "interface deleted; its link is defunct until an interface of that name is back")
+		return
+	}
+	s.reattach(match, ev.started)
+}
+
+// logDefunct says, for each link of a hook match picks, that it is defunct
+// and why.
+func (s *supervisor) logDefunct(match func(hooks.Spec) bool, why string) {
+	for _, in := range s.objects {
+		for _, pl := range in.plan.links {
+			if spec := pl.hook.Spec(); match(spec) {
+				s.log.Warn(why, "object", in.plan.name, "link", pl.name, "hook", spec.String(), "netns", spec.Netns)
+			}
+		}
+	}
+}
+
+// reattach re-attaches the links of the hooks match picks that are not
+// attached while their target exists; with onlyDefunct (the first look
+// after install, which just checked the others) only those install kept
+// defunct. It runs in the loop's goroutine.
+func (s *supervisor) reattach(match func(hooks.Spec) bool, onlyDefunct bool) {
 	for _, in := range s.objects {
 		changed := false
 		for _, pl := range in.plan.links {
 			spec := pl.hook.Spec()
-			if !spec.IsNetwork() || spec.Netns != ev.netns || (ev.name != "" && spec.Target != ev.name) {
-				continue
-			}
-			if ev.deleted {
-				s.log.Warn("interface deleted; its link is defunct until an interface of that name is back",
-					"object", in.plan.name, "link", pl.name, "hook", spec.String(), "netns", spec.Netns)
+			if !match(spec) {
 				continue
 			}
 			cur := in.links[pl.name]
-			if ev.started && cur != nil && !in.defunct[pl.name] {
+			if onlyDefunct && cur != nil && !in.defunct[pl.name] {
 				continue
 			}
 			if cur != nil {

@@ -128,8 +128,9 @@ type supervisor struct {
 	notify     *notifySocket
 	ctl        *control
 	metricsSrv *metricsServer
-	links      *linkWatcher // re-attaches defunct links; see netlink.go
-	up         upgrade      // reloads and self-upgrades; see reexec.go
+	links      *linkWatcher   // re-attaches defunct links; see netlink.go
+	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
+	up         upgrade        // reloads and self-upgrades; see reexec.go
 }
 
 type reloadRequest struct {
@@ -487,6 +488,14 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		defer s.links.close()
 		g.Add(s.links.run, func(error) { s.links.close() })
 	}
+	if err := s.watchCgroups(); err != nil {
+		return 1, err
+	}
+	defer func() {
+		if s.cgroups != nil {
+			s.cgroups.close()
+		}
+	}()
 	if opts.Watch {
 		w, err := newWatcher(s.watchedFiles(), s.reloads, s.log)
 		if err != nil {
@@ -650,9 +659,15 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			if err := s.watchInterfaces(); err != nil {
 				s.log.Error("cannot watch interfaces", "err", err)
 			}
+			if err := s.watchCgroups(); err != nil {
+				s.log.Error("cannot watch cgroups", "err", err)
+			}
 
 		case ev := <-s.linkEvents():
 			s.relink(ev)
+
+		case ev := <-s.cgroupEvents():
+			s.recgroup(ev)
 
 		case msg := <-s.childNote:
 			s.childNotified(msg)

@@ -1,6 +1,9 @@
 package hookstest
 
 import (
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,7 +13,9 @@ import (
 )
 
 // TestCgroupGoneIsDefunct: a cgroup link whose cgroup was removed is left
-// on no cgroup by the kernel; status says defunct, not attached.
+// on no cgroup by the kernel; status says defunct, not attached. When the
+// cgroup is made again (as systemd does when a service restarts), bpfsup
+// attaches the program to it again.
 func TestCgroupGoneIsDefunct(t *testing.T) {
 	env := testutil.MustEnv(t)
 	cg := mustCgroup(t)
@@ -26,4 +31,14 @@ func TestCgroupGoneIsDefunct(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, "status to say the link is defunct", func() bool {
 		return linkStatus(t, env, "connect4_block", "block_connect4").State == "defunct"
 	})
+
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "bpfsup to attach the program to the new cgroup", func() bool {
+		out, err := exec.Command("bpftool", "cgroup", "show", cg).CombinedOutput()
+		return err == nil && strings.Contains(string(out), "block_connect4") &&
+			linkStatus(t, env, "connect4_block", "block_connect4").State == "attached"
+	})
+	p.WaitOutput(t, `msg="re-attached link" object=connect4_block link=block_connect4`, 5*time.Second)
 }
