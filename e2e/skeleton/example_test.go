@@ -2,9 +2,11 @@ package skeleton
 
 import (
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,4 +55,24 @@ func TestExampleXDPCounter(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("the example printed UDP counts %v", counts)
+}
+
+// The tools `make demo` checks for are all installed by scripts/setup.sh,
+// which `make demo` and `make test` run first: the README's first command
+// works on a fresh machine as written.
+func TestDemoToolsInstalled(t *testing.T) {
+	script, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "examples/xdp-counter/demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^for tool in ([^;]+); do`).FindSubmatch(script)
+	if m == nil {
+		t.Fatal("demo.sh has no `for tool in ...; do` line listing the tools it needs")
+	}
+	for _, tool := range strings.Fields(string(m[1])) {
+		if strings.HasPrefix(strings.Trim(tool, `"`), "$") {
+			continue // Go, from the environment
+		}
+		testutil.RequireTool(t, tool)
+	}
 }
