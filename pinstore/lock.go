@@ -6,79 +6,268 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// lockFile takes an exclusive, non-blocking flock on path and writes the
-// caller's pid into it. The kernel drops the lock when the process dies, so a
-// stale lock file of a crashed supervisor is simply taken over.
+// An object is locked twice: its lock file in the state directory, and its
+// pin directory on bpffs (so that a supervisor, or `bpfsup down`, given
+// another state directory cannot take pins a running one holds).
+//
+// The lock file takes a POSIX record lock (fcntl F_SETLK). Such a lock
+// belongs to the process, not to the open file: a child never inherits it,
+// not even for the instant between fork and exec, and the kernel drops it
+// the moment the holder dies, however many processes still hold a copy of
+// the fd. A flock would live on in the application's fork until its exec,
+// and a start right after a SIGKILL of bpfsup was refused now and then,
+// naming the dead pid.
+//
+// The pin directory takes a flock: a directory cannot be opened for writing,
+// which a POSIX write lock needs. A copy of its fd in a child that has not
+// exec'd yet (or one killed with bpfsup, not yet gone) holds it a moment
+// longer than bpfsup lives; lockDir waits that moment out (see lockDir).
+//
+// POSIX locks have one trap: closing any fd of the locked file drops every
+// lock the process holds on it. Nothing in a process that holds a lock file
+// opens that file again: a second Open of a held object is refused before
+// the file is opened (held), and LockHolder reads /proc/locks rather than
+// the file, except where /proc is not there.
+
+// held are the lock files this process holds, by device and inode.
+var held struct {
+	sync.Mutex
+	files map[fileID]bool
+}
+
+type fileID struct{ dev, ino uint64 }
+
+// lockFile takes an exclusive POSIX record lock on path (created if need
+// be) and writes the caller's pid into it. The kernel drops the lock when
+// the process dies, so a stale lock file of a crashed supervisor is simply
+// taken over.
 func lockFile(path string) (*os.File, error) {
+	// Whether this process holds it is asked before the file is opened:
+	// closing an fd of a file this process holds a POSIX lock on drops the
+	// lock.
+	held.Lock()
+	defer held.Unlock()
+	if id, ok := statID(path); ok && held.files[id] {
+		// Taking it again would succeed (the lock is the process's).
+		return nil, fmt.Errorf("lock %s: held by pid %d (this process): %w", path, os.Getpid(), ErrLocked)
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
-	if err := flock(f, path, "lock %s: held by %s"); err != nil {
-		return nil, err
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
+	id := fileID{st.Dev, st.Ino}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); err != nil {
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			holder := "an unknown process"
+			probe := unix.Flock_t{Type: unix.F_WRLCK}
+			if unix.FcntlFlock(f.Fd(), unix.F_GETLK, &probe) == nil && probe.Type != unix.F_UNLCK && probe.Pid > 0 {
+				holder = "pid " + strconv.Itoa(int(probe.Pid))
+			} else if pid, ok := lockFilePID(path); ok {
+				// Not visible from this pid namespace: the holder wrote
+				// its pid in its own.
+				holder = "pid " + strconv.Itoa(pid) + " of another pid namespace (as its lock file says)"
+			}
+			f.Close()
+			return nil, fmt.Errorf("lock %s: held by %s: %w", path, holder, ErrLocked)
+		}
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if held.files == nil {
+		held.files = map[fileID]bool{}
+	}
+	held.files[id] = true
 	if err := f.Truncate(0); err == nil {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return f, nil
 }
 
+// statID is the device and inode of the file at path.
+func statID(path string) (fileID, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return fileID{}, false
+	}
+	return fileID{st.Dev, st.Ino}, true
+}
+
+// heldHere reports whether this process holds the lock file at path.
+func heldHere(path string) bool {
+	held.Lock()
+	defer held.Unlock()
+	id, ok := statID(path)
+	return ok && held.files[id]
+}
+
+// unlockFile closes a lock file lockFile returned, dropping its lock.
+func unlockFile(f *os.File) error {
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) == nil {
+		held.Lock()
+		delete(held.files, fileID{st.Dev, st.Ino})
+		held.Unlock()
+	}
+	return f.Close()
+}
+
+// dirLockWait is how long lockDir waits for a pin directory's flock whose
+// holder has exited: the lock then lives in a copy of the fd that a child
+// took with its fork and drops at its exec, or at its death when bpfsup's
+// death killed it (its parent-death signal) before the exec.
+const dirLockWait = 5 * time.Second
+
 // lockDir takes an exclusive, non-blocking flock on the directory at path:
-// an object's pin directory on bpffs, locked beside its lock file in the
-// state directory, so that a supervisor (or `bpfsup down`) given another
-// state directory cannot take pins a running one holds.
+// an object's pin directory on bpffs. When the lock is held and the
+// process that took it is gone, it waits up to dirLockWait for the copy of
+// the fd that still holds it to close.
 func lockDir(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open %s to lock it: %w", path, err)
 	}
-	if err := flock(f, path, "pins at %s are held by %s (a supervisor with another state directory?)"); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// flock takes an exclusive, non-blocking flock on f, opened from path, or
-// closes it and says who holds it (held formats path and the holder).
-func flock(f *os.File, path, held string) error {
-	err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	if err == nil {
-		return nil
-	}
-	f.Close()
-	if errors.Is(err, unix.EWOULDBLOCK) {
-		holder := "an unknown process"
-		if pid, ok := LockHolder(path); ok {
-			holder = "pid " + strconv.Itoa(pid)
+	deadline := time.Now().Add(dirLockWait)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
 		}
-		return fmt.Errorf(held+": %w", path, holder, ErrLocked)
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		pid, found, _ := lockLine(path)
+		if found && pid == 0 {
+			f.Close()
+			return nil, fmt.Errorf("pins at %s are held by a process of another pid namespace (a supervisor in another container?): %w", path, ErrLocked)
+		}
+		if found && processRuns(pid) {
+			f.Close()
+			return nil, fmt.Errorf("pins at %s are held by pid %d (a supervisor with another state directory?): %w", path, pid, ErrLocked)
+		}
+		ok := found
+		if time.Now().After(deadline) {
+			f.Close()
+			who := "a process that is gone"
+			if ok {
+				who = fmt.Sprintf("pid %d, which is gone", pid)
+			}
+			return nil, fmt.Errorf("pins at %s are held by %s: a process that inherited the lock's fd from it still holds it after %s%s: %w",
+				path, who, dirLockWait, holdersOf(path), ErrLocked)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("lock %s: %w", path, err)
 }
 
-// LockHolder returns the pid of the live process holding the lock at path.
-// It asks the kernel (/proc/locks) rather than taking the lock itself: a
-// probe with a shared lock made a supervisor that opened the object at that
-// instant fail ("held by unknown pid"), and the pid the file holds is
-// missing for the moment between the holder's truncate and write.
+// holdersOf names the processes that have path open, for an error message:
+// " (open in pid 12 (name))", or "".
+func holdersOf(path string) string {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return ""
+	}
+	procs, _ := os.ReadDir("/proc")
+	var found []string
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		for _, fd := range fds {
+			var fst unix.Stat_t
+			if unix.Stat("/proc/"+p.Name()+"/fd/"+fd.Name(), &fst) == nil && fst.Dev == st.Dev && fst.Ino == st.Ino {
+				comm, _ := os.ReadFile("/proc/" + p.Name() + "/comm")
+				found = append(found, fmt.Sprintf("pid %d (%s)", pid, strings.TrimSpace(string(comm))))
+				break
+			}
+		}
+	}
+	if len(found) == 0 {
+		return ""
+	}
+	return " (open in " + strings.Join(found, ", ") + ")"
+}
+
+// processRuns reports whether pid is a process that has not exited: a
+// zombie has exited even though kill(pid, 0) still succeeds on it.
+func processRuns(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the command, which is in parentheses and may hold
+	// spaces and parentheses itself.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 || i+2 >= len(data) {
+		return false
+	}
+	state := data[i+2]
+	return state != 'Z' && state != 'X'
+}
+
+// ProcessRuns reports whether pid names a process that has not exited (a
+// zombie has).
+func ProcessRuns(pid int) bool { return processRuns(pid) }
+
+// LockHolder returns the pid of the live process holding the lock at path
+// (a lock file or a pin directory). It asks the kernel (/proc/locks) rather
+// than taking the lock itself: a probe made a supervisor that opened the
+// object at that instant fail ("held by unknown pid"), and the pid the file
+// holds is missing for the moment between the holder's truncate and write.
+// A flock's line names the process that took it, which may be gone while a
+// copy of its fd holds the lock on.
 func LockHolder(path string) (int, bool) {
+	if heldHere(path) {
+		// Never opened here: that would drop the lock.
+		return os.Getpid(), true
+	}
+	pid, found, err := lockLine(path)
+	switch {
+	case found && pid > 0:
+		return pid, true
+	case found:
+		// Held by a process of another pid namespace: the file says who.
+		return lockFilePID(path)
+	case err != nil:
+		return lockHolderByProbe(path)
+	}
+	return 0, false
+}
+
+// lockLine finds the write lock on path in /proc/locks, and the pid it
+// names: 0 when the holder is not visible from this pid namespace. err says
+// that /proc/locks could not be read.
+func lockLine(path string) (pid int, found bool, err error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return 0, false
+		return 0, false, nil
 	}
 	data, err := os.ReadFile("/proc/locks")
 	if err != nil {
-		return lockHolderByProbe(path)
+		return 0, false, err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		// "1: FLOCK  ADVISORY  WRITE 18548 fe:00:10019300 0 EOF"; a
+		// "1: POSIX  ADVISORY  WRITE 18548 fe:00:10019300 0 EOF", or FLOCK
+		// (pin directories, and lock files of bpfsup before 2026-12); a
 		// waiter's line has "->" after the number.
 		f := strings.Fields(line)
-		if len(f) < 6 || f[1] != "FLOCK" || f[3] != "WRITE" {
+		if len(f) < 6 || (f[1] != "FLOCK" && f[1] != "POSIX") || f[3] != "WRITE" {
 			continue
 		}
 		var major, minor uint32
@@ -89,26 +278,26 @@ func LockHolder(path string) (int, bool) {
 		if ino != st.Ino || major != unix.Major(st.Dev) || minor != unix.Minor(st.Dev) {
 			continue
 		}
-		if pid, err := strconv.Atoi(f[4]); err == nil && pid > 0 {
-			return pid, true
-		}
-		// Held by a process of another pid namespace: the file says who.
-		return lockFilePID(path)
+		pid, _ := strconv.Atoi(f[4])
+		return max(pid, 0), true, nil
 	}
-	return 0, false
+	return 0, false, nil
 }
 
-// lockHolderByProbe is LockHolder where /proc is not there: a shared lock
-// that can be taken means nobody holds the lock.
+// lockHolderByProbe is LockHolder where /proc is not there: F_GETLK names
+// the holder of a POSIX lock.
 func lockHolderByProbe(path string) (int, bool) {
 	f, err := os.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, false
 	}
 	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
-		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	probe := unix.Flock_t{Type: unix.F_RDLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &probe); err != nil || probe.Type == unix.F_UNLCK {
 		return 0, false
+	}
+	if probe.Pid > 0 {
+		return int(probe.Pid), true
 	}
 	return lockFilePID(path)
 }

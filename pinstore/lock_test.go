@@ -2,7 +2,9 @@ package pinstore
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,7 +18,7 @@ import (
 // unprivileged too.
 func mustPlainStore(tb testing.TB) Store {
 	tb.Helper()
-	return Store{Root: tb.TempDir(), StateDir: tb.TempDir()}
+	return Store{Root: tb.TempDir(), StateDir: tb.TempDir(), anyFS: true}
 }
 
 func mustOpen(tb testing.TB, s Store, name string) *Object {
@@ -29,9 +31,11 @@ func mustOpen(tb testing.TB, s Store, name string) *Object {
 	return o
 }
 
+// readLockPid reads the pid in the lock file at path. Through another
+// process: closing a file this process holds a POSIX lock on drops the lock.
 func readLockPid(tb testing.TB, path string) int {
 	tb.Helper()
-	b, err := os.ReadFile(path)
+	b, err := exec.Command("cat", path).Output()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -52,7 +56,11 @@ func TestLockSameProcess(t *testing.T) {
 		t.Fatalf("LockHolder = %d, %v; want %d", pid, ok, os.Getpid())
 	}
 
-	// The lock is per open file, so even this process cannot take it twice.
+	if pid, found, _ := lockLine(s.LockPath("fw")); !found || pid != os.Getpid() {
+		t.Fatalf("/proc/locks: lock of %d (found %v), want this process's", pid, found)
+	}
+
+	// Not even this process can take it twice.
 	_, err := s.Open("fw")
 	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
 		t.Fatalf("second Open = %v, want ErrLocked naming pid %d", err, os.Getpid())
@@ -179,4 +187,43 @@ func TestLockHolderDoesNotTakeTheLock(t *testing.T) {
 		}
 		o.Close()
 	}
+}
+
+// A child that holds copies of the lock fds (as the application does for
+// the instant between its fork and its exec, or a child killed with bpfsup
+// that is not gone yet) does not keep a dead supervisor's object from the
+// next: the lock file's lock is the process's own and goes with it, and the
+// pin directory's is waited for until the child lets go. Before, the next
+// start was refused, "held by pid N", N the dead supervisor.
+func TestLockFreedWhenHolderDies(t *testing.T) {
+	s := mustPlainStore(t)
+	cmd := helperCmd(t, "lock-fork-die", s, "fw")
+	cmd.Env = append(cmd.Env, "BPFSUP_PINSTORE_TEST_SLEEP=1")
+	holder := testutil.StartProc(t, cmd)
+	holder.WaitOutput(t, "locked pid=", 10*time.Second)
+	var child int
+	if _, err := fmt.Sscanf(holder.Output()[strings.Index(holder.Output(), "child="):], "child=%d", &child); err != nil {
+		t.Fatalf("no child pid in %q", holder.Output())
+	}
+	holder.Kill(syscall.SIGKILL)
+	holder.Wait(t, 10*time.Second)
+	if state, _ := testutil.ProcState(child); state == 'Z' {
+		t.Fatal("the child exited before the test could look")
+	}
+
+	// At once: the lock file is free though the child holds its fd.
+	f, err := lockFile(s.LockPath("fw"))
+	if err != nil {
+		t.Fatalf("lock file after its holder died, its child alive: %v", err)
+	}
+	if err := unlockFile(f); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	o, err := s.Open("fw")
+	if err != nil {
+		t.Fatalf("Open after the holder died, its child holding the pin directory's lock a moment longer: %v", err)
+	}
+	o.Close()
+	t.Logf("Open waited %v for the child that held the pin directory's lock", time.Since(start).Round(time.Millisecond))
 }

@@ -21,6 +21,7 @@ const (
 	helperRootEnv   = "BPFSUP_PINSTORE_TEST_ROOT"
 	helperStateEnv  = "BPFSUP_PINSTORE_TEST_STATE"
 	helperObjectEnv = "BPFSUP_PINSTORE_TEST_OBJECT"
+	helperAnyFSEnv  = "BPFSUP_PINSTORE_TEST_ANYFS"
 )
 
 func TestMain(m *testing.M) {
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 // runHelper is the life of a helper process. It reports on stdout, one
 // "key=value" line per fact, and exits 0 when it could do its job.
 func runHelper(name string) int {
-	store := Store{Root: os.Getenv(helperRootEnv), StateDir: os.Getenv(helperStateEnv)}
+	store := Store{Root: os.Getenv(helperRootEnv), StateDir: os.Getenv(helperStateEnv), anyFS: os.Getenv(helperAnyFSEnv) != ""}
 	object := os.Getenv(helperObjectEnv)
 	switch name {
 	case "lock-hold":
@@ -69,9 +70,36 @@ func runHelper(name string) int {
 			fmt.Printf("error=%v\n", err)
 			return 1
 		}
+		// Write-ahead, as the supervisor does: the manifest names the map
+		// before it is pinned.
+		id, err := MapID(m)
+		if err == nil {
+			err = o.WriteManifest(&Manifest{Maps: map[string]MapRecord{"crashed": {ID: uint32(id), Path: o.Path(Maps, "crashed"), Made: true}}})
+		}
+		if err != nil {
+			fmt.Printf("error=%v\n", err)
+			return 1
+		}
 		err = o.Pin(Maps, o.Path(Maps, "crashed"), m)
 		fmt.Printf("survived error=%v\n", err)
 		return 1
+	case "lock-fork-die":
+		// Take the object's locks, then start a child that holds copies of
+		// their fds (as a child does between its fork and its exec) for a
+		// moment, and wait to be killed: the child outlives this process.
+		o, err := store.Open(object)
+		if err != nil {
+			fmt.Printf("error=%v\n", err)
+			return 1
+		}
+		child := exec.Command("sleep", os.Getenv("BPFSUP_PINSTORE_TEST_SLEEP"))
+		child.ExtraFiles = []*os.File{o.lock, o.pinLock}
+		if err := child.Start(); err != nil {
+			fmt.Printf("error=%v\n", err)
+			return 1
+		}
+		fmt.Printf("locked pid=%d child=%d\n", os.Getpid(), child.Process.Pid)
+		select {}
 	case "ensure-bpffs":
 		host, err := InHostMountNS()
 		fmt.Printf("host_mount_ns=%v err=%v\n", host, err)
@@ -102,5 +130,8 @@ func helperCmd(tb testing.TB, name string, store Store, object string, prefix ..
 		helperStateEnv+"="+store.StateDir,
 		helperObjectEnv+"="+object,
 	)
+	if store.anyFS {
+		cmd.Env = append(cmd.Env, helperAnyFSEnv+"=1")
+	}
 	return cmd
 }
