@@ -43,18 +43,9 @@ func InHostMountNS() (bool, error) {
 // (as under `ip netns exec`) dies with it and takes every pin along.
 func EnsureBPFFS(root string) (mounted bool, err error) {
 	root = filepath.Clean(root)
-	existing := root
-	for {
-		if _, err := os.Stat(existing); err == nil {
-			break
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return false, fmt.Errorf("pin root %s: %w", root, err)
-		}
-		parent := filepath.Dir(existing)
-		if parent == existing {
-			break
-		}
-		existing = parent
+	existing, err := existingAncestor(root)
+	if err != nil {
+		return false, err
 	}
 
 	ok, err := IsBPFFS(existing)
@@ -93,4 +84,21 @@ func EnsureBPFFS(root string) (mounted bool, err error) {
 		return false, fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
 	}
 	return true, nil
+}
+
+// existingAncestor is path, or the closest of its ancestors that exists.
+func existingAncestor(path string) (string, error) {
+	existing := filepath.Clean(path)
+	for {
+		if _, err := os.Stat(existing); err == nil {
+			return existing, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("pin root %s: %w", path, err)
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			return existing, nil
+		}
+		existing = parent
+	}
 }

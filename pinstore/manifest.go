@@ -64,6 +64,10 @@ type MapRecord struct {
 	// still be pinned at Path after a crash before the new one's pin moved
 	// into place.
 	PreviousIDs []uint32 `json:"previous_ids,omitempty"`
+	// Made says that bpfsup made the map and pinned it at Path. It is false
+	// for a map that another tool pinned at the map's own pin path
+	// (pin_path), which bpfsup adopted and teardown leaves.
+	Made bool `json:"made,omitempty"`
 }
 
 // ProgramRecord is one program in the manifest. PreviousIDs are ids this
@@ -101,6 +105,12 @@ type SupervisorRecord struct {
 	Started  time.Time `json:"started"`
 	ChildPID int       `json:"child_pid,omitempty"`
 	Restarts int       `json:"restarts"`
+}
+
+// manifestTemp is where WriteManifest writes the manifest of object name
+// before it moves into place.
+func (s Store) manifestTemp(name string) string {
+	return filepath.Join(s.stateDir(), "."+name+".json.tmp")
 }
 
 // ReadManifest reads the manifest of object name. A missing manifest is
@@ -152,7 +162,9 @@ func (o *Object) WriteManifest(m *Manifest) error {
 	}
 	crash.At("manifest/before-write")
 	path := o.store.ManifestPath(o.Name)
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+o.Name+".json-*")
+	// One name, not a random one: the object's lock makes this process
+	// its only writer, and Open removes what a crash left there.
+	tmp, err := os.OpenFile(o.store.manifestTemp(o.Name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}

@@ -21,6 +21,9 @@ type MapPolicy struct {
 	// sizes and type are unchanged to be replaced by a new one holding a copy
 	// of its entries.
 	Migrate string
+	// Foreign says that the pinned map is not bpfsup's (run --force): it is
+	// replaced by a new, empty one, compatible or not.
+	Foreign bool
 }
 
 // MapResult is one reconciled map.
@@ -79,6 +82,15 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 	}()
 
 	incompat := spec.Compatible(pinned)
+	if pol.Foreign {
+		fresh, err := ebpf.NewMap(spec)
+		if err != nil {
+			return nil, fmt.Errorf("create map %s: %w", name, err)
+		}
+		pinned.Close()
+		crash.At("maps/created")
+		return &MapResult{Map: fresh, Path: path, Replaced: "a map bpfsup did not make"}, nil
+	}
 	if incompat == nil {
 		return &MapResult{Map: pinned, Path: path, Adopted: true}, nil
 	}

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
@@ -39,6 +38,9 @@ type Store struct {
 	// StateDir holds the lock and the manifest of each object; DefaultStateDir
 	// when empty.
 	StateDir string
+
+	// anyFS lets this package's tests lock objects under plain directories.
+	anyFS bool
 }
 
 func (s Store) root() string {
@@ -94,15 +96,22 @@ type Object struct {
 	Dir   string
 	store Store
 	lock  *os.File
-	// pinLock is the flock on Dir itself (see lockDir).
+	// pinLock is the flock on Dir itself (see lockDir), and dirID Dir's
+	// device and inode when it was locked.
 	pinLock *os.File
+	dirID   fileID
 }
 
 // Open locks object name for this process and makes its directories. It
 // fails with ErrLocked, naming the holder's pid, when another live process
-// holds the object. Staging debris of an earlier crash is removed.
+// holds the object, and with ErrNotBPFFS when the pin root is not on bpffs:
+// nothing is made there. Debris of an earlier crash that the manifest says
+// is bpfsup's is removed (ClearStaging).
 func (s Store) Open(name string) (_ *Object, err error) {
 	if err := CheckName("object", name); err != nil {
+		return nil, err
+	}
+	if err := s.requireBPFFS(); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(s.stateDir(), 0o700); err != nil {
@@ -121,18 +130,123 @@ func (s Store) Open(name string) (_ *Object, err error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
 	}
-	if o.pinLock, err = lockDir(o.Dir); err != nil {
-		return nil, fmt.Errorf("object %s: %w", name, err)
+	if err := o.lockDir(); err != nil {
+		return nil, err
 	}
 	for _, d := range []string{string(Maps), string(Programs), string(Links), stagingDir} {
 		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
 		}
 	}
-	if err := o.clearStaging(); err != nil {
+	o.removeManifestDebris()
+	man, err := s.ReadManifest(name)
+	if err != nil {
+		man = nil // unreadable: nothing in staging is known to be bpfsup's
+	}
+	if _, err := o.ClearStaging(man, false); err != nil {
 		return nil, err
 	}
 	return o, nil
+}
+
+// Lock locks object name for this process without making anything: for
+// teardown, which must not create what it is about to remove. The pin
+// directory is locked when it exists.
+func (s Store) Lock(name string) (_ *Object, err error) {
+	if err := CheckName("object", name); err != nil {
+		return nil, err
+	}
+	lock, err := lockFile(s.LockPath(name))
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", name, err)
+	}
+	o := &Object{Name: name, Dir: s.ObjectDir(name), store: s, lock: lock}
+	if _, err := os.Lstat(o.Dir); err == nil {
+		if err := o.lockDir(); err != nil {
+			o.Close()
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// lockDir takes the lock of the object's pin directory and remembers which
+// directory it is.
+func (o *Object) lockDir() error {
+	f, err := lockDir(o.Dir)
+	if err != nil {
+		return fmt.Errorf("object %s: %w", o.Name, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return fmt.Errorf("object %s: %w", o.Name, err)
+	}
+	o.pinLock, o.dirID = f, fileID{st.Dev, st.Ino}
+	return nil
+}
+
+// requireBPFFS makes sure the pin root, or the closest of its ancestors
+// that exists, is on bpffs: what is made under it goes there, never onto
+// the file system beneath a bpffs that was unmounted.
+func (s Store) requireBPFFS() error {
+	if s.anyFS {
+		return nil
+	}
+	return requireBPFFS(s.root())
+}
+
+func requireBPFFS(path string) error {
+	existing, err := existingAncestor(path)
+	if err != nil {
+		return err
+	}
+	ok, err := IsBPFFS(existing)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("pin root %s: %s is %w (was bpffs unmounted?); bpfsup makes nothing there", path, existing, ErrNotBPFFS)
+	}
+	return nil
+}
+
+// CheckDir reports whether the object's pin directory is still the one
+// this Object locked, on bpffs: after bpffs was unmounted (umount -l: bpfsup
+// holds the directory open, so a plain umount is refused) or mounted again,
+// the path names a directory of whatever lies beneath, where nothing may be
+// made or removed. It fails with ErrNotBPFFS.
+func (o *Object) CheckDir() error {
+	if o.pinLock == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	err := unix.Stat(o.Dir, &st)
+	if err == nil && (fileID{st.Dev, st.Ino}) == o.dirID {
+		return nil
+	}
+	why := "it is gone"
+	if err == nil {
+		why = "it is another directory now"
+		if ok, _ := IsBPFFS(o.Dir); !ok {
+			why = "it is not on bpffs any more"
+		}
+	}
+	return fmt.Errorf("object %s: pin directory %s is no longer the one bpfsup holds: %s (was bpffs unmounted or mounted again?); nothing is pinned or removed there: %w",
+		o.Name, o.Dir, why, ErrNotBPFFS)
+}
+
+// checkTarget makes sure a pin may be made at target: inside the object's
+// directory, that it is still the one this Object locked; elsewhere (a
+// map's own pin path), that the closest existing ancestor is on bpffs.
+func (o *Object) checkTarget(target string) error {
+	if o.store.anyFS {
+		return nil
+	}
+	if strings.HasPrefix(target, o.Dir+"/") {
+		return o.CheckDir()
+	}
+	return requireBPFFS(filepath.Dir(target))
 }
 
 // Store is the store the object belongs to.
@@ -151,12 +265,14 @@ func (o *Object) Close() error {
 		o.pinLock = nil
 	}
 	if o.lock != nil {
-		err = errors.Join(err, o.lock.Close())
+		err = errors.Join(err, unlockFile(o.lock))
 		o.lock = nil
 	}
 	return err
 }
 
+// stagingPath is the name under which a pin for target is made before it
+// moves into place.
 func (o *Object) stagingPath(target string) string {
 	dir, base := filepath.Split(target)
 	// dir ends in '/': Dir of it is dir itself, so take Dir twice.
@@ -173,6 +289,9 @@ func (o *Object) stagingPath(target string) string {
 // refusing to replace a pin already at the new name.
 func (o *Object) RenamePin(kind Kind, from, to string) error {
 	if err := CheckName(string(kind), to); err != nil {
+		return err
+	}
+	if err := o.CheckDir(); err != nil {
 		return err
 	}
 	return RenameNoReplace(o.Path(kind, from), o.Path(kind, to))
@@ -198,12 +317,16 @@ type Pinner interface {
 // an object that cilium/ebpf knows as pinned elsewhere (loaded from a pin)
 // has that pin moved to target rather than a second one made.
 func (o *Object) Pin(kind Kind, target string, p Pinner) error {
+	if err := o.checkTarget(target); err != nil {
+		return fmt.Errorf("pin %s: %w", target, err)
+	}
 	staging := o.stagingPath(target)
 	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
 		return fmt.Errorf("pin %s: %w", target, err)
 	}
-	if err := os.Remove(staging); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("pin %s: remove staging debris: %w", target, err)
+	if Exists(staging) {
+		// Opening the object removed bpfsup's own debris (ClearStaging).
+		return fmt.Errorf("pin %s: %s holds something bpfsup does not know as its own; remove it", target, staging)
 	}
 	if err := p.Pin(staging); err != nil {
 		return fmt.Errorf("pin %s: %w", target, err)
@@ -237,34 +360,161 @@ func (s Store) HasStaged(name string) bool {
 	return err == nil && len(entries) > 0
 }
 
-func (o *Object) clearStaging() error {
-	dir := filepath.Join(o.Dir, stagingDir)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("object %s: read staging: %w", o.Name, err)
-	}
-	for _, e := range entries {
-		if o.finishStagedLink(e.Name()) {
-			continue
-		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("object %s: remove staging debris %s: %w", o.Name, e.Name(), err)
-		}
-	}
-	return nil
+// Left is something a cleanup left alone because bpfsup did not make it.
+type Left struct {
+	// Path of the thing, and Why it was left.
+	Path, Why string
 }
 
-// ClearStagingBeside removes the staging debris of a pin kept outside the
-// object's directory.
-func (o *Object) ClearStagingBeside(target string) error {
-	staging := o.stagingPath(target)
-	if !strings.HasPrefix(filepath.Base(staging), "bpfsup-staging-") {
-		return nil
+func (l Left) String() string { return l.Path + ": " + l.Why }
+
+// ClearStaging removes the staging debris of a crash that the manifest man
+// says is bpfsup's: maps and programs pinned under a staging name before
+// the rename that would have moved them into place; a link there is moved
+// into place instead (finishStagedLink). A foreign pin that a --force
+// install moved aside (moveAside in the supervisor) and did not get to
+// remove goes back to its place when that is free; it is removed when
+// force is set and its place holds bpfsup's pin. Everything else is left
+// alone and returned.
+func (o *Object) ClearStaging(man *Manifest, force bool) ([]Left, error) {
+	if err := o.CheckDir(); err != nil {
+		return nil, err
 	}
-	if err := os.Remove(staging); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove staging debris %s: %w", staging, err)
+	dir := filepath.Join(o.Dir, stagingDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
 	}
-	return nil
+	if err != nil {
+		return nil, fmt.Errorf("object %s: read staging: %w", o.Name, err)
+	}
+	var left []Left
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if rest, ok := strings.CutPrefix(e.Name(), "foreign-"); ok {
+			if l, err := o.restoreAside(path, rest, man, force); err != nil {
+				return left, err
+			} else if l != nil {
+				left = append(left, *l)
+			}
+			continue
+		}
+		if e.IsDir() {
+			left = append(left, Left{path, "a directory bpfsup did not make"})
+			continue
+		}
+		pi, err := ReadPin(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			left = append(left, Left{path, err.Error()})
+			continue
+		}
+		if !man.OwnsAny(pi) {
+			left = append(left, Left{path, fmt.Sprintf("holds %s id %d, which the manifest does not record", pi.Kind, pi.ID)})
+			continue
+		}
+		if pi.Kind == PinLink {
+			if o.finishStagedLink(e.Name(), man) {
+				continue
+			}
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return left, fmt.Errorf("object %s: remove staging debris %s: %w", o.Name, e.Name(), err)
+		}
+	}
+	// Debris beside the maps pinned at paths of their own.
+	if man != nil {
+		for _, rec := range man.Maps {
+			if rec.Path == "" || strings.HasPrefix(rec.Path, o.Dir+"/") {
+				continue
+			}
+			staged := o.stagingPath(rec.Path)
+			pi, err := ReadPin(staged)
+			if err != nil {
+				continue
+			}
+			if !man.OwnsAny(pi) {
+				left = append(left, Left{staged, fmt.Sprintf("holds %s id %d, which the manifest does not record", pi.Kind, pi.ID)})
+				continue
+			}
+			if err := os.Remove(staged); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return left, fmt.Errorf("object %s: remove staging debris %s: %w", o.Name, staged, err)
+			}
+		}
+	}
+	return left, nil
+}
+
+// AsidePath is where a foreign pin at path is moved out of the way by an
+// install with --force, until it is done: in the staging directory, under
+// a name that says where it came from.
+func (o *Object) AsidePath(path string) (string, error) {
+	rel, err := filepath.Rel(o.Dir, path)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return "", fmt.Errorf("%s is not in the pin directory of object %s", path, o.Name)
+	}
+	return filepath.Join(o.Dir, stagingDir, "foreign-"+strings.ReplaceAll(rel, "/", "-")), nil
+}
+
+// restoreAside handles a foreign pin at path that an install with --force
+// moved aside (AsidePath) and did not remove: rest is its name after
+// "foreign-", "<kind>-<name>".
+func (o *Object) restoreAside(path, rest string, man *Manifest, force bool) (*Left, error) {
+	var place string
+	for _, k := range []Kind{Maps, Programs, Links} {
+		if name, ok := strings.CutPrefix(rest, string(k)+"-"); ok && CheckName(string(k), name) == nil {
+			place = o.Path(k, name)
+		}
+	}
+	if place == "" {
+		return &Left{path, "not a name bpfsup gives a pin it moves aside"}, nil
+	}
+	if !Exists(place) {
+		// The forced install stopped before it pinned its own there: the
+		// foreign pin goes back to where its owner put it.
+		if err := RenameNoReplace(path, place); err != nil {
+			return nil, fmt.Errorf("object %s: put back foreign pin moved aside: %w", o.Name, err)
+		}
+		return nil, nil
+	}
+	if force {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("object %s: remove foreign pin replaced with --force: %w", o.Name, err)
+		}
+		return nil, nil
+	}
+	return &Left{path, fmt.Sprintf("a foreign pin moved aside from %s by a start with --force that did not finish; bpfsup's own is there now (remove it, or start with --force)", place)}, nil
+}
+
+// removeManifestDebris removes the manifest's temporary file, which a
+// crash while writing it leaves behind, and those of bpfsup before
+// 2026-12, which named them with a random suffix (".fw.json-123456").
+func (o *Object) removeManifestDebris() {
+	_ = os.Remove(o.store.manifestTemp(o.Name))
+	old, _ := filepath.Glob(filepath.Join(o.store.stateDir(), "."+o.Name+".json-*"))
+	for _, p := range old {
+		if suffix := strings.TrimPrefix(filepath.Base(p), "."+o.Name+".json-"); suffix != "" && strings.Trim(suffix, "0123456789") == "" {
+			_ = os.Remove(p)
+		}
+	}
+}
+
+// ManifestDebris lists the manifest's temporary files that a crash left in
+// the state directory, for status.
+func (s Store) ManifestDebris(name string) []string {
+	var out []string
+	if Exists(s.manifestTemp(name)) {
+		out = append(out, s.manifestTemp(name))
+	}
+	old, _ := filepath.Glob(filepath.Join(s.stateDir(), "."+name+".json-*"))
+	for _, p := range old {
+		if suffix := strings.TrimPrefix(filepath.Base(p), "."+name+".json-"); suffix != "" && strings.Trim(suffix, "0123456789") == "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Pins lists the names pinned under kind.
@@ -299,18 +549,18 @@ func Exists(path string) bool {
 // reports whether it did. Such a link is attached: removing it would leave
 // its hook without a program until a new link is attached (and an XDP hook
 // takes no second link while it lives), so the move the crash interrupted is
-// completed instead. Reconciling the link afterwards corrects its program or
+// completed instead, over a pin of bpfsup's at that place, never over
+// someone else's. Reconciling the link afterwards corrects its program or
 // target where the configuration differs.
-func (o *Object) finishStagedLink(entry string) bool {
+func (o *Object) finishStagedLink(entry string, man *Manifest) bool {
 	name, ok := strings.CutPrefix(entry, string(Links)+"-")
 	if !ok || CheckName("link", name) != nil {
 		return false
 	}
-	staged := filepath.Join(o.Dir, stagingDir, entry)
-	l, err := link.LoadPinnedLink(staged, nil)
-	if err != nil {
+	place := o.Path(Links, name)
+	if pi, err := ReadPin(place); err == nil && !man.Owns(Links, name, pi) {
 		return false
 	}
-	l.Close()
-	return unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, o.Path(Links, name), 0) == nil
+	staged := filepath.Join(o.Dir, stagingDir, entry)
+	return unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, place, 0) == nil
 }

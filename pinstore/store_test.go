@@ -244,31 +244,33 @@ func TestPinOutsideObject(t *testing.T) {
 	}
 	wantEmptyDir(t, filepath.Join(o.Dir, "staging"))
 
-	// Debris of a crash beside the pin goes with ClearStagingBeside; pins
-	// inside the object's directory have none there to clear.
+	// Debris of a crash beside the pin goes when the manifest says it is
+	// bpfsup's (a map this one replaced); anything else there stays.
 	debris := filepath.Join(shared, "bpfsup-staging-counters")
 	if err := m1.Pin(debris); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.ClearStagingBeside(o.Path(Maps, "counters")); err != nil {
+	man := &Manifest{Maps: map[string]MapRecord{"counters": {ID: uint32(mapID(t, m2)), Path: target, Made: true}}}
+	left, err := o.ClearStaging(man, false)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !Exists(debris) {
-		t.Fatal("ClearStagingBeside of an in-object path removed a pin elsewhere")
+	if !Exists(debris) || len(left) != 1 || left[0].Path != debris {
+		t.Fatalf("ClearStaging with a manifest that does not record map %d: left %v, debris exists %v; want it left alone and reported", mapID(t, m1), left, Exists(debris))
 	}
-	if err := o.ClearStagingBeside(target); err != nil {
-		t.Fatal(err)
+	man.Maps["counters"] = MapRecord{ID: uint32(mapID(t, m2)), Path: target, PreviousIDs: []uint32{uint32(mapID(t, m1))}, Made: true}
+	if left, err := o.ClearStaging(man, false); err != nil || len(left) != 0 {
+		t.Fatalf("ClearStaging = %v, %v", left, err)
 	}
 	if Exists(debris) || !Exists(target) {
-		t.Fatalf("after ClearStagingBeside: debris exists %v, pin exists %v", Exists(debris), Exists(target))
-	}
-	if err := o.ClearStagingBeside(target); err != nil {
-		t.Fatalf("ClearStagingBeside without debris: %v", err)
+		t.Fatalf("after ClearStaging: debris exists %v, pin exists %v", Exists(debris), Exists(target))
 	}
 }
 
 // A supervisor killed between staging a pin and moving it into place leaves
-// the staged pin; the next Open removes it and leaves the real pins alone.
+// the staged pin; the next Open removes it, since the write-ahead manifest
+// records it, and leaves the real pins alone, and whatever else is in
+// staging that bpfsup did not make.
 func TestOpenRemovesStagingDebris(t *testing.T) {
 	s := mustStore(t)
 	o := mustOpen(t, s, "fw")
@@ -292,9 +294,23 @@ func TestOpenRemovesStagingDebris(t *testing.T) {
 	if Exists(filepath.Join(s.ObjectDir("fw"), "maps", "crashed")) {
 		t.Fatal("the crashed pin reached its place")
 	}
+	// Beside the debris, what another tool put in staging: a map of the
+	// same name pattern that no manifest records, and a directory.
+	intruder := filepath.Join(staging, "maps-intruder")
+	if err := mustArray(t).Pin(intruder); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(staging, "notes"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 
 	o = mustOpen(t, s, "fw")
-	wantEmptyDir(t, staging)
+	if Exists(filepath.Join(staging, "maps-crashed")) {
+		t.Error("Open left the crashed pin, which the manifest records, in staging")
+	}
+	if !Exists(intruder) || !Exists(filepath.Join(staging, "notes")) {
+		t.Error("Open removed what bpfsup did not put in staging")
+	}
 	if got, want := pinnedMapID(t, o.Path(Maps, "kept")), mapID(t, kept); got != want {
 		t.Fatalf("kept pin holds map %d, want %d", got, want)
 	}

@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bpfsup/bpfsup/handoff"
-	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/pinstore"
 	"github.com/bpfsup/bpfsup/supervisor"
@@ -473,46 +472,21 @@ func downCmd() *cobra.Command {
 	var sf storeFlags
 	c := &cobra.Command{
 		Use:   "down [--pin-root DIR] [--state-dir DIR] [OBJECT...]",
-		Short: "Detach and unpin what bpfsup installed (every object when none is named)",
+		Short: "Detach and unpin what bpfsup installed (every object when none is named), and nothing else",
+		Long: `Detach and unpin what bpfsup installed for the objects named, or for every
+object under the pin root when none is named. Only what an object's manifest
+in the state directory records as bpfsup's is removed: its links (which
+detaches their programs), programs and maps, its staging debris, and maps at
+pin paths of their own that bpfsup made and no other object uses. Everything
+else is left alone and listed: another tool's pins beside bpfsup's, a
+directory no manifest records, a map bpfsup adopted at a pin path. An
+object's directory goes only when nothing else is left in it. A pin root that
+is not on bpffs is refused. Exits 1 when something named is not bpfsup's, a
+supervisor holds an object, or a removal failed.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			store := sf.store()
-			names := args
-			if len(names) == 0 {
-				var err error
-				if names, err = store.Objects(); err != nil {
-					return err
-				}
-			}
-			var errs []error
-			for _, n := range names {
-				if err := pinstore.CheckName("object", n); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				if !pinstore.Exists(store.ObjectDir(n)) {
-					errs = append(errs, fmt.Errorf("object %s: nothing pinned at %s", n, store.ObjectDir(n)))
-					continue
-				}
-				obj, err := store.Open(n)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%w (stop that supervisor first)", err))
-					continue
-				}
-				// Links first, through hooks: removing the pin of a tc
-				// filter (tcx's fallback) does not release it.
-				linkNames, _ := obj.Pins(pinstore.Links)
-				for _, ln := range linkNames {
-					if err := hooks.Unpin(obj.Path(pinstore.Links, ln)); err != nil {
-						errs = append(errs, fmt.Errorf("object %s: %w", n, err))
-					}
-				}
-				if err := obj.Remove(); err != nil {
-					errs = append(errs, fmt.Errorf("object %s: %w", n, err))
-					continue
-				}
-				fmt.Printf("removed %s\n", n)
-			}
-			return errors.Join(errs...)
+			rep, err := supervisor.Down(sf.store(), args)
+			fmt.Print(rep.String())
+			return err
 		},
 	}
 	sf.add(c)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -33,12 +34,17 @@ func TestDown(t *testing.T) {
 			}
 			requireAttached(t, r.ifB, before.link, before.countPackets)
 
-			// Nor given another state directory, where the lock file of
-			// the running supervisor is not: the pins are locked too.
+			// Nor given another state directory, where neither the lock
+			// file nor the manifest of the running supervisor is: nothing
+			// there says the pins are bpfsup's, and they are locked too.
 			other := t.TempDir()
 			out, code = r.env.Run(t, "down", "--state-dir", other)
-			if code == 0 || !strings.Contains(out, "counter") || !strings.Contains(out, "held by pid "+strconv.Itoa(r.sup.Pid())) {
-				t.Fatalf("bpfsup down with another state directory: exit %d, want an error naming the object and the supervisor's pid %d:\n%s", code, r.sup.Pid(), out)
+			if code != 0 || !strings.Contains(out, "left alone: "+filepath.Join(r.env.PinRoot, "counter")) || !strings.Contains(out, "held by pid "+strconv.Itoa(r.sup.Pid())) {
+				t.Fatalf("bpfsup down with another state directory: exit %d, want the object left alone, naming the supervisor's pid %d:\n%s", code, r.sup.Pid(), out)
+			}
+			out, code = r.env.Run(t, "down", "--state-dir", other, "counter")
+			if code == 0 || !strings.Contains(out, "not bpfsup's") {
+				t.Fatalf("bpfsup down counter with another state directory: exit %d, want an error: not bpfsup's:\n%s", code, out)
 			}
 			out, code = r.env.Run(t, "run", "--state-dir", other, "-o", testutil.BPFObject("counter"), "--", "/bin/true")
 			if code == 0 || !strings.Contains(out, "held by pid "+strconv.Itoa(r.sup.Pid())) {
@@ -95,4 +101,117 @@ func gone[T interface{ Close() error }](obj T, err error) bool {
 		return false
 	}
 	return errors.Is(err, os.ErrNotExist)
+}
+
+// `bpfsup down` removes only what bpfsup's manifests record, and lists the
+// rest as left alone: the files of a pin root that is a plain directory (a
+// typo), the whole of /sys/fs/bpf given as the pin root, another tool's
+// pinned XDP link beside bpfsup's object (its interface stays filtered), and
+// another tool's map and notes inside bpfsup's object directory. Named, what
+// is not bpfsup's is an error.
+func TestDownLeavesForeign(t *testing.T) {
+	r := newCounterRig(t)
+	before := r.ids(t)
+
+	// A plain directory: refused, nothing removed.
+	plain := t.TempDir()
+	thesis := filepath.Join(plain, "docs", "thesis.txt")
+	if err := os.MkdirAll(filepath.Dir(thesis), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(thesis, []byte("years of work\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := r.env.Run(t, "down", "--pin-root", plain)
+	if code == 0 || !strings.Contains(out, "not on bpffs") {
+		t.Errorf("bpfsup down on a plain directory: exit %d, want it refused as not on bpffs:\n%s", code, out)
+	}
+	if _, err := os.Stat(thesis); err != nil {
+		t.Fatalf("bpfsup down on a plain directory removed a file in it: %v", err)
+	}
+
+	// Another tool's pinned XDP link, on an interface of its own, beside
+	// bpfsup's object; its map and notes in bpfsup's object directory.
+	a, b := testutil.MustNetns(t, "down-fa"), testutil.MustNetns(t, "down-fb")
+	_, theirIf := testutil.MustVethPair(t, a, b)
+	theirProg, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer theirProg.Close()
+	var theirLink link.Link
+	if err := b.Do(func() (err error) {
+		theirLink, err = link.AttachXDP(link.XDPOptions{Program: theirProg, Interface: theirIf.Index, Flags: link.XDPGenericMode})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	theirDir := filepath.Join(r.env.PinRoot, "theirs")
+	if err := os.MkdirAll(theirDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	theirPin := filepath.Join(theirDir, "xdp_link")
+	if err := theirLink.Pin(theirPin); err != nil {
+		t.Fatal(err)
+	}
+	theirLink.Close() // the pin holds it now, as another tool's would
+	theirMap, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer theirMap.Close()
+	theirMapPin := filepath.Join(r.env.PinRoot, "counter", "maps", "their_map")
+	if err := theirMap.Pin(theirMapPin); err != nil {
+		t.Fatal(err)
+	}
+	theirNotes := filepath.Join(r.env.PinRoot, "counter", "notes")
+	if err := os.Mkdir(theirNotes, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.Remove(theirPin)
+		os.Remove(theirDir)
+		os.Remove(theirMapPin)
+		os.Remove(theirNotes)
+	})
+	theirProgID := ipXDPProgram(t, b, theirIf.Name)
+
+	// All of /sys/fs/bpf, a typo for the pin root: no manifest in the state
+	// directory names it, so nothing at all is removed.
+	out, code = r.env.Run(t, "down", "--pin-root", testutil.MustBPFFS(t))
+	if code != 0 {
+		t.Errorf("bpfsup down --pin-root /sys/fs/bpf: exit %d, want 0 with everything left alone:\n%s", code, out)
+	}
+	if !strings.Contains(out, "left alone: "+r.env.PinRoot) {
+		t.Errorf("bpfsup down --pin-root /sys/fs/bpf does not list %s as left alone:\n%s", r.env.PinRoot, out)
+	}
+	requireAttached(t, r.ifB, before.link, before.countPackets)
+
+	r.sup.Kill(syscall.SIGTERM)
+	<-r.sup.Done()
+	out, code = r.env.Run(t, "down", "theirs")
+	if code == 0 || !strings.Contains(out, "not bpfsup's") {
+		t.Errorf("bpfsup down theirs: exit %d, want an error: not bpfsup's:\n%s", code, out)
+	}
+	out, code = r.env.Run(t, "down")
+	if code != 0 {
+		t.Fatalf("bpfsup down: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"removed counter", "left alone: " + theirDir, "left alone: " + theirMapPin, "left alone: " + theirNotes} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bpfsup down does not say %q:\n%s", want, out)
+		}
+	}
+	for _, p := range []string{theirPin, theirMapPin, theirNotes} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("bpfsup down removed %s, which is another tool's: %v", p, err)
+		}
+	}
+	if id := ipXDPProgram(t, b, theirIf.Name); id != theirProgID || id == 0 {
+		t.Errorf("after bpfsup down, %s runs XDP program %d, want the other tool's %d", theirIf.Name, id, theirProgID)
+	}
+	testutil.WaitFor(t, waitTimeout, "bpfsup's XDP program to leave its interface", func() bool {
+		return ipXDPProgram(t, r.ifB.Netns, r.ifB.Name) == 0
+	})
 }
