@@ -395,6 +395,8 @@ type installed struct {
 	// links, so that the manifest need not ask the kernel again.
 	briefs  map[string]pinstore.ProgramBrief
 	linkIDs map[string]link.ID
+	// made names the maps this install created (rather than adopted).
+	made    map[string]bool
 	adopted int // programs adopted without loading
 	loaded  int
 	// loadTook is the time spent loading programs (the verifier's);
@@ -482,7 +484,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 	}
 	defer pins.close()
 	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, defunct: map[string]bool{},
-		briefs: map[string]pinstore.ProgramBrief{}, linkIDs: map[string]link.ID{}}
+		briefs: map[string]pinstore.ProgramBrief{}, linkIDs: map[string]link.ID{}, made: map[string]bool{}}
 	// release closes what a rollback would need, once install is done
 	// (deferred first, so that it runs after the rollback).
 	var release undo
@@ -544,7 +546,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 	}()
 	for _, name := range p.maps {
 		mc := p.mapCfg[name]
-		res, err := obj.AdoptOrCreateMap(name, p.spec.Maps[name], pinstore.MapPolicy{PinPath: mc.PinPath, Reset: mc.Reset || resetMaps[name], Migrate: mc.Migrate})
+		res, err := obj.AdoptOrCreateMap(name, p.spec.Maps[name], pinstore.MapPolicy{PinPath: mc.PinPath, Reset: mc.Reset, Migrate: mc.Migrate, Foreign: resetMaps[name]})
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w", p.name, err)
 		}
@@ -557,6 +559,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 		}
 		if !res.Adopted {
 			fresh[name] = true
+			in.made[name] = true
 		}
 	}
 
@@ -613,9 +616,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 	// links, which the next start recognises by their programs.
 	if changed || len(fresh) > 0 {
 		man := newManifest(p, old, in)
-		if changed && old != nil {
-			man.Generation = old.Generation + 1
-		}
+		man.Generation = nextGeneration(old, changed)
 		carryStale(man, old)
 		if err := obj.WriteManifest(man); err != nil {
 			return nil, err
@@ -779,9 +780,7 @@ func install(obj *pinstore.Object, p *plan, pins *pinSet, gates *installGates, l
 	}
 
 	man := newManifest(p, old, in)
-	if changed && old != nil {
-		man.Generation = old.Generation + 1
-	}
+	man.Generation = nextGeneration(old, changed)
 	// Links may change later (re-attached when an interface comes back):
 	// the manifest asks the kernel from here on.
 	in.briefs, in.linkIDs = nil, nil
@@ -1011,6 +1010,19 @@ func removeStale(obj *pinstore.Object, p *plan, own owned, log *slog.Logger) {
 	}
 }
 
+// nextGeneration is the generation of an install after old: one more when
+// a program changed, unless old recorded none (a first install that a
+// crash cut short, or maps seeded before it).
+func nextGeneration(old *pinstore.Manifest, changed bool) uint64 {
+	switch {
+	case old == nil:
+		return 0
+	case changed && len(old.Programs) > 0:
+		return old.Generation + 1
+	}
+	return old.Generation
+}
+
 func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manifest {
 	m := &pinstore.Manifest{
 		Source:       p.cfg.Path,
@@ -1035,9 +1047,14 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 		if id, err := pinstore.MapID(mp); err == nil {
 			rec.ID = uint32(id)
 		}
+		// A map in the object's directory is adopted only when the manifest
+		// records it: bpfsup made it. One at a pin path of its own may be
+		// another tool's, adopted there (see MapRecord.Made).
+		rec.Made = in.made[name] || p.mapCfg[name].PinPath == ""
 		if old != nil {
 			if o, ok := old.Maps[name]; ok {
 				rec.PreviousIDs = carryIDs(o.PreviousIDs, o.ID, rec.ID, mapAlive)
+				rec.Made = rec.Made || (o.Made && o.ID == rec.ID)
 			}
 		}
 		m.Maps[name] = rec

@@ -40,11 +40,14 @@ type owned struct {
 	links map[string][]uint32
 	// progIDs holds every program id of the manifest, of any name.
 	progIDs map[uint32]bool
+	// none says there is no manifest at all.
+	none bool
 }
 
 func ownedBy(m *pinstore.Manifest) owned {
 	o := owned{maps: map[string][]uint32{}, progs: map[string][]uint32{}, links: map[string][]uint32{}, progIDs: map[uint32]bool{}}
 	if m == nil {
+		o.none = true
 		return o
 	}
 	for name, r := range m.Maps {
@@ -87,7 +90,7 @@ func foreignError(object string, pins []foreignPin) error {
 	for i, f := range pins {
 		lines[i] = "  " + f.String()
 	}
-	return fmt.Errorf("object %s: %w: bpfsup did not pin these and they differ from the configuration:\n%s\n"+
+	return fmt.Errorf("object %s: %w: bpfsup did not pin these, or they are not what the configuration asks for:\n%s\n"+
 		"remove them, or run with --force to replace them (make-before-break)", object, ErrForeignPin, strings.Join(lines, "\n"))
 }
 
@@ -376,12 +379,20 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		}
 		what := describeMap(m)
 		m.Close()
-		if incompat == nil || hasID(own.maps[name], uint32(id)) {
+		if hasID(own.maps[name], uint32(id)) {
 			continue
 		}
-		foreign = append(foreign, foreignPin{path: path, what: what, why: fmt.Sprintf(
-			"it is incompatible with the object's map %s (%v) and the manifest does not list it (id %s)",
-			name, incompat, idList(own.maps[name]))})
+		// Compatible or not, a map bpfsup did not make is not adopted: its
+		// contents are someone else's, and the object's programs would
+		// read and write them.
+		why := fmt.Sprintf("the manifest does not record it (map %s: id %s), so bpfsup did not make it", name, idList(own.maps[name]))
+		if own.none {
+			why = fmt.Sprintf("there is no manifest of object %s in %s, so nothing says bpfsup made it (was the state directory removed?)", p.name, obj.Store().StateDirectory())
+		}
+		if incompat != nil {
+			why += fmt.Sprintf("; it is also incompatible with the object's map (%v)", incompat)
+		}
+		foreign = append(foreign, foreignPin{path: path, what: what, why: why})
 		resetMaps[name] = true
 	}
 	for _, name := range p.progList {
@@ -478,8 +489,9 @@ func logForeign(log *slog.Logger, object string, pins []foreignPin) {
 }
 
 // staleIsOurs says whether the pin of a program or link the configuration no
-// longer has may be removed: only what the manifest says bpfsup pinned is,
-// or anything with --force. A foreign pin is left where it is, with a warning.
+// longer has may be removed: only what the manifest says bpfsup pinned is.
+// A foreign pin is left where it is, with a warning, even with --force, which
+// replaces foreign pins only where the configuration puts bpfsup's own.
 func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan, own owned, log *slog.Logger) bool {
 	path := obj.Path(kind, name)
 	ours := false
@@ -504,13 +516,8 @@ func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan,
 		return true
 	}
 	kindName, _ := pinstore.PinKind(path)
-	what := describePin(path, kindName)
-	if p.force {
-		log.Warn("removing foreign pin no longer configured (--force)", "object", p.name, "pin", path, "was", what)
-		return true
-	}
-	log.Warn("leaving a pin bpfsup did not make, though the configuration no longer has it; remove it, or run with --force",
-		"object", p.name, "pin", path, "holds", what)
+	log.Warn("leaving a pin bpfsup did not make, though the configuration no longer has it; remove it by hand if it is not wanted",
+		"object", p.name, "pin", path, "holds", describePin(path, kindName))
 	return false
 }
 

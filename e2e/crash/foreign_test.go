@@ -257,7 +257,8 @@ func newArray(t *testing.T) *ebpf.Map {
 
 // TestForeignPinUnderUnconfiguredName: a program pinned among bpfsup's
 // programs under a name the object does not have is not bpfsup's to remove
-// as stale: it is left, with a warning, unless --force.
+// as stale: it is left, with a warning, and --force leaves it too (it
+// replaces foreign pins only where bpfsup's own go).
 func TestForeignPinUnderUnconfiguredName(t *testing.T) {
 	n := newNetRig(t)
 	r := newRig(t, n)
@@ -266,15 +267,77 @@ func TestForeignPinUnderUnconfiguredName(t *testing.T) {
 	path := r.pinPath("programs", "somebody_elses")
 	pinObject(t, prog, path)
 
-	sup := r.startReady(t)
-	wantAll(t, sup.Output(), "leaving a pin bpfsup did not make", path)
-	if !pinstore.Exists(path) {
-		t.Fatalf("%s was removed", path)
+	for _, flags := range [][]string{nil, {"--force"}} {
+		sup := r.startReady(t, flags...)
+		wantAll(t, sup.Output(), "leaving a pin bpfsup did not make", path)
+		if !pinstore.Exists(path) {
+			t.Fatalf("%s was removed (flags %v)", path, flags)
+		}
+		stop(t, sup)
 	}
-	stop(t, sup)
+}
 
-	sup = r.startReady(t, "--force")
-	wantAll(t, sup.Output(), "removing foreign pin no longer configured (--force)", path)
-	r.checkConverged(t)
-	stop(t, sup)
+// TestForeignMapOfTheSameShape: another tool pinned a map exactly like the
+// object's, with contents of its own, where bpfsup pins its map. bpfsup does
+// not adopt it, at a start or at a reload (someone swapped the pin under a
+// running supervisor): it refuses, naming the map, and changes nothing;
+// --force replaces it with a new map.
+func TestForeignMapOfTheSameShape(t *testing.T) {
+	n := newNetRig(t)
+	foreignDropPorts := func(t *testing.T) *ebpf.Map {
+		spec, err := ebpf.LoadCollectionSpec(testutil.BPFObject(v1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms := spec.Maps["drop_ports"].Copy()
+		ms.Pinning = ebpf.PinNone
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		if err := m.Put(uint16(4242), uint8(1)); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	t.Run("start", func(t *testing.T) {
+		r := newRig(t, n)
+		m := foreignDropPorts(t)
+		path := r.pinPath("maps", "drop_ports")
+		pinObject(t, m, path)
+		out := r.runExpectFailure(t)
+		wantAll(t, out, "foreign pin", "--force", path, fmt.Sprintf("map id %d", mapID(t, m)), "made it")
+		if got := pinnedMapID(t, path); got != mapID(t, m) {
+			t.Errorf("after the refusal %s holds map %d, want the foreign %d", path, got, mapID(t, m))
+		}
+		sup := r.startReady(t, "--force")
+		wantAll(t, sup.Output(), "replacing foreign pin", path)
+		if got := pinnedMapID(t, path); got == mapID(t, m) {
+			t.Errorf("with --force, %s still holds the foreign map %d", path, got)
+		}
+		stop(t, sup)
+	})
+	t.Run("reload", func(t *testing.T) {
+		r := newRig(t, n)
+		r.seedDropPorts(t)
+		sup := r.startReady(t)
+		st := r.checkConverged(t)
+		m := foreignDropPorts(t)
+		path := r.pinPath("maps", "drop_ports")
+		remove(t, path)
+		pinObject(t, m, path)
+		out, code := r.env.Run(t, "reload")
+		if code == 0 || !strings.Contains(out, "foreign pin") || !strings.Contains(out, path) {
+			t.Errorf("bpfsup reload over a foreign map of the same shape: exit %d, want it refused naming %s:\n%s", code, path, out)
+		}
+		if got := pinnedMapID(t, path); got != mapID(t, m) {
+			t.Errorf("after the refused reload %s holds map %d, want the foreign %d left alone", path, got, mapID(t, m))
+		}
+		if got := r.progID(t); got != st.progs["xdp_drop"] {
+			t.Errorf("after the refused reload %s runs program %d, want %d", r.ifB.Name, got, st.progs["xdp_drop"])
+		}
+		n.traffic.waitPassing(t)
+		stop(t, sup)
+	})
 }

@@ -32,6 +32,9 @@ func TestReconcileOnStart(t *testing.T) {
 		adopted int
 		// sameLink says the link must be the one the earlier run made.
 		sameLink bool
+		// refused says the start must be refused: the manifest no longer
+		// records the maps, which are then not bpfsup's to adopt.
+		refused bool
 	}{
 		{name: "nothing-pinned", adopted: 0},
 		{name: "everything-pinned", change: func(*testing.T, *rig, state) {}, adopted: 2, sameLink: true},
@@ -90,7 +93,7 @@ func TestReconcileOnStart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{name: "manifest-with-wrong-ids", adopted: 2, sameLink: true, change: func(t *testing.T, r *rig, st state) {
+		{name: "manifest-with-wrong-ids", refused: true, change: func(t *testing.T, r *rig, st state) {
 			editManifest(t, r, func(m *pinstore.Manifest) {
 				for name, rec := range m.Maps {
 					rec.ID += 100000
@@ -107,12 +110,12 @@ func TestReconcileOnStart(t *testing.T) {
 				m.Generation = 42
 			})
 		}},
-		{name: "manifest-unreadable", adopted: 2, sameLink: true, change: func(t *testing.T, r *rig, st state) {
+		{name: "manifest-unreadable", refused: true, change: func(t *testing.T, r *rig, st state) {
 			if err := os.WriteFile(filepath.Join(r.env.StateDir, objName+".json"), []byte("{\"version\": 1, \"maps\": [tru"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{name: "manifest-missing", adopted: 2, sameLink: true, change: func(t *testing.T, r *rig, st state) {
+		{name: "manifest-missing", refused: true, change: func(t *testing.T, r *rig, st state) {
 			remove(t, filepath.Join(r.env.StateDir, objName+".json"))
 		}},
 	} {
@@ -126,6 +129,24 @@ func TestReconcileOnStart(t *testing.T) {
 				st = r.checkConverged(t)
 				kill(t, p)
 				tt.change(t, r, st)
+			}
+			if tt.refused {
+				// Nothing changes: the filter the killed run left keeps
+				// filtering, with its maps.
+				out := r.runExpectFailure(t)
+				wantAll(t, out, "foreign pin", "--force", r.pinPath("maps", "drop_ports"), r.pinPath("maps", "drop_count"))
+				info := pinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
+				if uint32(info.ID) != st.link || r.progID(t) != st.progs["xdp_drop"] {
+					t.Errorf("after the refusal: link %d, %s runs program %d; want the killed run's link %d running %d",
+						info.ID, r.ifB.Name, r.progID(t), st.link, st.progs["xdp_drop"])
+				}
+				for name, id := range st.maps {
+					if got := pinnedMapID(t, r.pinPath("maps", name)); got != id {
+						t.Errorf("after the refusal %s holds map %d, want the killed run's %d", name, got, id)
+					}
+				}
+				n.traffic.waitPassing(t)
+				return
 			}
 			p := r.startReady(t)
 			got := r.checkConverged(t)
@@ -289,4 +310,15 @@ func TestStagedReplacementWins(t *testing.T) {
 	if got := m.Links[name].ID; got != uint32(info.ID) {
 		t.Errorf("manifest records link %d, the pin holds %d (old %d, staged %d)\n%s", got, info.ID, oldInfo.ID, replInfo.ID, out)
 	}
+}
+
+// pinnedMapID is the id of the map pinned at path.
+func pinnedMapID(t testing.TB, path string) uint32 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	return mapID(t, m)
 }

@@ -417,8 +417,10 @@ func exitCode(t testing.TB, p *testutil.Proc, timeout time.Duration) int {
 
 // seedDropPorts pins a drop_ports map holding the rig's dropped port and
 // extraPort where bpfsup will look for it, before bpfsup first starts: the
-// filter drops from its first attach on. bpfsup adopts it, since it is
-// exactly the object's map. Returns the map's id.
+// filter drops from its first attach on. It writes the manifest a first
+// install that made the map and was killed right after pinning it would
+// have left (write-ahead), so that bpfsup adopts the map as its own: a map
+// no manifest records is not bpfsup's, and is refused. Returns the map's id.
 func (r *rig) seedDropPorts(t testing.TB) uint32 {
 	t.Helper()
 	spec, err := ebpf.LoadCollectionSpec(testutil.BPFObject(v1))
@@ -444,7 +446,16 @@ func (r *rig) seedDropPorts(t testing.TB) uint32 {
 	if err := m.Pin(path); err != nil {
 		t.Fatalf("pin drop_ports: %v", err)
 	}
-	return mapID(t, m)
+	id := mapID(t, m)
+	man, err := json.Marshal(pinstore.Manifest{Version: pinstore.ManifestVersion, Object: objName, PinRoot: r.env.PinRoot,
+		Maps: map[string]pinstore.MapRecord{"drop_ports": {ID: id, Path: path, Made: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(r.env.StateDir, objName+".json"), man, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 func mapID(t testing.TB, m *ebpf.Map) uint32 {
