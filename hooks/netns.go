@@ -54,6 +54,28 @@ func InNetns(path string, fn func() error) error {
 	return <-errc
 }
 
+// NetnsInode is the inode of the network namespace at path (this process's
+// own when path is empty): the namespace's identity, which `ip netns
+// identify` and lsns show too. A namespace deleted and made again at a path
+// is another inode.
+func NetnsInode(path string) (uint64, error) {
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return 0, fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return 0, fmt.Errorf("network namespace %s: not a namespace (nothing mounted there): %w", path, ErrTargetNotFound)
+	}
+	return st.Ino, nil
+}
+
 // ifindex resolves an interface name in the namespace at netnsPath.
 func ifindex(netnsPath, name string) (int, error) {
 	var idx int

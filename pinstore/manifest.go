@@ -91,6 +91,10 @@ type LinkRecord struct {
 	// Hook is the hook spec, e.g. "xdp:veth0".
 	Hook  string `json:"hook"`
 	Netns string `json:"netns,omitempty"`
+	// NetnsInode is the inode of the network namespace the link was
+	// attached (or found attached) in, for network hooks: a namespace made
+	// again at the path Netns is another inode.
+	NetnsInode uint64 `json:"netns_inode,omitempty"`
 	// Mechanism is how the program is attached, e.g. "bpf_link (xdp)".
 	Mechanism string `json:"mechanism"`
 	// Updatable says whether the link's program can be swapped in place.
@@ -105,6 +109,9 @@ type SupervisorRecord struct {
 	Started  time.Time `json:"started"`
 	ChildPID int       `json:"child_pid,omitempty"`
 	Restarts int       `json:"restarts"`
+	// Ready says that the child is ready: started, or, when bpfsup waits
+	// for its own READY=1 (notify = "child"), said so.
+	Ready bool `json:"ready,omitempty"`
 }
 
 // manifestTemp is where WriteManifest writes the manifest of object name

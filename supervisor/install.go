@@ -1010,6 +1010,19 @@ func removeStale(obj *pinstore.Object, p *plan, own owned, log *slog.Logger) {
 	}
 }
 
+// inodeCache keeps the inodes of network namespaces by path, for one
+// manifest.
+type inodeCache map[string]uint64
+
+func (c inodeCache) of(path string) uint64 {
+	ino, ok := c[path]
+	if !ok {
+		ino, _ = hooks.NetnsInode(path)
+		c[path] = ino
+	}
+	return ino
+}
+
 // nextGeneration is the generation of an install after old: one more when
 // a program changed, unless old recorded none (a first install that a
 // crash cut short, or maps seeded before it).
@@ -1024,6 +1037,7 @@ func nextGeneration(old *pinstore.Manifest, changed bool) uint64 {
 }
 
 func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manifest {
+	netnsInodes := inodeCache{}
 	m := &pinstore.Manifest{
 		Source:       p.cfg.Path,
 		ObjectSHA256: p.sha256,
@@ -1085,6 +1099,9 @@ func newManifest(p *plan, old *pinstore.Manifest, in *installed) *pinstore.Manif
 		spec := pl.hook.Spec()
 		rec := pinstore.LinkRecord{Program: pl.program, Hook: spec.String(), Netns: spec.Netns,
 			Mechanism: pl.hook.Mechanism(), Updatable: pl.hook.Updatable()}
+		if spec.IsNetwork() {
+			rec.NetnsInode = netnsInodes.of(spec.Netns)
+		}
 		if id, ok := in.linkIDs[pl.name]; ok {
 			rec.ID = uint32(id)
 		} else if l, ok := in.links[pl.name]; ok {

@@ -794,11 +794,11 @@ func (s *supervisor) startChild() error {
 	s.child, s.childStarted = p, now
 	s.metrics.childUp.Set(1)
 	s.log.Info("child started", "pid", p.Pid, "command", s.opts.Command[0], "fds", len(files))
-	s.recordSupervisor()
 	if !s.ready && s.notify == nil {
 		s.ready = true
 		_, _ = daemon.SdNotify(false, "READY=1")
 	}
+	s.recordSupervisor()
 	return nil
 }
 
@@ -813,6 +813,7 @@ func (s *supervisor) childNotified(msg notifyMsg) {
 				s.ready = true
 				s.log.Info("child is ready")
 				_, _ = daemon.SdNotify(false, "READY=1")
+				s.recordSupervisor() // for status --ready
 			}
 		case strings.HasPrefix(line, "STATUS="):
 			_, _ = daemon.SdNotify(false, "STATUS=child: "+strings.TrimPrefix(line, "STATUS="))
@@ -840,7 +841,7 @@ func (s *supervisor) notifyStatus() {
 // recordSupervisor writes the supervisor's pid, the child's pid and the
 // restart count into every object's manifest, for status.
 func (s *supervisor) recordSupervisor() {
-	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts}
+	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil}
 	if s.child != nil {
 		rec.ChildPID = s.child.Pid
 	}

@@ -26,10 +26,12 @@ const StatusSchema = 1
 // Status is what `bpfsup status` reports, read from the pins, the kernel and
 // the manifests, with or without a running supervisor.
 type Status struct {
-	Schema   int            `json:"schema"`
-	PinRoot  string         `json:"pin_root"`
-	StateDir string         `json:"state_dir"`
-	Objects  []ObjectStatus `json:"objects"`
+	Schema   int    `json:"schema"`
+	PinRoot  string `json:"pin_root"`
+	StateDir string `json:"state_dir"`
+	// Healthy says that every object is healthy (ObjectStatus.Healthy).
+	Healthy bool           `json:"healthy"`
+	Objects []ObjectStatus `json:"objects"`
 }
 
 // ObjectStatus is one object.
@@ -43,8 +45,13 @@ type ObjectStatus struct {
 	Maps         []MapStatus       `json:"maps"`
 	Programs     []ProgramStatus   `json:"programs"`
 	Links        []LinkStatus      `json:"links"`
-	// Problems lists what does not add up: pins the kernel refuses, a
-	// manifest that disagrees with the pins.
+	// Healthy says that every link is attached where the configuration
+	// says and runs the program bpfsup installed, every pin is the one
+	// bpfsup made, and there are no problems.
+	Healthy bool `json:"healthy"`
+	// Problems lists what does not add up: pins the kernel refuses, pins
+	// bpfsup did not make, a link running another program, a manifest that
+	// disagrees with the pins, debris of a crash.
 	Problems []string `json:"problems,omitempty"`
 }
 
@@ -58,6 +65,9 @@ type SupervisorStatus struct {
 	ChildPID int `json:"child_pid,omitempty"`
 	// Restarts counts the child's restarts since the supervisor started.
 	Restarts int `json:"restarts"`
+	// Ready says that the application runs and is ready: started, or, with
+	// notify = "child", it said READY=1.
+	Ready bool `json:"ready"`
 }
 
 // MapStatus is one pinned map.
@@ -96,9 +106,15 @@ type LinkStatus struct {
 	// Target is the hook's target ("veth0"), from the manifest.
 	Target string `json:"target,omitempty"`
 	Netns  string `json:"netns,omitempty"`
+	// NetnsInode is the inode of the network namespace the link is in, for
+	// network links: that of Netns (or bpfsup's own) while the link is
+	// attached there, else the one it was attached in.
+	NetnsInode uint64 `json:"netns_inode,omitempty"`
 	// Ifindex is the interface the link is on, for network links.
 	Ifindex uint32 `json:"ifindex,omitempty"`
-	// State is attached, defunct (its target is gone) or unknown.
+	// State is attached; defunct (its target is gone); elsewhere (alive,
+	// but not on the configured hook: its network namespace was made again,
+	// say); or unknown.
 	State string `json:"state"`
 	// Mechanism says how the program is attached, e.g. "bpf_link xdp".
 	Mechanism string `json:"mechanism,omitempty"`
@@ -138,42 +154,78 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 		}
 		names = only
 	}
-	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}}
+	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}, Healthy: true}
+	endBatch := hooks.Batch()
+	defer endBatch()
 	for _, name := range names {
-		st.Objects = append(st.Objects, objectStatus(store, name))
+		o := objectStatus(store, name)
+		st.Healthy = st.Healthy && o.Healthy
+		st.Objects = append(st.Objects, o)
 	}
 	return st, nil
 }
 
 func objectStatus(store pinstore.Store, name string) ObjectStatus {
-	os := ObjectStatus{Name: name, Dir: store.ObjectDir(name), Maps: []MapStatus{}, Programs: []ProgramStatus{}, Links: []LinkStatus{}}
+	o := ObjectStatus{Name: name, Dir: store.ObjectDir(name), Maps: []MapStatus{}, Programs: []ProgramStatus{}, Links: []LinkStatus{}}
 	man, err := store.ReadManifest(name)
 	if err != nil {
-		os.Problems = append(os.Problems, err.Error())
+		o.problem("%v", err)
+	} else if man == nil {
+		o.problem("no manifest of bpfsup's in %s records this object: bpfsup did not make it, or its state directory is elsewhere", store.StateDirectory())
 	}
 	if man != nil {
-		os.Source, os.ObjectSHA256, os.Generation = man.Source, man.ObjectSHA256, man.Generation
-		if sup := man.Supervisor; sup != nil {
-			if pid, ok := pinstore.LockHolder(store.LockPath(name)); ok && pid == sup.PID {
-				os.Supervisor = &SupervisorStatus{PID: sup.PID, Version: sup.Version, Started: sup.Started, Restarts: sup.Restarts}
-				if processRuns(sup.ChildPID) {
-					os.Supervisor.ChildPID = sup.ChildPID
-				}
-			}
-		}
+		o.Source, o.ObjectSHA256, o.Generation = man.Source, man.ObjectSHA256, man.Generation
 	}
-	if os.Supervisor == nil {
-		if pid, ok := pinstore.LockHolder(store.LockPath(name)); ok {
-			os.Supervisor = &SupervisorStatus{PID: pid}
-		}
+	o.Supervisor = supervisorStatus(store, name, man, &o)
+	progNames := o.readPrograms(man)
+	o.readMaps(man)
+	o.readLinks(man, progNames)
+	o.readMissing(man)
+	sort.Strings(o.Problems)
+	o.readDebris(store, man)
+	o.Healthy = len(o.Problems) == 0
+	for _, l := range o.Links {
+		o.Healthy = o.Healthy && l.State == "attached"
 	}
+	return o
+}
 
+func (o *ObjectStatus) problem(format string, args ...any) {
+	o.Problems = append(o.Problems, fmt.Sprintf(format, args...))
+}
+
+// supervisorStatus finds the supervisor that holds the object: by its lock
+// file, or by the lock of its pin directory when the lock file is gone (the
+// state directory removed under a running supervisor).
+func supervisorStatus(store pinstore.Store, name string, man *pinstore.Manifest, o *ObjectStatus) *SupervisorStatus {
+	pid, ok := pinstore.LockHolder(store.LockPath(name))
+	if !ok {
+		if dirPID, held := pinstore.LockHolder(store.ObjectDir(name)); held {
+			o.problem("supervisor pid %d holds the pins, but its lock file %s is gone (was the state directory removed?); a second supervisor with this state directory is still refused",
+				dirPID, store.LockPath(name))
+			return &SupervisorStatus{PID: dirPID}
+		}
+		return nil
+	}
+	sup := &SupervisorStatus{PID: pid}
+	if man != nil && man.Supervisor != nil && man.Supervisor.PID == pid {
+		rec := man.Supervisor
+		sup.Version, sup.Started, sup.Restarts = rec.Version, rec.Started, rec.Restarts
+		if processRuns(rec.ChildPID) {
+			sup.ChildPID, sup.Ready = rec.ChildPID, rec.Ready
+		}
+	}
+	return sup
+}
+
+// readPrograms reads the pinned programs; it returns their names by id.
+func (o *ObjectStatus) readPrograms(man *pinstore.Manifest) map[uint32]string {
 	progNames := map[uint32]string{}
-	for _, pn := range pinNames(os.Dir, pinstore.Programs) {
-		path := os.Dir + "/programs/" + pn
+	for _, pn := range pinNames(o.Dir, pinstore.Programs) {
+		path := o.Dir + "/programs/" + pn
 		p, err := ebpf.LoadPinnedProgram(path, &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
-			os.Problems = append(os.Problems, fmt.Sprintf("program %s: %v", pn, err))
+			o.problem("program %s: %v", pn, err)
 			continue
 		}
 		ps := ProgramStatus{Name: pn, Type: p.Type().String()}
@@ -186,17 +238,24 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 		}
 		p.Close()
 		progNames[ps.ID] = pn
-		if man != nil {
-			if rec, ok := man.Programs[pn]; ok && rec.ID != ps.ID && !containsID(rec.PreviousIDs, ps.ID) {
-				os.Problems = append(os.Problems, fmt.Sprintf("program %s: pinned id %d is not the id %d bpfsup installed", pn, ps.ID, rec.ID))
+		if man != nil && !man.Owns(pinstore.Programs, pn, pinstore.PinInfo{Kind: pinstore.PinProgram, ID: ps.ID}) {
+			if _, ok := man.Programs[pn]; ok {
+				o.problem("program %s: pinned id %d is not the program bpfsup installed (id %d)", pn, ps.ID, man.Programs[pn].ID)
+			} else {
+				o.problem("program %s: pinned id %d is not bpfsup's: the manifest records no program %s", pn, ps.ID, pn)
 			}
 		}
-		os.Programs = append(os.Programs, ps)
+		o.Programs = append(o.Programs, ps)
 	}
+	return progNames
+}
 
+// readMaps reads the pinned maps: those in the object's directory and those
+// the manifest records at paths of their own.
+func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 	mapPaths := map[string]string{}
-	for _, mn := range pinNames(os.Dir, pinstore.Maps) {
-		mapPaths[mn] = os.Dir + "/maps/" + mn
+	for _, mn := range pinNames(o.Dir, pinstore.Maps) {
+		mapPaths[mn] = o.Dir + "/maps/" + mn
 	}
 	if man != nil {
 		for mn, rec := range man.Maps {
@@ -213,40 +272,54 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 	for _, mn := range mapNames {
 		m, err := ebpf.LoadPinnedMap(mapPaths[mn], &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
-			os.Problems = append(os.Problems, fmt.Sprintf("map %s: %v", mn, err))
+			o.problem("map %s: %v", mn, err)
 			continue
 		}
 		ms := MapStatus{Name: mn, Path: mapPaths[mn], Type: m.Type().String(), KeySize: m.KeySize(), ValueSize: m.ValueSize(), MaxEntries: m.MaxEntries(), Entries: -1}
-		if info, err := m.Info(); err == nil {
-			id, _ := info.ID()
+		if id, err := pinstore.MapID(m); err == nil {
 			ms.ID = uint32(id)
 		}
 		if m.Type() == ebpf.Hash || m.Type() == ebpf.PerCPUHash || m.Type() == ebpf.LRUHash || m.Type() == ebpf.LRUCPUHash || m.Type() == ebpf.LPMTrie {
 			ms.Entries = countEntries(m, 65536)
 		}
 		m.Close()
-		os.Maps = append(os.Maps, ms)
+		if man != nil && !man.Owns(pinstore.Maps, mn, pinstore.PinInfo{Kind: pinstore.PinMap, ID: ms.ID}) {
+			if rec, ok := man.Maps[mn]; ok {
+				o.problem("map %s: %s holds map id %d, not the map bpfsup made (id %d): replaced by another tool? a start or reload refuses it", mn, ms.Path, ms.ID, rec.ID)
+			} else {
+				o.problem("map %s: %s holds map id %d, which is not bpfsup's: the manifest records no map %s", mn, ms.Path, ms.ID, mn)
+			}
+		}
+		o.Maps = append(o.Maps, ms)
 	}
+}
 
-	for _, ln := range pinNames(os.Dir, pinstore.Links) {
-		path := os.Dir + "/links/" + ln
+// readLinks reads the pinned links and asks the kernel where each one is:
+// on the hook the manifest records (in the network namespace now at its
+// path), and running the program bpfsup installed.
+func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]string) {
+	for _, ln := range pinNames(o.Dir, pinstore.Links) {
+		path := o.Dir + "/links/" + ln
 		ls := LinkStatus{Name: ln, State: "unknown"}
+		var rec pinstore.LinkRecord
+		recorded := false
 		if man != nil {
-			if rec, ok := man.Links[ln]; ok {
-				ls.Hook, ls.Netns, ls.Mechanism = rec.Hook, rec.Netns, rec.Mechanism
-				if _, target, ok := strings.Cut(rec.Hook, ":"); ok {
-					ls.Target = target
-				}
-				ls.Upgrade = "make-before-break"
-				if rec.Updatable {
-					ls.Upgrade = "in-place"
-				}
+			rec, recorded = man.Links[ln]
+		}
+		if recorded {
+			ls.Hook, ls.Netns, ls.Mechanism, ls.NetnsInode = rec.Hook, rec.Netns, rec.Mechanism, rec.NetnsInode
+			if _, target, ok := strings.Cut(rec.Hook, ":"); ok {
+				ls.Target = target
+			}
+			ls.Upgrade = "make-before-break"
+			if rec.Updatable {
+				ls.Upgrade = "in-place"
 			}
 		}
 		l, err := hooks.LoadPinned(path)
 		if err != nil {
-			os.Problems = append(os.Problems, fmt.Sprintf("link %s: %v", ln, err))
-			os.Links = append(os.Links, ls)
+			o.problem("link %s: %v", ln, err)
+			o.Links = append(o.Links, ls)
 			continue
 		}
 		if info, err := l.Info(); err == nil {
@@ -266,52 +339,139 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 				info.NetNs() != nil && info.NetNs().NetnsInode == 0:
 				ls.State = "defunct"
 			}
+			if ls.State == "attached" && recorded {
+				o.checkLinkHook(&ls, l, path, man)
+			}
+			o.checkLinkProgram(&ls, rec, recorded, man)
 		}
 		l.Close()
-		os.Links = append(os.Links, ls)
+		o.Links = append(o.Links, ls)
 	}
-	// What the manifest says bpfsup pinned and is not there (removed by
-	// hand, or by a `bpfsup down` that took the pins from under it).
-	if man != nil {
-		for _, k := range []struct {
-			kind pinstore.Kind
-			recs map[string]uint32
-		}{{pinstore.Programs, programIDs(man)}, {pinstore.Links, linkIDs(man)}} {
-			have := pinNames(os.Dir, k.kind)
-			for n, id := range k.recs {
-				if !slices.Contains(have, n) {
-					os.Problems = append(os.Problems, fmt.Sprintf("%s %s: bpfsup installed id %d, and nothing is pinned at %s/%s/%s",
-						strings.TrimSuffix(string(k.kind), "s"), n, id, os.Dir, k.kind, n))
-				}
+}
+
+// checkLinkHook asks the kernel whether the link sits on the hook the
+// manifest records: for a network hook, on the interface of that name in
+// the network namespace now at the recorded path.
+func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l link.Link, path string, man *pinstore.Manifest) {
+	spec, err := hooks.Parse(ls.Hook)
+	if err != nil {
+		return
+	}
+	spec.Netns = ls.Netns
+	h, err := hooks.New(spec)
+	if err != nil {
+		return
+	}
+	hooks.BindPin(h, path)
+	state, err := h.Check(l)
+	if err != nil {
+		return
+	}
+	if state == hooks.Unknown {
+		state = recordedState(man, ls.Name, spec)
+	}
+	if !spec.IsNetwork() {
+		if state != hooks.Attached {
+			ls.State = state.String()
+			o.problem("link %s: not on its hook %s (%s)", ls.Name, ls.Hook, state)
+		}
+		return
+	}
+	now, err := hooks.NetnsInode(spec.Netns)
+	switch {
+	case state == hooks.Attached:
+		ls.NetnsInode = now
+	case err != nil:
+		ls.State = "defunct"
+		o.problem("link %s: its network namespace %s is gone: %v", ls.Name, spec.Netns, err)
+	case ls.NetnsInode != 0 && ls.NetnsInode != now:
+		ls.State = "elsewhere"
+		o.problem("link %s: it is in network namespace inode %d, and %s is now inode %d (deleted and made again?): %s there has no program of bpfsup's",
+			ls.Name, ls.NetnsInode, netnsName(spec.Netns), now, spec.Target)
+	default:
+		ls.State = "elsewhere"
+		o.problem("link %s: not on %s in %s", ls.Name, spec.Target, netnsName(spec.Netns))
+	}
+}
+
+// netnsName names the network namespace at path for people.
+func netnsName(path string) string {
+	if path == "" {
+		return "this network namespace"
+	}
+	return "network namespace " + path
+}
+
+// checkLinkProgram compares the program the link runs with the one bpfsup
+// installed for it: a link swapped to another program (BPF_LINK_UPDATE
+// behind bpfsup's back) leaves the hook without bpfsup's filter.
+func (o *ObjectStatus) checkLinkProgram(ls *LinkStatus, rec pinstore.LinkRecord, recorded bool, man *pinstore.Manifest) {
+	if man == nil {
+		return
+	}
+	if !recorded {
+		if !man.OwnsProgramID(ls.ProgramID) {
+			o.problem("link %s: not bpfsup's: the manifest records no link %s, and it runs program id %d, not one of bpfsup's", ls.Name, ls.Name, ls.ProgramID)
+		}
+		return
+	}
+	ids := man.ProgramIDs(rec.Program)
+	if slices.Contains(ids, ls.ProgramID) {
+		return
+	}
+	what := fmt.Sprintf("program id %d", ls.ProgramID)
+	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(ls.ProgramID)); err == nil {
+		what = describeProgram(p)
+		p.Close()
+	}
+	o.problem("link %s: runs %s, not the program bpfsup installed (%s, id %s): swapped behind bpfsup's back", ls.Name, what, rec.Program, idList(ids))
+}
+
+// readMissing reports what the manifest says bpfsup pinned and is not there
+// (removed by hand, or by a `bpfsup down` that took the pins from under it).
+func (o *ObjectStatus) readMissing(man *pinstore.Manifest) {
+	if man == nil {
+		return
+	}
+	for _, k := range []struct {
+		kind pinstore.Kind
+		recs map[string]uint32
+	}{{pinstore.Programs, programIDs(man)}, {pinstore.Links, linkIDs(man)}} {
+		have := pinNames(o.Dir, k.kind)
+		for n, id := range k.recs {
+			if !slices.Contains(have, n) {
+				o.problem("%s %s: bpfsup installed id %d, and nothing is pinned at %s/%s/%s",
+					strings.TrimSuffix(string(k.kind), "s"), n, id, o.Dir, k.kind, n)
 			}
 		}
 	}
-	sort.Strings(os.Problems)
-	for _, n := range pinNames(os.Dir, "staging") {
-		os.Problems = append(os.Problems, fmt.Sprintf("staging debris %s/staging/%s (the next start removes it)", os.Dir, n))
-	}
-	return os
 }
 
-// processRuns reports whether pid is a process that has not exited: a
-// zombie has exited even though kill(pid, 0) still succeeds on it.
-func processRuns(pid int) bool {
-	if pid <= 0 {
-		return false
+// readDebris reports debris of crashes, and what is in the object's
+// directory that bpfsup did not put there.
+func (o *ObjectStatus) readDebris(store pinstore.Store, man *pinstore.Manifest) {
+	for _, n := range pinNames(o.Dir, "staging") {
+		path := o.Dir + "/staging/" + n
+		pi, err := pinstore.ReadPin(path)
+		switch {
+		case err == nil && man.OwnsAny(pi):
+			o.problem("staging debris %s (bpfsup's: the next start removes it)", path)
+		case strings.HasPrefix(n, "foreign-"):
+			o.problem("staging %s: a foreign pin a start with --force moved aside and did not remove (the next start puts it back where its place is free)", path)
+		default:
+			o.problem("staging %s: not bpfsup's (left alone)", path)
+		}
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
+	for _, l := range store.Strangers(o.Name) {
+		o.problem("%s: not bpfsup's (left alone)", l.Path)
 	}
-	// The state follows the command, which is in parentheses and may hold
-	// spaces and parentheses itself.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 || i+2 >= len(data) {
-		return false
+	for _, p := range store.ManifestDebris(o.Name) {
+		o.problem("manifest debris %s (a write cut short; the next start removes it)", p)
 	}
-	state := data[i+2]
-	return state != 'Z' && state != 'X'
 }
+
+// processRuns reports whether pid is a process that has not exited.
+func processRuns(pid int) bool { return pinstore.ProcessRuns(pid) }
 
 func pinNames(dir string, kind pinstore.Kind) []string {
 	entries, err := os.ReadDir(dir + "/" + string(kind))
@@ -426,7 +586,11 @@ func (st *Status) Render() string {
 			if sup.ChildPID != 0 {
 				fmt.Fprintf(&b, ", child pid %d", sup.ChildPID)
 			}
-			fmt.Fprintf(&b, ", restarts %d\n", sup.Restarts)
+			fmt.Fprintf(&b, ", restarts %d", sup.Restarts)
+			if sup.Ready {
+				b.WriteString(", ready")
+			}
+			b.WriteString("\n")
 		} else {
 			fmt.Fprintf(&b, "  supervisor: none running\n")
 		}
@@ -442,6 +606,13 @@ func (st *Status) Render() string {
 		}
 		for _, l := range o.Links {
 			fmt.Fprintf(&b, "  link    %-20s id %-6d %s program %d hook %s %s", l.Name, l.ID, l.Type, l.ProgramID, l.Hook, l.State)
+			if l.NetnsInode != 0 {
+				where := "own netns"
+				if l.Netns != "" {
+					where = "netns " + l.Netns
+				}
+				fmt.Fprintf(&b, " in %s (inode %d)", where, l.NetnsInode)
+			}
 			if l.Upgrade != "" {
 				fmt.Fprintf(&b, " (%s, upgrade %s)", l.Mechanism, l.Upgrade)
 			}
@@ -450,8 +621,41 @@ func (st *Status) Render() string {
 		for _, p := range o.Problems {
 			fmt.Fprintf(&b, "  problem: %s\n", p)
 		}
+		if !o.Healthy {
+			b.WriteString("  NOT HEALTHY\n")
+		}
 	}
 	return b.String()
+}
+
+// Ready says why st is not ready, or nil when every object is healthy and
+// a supervisor runs it with its application ready (`status --ready`).
+func (st *Status) Ready() error {
+	if len(st.Objects) == 0 {
+		return fmt.Errorf("not ready: no objects under %s", st.PinRoot)
+	}
+	var why []string
+	for _, o := range st.Objects {
+		switch {
+		case !o.Healthy && len(o.Problems) > 0:
+			why = append(why, fmt.Sprintf("object %s: %s", o.Name, o.Problems[0]))
+		case !o.Healthy:
+			for _, l := range o.Links {
+				if l.State != "attached" {
+					why = append(why, fmt.Sprintf("object %s: link %s is %s", o.Name, l.Name, l.State))
+					break
+				}
+			}
+		case o.Supervisor == nil:
+			why = append(why, fmt.Sprintf("object %s: no supervisor runs", o.Name))
+		case !o.Supervisor.Ready:
+			why = append(why, fmt.Sprintf("object %s: supervisor pid %d: the application is not ready", o.Name, o.Supervisor.PID))
+		}
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("not ready: %s", strings.Join(why, "; "))
+	}
+	return nil
 }
 
 // JSON is st as `bpfsup status --json` prints it.

@@ -442,16 +442,29 @@ func inheritedFiles() ([]handoff.NamedFile, error) {
 
 func statusCmd() *cobra.Command {
 	var sf storeFlags
-	var asJSON bool
+	var asJSON, ready bool
 	c := &cobra.Command{
-		Use:   "status [--pin-root DIR] [--state-dir DIR] [--json] [OBJECT...]",
+		Use:   "status [--pin-root DIR] [--state-dir DIR] [--json | --ready] [OBJECT...]",
 		Short: "Show objects, maps, programs and links, from the pins and the kernel",
+		Long: `Show objects, maps, programs and links, read from the pins, the kernel and
+bpfsup's manifests, whether a supervisor runs or not. Anything that does not
+add up is listed as a problem: a link that runs another program than the one
+bpfsup installed, or sits on no configured hook, a pin bpfsup did not make,
+debris of a crash.
+
+--ready prints nothing on success and exits 0 only when every object is
+healthy (every link attached where the configuration says and running the
+program bpfsup installed, no problems) and a supervisor runs it with its
+application ready: a readiness probe. Otherwise it says why and exits 1.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := supervisor.ReadStatus(sf.store(), args...)
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			switch {
+			case ready:
+				return st.Ready()
+			case asJSON:
 				b, err := st.JSON()
 				if err != nil {
 					return err
@@ -464,7 +477,9 @@ func statusCmd() *cobra.Command {
 		},
 	}
 	sf.add(c)
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (schema in the README)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (schema in docs/status-schema.md)")
+	c.Flags().BoolVar(&ready, "ready", false, "exit 0 only when every object is healthy and its supervisor's application is ready")
+	c.MarkFlagsMutuallyExclusive("json", "ready")
 	return c
 }
 

@@ -423,6 +423,18 @@ func exitCode(t testing.TB, p *testutil.Proc, timeout time.Duration) int {
 // no manifest records is not bpfsup's, and is refused. Returns the map's id.
 func (r *rig) seedDropPorts(t testing.TB) uint32 {
 	t.Helper()
+	return r.seedDropPortsOnly(t, false)
+}
+
+// seedDropPortsMapOnly pins such a map and writes no manifest: another
+// tool's map, exactly like the object's.
+func (r *rig) seedDropPortsMapOnly(t testing.TB) uint32 {
+	t.Helper()
+	return r.seedDropPortsOnly(t, true)
+}
+
+func (r *rig) seedDropPortsOnly(t testing.TB, mapOnly bool) uint32 {
+	t.Helper()
 	spec, err := ebpf.LoadCollectionSpec(testutil.BPFObject(v1))
 	if err != nil {
 		t.Fatal(err)
@@ -447,6 +459,9 @@ func (r *rig) seedDropPorts(t testing.TB) uint32 {
 		t.Fatalf("pin drop_ports: %v", err)
 	}
 	id := mapID(t, m)
+	if mapOnly {
+		return id
+	}
 	man, err := json.Marshal(pinstore.Manifest{Version: pinstore.ManifestVersion, Object: objName, PinRoot: r.env.PinRoot,
 		Maps: map[string]pinstore.MapRecord{"drop_ports": {ID: id, Path: path, Made: true}}})
 	if err != nil {

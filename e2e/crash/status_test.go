@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
+
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/supervisor"
 )
@@ -261,5 +263,97 @@ func objectFile(name string) func(t *testing.T) []byte {
 			t.Fatal(err)
 		}
 		return data
+	}
+}
+
+// TestStatusTruth: status is healthy (and `status --ready` exits 0) only
+// while every link runs the program bpfsup installed on its hook and every
+// pin is bpfsup's. A link swapped to another program behind bpfsup's back
+// (BPF_LINK_UPDATE by hand), a map pin replaced by another tool's map of
+// the same shape, and a supervisor whose lock file or state directory was
+// removed under it are each reported as a problem, and the health check
+// (the README's) is false. Before, status called all of them healthy.
+func TestStatusTruth(t *testing.T) {
+	n := newNetRig(t)
+	healthy := func(t *testing.T, r *rig) (bool, []string) {
+		t.Helper()
+		out, err := exec.Command(r.env.Bin, r.env.Args("status", "--json")...).Output()
+		if err != nil {
+			t.Fatalf("bpfsup status --json: %v", err)
+		}
+		var st supervisor.Status
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatal(err)
+		}
+		var problems []string
+		for _, o := range st.Objects {
+			problems = append(problems, o.Problems...)
+		}
+		return st.Healthy, problems
+	}
+	ready := func(t *testing.T, r *rig) (int, string) {
+		t.Helper()
+		out, code := r.env.Run(t, "status", "--ready")
+		return code, out
+	}
+	for _, tt := range []struct {
+		name   string
+		break_ func(t *testing.T, r *rig, st state)
+		words  []string
+	}{
+		{"link-swapped", func(t *testing.T, r *rig, st state) {
+			foreign, _ := foreignCounter(t)
+			l, err := link.LoadPinnedLink(r.pinPath("links", "xdp_drop"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			if err := l.Update(foreign); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"link xdp_drop: runs program id", `"count_packets"`, "not the program bpfsup installed", "swapped behind bpfsup's back"}},
+		{"map-replaced", func(t *testing.T, r *rig, st state) {
+			remove(t, r.pinPath("maps", "drop_ports"))
+			r.seedDropPortsMapOnly(t)
+		}, []string{"map drop_ports:", "not the map bpfsup made"}},
+		{"lock-file-removed", func(t *testing.T, r *rig, st state) {
+			remove(t, filepath.Join(r.env.StateDir, objName+".lock"))
+		}, []string{"holds the pins, but its lock file", "is gone"}},
+		{"state-dir-removed", func(t *testing.T, r *rig, st state) {
+			if err := os.RemoveAll(r.env.StateDir); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"holds the pins, but its lock file", "no manifest of bpfsup's"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, n)
+			r.seedDropPorts(t)
+			sup := r.startReady(t)
+			st := r.checkConverged(t)
+			if ok, problems := healthy(t, r); !ok {
+				t.Fatalf("status of a clean start is not healthy: %q", problems)
+			}
+			if code, out := ready(t, r); code != 0 {
+				t.Fatalf("status --ready of a clean start: exit %d\n%s", code, out)
+			}
+			tt.break_(t, r, st)
+			ok, problems := healthy(t, r)
+			if ok {
+				t.Errorf("status calls it healthy")
+			}
+			all := strings.Join(problems, "\n")
+			for _, w := range tt.words {
+				if !strings.Contains(all, w) {
+					t.Errorf("status problems lack %q:\n%s", w, all)
+				}
+			}
+			if o := r.status(t); o.Supervisor == nil || o.Supervisor.PID != sup.Pid() {
+				t.Errorf("status names supervisor %+v, want pid %d", o.Supervisor, sup.Pid())
+			}
+			if code, out := ready(t, r); code == 0 || !strings.Contains(out, "not ready") {
+				t.Errorf("status --ready: exit %d, want 1 and why:\n%s", code, out)
+			}
+			stop(t, sup)
+		})
 	}
 }
