@@ -186,6 +186,36 @@ func (o *Object) lockDir() error {
 	return nil
 }
 
+// Rehome takes up the object's pin directory anew once bpffs is mounted at
+// the pin root again, after the directory this Object locked went with an
+// unmount (CheckDir fails): it makes the directory and those of the layout,
+// locks it, and lets the old one go. The caller pins again what it holds.
+// It fails with ErrNotBPFFS while bpffs is not back.
+func (o *Object) Rehome() error {
+	if o.CheckDir() == nil {
+		return nil
+	}
+	if err := o.store.requireBPFFS(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return fmt.Errorf("object %s: create pin directory: %w", o.Name, err)
+	}
+	old := o.pinLock
+	if err := o.lockDir(); err != nil {
+		return err
+	}
+	if old != nil {
+		old.Close()
+	}
+	for _, d := range []string{string(Maps), string(Programs), string(Links), stagingDir} {
+		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
+			return fmt.Errorf("object %s: create pin directory: %w", o.Name, err)
+		}
+	}
+	return nil
+}
+
 // requireBPFFS makes sure the pin root, or the closest of its ancestors
 // that exists, is on bpffs: what is made under it goes there, never onto
 // the file system beneath a bpffs that was unmounted.

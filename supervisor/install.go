@@ -396,9 +396,12 @@ type installed struct {
 	briefs  map[string]pinstore.ProgramBrief
 	linkIDs map[string]link.ID
 	// made names the maps this install created (rather than adopted).
-	made    map[string]bool
-	adopted int // programs adopted without loading
-	loaded  int
+	made map[string]bool
+	// pinsLost says that the pin directory went with its bpffs (see
+	// checkPinDir).
+	pinsLost bool
+	adopted  int // programs adopted without loading
+	loaded   int
 	// loadTook is the time spent loading programs (the verifier's);
 	// swapTook the time spent reconciling links; swapped when that ended.
 	loadTook, swapTook time.Duration

@@ -43,14 +43,17 @@ type linkWatcher struct {
 	done   chan struct{}
 	log    *slog.Logger
 
-	mu     sync.Mutex
-	socks  map[string]*os.File
+	mu    sync.Mutex
+	socks map[string]*os.File
+	// inodes are the namespaces watched, by path: a path may come to name
+	// another namespace (deleted and made again), see moved.
+	inodes map[string]uint64
 	closed bool
 	wg     sync.WaitGroup
 }
 
 func newLinkWatcher(log *slog.Logger) *linkWatcher {
-	return &linkWatcher{events: make(chan linkEvent, 64), done: make(chan struct{}), log: log, socks: map[string]*os.File{}}
+	return &linkWatcher{events: make(chan linkEvent, 64), done: make(chan struct{}), log: log, socks: map[string]*os.File{}, inodes: map[string]uint64{}}
 }
 
 // watch starts watching the namespace at path; watching it twice is one watch.
@@ -63,14 +66,69 @@ func (w *linkWatcher) watch(path string) error {
 	if _, ok := w.socks[path]; ok {
 		return nil
 	}
+	if _, ok := w.inodes[path]; ok {
+		return nil // gone: rewatch takes it up again when it is back
+	}
+	return w.subscribe(path)
+}
+
+// subscribe opens the watch of the namespace at path; w.mu is held.
+func (w *linkWatcher) subscribe(path string) error {
+	before, _ := hooks.NetnsInode(path)
 	f, err := subscribeLinks(path)
 	if err != nil {
 		return err
 	}
-	w.socks[path] = f
+	if after, _ := hooks.NetnsInode(path); after != before {
+		// The path changed while the socket was made: which namespace it
+		// is in is not known. Unknown inode: the next look sees it moved.
+		before = 0
+	}
+	w.socks[path], w.inodes[path] = f, before
 	w.wg.Add(1)
 	go w.read(path, f)
 	return nil
+}
+
+// moved lists the watched paths that no longer name the namespace watched
+// there: deleted, or deleted and made again.
+func (w *linkWatcher) moved() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var paths []string
+	for path, ino := range w.inodes {
+		if path == "" {
+			continue // bpfsup's own namespace
+		}
+		now, err := hooks.NetnsInode(path)
+		if err != nil {
+			now = 0 // gone (and 0 is recorded for a namespace gone)
+		}
+		if now != ino {
+			paths = append(paths, path)
+		}
+	}
+	return paths
+}
+
+// rewatch closes the watch of path, which lets the old namespace go when
+// nothing else holds it, and watches the namespace now at path, if any (an
+// error wrapping hooks.ErrTargetNotFound when there is none).
+func (w *linkWatcher) rewatch(path string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errors.New("link watcher closed")
+	}
+	if f, ok := w.socks[path]; ok {
+		f.Close() // its reader ends
+		delete(w.socks, path)
+	}
+	if _, err := hooks.NetnsInode(path); err != nil {
+		w.inodes[path] = 0 // gone: watched again once it is back
+		return err
+	}
+	return w.subscribe(path)
 }
 
 // run blocks until close, as an actor of the supervisor's run group.

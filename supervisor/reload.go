@@ -120,6 +120,12 @@ func (s *supervisor) reload(reason string, upgradeSig syscall.Signal) (*ReloadRe
 		return nil, fmt.Errorf("reload: %w", err)
 	}
 
+	for _, in := range s.objects {
+		// Nothing may be pinned or made where bpffs was unmounted.
+		if err := in.obj.CheckDir(); err != nil {
+			return fail(fmt.Errorf("%w; bpfsup pins everything again once bpffs is back at the pin root", err))
+		}
+	}
 	cfgs := s.opts.Objects
 	if s.opts.Reconfigure != nil {
 		c, err := s.opts.Reconfigure()

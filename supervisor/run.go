@@ -130,6 +130,7 @@ type supervisor struct {
 	metricsSrv *metricsServer
 	links      *linkWatcher   // re-attaches defunct links; see netlink.go
 	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
+	mounts     *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
 	up         upgrade        // reloads and self-upgrades; see reexec.go
 }
 
@@ -496,6 +497,13 @@ func Run(ctx context.Context, opts Options) (int, error) {
 			s.cgroups.close()
 		}
 	}()
+	if mw, err := newMountWatcher(); err != nil {
+		s.log.Warn("cannot watch the mount table: a network namespace made again, or bpffs unmounted, goes unnoticed", "err", err)
+	} else {
+		s.mounts = mw
+		defer mw.close()
+		g.Add(mw.run, func(error) { mw.close() })
+	}
 	if opts.Watch {
 		w, err := newWatcher(s.watchedFiles(), s.reloads, s.log)
 		if err != nil {
@@ -668,6 +676,9 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 
 		case ev := <-s.cgroupEvents():
 			s.recgroup(ev)
+
+		case <-s.mountEvents():
+			s.checkMounts()
 
 		case msg := <-s.childNote:
 			s.childNotified(msg)

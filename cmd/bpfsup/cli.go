@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"runtime/debug"
 	"sort"
 	"strconv"
@@ -547,7 +548,11 @@ func reloadCmd() *cobra.Command {
 	return c
 }
 
-// supervisorPIDs finds the supervisors managing objects under the store.
+// supervisorPIDs finds the supervisors managing objects under the store:
+// the holders of the lock files of the state directory whose manifests name
+// the store's pin root, and of the pin directories under it (which are
+// there even when the state directory was removed, and the lock files are
+// there when bpffs was unmounted).
 func supervisorPIDs(store pinstore.Store) ([]int, error) {
 	names, err := store.Objects()
 	if err != nil {
@@ -555,10 +560,21 @@ func supervisorPIDs(store pinstore.Store) ([]int, error) {
 	}
 	seen := map[int]bool{}
 	var pids []int
-	for _, n := range names {
-		if pid, ok := pinstore.LockHolder(store.LockPath(n)); ok && !seen[pid] {
+	add := func(pid int, ok bool) {
+		if ok && !seen[pid] {
 			seen[pid] = true
 			pids = append(pids, pid)
+		}
+	}
+	for _, n := range names {
+		add(pinstore.LockHolder(store.LockPath(n)))
+		add(pinstore.LockHolder(store.ObjectDir(n)))
+	}
+	locks, _ := filepath.Glob(filepath.Join(store.StateDirectory(), "*.lock"))
+	for _, l := range locks {
+		n := strings.TrimSuffix(filepath.Base(l), ".lock")
+		if m, err := store.ReadManifest(n); err == nil && m != nil {
+			add(pinstore.LockHolder(l))
 		}
 	}
 	sort.Ints(pids)

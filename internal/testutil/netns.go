@@ -59,6 +59,39 @@ func MustNetns(tb testing.TB, prefix string) *Netns {
 	return ns
 }
 
+// Delete deletes the namespace (`ip netns del`): its path goes, and the
+// namespace itself with its interfaces once nothing holds it any more.
+func (ns *Netns) Delete(tb testing.TB) {
+	tb.Helper()
+	if err := ns.delete(); err != nil {
+		tb.Fatalf("delete netns: %v", err)
+	}
+}
+
+// Add makes a new, empty namespace at the path of ns, which must be gone
+// (Delete): what `ip netns del NAME; ip netns add NAME` does. It is another
+// namespace (another inode) under the same name and path.
+func (ns *Netns) Add(tb testing.TB) {
+	tb.Helper()
+	if _, err := ip("netns", "add", ns.Name); err != nil {
+		tb.Fatalf("create netns again: %v", err)
+	}
+	if _, err := ip("-n", ns.Name, "link", "set", "lo", "up"); err != nil {
+		tb.Fatalf("netns %s: %v", ns.Name, err)
+	}
+}
+
+// Inode is the namespace's inode, its identity (as `ip netns identify` and
+// lsns show it).
+func (ns *Netns) Inode(tb testing.TB) uint64 {
+	tb.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(ns.Path, &st); err != nil {
+		tb.Fatalf("netns %s: %v", ns.Name, err)
+	}
+	return st.Ino
+}
+
 // delete removes the namespace; it does nothing if it is already gone.
 func (ns *Netns) delete() error {
 	if !ns.exists() {

@@ -77,7 +77,23 @@ func MustVethPair(tb testing.TB, a, b *Netns) (ifA, ifB Veth) {
 	ifA.Addr = netip.AddrFrom4(base)
 	base[3] = 2
 	ifB.Addr = netip.AddrFrom4(base)
+	return mustVethPair(tb, ifA, ifB)
+}
 
+// MustVethPairLike creates a veth pair again with the names, addresses and
+// namespaces of likeA and likeB, whose pair is gone (deleted, or with the
+// namespace of one end), as a container that restarts makes its interfaces
+// again. It returns the new ends, with their new indexes and MACs.
+func MustVethPairLike(tb testing.TB, likeA, likeB Veth) (ifA, ifB Veth) {
+	tb.Helper()
+	ifA = Veth{Name: likeA.Name, Prefix: likeA.Prefix, Addr: likeA.Addr, Netns: likeA.Netns}
+	ifB = Veth{Name: likeB.Name, Prefix: likeB.Prefix, Addr: likeB.Addr, Netns: likeB.Netns}
+	return mustVethPair(tb, ifA, ifB)
+}
+
+func mustVethPair(tb testing.TB, ifA, ifB Veth) (Veth, Veth) {
+	tb.Helper()
+	a, b := ifA.Netns, ifB.Netns
 	tb.Cleanup(func() {
 		if err := deleteLink(a, ifA.Name); err != nil {
 			tb.Errorf("delete veth pair: %v", err)
