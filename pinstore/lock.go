@@ -204,21 +204,28 @@ func holdersOf(path string) string {
 // processRuns reports whether pid is a process that has not exited: a
 // zombie has exited even though kill(pid, 0) still succeeds on it.
 func processRuns(pid int) bool {
+	state, ok := ProcessState(pid)
+	return ok && state != 'Z' && state != 'X'
+}
+
+// ProcessState is the state letter of process pid (R, S, D, T for stopped,
+// t for traced, Z for a zombie...), as /proc/PID/stat says it, and whether
+// there is such a process.
+func ProcessState(pid int) (byte, bool) {
 	if pid <= 0 {
-		return false
+		return 0, false
 	}
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return false
+		return 0, false
 	}
 	// The state follows the command, which is in parentheses and may hold
 	// spaces and parentheses itself.
 	i := strings.LastIndexByte(string(data), ')')
 	if i < 0 || i+2 >= len(data) {
-		return false
+		return 0, false
 	}
-	state := data[i+2]
-	return state != 'Z' && state != 'X'
+	return data[i+2], true
 }
 
 // ProcessRuns reports whether pid names a process that has not exited (a

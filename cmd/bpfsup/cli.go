@@ -516,6 +516,9 @@ func reloadCmd() *cobra.Command {
 		Use:   "reload [--pin-root DIR] [--state-dir DIR]",
 		Short: "Ask the running supervisor to upgrade its objects, and print the result",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout <= 0 {
+				return fmt.Errorf("--timeout %s: must be more than 0", timeout)
+			}
 			store := sf.store()
 			pids, err := supervisorPIDs(store)
 			if err != nil {
@@ -526,7 +529,19 @@ func reloadCmd() *cobra.Command {
 			}
 			var errs []error
 			for _, pid := range pids {
+				if state, _ := pinstore.ProcessState(pid); state == 'T' || state == 't' {
+					errs = append(errs, fmt.Errorf("supervisor %d is stopped (SIGSTOP, or a debugger): it cannot answer until it is continued (kill -CONT %d); no reload asked", pid, pid))
+					continue
+				}
 				reply, err := supervisor.Request(supervisor.ControlSocket(store.StateDirectory(), pid), "reload", timeout)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					why := "busy, or hung"
+					if state, _ := pinstore.ProcessState(pid); state == 'T' || state == 't' {
+						why = "stopped (SIGSTOP, or a debugger)"
+					}
+					errs = append(errs, fmt.Errorf("supervisor %d did not answer within %s (it is %s); it may still make the reload: see bpfsup status, or give a longer --timeout", pid, timeout, why))
+					continue
+				}
 				if err != nil {
 					errs = append(errs, fmt.Errorf("supervisor %d: %w", pid, err))
 					continue
@@ -544,7 +559,7 @@ func reloadCmd() *cobra.Command {
 		},
 	}
 	sf.add(c)
-	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the result")
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the result (the verifier may take a while on large programs)")
 	return c
 }
 

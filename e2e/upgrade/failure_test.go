@@ -555,3 +555,45 @@ func TestUpgradeTwoObjectsSwapFails(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadStoppedSupervisor: `bpfsup reload` against a supervisor stopped
+// by SIGSTOP says so at once, and against one that stops in the middle of
+// the reload (or hangs) it gives up after --timeout, saying that the
+// supervisor did not answer. Before, it waited two minutes and then said
+// "i/o timeout".
+func TestReloadStoppedSupervisor(t *testing.T) {
+	e := testutil.MustEnv(t)
+	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
+	deploy(t, obj, "dropfilter")
+	// Stops itself at the reload's swap (a first start attaches, it swaps
+	// nothing).
+	t.Setenv(crash.StopEnvVar, "links/updated")
+	ns := testutil.MustNetns(t, "rstop")
+	veth, _ := testutil.MustVethPair(t, ns, ns)
+	p := startBpfsup(t, e, "", "--netns", ns.Path, "-o", obj, "-a", "xdp_drop@xdp:"+veth.Name)
+	t.Cleanup(func() { p.Kill(syscall.SIGCONT) }) // before p's own clean-up
+	waitChildren(t, p, 1)
+
+	p.Kill(syscall.SIGSTOP)
+	testutil.WaitFor(t, 5*time.Second, "bpfsup to stop", func() bool {
+		st, _ := testutil.ProcState(p.Pid())
+		return st == 'T'
+	})
+	begin := time.Now()
+	out, code := e.Run(t, "reload")
+	if took := time.Since(begin); code == 0 || !strings.Contains(out, "is stopped") || took > 5*time.Second {
+		t.Errorf("bpfsup reload against a stopped supervisor: exit %d after %v, want an error at once saying it is stopped:\n%s", code, took, out)
+	}
+	p.Kill(syscall.SIGCONT)
+
+	deploy(t, obj, "dropfilter_v2")
+	out, code = e.Run(t, "reload", "--timeout", "2s")
+	if code == 0 || !strings.Contains(out, "did not answer within 2s (it is stopped") {
+		t.Errorf("bpfsup reload --timeout 2s against a supervisor that stops during the reload: exit %d:\n%s", code, out)
+	}
+	p.Kill(syscall.SIGCONT)
+	out, code = e.Run(t, "reload", "--timeout", "0s")
+	if code == 0 || !strings.Contains(out, "--timeout 0s") {
+		t.Errorf("bpfsup reload --timeout 0s: exit %d, want a usage error:\n%s", code, out)
+	}
+}
