@@ -42,6 +42,7 @@ func Files() ([]NamedFile, error) {
 		os.Unsetenv(EnvListenFDs)
 		os.Unsetenv(EnvListenPID)
 		os.Unsetenv(EnvListenFDNames)
+		os.Unsetenv(EnvListenPIDFDID)
 	})
 	return files, filesErr
 }

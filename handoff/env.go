@@ -13,6 +13,11 @@ const (
 	EnvListenPID     = "LISTEN_PID"
 	EnvListenFDNames = "LISTEN_FDNAMES"
 	EnvPinRoot       = "BPFSUP_PIN_ROOT"
+	// EnvListenPIDFDID is systemd's (v256) check beside LISTEN_PID: the
+	// inode of a pidfd of the process the fds are for. The child never gets
+	// the one bpfsup was given: a libsystemd that checks it would refuse
+	// every fd.
+	EnvListenPIDFDID = "LISTEN_PIDFDID"
 )
 
 // FirstFD is the first handed fd, as in sd_listen_fds(3).

@@ -147,7 +147,7 @@ func Start(c Child) (*Process, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	env = withoutVars(env, EnvListenFDs, EnvListenPID, EnvListenFDNames, EnvPinRoot,
+	env = withoutVars(env, EnvListenFDs, EnvListenPID, EnvListenFDNames, EnvListenPIDFDID, EnvPinRoot,
 		envExecUID, envExecGID, envExecGroups, envExecPPID)
 	env = append(env,
 		EnvListenFDs+"="+strconv.Itoa(len(c.Files)),

@@ -266,8 +266,9 @@ func TestStartHandsOver(t *testing.T) {
 					childEnv+"=report",
 					queriesEnv+"="+strings.Join(queries, ","),
 					writeEnv+"=fw/maps/counters",
-					// The protocol's variables of the parent are replaced, not added to.
-					EnvListenFDs+"=99", EnvListenFDNames+"=stale",
+					// The protocol's variables of the parent are replaced, not added to;
+					// LISTEN_PIDFDID (systemd 256) names the parent, and goes.
+					EnvListenFDs+"=99", EnvListenFDNames+"=stale", EnvListenPIDFDID+"=4242",
 				),
 				Files:   files,
 				PinRoot: "/sys/fs/bpf/somewhere",
@@ -282,6 +283,9 @@ func TestStartHandsOver(t *testing.T) {
 			}
 			if r.PinRoot != "/sys/fs/bpf/somewhere" {
 				t.Errorf("BPFSUP_PIN_ROOT=%q", r.PinRoot)
+			}
+			if r.ListenPIDFDID != "<unset>" {
+				t.Errorf("the child got LISTEN_PIDFDID=%q, meant for its parent: a libsystemd that checks it refuses every fd", r.ListenPIDFDID)
 			}
 			checkFDs(t, r, []string{"anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-prog"})
 			if want := []string{"fw/maps/counters", "fw/maps/drop_ports", "dns/maps/counters", "fw/programs/xdp_pass"}; !slices.Equal(r.Names, want) {

@@ -49,6 +49,8 @@ type childReport struct {
 	ListenPID     string
 	ListenFDs     string
 	ListenFDNames string
+	// ListenPIDFDID is LISTEN_PIDFDID, "<unset>" when it is not set.
+	ListenPIDFDID string
 	PinRoot       string
 	// FDs are the open fds at the child's start with their targets.
 	FDs map[int]string
@@ -102,11 +104,15 @@ func reportChild() int {
 		ListenPID:     os.Getenv(EnvListenPID),
 		ListenFDs:     os.Getenv(EnvListenFDs),
 		ListenFDNames: os.Getenv(EnvListenFDNames),
+		ListenPIDFDID: "<unset>",
 		PinRoot:       PinRoot(),
 		FDs:           fds,
 		Status:        map[string]string{},
 		IDs:           map[string]uint32{},
 		Errors:        map[string]string{},
+	}
+	if v, ok := os.LookupEnv(EnvListenPIDFDID); ok {
+		r.ListenPIDFDID = v
 	}
 	for fd := range fds {
 		if !closeOnExec(fd) {

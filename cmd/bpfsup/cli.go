@@ -435,7 +435,7 @@ func inheritedFiles() ([]handoff.NamedFile, error) {
 		// Ours to pass on as ExtraFiles, not to leak otherwise.
 		_ = closeOnExec(fd)
 	}
-	for _, v := range []string{handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames} {
+	for _, v := range []string{handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames, handoff.EnvListenPIDFDID} {
 		os.Unsetenv(v)
 	}
 	return files, nil
