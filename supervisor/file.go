@@ -45,7 +45,11 @@ type File struct {
 	User  string `toml:"user"`
 	Group string `toml:"group"`
 	// Notify is "" (bpfsup is ready once the child started) or "child".
-	Notify      string `toml:"notify"`
+	Notify string `toml:"notify"`
+	// NotifyAccess is whose messages the child's notify socket takes:
+	// "main" (the child alone, by default) or "all" (it and its
+	// descendants), as systemd's NotifyAccess=.
+	NotifyAccess string `toml:"notify_access"`
 	LogFormat   string `toml:"log_format"`
 	MetricsAddr string `toml:"metrics_addr"`
 	OnUpgrade   string `toml:"on_upgrade"`
@@ -117,6 +121,9 @@ func ParseConfig(data []byte) (*File, error) {
 	case "", "child", "none":
 	default:
 		return nil, fmt.Errorf("config: notify %q: must be \"child\" or empty", f.Notify)
+	}
+	if err := CheckNotifyAccess(f.NotifyAccess); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	return &f, nil
 }

@@ -2,6 +2,8 @@ package supervisor
 
 import (
 	"crypto/rand"
+	"log/slog"
+	"slices"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -40,15 +42,25 @@ func (s *supervisor) notifyReady() {
 // It is an abstract unix socket ("@bpfsup-notify-..."), which sd_notify(3),
 // python-systemd and systemd-notify all accept: the child may run as another
 // user who cannot reach a socket file in bpfsup's 0700 state directory.
-// Anyone in the network namespace may send to an abstract socket, so
-// messages are accepted only from root, bpfsup's own user and the child's
-// (the kernel vouches for the sender's uid with SCM_CREDENTIALS).
+// Anyone in the network namespace may send to an abstract socket, and its
+// name is in /proc/net/unix for all to read, so a message is accepted only
+// from the child itself, by the pid the kernel vouches for with
+// SCM_CREDENTIALS, as systemd's NotifyAccess=main does (or from the child
+// and its descendants with notify_access = "all"), and from root, bpfsup's
+// own user or the child's. systemd-notify run by the child as root sends
+// with the child's pid; run as another user it sends with its own, and
+// needs "all", as under systemd.
 type notifySocket struct {
 	path string // NOTIFY_SOCKET for the child
 	conn *net.UnixConn
 	p    *pauser // holds serve across a re-exec
 	out  chan<- notifyMsg
-	uids []uint32 // senders accepted
+	uids []uint32 // senders' users accepted
+	// allow says whether the process pid may notify.
+	allow func(pid int32) bool
+	// refused counts the messages refused, to log the first few.
+	refused int
+	log     *slog.Logger
 }
 
 // notifyMsg is one datagram from the child. Files are fds it sent along
@@ -68,7 +80,7 @@ func (m notifyMsg) close() {
 
 // listenNotify listens on a new notify socket, or on the one inherited
 // across a re-exec: the running child's NOTIFY_SOCKET names that one.
-func listenNotify(out chan<- notifyMsg, childUID *uint32, inherited *os.File) (*notifySocket, error) {
+func listenNotify(out chan<- notifyMsg, childUID *uint32, allow func(pid int32) bool, log *slog.Logger, inherited *os.File) (*notifySocket, error) {
 	conn := inheritedNotify(inherited)
 	if conn == nil {
 		var rnd [8]byte
@@ -102,7 +114,7 @@ func listenNotify(out chan<- notifyMsg, childUID *uint32, inherited *os.File) (*
 	if childUID != nil {
 		uids = append(uids, *childUID)
 	}
-	return &notifySocket{path: path, conn: conn, p: newPauser(conn.SetReadDeadline), out: out, uids: uids}, nil
+	return &notifySocket{path: path, conn: conn, p: newPauser(conn.SetReadDeadline), out: out, uids: uids, allow: allow, log: log}, nil
 }
 
 const notifyPrefix = "bpfsup-notify-"
@@ -140,8 +152,15 @@ func (n *notifySocket) serve() error {
 			}
 			return fmt.Errorf("child notify socket: %w", err)
 		}
-		msg, allowed := n.parse(buf[:k], oob[:ok])
-		if !allowed {
+		msg, cred := n.parse(buf[:k], oob[:ok])
+		if why := n.refuse(cred); why != "" {
+			if n.refused++; n.refused <= 10 {
+				args := []any{"why", why}
+				if cred != nil {
+					args = append(args, "pid", cred.Pid, "uid", cred.Uid)
+				}
+				n.log.Warn("ignoring a message on the child's notify socket", args...)
+			}
 			msg.close()
 			continue
 		}
@@ -155,15 +174,13 @@ func (n *notifySocket) serve() error {
 	}
 }
 
-// parse takes the fds and the sender's credentials out of a datagram; it
-// reports whether the sender may notify.
-func (n *notifySocket) parse(data, oob []byte) (msg notifyMsg, allowed bool) {
+// parse takes the fds and the sender's credentials out of a datagram.
+func (n *notifySocket) parse(data, oob []byte) (msg notifyMsg, cred *unix.Ucred) {
 	msg.text = string(data)
 	cmsgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return msg, false
+		return msg, nil
 	}
-	var cred *unix.Ucred
 	for _, c := range cmsgs {
 		if fds, err := unix.ParseUnixRights(&c); err == nil {
 			msg.files = append(msg.files, fds...)
@@ -173,15 +190,61 @@ func (n *notifySocket) parse(data, oob []byte) (msg notifyMsg, allowed bool) {
 			cred = uc
 		}
 	}
+	return msg, cred
+}
+
+// refuse says why the sender with cred may not notify, or "" when it may.
+func (n *notifySocket) refuse(cred *unix.Ucred) string {
 	if cred == nil {
-		return msg, false
+		return "no credentials"
 	}
-	for _, uid := range n.uids {
-		if cred.Uid == uid {
-			return msg, true
+	if !slices.Contains(n.uids, cred.Uid) {
+		return "not the child's user"
+	}
+	if !n.allow(cred.Pid) {
+		return "not the child (notify_access)"
+	}
+	return ""
+}
+
+// CheckNotifyAccess checks a notify_access value.
+func CheckNotifyAccess(v string) error {
+	switch v {
+	case "", NotifyAccessMain, NotifyAccessAll:
+		return nil
+	}
+	return fmt.Errorf("notify_access %q: must be %q (the child alone) or %q (the child and its descendants)", v, NotifyAccessMain, NotifyAccessAll)
+}
+
+// Whose messages the child's notify socket takes.
+const (
+	NotifyAccessMain = "main"
+	NotifyAccessAll  = "all"
+)
+
+// mayNotify says whether pid may send to the child's notify socket: the
+// child's pid itself, or with all, one of its descendants.
+func mayNotify(pid, child int32, all bool) bool {
+	if pid <= 0 || child <= 0 {
+		return false
+	}
+	if pid == child {
+		return true
+	}
+	if !all {
+		return false
+	}
+	for range 64 { // a ppid chain deeper than this is no child's
+		ppid, ok := procPPid(int(pid))
+		if !ok || ppid <= 1 {
+			return false
 		}
+		if int32(ppid) == child {
+			return true
+		}
+		pid = int32(ppid)
 	}
-	return msg, false
+	return false
 }
 
 func (n *notifySocket) close() {

@@ -270,6 +270,7 @@ func (s *supervisor) resumeChild() bool {
 	}()
 	p := &handoff.Process{Pid: pid, Done: done}
 	s.child, s.childStarted, s.up.adopted = p, st.ChildStarted, p
+	s.childPID.Store(int32(p.Pid))
 	if s.up.main == nil {
 		s.log.Warn("not on the main thread, the adopted child's parent thread: SIGUSR2 will refuse to re-exec until the child is restarted", "pid", pid)
 	}

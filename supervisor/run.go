@@ -52,6 +52,10 @@ type Options struct {
 	// NotifyChild gives the child its own notify socket; READY=1 goes to
 	// systemd when the child sends it, not when it starts.
 	NotifyChild bool
+	// NotifyAccess is whose messages that socket takes: NotifyAccessMain
+	// (the child alone; the default) or NotifyAccessAll (it and its
+	// descendants).
+	NotifyAccess string
 	// MetricsAddr serves Prometheus metrics on HOST:PORT when set.
 	MetricsAddr string
 	// OnUpgrade is what happens to the child after a reload: "restart"
@@ -108,6 +112,7 @@ type supervisor struct {
 	files   []handoff.NamedFile // BPF fds for the child, owned
 
 	child        *handoff.Process
+	childPID     atomic.Int32 // the child's pid for the notify socket; 0 while none runs
 	childStarted time.Time
 	lastExit     *os.ProcessState
 	restarts     int
@@ -157,6 +162,9 @@ func newSupervisor(opts Options) (*supervisor, error) {
 		opts.OnUpgrade = OnUpgradeRestart
 	}
 	if _, err := upgradeSignal(opts.OnUpgrade); err != nil {
+		return nil, err
+	}
+	if err := CheckNotifyAccess(opts.NotifyAccess); err != nil {
 		return nil, err
 	}
 	return &supervisor{
@@ -459,7 +467,9 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		if opts.Credential != nil {
 			childUID = &opts.Credential.UID
 		}
-		ns, err := listenNotify(s.childNote, childUID, s.inheritedSocket(sockNotify))
+		all := opts.NotifyAccess == NotifyAccessAll
+		allow := func(pid int32) bool { return mayNotify(pid, s.childPID.Load(), all) }
+		ns, err := listenNotify(s.childNote, childUID, allow, s.log, s.inheritedSocket(sockNotify))
 		if err != nil {
 			return 1, err
 		}
@@ -584,6 +594,7 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 
 		case st := <-done:
 			s.child = nil
+			s.childPID.Store(0)
 			s.lastExit = st
 			ran := time.Since(s.childStarted)
 			s.metrics.childUp.Set(0)
@@ -803,6 +814,7 @@ func (s *supervisor) startChild() error {
 		return err
 	}
 	s.child, s.childStarted = p, now
+	s.childPID.Store(int32(p.Pid))
 	s.metrics.childUp.Set(1)
 	s.log.Info("child started", "pid", p.Pid, "command", s.opts.Command[0], "fds", len(files))
 	if !s.ready && s.notify == nil {

@@ -100,6 +100,7 @@ func runCmd(code *int) *cobra.Command {
 		sf                                        storeFlags
 		configPath, netns, restart, userName      string
 		groupName, notify, logFormat, metricsAddr string
+		notifyAccess                              string
 		onUpgrade                                 string
 		objects, attaches, mapAccess              []string
 		restartDelay, restartMaxDelay             time.Duration
@@ -148,6 +149,7 @@ the programs stay attached when CMD or bpfsup dies.`,
 			str("user", file.User, &userName)
 			str("group", file.Group, &groupName)
 			str("notify", file.Notify, &notify)
+			str("notify-access", file.NotifyAccess, &notifyAccess)
 			str("log-format", file.LogFormat, &logFormat)
 			str("metrics-addr", file.MetricsAddr, &metricsAddr)
 			str("on-upgrade", file.OnUpgrade, &onUpgrade)
@@ -175,6 +177,9 @@ the programs stay attached when CMD or bpfsup dies.`,
 			}
 			if notify != "" && notify != "child" && notify != "none" {
 				return usageError{fmt.Errorf("--notify %q: must be child or none", notify)}
+			}
+			if err := supervisor.CheckNotifyAccess(notifyAccess); err != nil {
+				return usageError{fmt.Errorf("--notify-access %q: must be main (the child alone) or all (and its descendants)", notifyAccess)}
 			}
 
 			// The first build takes the file parsed above; a reload reads it
@@ -231,17 +236,18 @@ the programs stay attached when CMD or bpfsup dies.`,
 					Mode: restart, Delay: restartDelay, MaxDelay: restartMaxDelay, StableAfter: stableAfter,
 					StartLimit: startLimit, StartLimitInterval: startLimitInterval,
 				},
-				StopTimeout: stopTimeout,
-				Credential:  cred,
-				NotifyChild: notify == "child",
-				MetricsAddr: metricsAddr,
-				OnUpgrade:   onUpgrade,
-				Watch:       watch,
-				Reconfigure: build,
-				Inherited:   inherited,
-				Logger:      log,
-				Version:     bpfsupVersion(),
-				Force:       force,
+				StopTimeout:  stopTimeout,
+				Credential:   cred,
+				NotifyChild:  notify == "child",
+				NotifyAccess: notifyAccess,
+				MetricsAddr:  metricsAddr,
+				OnUpgrade:    onUpgrade,
+				Watch:        watch,
+				Reconfigure:  build,
+				Inherited:    inherited,
+				Logger:       log,
+				Version:      bpfsupVersion(),
+				Force:        force,
 			}
 			if configPath != "" {
 				opts.WatchFiles = []string{configPath}
@@ -274,6 +280,7 @@ the programs stay attached when CMD or bpfsup dies.`,
 	fl.StringVar(&groupName, "group", "", "run the child with this group (name or gid); the user's group by default")
 	fl.StringArrayVar(&mapAccess, "map-access", nil, "hand a map to the child as [OBJECT/]MAP=rw|ro|wo|none (repeatable)")
 	fl.StringVar(&notify, "notify", "", "child: systemd READY=1 waits for the child's own READY=1")
+	fl.StringVar(&notifyAccess, "notify-access", supervisor.NotifyAccessMain, "with --notify=child, whose messages count: main (the child alone) or all (and its descendants)")
 	fl.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT")
 	fl.StringVar(&onUpgrade, "on-upgrade", supervisor.OnUpgradeRestart, "child on upgrade: restart, none or signal:NAME")

@@ -2,8 +2,10 @@ package supervision
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,5 +92,71 @@ exec sleep 1000`
 	sock.WaitFor(t, "STATUS=child: serving")
 	if c := sock.Count("READY=1"); c != 1 {
 		t.Errorf("READY=1 sent %d times, want once", c)
+	}
+}
+
+// The child's notify socket is abstract and its name is in /proc/net/unix:
+// anyone may send to it. Only the child's own messages count (by the pid
+// the kernel vouches for), or with --notify-access=all those of its
+// descendants too: a READY=1 from another process, even root's, does not
+// make the service ready. Before, any process of the child's user (or
+// root) could.
+func TestNotifyOnlyFromChild(t *testing.T) {
+	for _, tt := range []struct {
+		access string
+		// descendant says whether a process the child started (not the
+		// child itself) may notify.
+		descendant bool
+	}{{"main", false}, {"all", true}} {
+		t.Run(tt.access, func(t *testing.T) {
+			e := testutil.MustEnv(t)
+			sock := testutil.ListenNotify(t)
+			release := filepath.Join(shortDir(t), "release")
+			// The child says where its socket is, lets a process of its own
+			// (python3: it sends with its own pid) say STATUS=, and waits.
+			child := `echo "child socket=$NOTIFY_SOCKET"
+python3 -c 'import os, socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a = os.environ["NOTIFY_SOCKET"]; s.sendto(b"STATUS=from a descendant", "\0" + a[1:] if a.startswith("@") else a)'
+echo child descendant sent
+while [ ! -e ` + release + ` ]; do sleep 0.01; done
+exec sleep 1000`
+			testutil.RequireTool(t, "python3")
+			p := startRun(t, e, []string{"PATH=" + os.Getenv("PATH"), "NOTIFY_SOCKET=" + sock.Path},
+				"-o", counterObj, "--notify", "child", "--notify-access", tt.access, "--", "sh", "-c", child)
+			p.WaitOutput(t, "child descendant sent", 10*time.Second)
+			m := regexp.MustCompile(`child socket=(\S+)`).FindStringSubmatch(p.Output())
+			if m == nil {
+				t.Fatalf("the child did not say its notify socket:\n%s", p.Output())
+			}
+			// Another process (this test, as root) claims the child is ready.
+			addr := &net.UnixAddr{Name: m[1], Net: "unixgram"}
+			conn, err := net.DialUnix("unixgram", nil, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Write([]byte("READY=1\nSTATUS=spoofed")); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+			testutil.WaitFor(t, 10*time.Second, "bpfsup to refuse the test's message", func() bool {
+				return strings.Contains(p.Output(), "ignoring a message on the child's notify socket")
+			})
+			if tt.descendant {
+				sock.WaitFor(t, "STATUS=child: from a descendant")
+			} else if n := strings.Count(p.Output(), "ignoring a message on the child's notify socket"); n < 2 {
+				// The descendant's came first: both refused.
+				testutil.WaitFor(t, 10*time.Second, "bpfsup to refuse the descendant's message too", func() bool {
+					return strings.Count(p.Output(), "ignoring a message on the child's notify socket") >= 2
+				})
+			}
+			if sock.Index("READY=1") >= 0 || sock.Index("STATUS=child: spoofed") >= 0 {
+				t.Fatalf("a message of another process than the child reached systemd: %q", sock.Lines())
+			}
+			if !tt.descendant && sock.Index("STATUS=child: from a descendant") >= 0 {
+				t.Fatalf("with --notify-access=main, the descendant's message reached systemd: %q", sock.Lines())
+			}
+			if err := os.WriteFile(release, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
