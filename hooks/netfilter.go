@@ -39,8 +39,10 @@ func init() {
 			if s.Netns == "" {
 				return nil
 			}
-			if _, err := os.Stat(s.Netns); err != nil {
+			if _, err := os.Stat(s.Netns); errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("hook %s: network namespace %s: %w", s, s.Netns, ErrTargetNotFound)
+			} else if err != nil {
+				return fmt.Errorf("hook %s: network namespace %s: %w", s, s.Netns, err)
 			}
 			return nil
 		},

@@ -98,7 +98,12 @@ func ifindexHere(netnsPath, name string) (int, error) {
 		if netnsPath != "" {
 			where = "network namespace " + netnsPath
 		}
-		return 0, fmt.Errorf("interface %q in %s: %w", name, where, ErrTargetNotFound)
+		if errors.Is(err, unix.ENODEV) {
+			return 0, fmt.Errorf("interface %q in %s: %w", name, where, ErrTargetNotFound)
+		}
+		// Another cause (EMFILE, say) is said as it is: the interface
+		// may well be there.
+		return 0, fmt.Errorf("interface %q in %s: look it up: %w", name, where, err)
 	}
 	return idx, nil
 }

@@ -6,9 +6,17 @@ import (
 	"strings"
 )
 
-// MaxNameLen is the longest name bpfsup accepts for an object, map, program
-// or link: the longest file name bpffs takes.
-const MaxNameLen = 255
+// The longest names bpfsup accepts, such that every file bpfsup makes for
+// them fits the 255 bytes a file name may have, end to end: an object's
+// temporary manifest is ".<object>.json.tmp" in the state directory; a pin
+// is made in staging as "<kind>-<name>" and a foreign one moved aside as
+// "foreign-programs-<name>".
+const (
+	// MaxObjectNameLen is the longest object name.
+	MaxObjectNameLen = 255 - len(".json.tmp") - 1
+	// MaxNameLen is the longest name of a map, program or link.
+	MaxNameLen = 255 - len("foreign-programs-")
+)
 
 // CheckName reports whether name may be used as one path element of the pin
 // layout. kind says what the name is for ("object", "map", ...) and appears in
@@ -18,8 +26,12 @@ func CheckName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%s name is empty: %w", kind, ErrBadName)
 	}
-	if len(name) > MaxNameLen {
-		return fmt.Errorf("%s name %q is %d bytes, longer than %d: %w", kind, name, len(name), MaxNameLen, ErrBadName)
+	limit := MaxNameLen
+	if kind == "object" {
+		limit = MaxObjectNameLen
+	}
+	if len(name) > limit {
+		return fmt.Errorf("%s name %q is %d bytes, longer than %d: %w", kind, name, len(name), limit, ErrBadName)
 	}
 	for i, r := range name {
 		switch {

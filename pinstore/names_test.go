@@ -16,14 +16,14 @@ func TestCheckName(t *testing.T) {
 		{"plain", "fw", true, ""},
 		{"all allowed bytes", "AZaz09_-", true, ""},
 		{"link name", "xdp_fw-veth1", true, ""},
-		{"255 bytes", strings.Repeat("a", 255), true, ""},
+		{"at the limit", strings.Repeat("a", MaxNameLen), true, ""},
 		{"empty", "", false, "empty"},
 		{"dot", ".", false, `'.'`},
 		{"dotdot", "..", false, `'.'`},
 		{"file name with a dot", "fw.bpf", false, `'.'`},
 		{"slash", "a/b", false, `'/'`},
 		{"only a slash", "/", false, `'/'`},
-		{"256 bytes", strings.Repeat("a", 256), false, "256 bytes, longer than 255"},
+		{"past the limit", strings.Repeat("a", MaxNameLen+1), false, "239 bytes, longer than 238"},
 		{"unicode", "zähler", false, `'ä'`},
 		{"space", "my map", false, `' '`},
 		{"leading space", " fw", false, `' '`},
@@ -66,6 +66,20 @@ func TestObjectName(t *testing.T) {
 	}
 }
 
+// An object's name may be longer than a pin's (no staging prefix), and the
+// files of its lock and manifest still fit a file name.
+func TestCheckObjectName(t *testing.T) {
+	if err := CheckName("object", strings.Repeat("o", MaxObjectNameLen)); err != nil {
+		t.Errorf("object name at the limit: %v", err)
+	}
+	if err := CheckName("object", strings.Repeat("o", MaxObjectNameLen+1)); !errors.Is(err, ErrBadName) {
+		t.Errorf("object name past the limit: %v", err)
+	}
+	if n := len("." + strings.Repeat("o", MaxObjectNameLen) + ".json.tmp"); n != 255 {
+		t.Errorf("the temporary manifest of the longest object name is %d bytes", n)
+	}
+}
+
 func TestLinkName(t *testing.T) {
 	for _, tc := range []struct {
 		prog, target string
@@ -80,7 +94,7 @@ func TestLinkName(t *testing.T) {
 		{"count", "syscalls/sys_enter_openat", false, "count-syscalls_sys_enter_openat"},
 		{"up", "/usr/bin/app:main", false, "up-usr_bin_app_main"},
 		{"p", "vé0", false, "p-v__0"}, // every byte outside the set, not every rune
-		{"p", strings.Repeat("x", 300), false, "p-" + strings.Repeat("x", 253)},
+		{"p", strings.Repeat("x", 300), false, "p-" + strings.Repeat("x", MaxNameLen-2)},
 	} {
 		got := LinkName(tc.prog, tc.target, tc.once)
 		if got != tc.want {

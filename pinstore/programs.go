@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
 )
@@ -316,6 +317,9 @@ func VerifierLog(err error, n int) string {
 	var ve *ebpf.VerifierError
 	if !errors.As(err, &ve) || len(ve.Log) == 0 {
 		return ""
+	}
+	if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM) {
+		return "" // not the verifier's verdict: the kernel's log says nothing of it
 	}
 	lines := ve.Log
 	if len(lines) > n {

@@ -74,9 +74,14 @@ func ParseConfig(data []byte) (*File, error) {
 			if !ok {
 				return nil, fmt.Errorf("config: %s = %v: %s", k, v, durationHint)
 			}
-			if _, err := time.ParseDuration(str); err != nil {
-				return nil, fmt.Errorf("config: %s = %q: %s", k, str, durationHint)
+			if err := checkDuration(k, str); err != nil {
+				return nil, fmt.Errorf("config: %w", err)
 			}
+		}
+		// A key given an empty string is a mistake, never a way to ask
+		// for the default: leave the key out for that.
+		if key := emptyString(raw, ""); key != "" {
+			return nil, fmt.Errorf("config: %s = \"\": an empty string; leave the key out for its default", key)
 		}
 	}
 	var f File
@@ -163,6 +168,69 @@ var durationKeys = func() []string {
 }()
 
 const durationHint = `a duration is a string with its unit, like "10s" or "500ms"`
+
+// maxDurationText is the longest duration Go (and bpfsup) can hold.
+var maxDurationText = time.Duration(1<<63 - 1).String()
+
+// checkDuration checks the duration str of key: a duration with its unit,
+// in range, not negative, and more than zero for stop_timeout.
+func checkDuration(key, str string) error {
+	d, err := time.ParseDuration(str)
+	if err != nil {
+		if durationShape.MatchString(str) {
+			return fmt.Errorf("%s = %q: out of range; at most %s", key, str, maxDurationText)
+		}
+		return fmt.Errorf("%s = %q: %s", key, str, durationHint)
+	}
+	if d < 0 {
+		return fmt.Errorf("%s = %q: must not be negative", key, str)
+	}
+	if d == 0 && key == "stop_timeout" {
+		return fmt.Errorf("%s = %q: must be more than 0 (the application needs a moment to stop)", key, str)
+	}
+	return nil
+}
+
+// durationShape is what a duration looks like, whatever its size.
+var durationShape = regexp.MustCompile(`^[-+]?([0-9]*(\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h))+$`)
+
+// emptyString finds a key of raw (a decoded TOML table, under prefix) whose
+// value is an empty string, or an array holding one, and returns its name;
+// "" when there is none. notify = "" is the documented default.
+func emptyString(raw map[string]any, prefix string) string {
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		key := prefix + k
+		switch v := raw[k].(type) {
+		case string:
+			if v == "" && key != "notify" {
+				return key
+			}
+		case map[string]any:
+			if e := emptyString(v, key+"."); e != "" {
+				return e
+			}
+		case []any:
+			for i, el := range v {
+				switch el := el.(type) {
+				case string:
+					if el == "" {
+						return fmt.Sprintf("%s[%d]", key, i)
+					}
+				case map[string]any:
+					if e := emptyString(el, fmt.Sprintf("%s[%d].", key, i)); e != "" {
+						return e
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
 
 // tomlTypeError is how go-toml says a value has the wrong type, in Go's terms.
 var tomlTypeError = regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)$`)

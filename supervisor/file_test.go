@@ -19,6 +19,14 @@ func TestParseConfigErrors(t *testing.T) {
 		{"[[object]]\npath = \"x.o\"\n[object.programs.p]\nautoattach = \"no\"\n", `object.programs.p.autoattach: must be true or false`},
 		{"command = \"./app\"\n", `command: must be an array`},
 		{"restrat = \"always\"\n", `unknown keys: restrat`},
+		{"stop_timeout = \"-1s\"\n", `stop_timeout = "-1s": must not be negative`},
+		{"stop_timeout = \"0s\"\n", `stop_timeout = "0s": must be more than 0`},
+		{"restart_max_delay = \"9999999999h\"\n", `restart_max_delay = "9999999999h": out of range; at most 2562047h47m16.854775807s`},
+		{"restart_delay = \"-5ms\"\n", `restart_delay = "-5ms": must not be negative`},
+		{"[[object]]\npath = \"x.o\"\nname = \"\"\n", `object[0].name = "": an empty string`},
+		{"pin_root = \"\"\n", `pin_root = "": an empty string`},
+		{"command = [\"./app\", \"\"]\n", `command[1] = "": an empty string`},
+		{"notify_access = \"some\"\n", `notify_access "some": must be "main"`},
 	} {
 		_, err := ParseConfig([]byte(tc.doc))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

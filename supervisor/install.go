@@ -146,6 +146,14 @@ func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*p
 		if err := checkAccess(mc.Access); err != nil {
 			return nil, fmt.Errorf("object %s: map %s: %w", name, mname, err)
 		}
+		if mc.PinPath != "" {
+			if !filepath.IsAbs(mc.PinPath) || filepath.Clean(mc.PinPath) != mc.PinPath {
+				return nil, fmt.Errorf("object %s: map %s: pin_path %q: want an absolute path without . or .. (like /sys/fs/bpf/shared/%s)", name, mname, mc.PinPath, mname)
+			}
+			if err := pinstore.CheckName("map", filepath.Base(mc.PinPath)); err != nil {
+				return nil, fmt.Errorf("object %s: map %s: pin_path %q: %w", name, mname, mc.PinPath, err)
+			}
+		}
 		if mc.Migrate != "" && mc.Migrate != "copy" {
 			return nil, fmt.Errorf("object %s: map %s: migrate %q: only \"copy\" is known", name, mname, mc.Migrate)
 		}
@@ -222,10 +230,48 @@ func planObjectData(cfg ObjectConfig, data []byte, sha, defaultNetns string) (*p
 	if err := skipUnsupported(p); err != nil {
 		return nil, err
 	}
+	if err := checkHandoffNames(p); err != nil {
+		return nil, err
+	}
 	// Once the hooks set the load-time targets (Prepare), which the digests
 	// cover.
 	p.digests = pinstore.DigestPrograms(spec, sha)
 	return p, nil
+}
+
+// checkHandoffNames checks that every fd the child will get has a name
+// LISTEN_FDNAMES can carry (at most 255 bytes, as sd_listen_fds_with_names
+// takes them): "<object>/maps/<map>" and its kin, of names each within the
+// limits of the pin layout, may be longer together.
+func checkHandoffNames(p *plan) error {
+	check := func(kind, name, fname string) error {
+		if err := handoff.CheckName(fname); err != nil {
+			return fmt.Errorf("object %s: %s %s is handed to the application as %q, %d bytes, and LISTEN_FDNAMES takes names of at most 255: give the object a shorter name", p.name, kind, name, fname, len(fname))
+		}
+		return nil
+	}
+	for _, m := range p.maps {
+		if p.mapCfg[m].Access != AccessNone {
+			if err := check("map", m, p.name+"/maps/"+m); err != nil {
+				return err
+			}
+		}
+	}
+	for _, pr := range p.progList {
+		if p.progCfg[pr].Handoff {
+			if err := check("program", pr, p.name+"/programs/"+pr); err != nil {
+				return err
+			}
+		}
+	}
+	if p.cfg.HandoffLinks {
+		for _, pl := range p.links {
+			if err := check("link", pl.name, p.name+"/links/"+pl.name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // newestProgramTypes is the first program type newer than the oldest kernel

@@ -110,14 +110,37 @@ type metricsServer struct {
 
 // listen listens on addr, or takes the listener inherited across a re-exec
 // when it is a TCP socket on addr's host and port.
-func (m *metrics) listen(addr string, inherited *os.File) (*metricsServer, error) {
-	l := inheritedTCP(addr, inherited)
-	if l == nil {
-		var err error
-		if l, err = net.Listen("tcp", addr); err != nil {
-			return nil, fmt.Errorf("metrics address %s: %w", addr, err)
-		}
+// listenMetrics listens on addr, or takes the listener inherited across a
+// re-exec when it is one on addr.
+func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
+	if l := inheritedTCP(addr, inherited); l != nil {
+		return l, nil
 	}
+	if err := CheckMetricsAddr(addr); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// CheckMetricsAddr checks that addr is HOST:PORT with a port from 0 to
+// 65535 (0: any free port).
+func CheckMetricsAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("metrics address %q: want HOST:PORT: %w", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("metrics address %q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
+}
+
+// serveOn makes the metrics server that will serve on l.
+func (m *metrics) serveOn(l net.Listener) *metricsServer {
 	// The Go and process collectors cost milliseconds to build (runtime/metrics
 	// descriptions, regexps): a start without --metrics-addr skips them.
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -129,7 +152,7 @@ func (m *metrics) listen(addr string, inherited *os.File) (*metricsServer, error
 	ms.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnState: func(c net.Conn, st http.ConnState) {
 		ms.busy.mark(c, st == http.StateNew || st == http.StateActive)
 	}}
-	return ms, nil
+	return ms
 }
 
 // quiesce stops taking scrapes, closes idle connections and waits until the

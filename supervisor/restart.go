@@ -50,8 +50,16 @@ func (p RestartPolicy) Check() error {
 	default:
 		return fmt.Errorf("restart %q: must be always, on-failure or never", p.Mode)
 	}
-	if p.Delay < 0 || p.MaxDelay < 0 || p.StableAfter < 0 || p.StartLimitInterval < 0 || p.StartLimit < 0 {
-		return fmt.Errorf("restart delays and limits must not be negative")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"restart delay", p.Delay}, {"restart max delay", p.MaxDelay}, {"stable after", p.StableAfter}, {"start limit interval", p.StartLimitInterval}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s %s: must not be negative", d.name, d.v)
+		}
+	}
+	if p.StartLimit < 0 {
+		return fmt.Errorf("start limit %d: must not be negative", p.StartLimit)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -154,6 +155,9 @@ func newSupervisor(opts Options) (*supervisor, error) {
 	}
 	if err := opts.Restart.Check(); err != nil {
 		return nil, err
+	}
+	if opts.StopTimeout < 0 {
+		return nil, fmt.Errorf("stop timeout %s: must not be negative", opts.StopTimeout)
 	}
 	if opts.StopTimeout == 0 {
 		opts.StopTimeout = 10 * time.Second
@@ -444,6 +448,21 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	defer signal.Stop(sigc)
 
 	s.prepareResume()
+	// Every argument is checked before anything is pinned or attached: a
+	// metrics address that cannot be listened on is one.
+	var metricsL net.Listener
+	if opts.MetricsAddr != "" {
+		l, err := listenMetrics(opts.MetricsAddr, s.inheritedSocket(sockMetrics))
+		if err != nil {
+			return 2, err
+		}
+		metricsL = l
+		defer func() {
+			if s.metricsSrv == nil {
+				l.Close()
+			}
+		}()
+	}
 	if err := s.installAll(); err != nil {
 		return 1, err
 	}
@@ -477,10 +496,7 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		g.Add(ns.serve, func(error) { ns.close() })
 	}
 	if opts.MetricsAddr != "" {
-		srv, err := s.metrics.listen(opts.MetricsAddr, s.inheritedSocket(sockMetrics))
-		if err != nil {
-			return 1, err
-		}
+		srv := s.metrics.serveOn(metricsL)
 		s.metricsSrv = srv
 		g.Add(srv.serve, func(error) { srv.close() })
 		s.log.Info("serving metrics", "addr", srv.addr())

@@ -178,6 +178,11 @@ the programs stay attached when CMD or bpfsup dies.`,
 			if notify != "" && notify != "child" && notify != "none" {
 				return usageError{fmt.Errorf("--notify %q: must be child or none", notify)}
 			}
+			if metricsAddr != "" {
+				if err := supervisor.CheckMetricsAddr(metricsAddr); err != nil {
+					return usageError{err}
+				}
+			}
 			if err := supervisor.CheckNotifyAccess(notifyAccess); err != nil {
 				return usageError{fmt.Errorf("--notify-access %q: must be main (the child alone) or all (and its descendants)", notifyAccess)}
 			}

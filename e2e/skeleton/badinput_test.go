@@ -2,13 +2,17 @@ package skeleton
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
+	"github.com/bpfsup/bpfsup/pinstore"
 )
 
 // Bad input is a clear error that names the thing, a non-zero exit, and
@@ -25,6 +29,12 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	notOnBPFFS := filepath.Join(t.TempDir(), "pins")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	inUse := busy.Addr().String()
 
 	for _, tc := range []struct {
 		name string
@@ -108,6 +118,52 @@ migrate = "copy"
 			name: "program the verifier refuses",
 			args: []string{"-o", testutil.BPFObject("bad_verifier"), "-a", "bad@xdp:" + ifB.Name},
 			want: []string{"bad", "verifier"},
+		},
+		{
+			name: "metrics address with an impossible port",
+			args: []string{"-o", counter, "-a", "count_packets@xdp:" + ifB.Name, "--metrics-addr", "127.0.0.1:99999"},
+			want: []string{"127.0.0.1:99999", "0 to 65535"},
+		},
+		{
+			name: "metrics address in use",
+			args: []string{"-o", counter, "-a", "count_packets@xdp:" + ifB.Name, "--metrics-addr", inUse},
+			want: []string{inUse, "address already in use"},
+		},
+		{
+			name: "negative stop timeout",
+			args: []string{"-o", counter, "-a", "count_packets@xdp:" + ifB.Name, "--stop-timeout", "-1s"},
+			want: []string{"stop timeout -1s", "negative"},
+		},
+		{
+			name:   "negative stop_timeout in the config",
+			config: fmt.Sprintf("stop_timeout = \"-1s\"\n[[object]]\npath = %q\n", counter),
+			want:   []string{`stop_timeout = "-1s"`, "negative"},
+		},
+		{
+			name:   "overflowing restart_max_delay",
+			config: fmt.Sprintf("restart_max_delay = \"9999999999h\"\n[[object]]\npath = %q\n", counter),
+			want:   []string{`restart_max_delay = "9999999999h"`, "out of range", "2562047h"},
+		},
+		{
+			name:   "empty object name",
+			config: fmt.Sprintf("[[object]]\npath = %q\nname = \"\"\n", counter),
+			want:   []string{`object[0].name = ""`, "empty string"},
+		},
+		{
+			name:   "object name past the limit",
+			config: fmt.Sprintf("[[object]]\npath = %q\nname = %q\n", counter, strings.Repeat("o", pinstore.MaxObjectNameLen+1)),
+			want:   []string{"object name", fmt.Sprintf("%d bytes, longer than %d", pinstore.MaxObjectNameLen+1, pinstore.MaxObjectNameLen)},
+		},
+		{
+			name: "link name past the limit",
+			config: fmt.Sprintf("[[object]]\npath = %q\n[[object.attach]]\nprogram = \"count_packets\"\nhook = \"xdp:%s\"\nname = %q\n",
+				counter, ifB.Name, strings.Repeat("l", pinstore.MaxNameLen+1)),
+			want: []string{"link name", fmt.Sprintf("longer than %d", pinstore.MaxNameLen)},
+		},
+		{
+			name:   "handed fd name too long",
+			config: fmt.Sprintf("[[object]]\npath = %q\nname = %q\n", counter, strings.Repeat("o", pinstore.MaxObjectNameLen)),
+			want:   []string{"map counters is handed to the application", "LISTEN_FDNAMES", "shorter name"},
 		},
 		{
 			name:    "pin root not on bpffs",
@@ -240,5 +296,82 @@ func TestStatusBadInput(t *testing.T) {
 	out, code := env.Run(t, "status", "--pin-root", notBPFFS)
 	if code == 0 || !strings.Contains(out, "pin root "+notBPFFS) || !strings.Contains(out, "not on bpffs") {
 		t.Errorf("bpfsup status on a pin root off bpffs: exit %d, want an error naming it:\n%s", code, out)
+	}
+}
+
+// With few fds to spare (ulimit -n), a start fails wherever it runs out,
+// and says the real cause: too many open files, never that the interface
+// or namespace is not there. Before, an interface lookup that got EMFILE
+// said "target not found".
+func TestTooFewFDs(t *testing.T) {
+	a, b := testutil.MustNetns(t, "fds-a"), testutil.MustNetns(t, "fds-b")
+	_, ifB := testutil.MustVethPair(t, a, b)
+	failed := 0
+	for n := 10; n <= 26; n += 2 {
+		env := testutil.MustEnv(t)
+		cmd := exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$@"`, n), "sh", env.Bin)
+		cmd.Args = append(cmd.Args, env.Args("run", "--netns", b.Path, "-o", testutil.BPFObject("dropfilter"),
+			"-a", "xdp_drop@xdp:"+ifB.Name, "--restart", "never", "--", "/bin/true")...)
+		out, err := cmd.CombinedOutput()
+		// A start may fail after its install: what it installed goes
+		// before the next.
+		if dout, code := env.Run(t, "down"); code != 0 {
+			t.Fatalf("bpfsup down after ulimit -n %d: exit %d\n%s", n, code, dout)
+		}
+		if err == nil {
+			continue
+		}
+		failed++
+		if strings.Contains(string(out), "not found") || !strings.Contains(string(out), "too many open files") {
+			t.Errorf("ulimit -n %d: bpfsup does not say the real cause:\n%s", n, out)
+		}
+		if strings.Contains(string(out), "verifier log") {
+			t.Errorf("ulimit -n %d: a verifier log for a lack of fds:\n%s", n, out)
+		}
+	}
+	if failed == 0 {
+		t.Fatal("no start ran out of fds: the test tried too few")
+	}
+}
+
+// Names at the limits of the pin layout work end to end: an object's name
+// of pinstore.MaxObjectNameLen bytes and a link's of pinstore.MaxNameLen
+// start, show in status, reload and go with down. Before, names of 250 to
+// 255 bytes passed the check and then failed on the lock file or the
+// manifest's temporary file.
+func TestLongestNames(t *testing.T) {
+	env := testutil.MustEnv(t)
+	a, b := testutil.MustNetns(t, "long-a"), testutil.MustNetns(t, "long-b")
+	_, ifB := testutil.MustVethPair(t, a, b)
+	object, lnk := strings.Repeat("o", pinstore.MaxObjectNameLen), strings.Repeat("l", pinstore.MaxNameLen)
+	// Handed to the application, the map would be named "<object>/maps/
+	// counters", longer than LISTEN_FDNAMES takes.
+	cfg := writeConfig(t, fmt.Sprintf(`
+[[object]]
+path = %q
+name = %q
+[object.maps.counters]
+access = "none"
+[[object.attach]]
+program = "count_packets"
+hook = "xdp:%s"
+name = %q
+`, testutil.BPFObject("counter"), object, ifB.Name, lnk))
+	p := startRun(t, env, nil, "--netns", b.Path, "-c", cfg, "--", "sleep", "3600")
+	p.WaitOutput(t, "child started", startTimeout)
+	o := objectStatus(t, env, object)
+	if len(o.Links) != 1 || o.Links[0].Name != lnk || !o.Healthy {
+		t.Fatalf("status: %+v", o)
+	}
+	if out, code := env.Run(t, "reload"); code != 0 {
+		t.Fatalf("bpfsup reload: exit %d\n%s", code, out)
+	}
+	p.Kill(syscall.SIGTERM)
+	p.Wait(t, waitTimeout)
+	if out, code := env.Run(t, "down", object); code != 0 || !strings.Contains(out, "removed "+object) {
+		t.Fatalf("bpfsup down: exit %d\n%s", code, out)
+	}
+	if left := dirEntries(t, env.PinRoot); len(left) > 0 {
+		t.Errorf("left under the pin root: %v", left)
 	}
 }

@@ -210,7 +210,7 @@ func TestErrorMessages(t *testing.T) {
 		{"no such command", []string{"-o", counterObj, "--", "/nonexistent/app"}, `command: exec: "/nonexistent/app"`},
 		{"command not in PATH", []string{"-o", counterObj, "--", "no-such-app-xyz"}, "executable file not found in $PATH"},
 		{"bad restart policy", []string{"-o", counterObj, "--restart", "sometimes", "--", "true"}, `restart "sometimes": must be always, on-failure or never`},
-		{"negative delay", []string{"-o", counterObj, "--restart-delay", "-1s", "--", "true"}, "restart delays and limits must not be negative"},
+		{"negative delay", []string{"-o", counterObj, "--restart-delay", "-1s", "--", "true"}, "restart delay -1s: must not be negative"},
 		{"no such user", []string{"-o", counterObj, "--user", "no-such-user-xyz", "--", "true"}, `--user "no-such-user-xyz"`},
 		{"bad notify", []string{"-o", counterObj, "--notify", "parent", "--", "true"}, `--notify "parent": must be child or none`},
 		{"bad log format", []string{"-o", counterObj, "--log-format", "xml", "--", "true"}, `--log-format "xml": must be text or json`},
