@@ -50,11 +50,11 @@ type File struct {
 	// "main" (the child alone, by default) or "all" (it and its
 	// descendants), as systemd's NotifyAccess=.
 	NotifyAccess string `toml:"notify_access"`
-	LogFormat   string `toml:"log_format"`
-	MetricsAddr string `toml:"metrics_addr"`
-	OnUpgrade   string `toml:"on_upgrade"`
-	Watch       bool   `toml:"watch"`
-	Force       bool   `toml:"force"`
+	LogFormat    string `toml:"log_format"`
+	MetricsAddr  string `toml:"metrics_addr"`
+	OnUpgrade    string `toml:"on_upgrade"`
+	Watch        bool   `toml:"watch"`
+	Force        bool   `toml:"force"`
 
 	Objects []ObjectConfig `toml:"object"`
 }

@@ -2,13 +2,13 @@ package supervisor
 
 import (
 	"crypto/rand"
-	"log/slog"
-	"slices"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
