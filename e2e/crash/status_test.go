@@ -357,3 +357,60 @@ func TestStatusTruth(t *testing.T) {
 		})
 	}
 }
+
+// TestManifestDebris: temporary files of manifests that kills left in the
+// state directory (".dropfilter.json-NNN" of earlier versions, and
+// ".dropfilter.json.tmp") are problems in status, and go with the next
+// start, and with down. Before, they piled up for good.
+func TestManifestDebris(t *testing.T) {
+	n := newNetRig(t)
+	r := newRig(t, n)
+	r.seedDropPorts(t)
+	sup := r.startReady(t)
+	r.checkConverged(t)
+	kill(t, sup)
+	debris := func() []string {
+		return []string{
+			filepath.Join(r.env.StateDir, "."+objName+".json-123456789"),
+			filepath.Join(r.env.StateDir, "."+objName+".json.tmp"),
+		}
+	}
+	plant := func() {
+		for _, p := range debris() {
+			if err := os.WriteFile(p, []byte("{\"version\": 1, \"maps\""), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Not ours: left alone by everything.
+	other := filepath.Join(r.env.StateDir, "."+objName+".json-notes")
+	if err := os.WriteFile(other, []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plant()
+	problems := strings.Join(r.status(t).Problems, "\n")
+	for _, p := range debris() {
+		if !strings.Contains(problems, "manifest debris "+p) {
+			t.Errorf("status does not report %s:\n%s", p, problems)
+		}
+	}
+	sup = r.startReady(t)
+	for _, p := range debris() {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is still there after a start", p)
+		}
+	}
+	stop(t, sup)
+	plant()
+	if out, code := r.env.Run(t, "down"); code != 0 {
+		t.Fatalf("bpfsup down: exit %d\n%s", code, out)
+	}
+	for _, p := range debris() {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is still there after down", p)
+		}
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("a file that only looks like debris was removed: %v", err)
+	}
+}
