@@ -952,6 +952,15 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 			return nil, 0, false, err
 		}
 	}
+	// A link pin that holds what bpfsup did not make is never replaced
+	// without --force: an install finds it before this (checkPinsAfterLoad),
+	// a re-attach (an interface or namespace back) finds it here.
+	if !force && !linkIsOurs(pins.manifest, pl.name, info, progID) {
+		what := describeLink(pinned)
+		pinned.Close()
+		return nil, 0, false, fmt.Errorf("link %s: %w: %s holds %s, which bpfsup did not make; left alone (remove it, or run with --force)",
+			pl.name, ErrForeignPin, path, what)
+	}
 
 	switch state {
 	case hooks.Attached:
@@ -1020,6 +1029,18 @@ func reconcileLinkUndoable(obj *pinstore.Object, pl plannedLink, prog *ebpf.Prog
 		}
 	})
 	return l, 0, false, nil
+}
+
+// linkIsOurs says whether the link pinned for link name, with info, is
+// bpfsup's: the manifest records it or the program it runs, or it runs
+// prog, the program about to be attached (adopted, as bpfsup would install
+// it, where the manifest was lost).
+func linkIsOurs(m *pinstore.Manifest, name string, info *link.Info, prog ebpf.ProgramID) bool {
+	if info.Program == prog {
+		return true
+	}
+	pi := pinstore.PinInfo{Kind: pinstore.PinLink, ID: uint32(info.ID), Program: uint32(info.Program)}
+	return m.Owns(pinstore.Links, name, pi)
 }
 
 // updateLink swaps the link's program from old to prog, atomically and only
