@@ -121,3 +121,37 @@ func ip(t testing.TB, args ...string) {
 		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
+
+// TestRelinkLeavesForeignLink: while bpfsup's link is defunct (its
+// interface deleted), another tool pins a link of its own at the link's
+// path, on an interface of its own. When the interface is back, bpfsup does
+// not replace that pin (which would release the other tool's link and
+// unfilter its interface): it says so, and status reports the pin as not
+// bpfsup's. Before, the re-attach moved bpfsup's new link over it.
+func TestRelinkLeavesForeignLink(t *testing.T) {
+	n := newNetRig(t)
+	r := newRig(t, n)
+	r.seedDropPorts(t)
+	sup := r.startReady(t)
+	r.checkConverged(t)
+
+	ip(t, "-n", n.nsA.Name, "link", "del", n.ifA.Name)
+	sup.WaitOutput(t, "interface deleted", 5*time.Second)
+	prog, _ := foreignCounter(t)
+	other, _ := testutil.MustVethPair(t, n.nsB, n.nsB)
+	pin := r.pinPath("links", "xdp_drop")
+	remove(t, pin)
+	foreignLink := attachXDP(t, n.nsB, other.Name, prog, pin)
+
+	ip(t, "link", "add", n.ifA.Name, "netns", n.nsA.Name, "type", "veth", "peer", "name", n.ifB.Name, "netns", n.nsB.Name)
+	testutil.WaitFor(t, 10*time.Second, "bpfsup to leave the foreign link pin alone, and say so", func() bool {
+		return strings.Contains(sup.Output(), "which bpfsup did not make; left alone")
+	})
+	if got := uint32(pinnedLinkInfo(t, pin).ID); got != foreignLink {
+		t.Errorf("%s holds link %d, want the other tool's %d", pin, got, foreignLink)
+	}
+	if o := r.status(t); o.Healthy {
+		t.Errorf("status calls it healthy with another tool's link at bpfsup's path: %+v", o)
+	}
+	stop(t, sup)
+}
