@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/cilium/ebpf/link"
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 
-	"github.com/bpfsup/bpfsup/pinstore"
+	"github.com/cilium/ebpf/link"
 )
 
 // What sits at a link's pin path: a bpf_link for most hooks, the record of a
@@ -43,11 +43,11 @@ func LoadPinned(path string) (link.Link, error) {
 	if err == nil || errors.Is(err, os.ErrNotExist) {
 		return l, err
 	}
-	kind, kerr := pinstore.PinKind(path)
+	kind, kerr := bpffs.PinKind(path)
 	if kerr != nil {
 		return nil, kerr
 	}
-	if kind != pinstore.PinMap {
+	if kind != bpffs.Map {
 		return nil, err
 	}
 	rec, id, err := readTCRecordID(path)
@@ -72,11 +72,11 @@ func IsFilterRecord(path string) bool {
 // reference. A tc filter, which no pin holds, is deleted first. A missing
 // pin is not an error.
 func Unpin(path string) error {
-	kind, err := pinstore.PinKind(path)
+	kind, err := bpffs.PinKind(path)
 	if err == nil && kind == "" {
 		return nil
 	}
-	if err == nil && kind == pinstore.PinLink {
+	if err == nil && kind == bpffs.Link {
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
 			return fmt.Errorf("unpin %s: %w", path, err)
@@ -86,7 +86,7 @@ func Unpin(path string) error {
 			return fmt.Errorf("unpin %s: %w", path, err)
 		}
 	}
-	if err == nil && kind == pinstore.PinMap {
+	if err == nil && kind == bpffs.Map {
 		rec, err := readTCRecord(path)
 		if err != nil {
 			return fmt.Errorf("unpin %s: %w", path, err)

@@ -7,7 +7,8 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 )
 
 // Brief facts about programs and maps, in one BPF_OBJ_GET_INFO_BY_FD each.
@@ -64,7 +65,7 @@ func BriefProgram(p *ebpf.Program) (ProgramBrief, error) {
 	ids := make([]uint32, 16)
 	for {
 		info := &progInfoHead{nrMapIDs: uint32(len(ids)), mapIDs: unsafe.Pointer(&ids[0])}
-		if err := objInfo(p.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
+		if err := bpffs.ObjInfo(p.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
 			return ProgramBrief{}, fmt.Errorf("program info: %w", err)
 		}
 		runtime.KeepAlive(ids)
@@ -87,7 +88,7 @@ func ProgramID(p *ebpf.Program) (ebpf.ProgramID, error) {
 		return b.ID, err
 	}
 	info := &progInfoHead{}
-	if err := objInfo(p.FD(), unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err != nil {
+	if err := bpffs.ObjInfo(p.FD(), unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err != nil {
 		return 0, fmt.Errorf("program info: %w", err)
 	}
 	return ebpf.ProgramID(info.id), nil
@@ -96,25 +97,8 @@ func ProgramID(p *ebpf.Program) (ebpf.ProgramID, error) {
 // MapID returns m's id.
 func MapID(m *ebpf.Map) (ebpf.MapID, error) {
 	info := &mapInfoHead{}
-	if err := objInfo(m.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
+	if err := bpffs.ObjInfo(m.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
 		return 0, fmt.Errorf("map info: %w", err)
 	}
 	return ebpf.MapID(info.id), nil
-}
-
-// objInfo is BPF_OBJ_GET_INFO_BY_FD for the first size bytes of info.
-func objInfo(fd int, info unsafe.Pointer, size uintptr) error {
-	// info may point into this goroutine's stack, which moves only when it
-	// grows or shrinks: not between here and the system call (unix.Syscall
-	// is nosplit), and not during it.
-	attr := struct {
-		fd, infoLen uint32
-		info        uint64
-	}{fd: uint32(fd), infoLen: uint32(size), info: uint64(uintptr(info))}
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	runtime.KeepAlive(info)
-	if errno != 0 {
-		return errno
-	}
-	return nil
 }

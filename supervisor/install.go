@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/bpffs"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
@@ -1039,7 +1041,7 @@ func linkIsOurs(m *pinstore.Manifest, name string, info *link.Info, prog ebpf.Pr
 	if info.Program == prog {
 		return true
 	}
-	pi := pinstore.PinInfo{Kind: pinstore.PinLink, ID: uint32(info.ID), Program: uint32(info.Program)}
+	pi := bpffs.PinInfo{Kind: bpffs.Link, ID: uint32(info.ID), Program: uint32(info.Program)}
 	return m.Owns(pinstore.Links, name, pi)
 }
 

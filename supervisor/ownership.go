@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/bpffs"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
@@ -98,17 +100,17 @@ func foreignError(object string, pins []foreignPin) error {
 // error messages and logs.
 func describePin(path, kind string) string {
 	switch kind {
-	case pinstore.PinMap:
+	case bpffs.Map:
 		if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
 			defer m.Close()
 			return describeMap(m)
 		}
-	case pinstore.PinProgram:
+	case bpffs.Program:
 		if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
 			defer p.Close()
 			return describeProgram(p)
 		}
-	case pinstore.PinLink:
+	case bpffs.Link:
 		if l, err := hooks.LoadPinned(path); err == nil {
 			defer l.Close()
 			return describeLink(l)
@@ -207,7 +209,7 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 		return ps
 	}
 	dir := store.ObjectDir(name)
-	for kind, want := range map[pinstore.Kind]string{pinstore.Programs: pinstore.PinProgram, pinstore.Links: pinstore.PinLink} {
+	for kind, want := range map[pinstore.Kind]string{pinstore.Programs: bpffs.Program, pinstore.Links: bpffs.Link} {
 		entries, err := os.ReadDir(filepath.Join(dir, string(kind)))
 		if err != nil {
 			continue
@@ -217,7 +219,7 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 				continue
 			}
 			path := filepath.Join(dir, string(kind), e.Name())
-			fd, k, err := pinstore.OpenPin(path)
+			fd, k, err := bpffs.OpenPin(path)
 			if err != nil || k != want {
 				if err == nil {
 					unix.Close(fd)
@@ -243,13 +245,13 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 // link (kind, as pinstore.OpenPin says), and keeps it in the set. It owns fd.
 func (ps *pinSet) keep(path string, fd int, kind string) error {
 	switch kind {
-	case pinstore.PinProgram:
+	case bpffs.Program:
 		p, err := ebpf.NewProgramFromFD(fd)
 		if err != nil {
 			return fmt.Errorf("open pin %s: %w", path, err)
 		}
 		ps.progs[path] = p
-	case pinstore.PinLink:
+	case bpffs.Link:
 		l, err := link.NewFromFD(fd)
 		if err != nil {
 			return fmt.Errorf("open pin %s: %w", path, err)
@@ -326,20 +328,20 @@ func (ps *pinSet) close() {
 func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (foreign []foreignPin, resetMaps map[string]bool, err error) {
 	resetMaps = map[string]bool{}
 	check := func(path, want string) (bool, error) {
-		if _, ok := pins.progs[path]; ok && want == pinstore.PinProgram {
+		if _, ok := pins.progs[path]; ok && want == bpffs.Program {
 			return true, nil // prefetched: a program
 		}
-		if _, ok := pins.links[path]; ok && want == pinstore.PinLink {
+		if _, ok := pins.links[path]; ok && want == bpffs.Link {
 			return true, nil
 		}
-		fd, kind, err := pinstore.OpenPin(path)
+		fd, kind, err := bpffs.OpenPin(path)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil
 		}
 		if err != nil {
 			return false, err
 		}
-		if kind == want && (kind == pinstore.PinProgram || kind == pinstore.PinLink) {
+		if kind == want && (kind == bpffs.Program || kind == bpffs.Link) {
 			if err := pins.keep(path, fd, kind); err != nil {
 				return false, err
 			}
@@ -349,7 +351,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		if kind == want {
 			return true, nil
 		}
-		if kind == pinstore.PinMap && want == pinstore.PinLink && hooks.IsFilterRecord(path) {
+		if kind == bpffs.Map && want == bpffs.Link && hooks.IsFilterRecord(path) {
 			return true, nil // a tc filter's record stands where its link would (hooks/tc.go)
 		}
 		foreign = append(foreign, foreignPin{path: path, what: describePin(path, kind),
@@ -361,7 +363,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 			continue // shared on purpose with another object or tool
 		}
 		path := obj.Path(pinstore.Maps, name)
-		isMap, err := check(path, pinstore.PinMap)
+		isMap, err := check(path, bpffs.Map)
 		if err != nil || !isMap {
 			if err != nil {
 				return nil, nil, err
@@ -396,12 +398,12 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		resetMaps[name] = true
 	}
 	for _, name := range p.progList {
-		if _, err := check(obj.Path(pinstore.Programs, name), pinstore.PinProgram); err != nil {
+		if _, err := check(obj.Path(pinstore.Programs, name), bpffs.Program); err != nil {
 			return nil, nil, err
 		}
 	}
 	for _, pl := range p.links {
-		if _, err := check(obj.Path(pinstore.Links, pl.name), pinstore.PinLink); err != nil {
+		if _, err := check(obj.Path(pinstore.Links, pl.name), bpffs.Link); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -515,7 +517,7 @@ func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan,
 	if ours {
 		return true
 	}
-	kindName, _ := pinstore.PinKind(path)
+	kindName, _ := bpffs.PinKind(path)
 	log.Warn("leaving a pin bpfsup did not make, though the configuration no longer has it; remove it by hand if it is not wanted",
 		"object", p.name, "pin", path, "holds", describePin(path, kindName))
 	return false

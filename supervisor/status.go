@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/bpffs"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
@@ -238,7 +240,7 @@ func (o *ObjectStatus) readPrograms(man *pinstore.Manifest) map[uint32]string {
 		}
 		p.Close()
 		progNames[ps.ID] = pn
-		if man != nil && !man.Owns(pinstore.Programs, pn, pinstore.PinInfo{Kind: pinstore.PinProgram, ID: ps.ID}) {
+		if man != nil && !man.Owns(pinstore.Programs, pn, bpffs.PinInfo{Kind: bpffs.Program, ID: ps.ID}) {
 			if _, ok := man.Programs[pn]; ok {
 				o.problem("program %s: pinned id %d is not the program bpfsup installed (id %d)", pn, ps.ID, man.Programs[pn].ID)
 			} else {
@@ -283,7 +285,7 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 			ms.Entries = countEntries(m, 65536)
 		}
 		m.Close()
-		if man != nil && !man.Owns(pinstore.Maps, mn, pinstore.PinInfo{Kind: pinstore.PinMap, ID: ms.ID}) {
+		if man != nil && !man.Owns(pinstore.Maps, mn, bpffs.PinInfo{Kind: bpffs.Map, ID: ms.ID}) {
 			if rec, ok := man.Maps[mn]; ok {
 				o.problem("map %s: %s holds map id %d, not the map bpfsup made (id %d): replaced by another tool? a start or reload refuses it", mn, ms.Path, ms.ID, rec.ID)
 			} else {
@@ -452,7 +454,7 @@ func (o *ObjectStatus) readMissing(man *pinstore.Manifest) {
 func (o *ObjectStatus) readDebris(store pinstore.Store, man *pinstore.Manifest) {
 	for _, n := range pinNames(o.Dir, "staging") {
 		path := o.Dir + "/staging/" + n
-		pi, err := pinstore.ReadPin(path)
+		pi, err := bpffs.ReadPin(path)
 		switch {
 		case err == nil && man.OwnsAny(pi):
 			o.problem("staging debris %s (bpfsup's: the next start removes it)", path)
