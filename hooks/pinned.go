@@ -33,15 +33,18 @@ func Caveat(h Hook) string {
 	return ""
 }
 
-// LoadPinned loads what is pinned at path as a link.Link: a bpf_link, or a
-// tc filter from its record. A missing pin is an error wrapping
+// LoadPinned loads the attachment pinned at path: a bpf_link, or a tc
+// filter from its record. A missing pin is an error wrapping
 // os.ErrNotExist.
-func LoadPinned(path string) (link.Link, error) {
+func LoadPinned(path string) (Attachment, error) {
 	// A bpf_link first, which is what is pinned nearly always; what else is
 	// there is only looked at when it is not one.
 	l, err := link.LoadPinnedLink(path, nil)
-	if err == nil || errors.Is(err, os.ErrNotExist) {
-		return l, err
+	if err == nil {
+		return attached(l), nil
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, err
 	}
 	kind, kerr := bpffs.PinKind(path)
 	if kerr != nil {

@@ -3,7 +3,11 @@ package pinstore
 import (
 	"encoding/hex"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -101,4 +105,24 @@ func MapID(m *ebpf.Map) (ebpf.MapID, error) {
 		return 0, fmt.Errorf("map info: %w", err)
 	}
 	return ebpf.MapID(info.id), nil
+}
+
+// WallTime turns a time since boot (CLOCK_BOOTTIME, as the kernel says when
+// it loaded a program) into wall-clock time, from the boot time in
+// /proc/stat: every status of the same program says the same time.
+func WallTime(sinceBoot time.Duration) time.Time {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			secs, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return time.Time{}
+			}
+			return time.Unix(secs, 0).Add(sinceBoot).UTC().Truncate(time.Millisecond)
+		}
+	}
+	return time.Time{}
 }

@@ -194,3 +194,11 @@ func Request(socket, req string, timeout time.Duration) (*ControlReply, error) {
 	}
 	return &reply, nil
 }
+
+// statusJSON is the supervisor's runtime status for the control socket.
+func (s *supervisor) statusJSON() []byte {
+	if b := s.runtime.Load(); b != nil {
+		return *b
+	}
+	return []byte("{}")
+}

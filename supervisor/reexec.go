@@ -529,9 +529,9 @@ func setCloseOnExec(fds []int) {
 func (s *supervisor) lockFDs(withDirs bool) []int {
 	want := map[string]bool{}
 	for _, in := range s.objects {
-		paths := []string{s.opts.Store.LockPath(in.plan.name)}
+		paths := []string{s.opts.Store.LockPath(in.Name())}
 		if withDirs {
-			paths = append(paths, s.opts.Store.ObjectDir(in.plan.name))
+			paths = append(paths, s.opts.Store.ObjectDir(in.Name()))
 		}
 		for _, path := range paths {
 			if p, err := filepath.Abs(path); err == nil {

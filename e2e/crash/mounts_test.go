@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // TestNetnsRecreatedReattached: bpfsup runs on the host with --netns X and
@@ -97,13 +98,13 @@ func TestNetnsRecreatedReattached(t *testing.T) {
 }
 
 // objectStatusOf is `bpfsup status --json` of object name.
-func objectStatusOf(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+func objectStatusOf(t *testing.T, e *testutil.Env, name string) status.ObjectStatus {
 	t.Helper()
 	out, err := exec.Command(e.Bin, e.Args("status", "--json", name)...).Output()
 	if err != nil {
 		t.Fatalf("bpfsup status --json: %v", err)
 	}
-	var st supervisor.Status
+	var st status.Status
 	if err := json.Unmarshal(out, &st); err != nil || len(st.Objects) != 1 {
 		t.Fatalf("bpfsup status --json: %v\n%s", err, out)
 	}

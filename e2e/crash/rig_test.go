@@ -19,12 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // objName is the object's name in the pin layout: the object file is always
@@ -666,13 +667,13 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 }
 
 // status is `bpfsup status --json` of the object.
-func (r *rig) status(t testing.TB) supervisor.ObjectStatus {
+func (r *rig) status(t testing.TB) status.ObjectStatus {
 	t.Helper()
 	out, err := exec.Command(r.env.Bin, r.env.Args("status", "--json")...).Output()
 	if err != nil {
 		t.Fatalf("bpfsup status --json: %v", err)
 	}
-	var st supervisor.Status
+	var st status.Status
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("status JSON: %v\n%s", err, out)
 	}
@@ -682,7 +683,7 @@ func (r *rig) status(t testing.TB) supervisor.ObjectStatus {
 		}
 	}
 	t.Fatalf("status has no object %s:\n%s", objName, out)
-	return supervisor.ObjectStatus{}
+	return status.ObjectStatus{}
 }
 
 func dirEntries(t testing.TB, dir string) []string {

@@ -14,10 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // TestTCFallbackLife runs a drop filter through bpfsup's whole life on a tc
@@ -157,13 +158,13 @@ func putObject(tb testing.TB, dst, name string) {
 	}
 }
 
-func linkStatus(tb testing.TB, env *testutil.Env) supervisor.LinkStatus {
+func linkStatus(tb testing.TB, env *testutil.Env) status.LinkStatus {
 	tb.Helper()
 	out, code := env.Run(tb, "status", "--json")
 	if code != 0 {
 		tb.Fatalf("bpfsup status: exit %d:\n%s", code, out)
 	}
-	var st supervisor.Status
+	var st status.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		tb.Fatalf("bpfsup status --json: %v\n%s", err, out)
 	}

@@ -14,12 +14,13 @@ import (
 	"testing"
 	"time"
 
+	bpfstatus "github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // The test binary's child mode: childModeEnv says what it does, childMapEnv
@@ -132,13 +133,13 @@ func waitChild(t *testing.T, p *testutil.Proc, n int) childLine {
 }
 
 // status runs `bpfsup status --json`.
-func status(t *testing.T, e *testutil.Env) *supervisor.Status {
+func status(t *testing.T, e *testutil.Env) *bpfstatus.Status {
 	t.Helper()
 	out, code := e.Run(t, "status", "--json")
 	if code != 0 {
 		t.Fatalf("bpfsup status exited %d:\n%s", code, out)
 	}
-	var st supervisor.Status
+	var st bpfstatus.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("bpfsup status --json: %v\n%s", err, out)
 	}
@@ -146,7 +147,7 @@ func status(t *testing.T, e *testutil.Env) *supervisor.Status {
 }
 
 // objectStatus is the status of one object, which must be there.
-func objectStatus(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+func objectStatus(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	t.Helper()
 	st := status(t, e)
 	for _, o := range st.Objects {
@@ -158,10 +159,10 @@ func objectStatus(t *testing.T, e *testutil.Env, name string) supervisor.ObjectS
 		}
 	}
 	t.Fatalf("bpfsup status has no object %s: %+v", name, st)
-	return supervisor.ObjectStatus{}
+	return bpfstatus.ObjectStatus{}
 }
 
-func findMap(t *testing.T, o supervisor.ObjectStatus, name string) supervisor.MapStatus {
+func findMap(t *testing.T, o bpfstatus.ObjectStatus, name string) bpfstatus.MapStatus {
 	t.Helper()
 	for _, m := range o.Maps {
 		if m.Name == name {
@@ -169,10 +170,10 @@ func findMap(t *testing.T, o supervisor.ObjectStatus, name string) supervisor.Ma
 		}
 	}
 	t.Fatalf("object %s has no map %s in status: %+v", o.Name, name, o.Maps)
-	return supervisor.MapStatus{}
+	return bpfstatus.MapStatus{}
 }
 
-func findProgram(t *testing.T, o supervisor.ObjectStatus, name string) supervisor.ProgramStatus {
+func findProgram(t *testing.T, o bpfstatus.ObjectStatus, name string) bpfstatus.ProgramStatus {
 	t.Helper()
 	for _, p := range o.Programs {
 		if p.Name == name {
@@ -180,10 +181,10 @@ func findProgram(t *testing.T, o supervisor.ObjectStatus, name string) superviso
 		}
 	}
 	t.Fatalf("object %s has no program %s in status: %+v", o.Name, name, o.Programs)
-	return supervisor.ProgramStatus{}
+	return bpfstatus.ProgramStatus{}
 }
 
-func findLink(t *testing.T, o supervisor.ObjectStatus, name string) supervisor.LinkStatus {
+func findLink(t *testing.T, o bpfstatus.ObjectStatus, name string) bpfstatus.LinkStatus {
 	t.Helper()
 	for _, l := range o.Links {
 		if l.Name == name {
@@ -191,7 +192,7 @@ func findLink(t *testing.T, o supervisor.ObjectStatus, name string) supervisor.L
 		}
 	}
 	t.Fatalf("object %s has no link %s in status: %+v", o.Name, name, o.Links)
-	return supervisor.LinkStatus{}
+	return bpfstatus.LinkStatus{}
 }
 
 // mapValue reads key of the map pinned at <pin root>/<object>/maps/<name>.

@@ -179,7 +179,7 @@ func TestUpgradeFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ly.Close()
-	if err := ly.Update(foreign); err != nil {
+	if err := ly.Update(foreign, nil); err != nil {
 		t.Fatalf("swap link %s behind bpfsup's back: %v", linkY, err)
 	}
 	failReload(t, e, p, "link changed behind bpfsup's back", linkX, linkY, "changed behind bpfsup's back", "not overwriting")
@@ -191,7 +191,7 @@ func TestUpgradeFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mine.Close()
-	if err := ly.Update(mine); err != nil {
+	if err := ly.Update(mine, nil); err != nil {
 		t.Fatal(err)
 	}
 

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	bpfstatus "github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -28,7 +30,6 @@ import (
 	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // childEnv makes the test binary, started by bpfsup as its child, behave as
@@ -182,9 +183,9 @@ func (c config) write(t testing.TB, path string) {
 
 // status reads the status of object name as `bpfsup status --json` does
 // (in this process: the test samples it often, under load).
-func status(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+func status(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	t.Helper()
-	st, err := supervisor.ReadStatus(pinstore.Store{Root: e.PinRoot, StateDir: e.StateDir}, name)
+	st, err := bpfstatus.ReadStatus(pinstore.Store{Root: e.PinRoot, StateDir: e.StateDir}, name)
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
@@ -195,13 +196,13 @@ func status(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus 
 }
 
 // statusCLI runs `bpfsup status --json` and returns the object named name.
-func statusCLI(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+func statusCLI(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	t.Helper()
 	out, err := exec.Command(e.Bin, e.Args("status", "--json", name)...).Output()
 	if err != nil {
 		t.Fatalf("bpfsup status: %v", err)
 	}
-	var st supervisor.Status
+	var st bpfstatus.Status
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("bpfsup status: %v\n%s", err, out)
 	}
@@ -286,7 +287,14 @@ func pinnedLinkInfo(path string) (*link.Info, error) {
 		return nil, err
 	}
 	defer l.Close()
-	return l.Info()
+	info, err := l.Info()
+	if err != nil {
+		return nil, err
+	}
+	if info.Link != nil {
+		return info.Link, nil
+	}
+	return &link.Info{ID: link.ID(info.ID), Program: info.Program}, nil
 }
 
 // pinnedProgID is the id of the pinned program name.
