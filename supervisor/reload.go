@@ -3,79 +3,15 @@ package supervisor
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/bpfsup/bpfsup/control"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/converge"
 )
-
-// ReloadReport is what a reload did, for the caller of `bpfsup reload`.
-type ReloadReport struct {
-	// Objects holds one entry per object, in configuration order.
-	Objects []ObjectReport `json:"objects"`
-	// Load is the time spent loading programs, the verifier's time
-	// included, over every object.
-	Load time.Duration `json:"load_ns"`
-	// Swap is the time spent swapping links (from the first swap to the
-	// last), over every object.
-	Swap time.Duration `json:"swap_ns"`
-	// Swapped is the time from the start of the reload until every link of
-	// every object ran its new program.
-	Swapped time.Duration `json:"swapped_ns"`
-	// Took is the whole reload, manifests and the child included.
-	Took time.Duration `json:"took_ns"`
-	// Child says what happened to the child: "restarted", "signalled
-	// SIGHUP", "left running", "unchanged" or "none".
-	Child string `json:"child,omitempty"`
-}
-
-// ObjectReport is what a reload did to one object.
-type ObjectReport struct {
-	Name string `json:"name"`
-	// Generation is the object's generation after the reload; it grows by
-	// one when a program changed.
-	Generation uint64 `json:"generation"`
-	Changed    bool   `json:"changed"`
-	// Loaded lists the programs loaded anew (the verifier ran).
-	Loaded []string `json:"loaded,omitempty"`
-	// Swapped lists the links whose program was swapped in place: same
-	// link id, BPF_LINK_UPDATE with BPF_F_REPLACE.
-	Swapped []string `json:"swapped,omitempty"`
-	// Replaced lists the links replaced make-before-break: new link id.
-	Replaced []string `json:"replaced,omitempty"`
-	// Maps lists the maps replaced by new ones (reset or migrated).
-	Maps []string `json:"maps_replaced,omitempty"`
-}
-
-// String says it in one line per object.
-func (r *ReloadReport) String() string {
-	var b strings.Builder
-	for i, o := range r.Objects {
-		if i > 0 {
-			b.WriteString("\n")
-		}
-		if !o.Changed {
-			fmt.Fprintf(&b, "object %s: unchanged, generation %d", o.Name, o.Generation)
-			continue
-		}
-		fmt.Fprintf(&b, "object %s: generation %d", o.Name, o.Generation)
-		list := func(what string, names []string) {
-			if len(names) > 0 {
-				fmt.Fprintf(&b, "; %s: %s", what, strings.Join(names, ", "))
-			}
-		}
-		list("loaded", o.Loaded)
-		list("swapped in place", o.Swapped)
-		list("replaced make-before-break", o.Replaced)
-		list("maps replaced", o.Maps)
-	}
-	fmt.Fprintf(&b, "\nload %s, links swapped %s after the request (swap phase %s), child %s",
-		r.Load.Round(time.Microsecond), r.Swapped.Round(time.Microsecond), r.Swap.Round(time.Microsecond), r.Child)
-	return b.String()
-}
 
 // handleReload runs one reload request for the loop and answers it.
 func (s *supervisor) handleReload(req reloadRequest) {
@@ -97,12 +33,12 @@ func (s *supervisor) handleReload(req reloadRequest) {
 // have swapped (converge.Apply): when one fails, none is upgraded, and the
 // error names it. Then the child is restarted with the new fds, signalled,
 // or left alone.
-func (s *supervisor) reload(reason string) (*ReloadReport, error) {
+func (s *supervisor) reload(reason string) (*control.ReloadReport, error) {
 	start := time.Now()
 	s.log.Info("reloading", "reason", reason)
 	_, _ = notifyReloading()
 	defer s.notifyReady()
-	fail := func(err error) (*ReloadReport, error) {
+	fail := func(err error) (*control.ReloadReport, error) {
 		s.log.Error("reload failed; everything keeps running as it was", "err", err)
 		return nil, fmt.Errorf("reload: %w", err)
 	}
@@ -118,7 +54,7 @@ func (s *supervisor) reload(reason string) (*ReloadReport, error) {
 	if err != nil {
 		return fail(err)
 	}
-	rep := &ReloadReport{Child: "unchanged"}
+	rep := &control.ReloadReport{Child: "unchanged"}
 	changed := false
 	for i, in := range ins {
 		or := objectReport(in, befores[i].Diff(in.IDs()))
@@ -213,8 +149,8 @@ func (s *supervisor) object(name string) *converge.Installed {
 }
 
 // objectReport is what a reload did to the object in.
-func objectReport(in *converge.Installed, c converge.Changes) ObjectReport {
-	return ObjectReport{Name: in.Name(), Generation: in.Manifest().Generation, Changed: c.Any(),
+func objectReport(in *converge.Installed, c converge.Changes) control.ObjectReport {
+	return control.ObjectReport{Name: in.Name(), Generation: in.Manifest().Generation, Changed: c.Any(),
 		Loaded: c.Loaded, Swapped: c.Swapped, Replaced: c.Replaced, Maps: c.Maps}
 }
 

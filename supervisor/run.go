@@ -18,6 +18,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/bpfsup/bpfsup/control"
+
 	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/converge"
 
@@ -110,7 +112,7 @@ type supervisor struct {
 	reloads    chan reloadRequest
 	childNote  chan notifyMsg
 	notify     *notifySocket
-	ctl        *control
+	ctl        *controlServer
 	metricsSrv *metricsServer
 	links      *linkWatcher   // re-attaches defunct links; see netlink.go
 	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
@@ -121,7 +123,7 @@ type supervisor struct {
 type reloadRequest struct {
 	reason string
 	reply  chan error
-	report *ReloadReport // filled in before the reply, when not nil
+	report *control.ReloadReport // filled in before the reply, when not nil
 }
 
 func newSupervisor(opts Options) (*supervisor, error) {

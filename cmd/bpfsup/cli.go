@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/control"
+
 	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/status"
 
@@ -351,7 +353,7 @@ func reloadCmd() *cobra.Command {
 					errs = append(errs, fmt.Errorf("supervisor %d is stopped (SIGSTOP, or a debugger): it cannot answer until it is continued (kill -CONT %d); no reload asked", pid, pid))
 					continue
 				}
-				reply, err := supervisor.Request(supervisor.ControlSocket(store.StateDirectory(), pid), "reload", timeout)
+				reply, err := control.Request(control.Socket(store.StateDirectory(), pid), "reload", timeout)
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					why := "busy, or hung"
 					if state, _ := pinstore.ProcessState(pid); state == 'T' || state == 't' {
