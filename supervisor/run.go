@@ -18,6 +18,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
+
 	"github.com/bpfsup/bpfsup/control"
 
 	"github.com/bpfsup/bpfsup/config"
@@ -47,7 +49,7 @@ type Options struct {
 	// and SIGKILL (default 10s).
 	StopTimeout time.Duration
 	// Credential runs the child as another user.
-	Credential *handoff.Credential
+	Credential *spawn.Credential
 	// NotifyChild gives the child its own notify socket; READY=1 goes to
 	// systemd when the child sends it, not when it starts.
 	NotifyChild bool
@@ -92,7 +94,7 @@ type supervisor struct {
 	objects []*converge.Installed
 	files   []handoff.NamedFile // BPF fds for the child, owned
 
-	child        *handoff.Process
+	child        *spawn.Process
 	childPID     atomic.Int32 // the child's pid for the notify socket; 0 while none runs
 	childStarted time.Time
 	lastExit     *os.ProcessState
@@ -591,7 +593,7 @@ func (s *supervisor) startChild() error {
 	if s.notify != nil {
 		env = append(env, "NOTIFY_SOCKET="+s.notify.path)
 	}
-	c := handoff.Child{
+	c := spawn.Child{
 		Args:       s.opts.Command,
 		Env:        env,
 		Files:      files,
@@ -604,7 +606,7 @@ func (s *supervisor) startChild() error {
 	if s.opts.ChildStderr != nil {
 		c.Stderr = s.opts.ChildStderr
 	}
-	p, err := handoff.Start(c)
+	p, err := spawn.Start(c)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
+
 	"github.com/bpfsup/bpfsup/control"
 
 	"github.com/bpfsup/bpfsup/converge"
@@ -179,8 +181,8 @@ func findObject(objs []config.Object, ref string, has func(config.Object, string
 	}
 }
 
-func lookupCredential(userName, groupName string) (*handoff.Credential, error) {
-	cred := &handoff.Credential{Groups: []uint32{}}
+func lookupCredential(userName, groupName string) (*spawn.Credential, error) {
+	cred := &spawn.Credential{Groups: []uint32{}}
 	if userName != "" {
 		u, err := user.Lookup(userName)
 		if err != nil {

@@ -9,11 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/bpfsup/bpfsup/config"
-	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/supervisor"
 )
 
@@ -181,7 +182,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 	if err != nil {
 		return supervisor.Options{}, usageError{err}
 	}
-	var cred *handoff.Credential
+	var cred *spawn.Credential
 	if f.userName != "" || f.groupName != "" {
 		if cred, err = lookupCredential(f.userName, f.groupName); err != nil {
 			return supervisor.Options{}, usageError{err}
