@@ -288,7 +288,7 @@ func linkIsOurs(m *pinstore.Manifest, name string, info *hooks.AttachmentInfo, p
 	return m.Owns(pinstore.Links, name, pi) || m.OwnsProgramID(uint32(info.Program))
 }
 
-// ErrLinkChanged: a link bpfsup pinned runs a program bpfsup did not put
+// ErrLinkChanged means a link bpfsup pinned runs a program bpfsup did not put
 // there. Someone swapped it behind bpfsup's back; an upgrade stops rather
 // than overwrite their change (bpfsup run --force replaces it).
 var ErrLinkChanged = errors.New("link's program was changed behind bpfsup's back")

@@ -20,7 +20,7 @@ import (
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
-// ErrForeignPin: something pinned at one of bpfsup's paths was not put there
+// ErrForeignPin means something pinned at one of bpfsup's paths was not put there
 // by bpfsup and differs from what it would install. It is replaced only with
 // --force (Options.Force).
 var ErrForeignPin = errors.New("foreign pin at bpfsup's path")

@@ -395,10 +395,10 @@ func (s *supervisor) execSelf(bin *execFile, newVersion string, protocol int) er
 
 	var execErr error
 	do := func() { execErr = syscall.Exec(bin.run, argv, env) } // returns only on failure
-	switch {
-	case s.child == nil:
+	switch s.child {
+	case nil:
 		do()
-	case s.child == s.up.adopted:
+	case s.up.adopted:
 		s.up.main.do(do)
 	default:
 		if err := s.child.OnForkThread(do); err != nil {

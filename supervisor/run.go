@@ -82,7 +82,7 @@ type Options struct {
 	ChildStdout, ChildStderr *os.File
 }
 
-// ErrStartLimit: the child was started too often; bpfsup gave up.
+// ErrStartLimit means the child was started too often; bpfsup gave up.
 var ErrStartLimit = errors.New("start limit hit")
 
 type supervisor struct {

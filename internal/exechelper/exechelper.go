@@ -19,8 +19,8 @@ import (
 	"syscall"
 )
 
-// Arg, as the first argument of a binary that links this package, makes the
-// process the exec helper.
+// Arg is the first argument that makes a binary linking this package the
+// exec helper.
 const Arg = "__bpfsup_exec"
 
 // Variables from the supervisor to the helper; the helper removes them.

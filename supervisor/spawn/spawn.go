@@ -17,7 +17,7 @@ import (
 	"github.com/bpfsup/bpfsup/internal/exechelper"
 )
 
-// ExecArg, as the first argument of bpfsup, makes it the exec helper: see
+// ExecArg is the first argument that makes bpfsup the exec helper: see
 // ExecHelper.
 const ExecArg = exechelper.Arg
 
