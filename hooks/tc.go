@@ -144,7 +144,7 @@ func (h *tcHook) Attach(prog *ebpf.Program) (Attachment, error) {
 			}
 			// A filter of ours already there was attached for this record
 			// by a process that died before pinning it: take it over.
-			return nl.replaceFilter(idx, a.rec.Parent, tcPriority, a.rec.Handle, prog.FD(), name, false)
+			return nl.replaceFilter(filterID{idx, a.rec.Parent, tcPriority, a.rec.Handle}, prog.FD(), name, false)
 		}
 		// No record to name the filter after: the first free handle.
 		used := map[uint32]bool{}
@@ -157,7 +157,7 @@ func (h *tcHook) Attach(prog *ebpf.Program) (Attachment, error) {
 			if used[handle] {
 				continue
 			}
-			err := nl.replaceFilter(idx, a.rec.Parent, tcPriority, handle, prog.FD(), name, true)
+			err := nl.replaceFilter(filterID{idx, a.rec.Parent, tcPriority, handle}, prog.FD(), name, true)
 			if errors.Is(err, unix.EEXIST) {
 				continue // taken meanwhile
 			}
@@ -279,6 +279,11 @@ func (a *tcAttachment) Kind() AttachmentKind { return KindTCFilter }
 // FD: a tc filter is no bpf_link, and has no fd to hand over.
 func (a *tcAttachment) FD() (int, bool) { return -1, false }
 
+// filterID is the filter the attachment recorded.
+func (a *tcAttachment) filterID() filterID {
+	return filterID{int(a.rec.Ifindex), a.rec.Parent, a.rec.Prio, a.rec.Handle}
+}
+
 // filter returns the filter as the kernel lists it, or nil when it, its
 // qdisc or its interface is gone.
 func (a *tcAttachment) filter() (*tcFilter, error) {
@@ -359,7 +364,7 @@ func (a *tcAttachment) update(prog, old *ebpf.Program) error {
 			return err
 		}
 		defer nl.close()
-		return nl.replaceFilter(int(a.rec.Ifindex), a.rec.Parent, a.rec.Prio, a.rec.Handle, prog.FD(), f.name, false)
+		return nl.replaceFilter(a.filterID(), prog.FD(), f.name, false)
 	})
 	if err != nil {
 		return fmt.Errorf("update tc filter %s: %w", a, err)
@@ -418,7 +423,7 @@ func (a *tcAttachment) Detach() error {
 			return err
 		}
 		defer nl.close()
-		return nl.deleteFilter(int(a.rec.Ifindex), a.rec.Parent, a.rec.Prio, a.rec.Handle)
+		return nl.deleteFilter(a.filterID())
 	})
 	if err != nil && !errIsGone(err) && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("detach tc filter %s: %w", a, err)

@@ -218,14 +218,27 @@ func (r *rtnl) addClsact(ifindex int) error {
 	return nil
 }
 
-// replaceFilter creates the cls_bpf filter (parent, prio, handle), or swaps
-// the program of the one there: cls_bpf replaces a filter in place under
-// RCU, so every packet meets either the old program or the new one. With
-// exclusive, an existing filter is an error (EEXIST) instead.
-func (r *rtnl) replaceFilter(ifindex int, parent uint32, prio uint16, handle uint32, progFD int, name string, exclusive bool) error {
+// filterID names a tc filter: its interface, parent (the clsact hook),
+// priority and handle.
+type filterID struct {
+	ifindex int
+	parent  uint32
+	prio    uint16
+	handle  uint32
+}
+
+func (id filterID) msg() []byte {
+	return tcMsg(id.ifindex, id.handle, id.parent, uint32(id.prio)<<16|uint32(htons(unix.ETH_P_ALL)))
+}
+
+// replaceFilter creates the cls_bpf filter id, or swaps the program of the
+// one there: cls_bpf replaces a filter in place under RCU, so every packet
+// meets either the old program or the new one. With exclusive, an existing
+// filter is an error (EEXIST) instead.
+func (r *rtnl) replaceFilter(id filterID, progFD int, name string, exclusive bool) error {
 	opts := append(attrU32(tcaBPFFD, uint32(progFD)), attrString(tcaBPFName, name)...)
 	opts = append(opts, attrU32(tcaBPFFlags, tcaBPFFlagDA)...)
-	payload := tcMsg(ifindex, handle, parent, uint32(prio)<<16|uint32(htons(unix.ETH_P_ALL)))
+	payload := id.msg()
 	payload = append(payload, attrString(unix.TCA_KIND, "bpf")...)
 	payload = append(payload, attr(unix.TCA_OPTIONS|unix.NLA_F_NESTED, opts)...)
 	flags := uint16(unix.NLM_F_CREATE)
@@ -235,9 +248,9 @@ func (r *rtnl) replaceFilter(ifindex int, parent uint32, prio uint16, handle uin
 	return r.request(unix.RTM_NEWTFILTER, flags, payload, 0, nil)
 }
 
-// deleteFilter deletes the filter (parent, prio, handle).
-func (r *rtnl) deleteFilter(ifindex int, parent uint32, prio uint16, handle uint32) error {
-	payload := tcMsg(ifindex, handle, parent, uint32(prio)<<16|uint32(htons(unix.ETH_P_ALL)))
+// deleteFilter deletes the filter id.
+func (r *rtnl) deleteFilter(id filterID) error {
+	payload := id.msg()
 	payload = append(payload, attrString(unix.TCA_KIND, "bpf")...)
 	return r.request(unix.RTM_DELTFILTER, 0, payload, 0, nil)
 }

@@ -282,7 +282,7 @@ func TestTCHookLeavesForeignFilter(t *testing.T) {
 		if err := nl.addClsact(ifA.Index); err != nil {
 			return err
 		}
-		return nl.replaceFilter(ifA.Index, tcParent(false), tcPriority, tcHandle(path), prog.FD(), "foreign", true)
+		return nl.replaceFilter(filterID{ifA.Index, tcParent(false), tcPriority, tcHandle(path)}, prog.FD(), "foreign", true)
 	})
 	if err != nil {
 		t.Fatalf("add a foreign filter: %v", err)

@@ -14,7 +14,7 @@ import (
 // cgroup. systemd removes a service's cgroup when the service stops and
 // makes it again when it starts: a policy on that cgroup must follow. When
 // a cgroup of the hook's path is made again, the link is attached anew, as
-// an XDP link is when its interface is back (netlink.go). bpfsup learns of
+// an XDP link is when its interface is back (ifaces.go). bpfsup learns of
 // it from inotify on the cgroup's parent directory; the watcher only
 // reports, the supervisor's loop re-attaches.
 

@@ -95,8 +95,8 @@ func (s *supervisor) mountEvents() <-chan struct{} {
 // namespaces of the hooks, and the pin directories. It runs in the loop's
 // goroutine.
 func (s *supervisor) checkMounts() {
-	if s.links != nil {
-		for _, path := range s.links.moved() {
+	if s.ifaces != nil {
+		for _, path := range s.ifaces.moved() {
 			s.netnsMoved(path)
 		}
 	}
@@ -110,7 +110,7 @@ func (s *supervisor) checkMounts() {
 // watch was what kept it alive), and the links of its hooks are attached
 // anew in the new one, make-before-break, as for an interface made again.
 func (s *supervisor) netnsMoved(path string) {
-	err := s.links.rewatch(path)
+	err := s.ifaces.rewatch(path)
 	if errors.Is(err, hooks.ErrTargetNotFound) || errors.Is(err, os.ErrNotExist) {
 		s.logDefunct(func(spec hooks.Spec) bool { return spec.IsNetwork() && spec.Netns == path },
 			"network namespace is gone; its link is defunct until a namespace is made at its path again")

@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/environ"
 	"github.com/bpfsup/bpfsup/supervisor/spawn"
 
 	"github.com/oklog/run"
@@ -367,7 +368,7 @@ func (s *supervisor) execSelf(bin *execFile, newVersion string, protocol int) er
 	if err != nil {
 		return fmt.Errorf("re-exec: %w", err)
 	}
-	env := dropEnv(os.Environ(), envReexec, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames)
+	env := environ.Without(os.Environ(), envReexec, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames)
 	env = append(env, envReexec+"="+string(data))
 	keep := append([]int(nil), st.LockFDs...)
 	for _, fd := range st.Sockets {

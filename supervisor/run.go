@@ -18,6 +18,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/bpfsup/bpfsup/internal/environ"
 	"github.com/bpfsup/bpfsup/supervisor/spawn"
 
 	"github.com/bpfsup/bpfsup/control"
@@ -116,7 +117,7 @@ type supervisor struct {
 	notify     *notifySocket
 	ctl        *controlServer
 	metricsSrv *metricsServer
-	links      *linkWatcher   // re-attaches defunct links; see netlink.go
+	ifaces     *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
 	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
 	mounts     *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
 	up         upgrade        // reloads and self-upgrades; see reexec.go
@@ -232,93 +233,25 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	s.prepareResume()
 	// Every argument is checked before anything is pinned or attached: a
 	// metrics address that cannot be listened on is one.
-	var metricsL net.Listener
-	if opts.MetricsAddr != "" {
-		l, err := listenMetrics(opts.MetricsAddr, s.inheritedSocket(sockMetrics))
-		if err != nil {
-			return 2, err
+	metricsL, err := s.metricsListener()
+	if err != nil {
+		return 2, err
+	}
+	defer func() {
+		if s.metricsSrv == nil && metricsL != nil {
+			metricsL.Close()
 		}
-		metricsL = l
-		defer func() {
-			if s.metricsSrv == nil {
-				l.Close()
-			}
-		}()
-	}
-	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
+	}()
+	if err := s.install(); err != nil {
 		return 1, err
 	}
-	if err := s.openFiles(); err != nil {
-		return 1, err
-	}
-	var carried *reloadTally
-	if s.up.resumed != nil {
-		carried = s.up.resumed.Reloads
-	}
-	s.metrics = newMetrics(carried)
-	s.metrics.restarts.Add(float64(s.restarts)) // those before a re-exec
-	s.updateMetrics()
 
 	var g run.Group
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	if opts.NotifyChild {
-		var childUID *uint32
-		if opts.Credential != nil {
-			childUID = &opts.Credential.UID
-		}
-		all := opts.NotifyAccess == config.NotifyAccessAll
-		allow := func(pid int32) bool { return mayNotify(pid, s.childPID.Load(), all) }
-		ns, err := listenNotify(s.childNote, childUID, allow, s.log, s.inheritedSocket(sockNotify))
-		if err != nil {
-			return 1, err
-		}
-		s.notify = ns
-		g.Add(ns.serve, func(error) { ns.close() })
-	}
-	if opts.MetricsAddr != "" {
-		srv := s.metrics.serveOn(metricsL)
-		s.metricsSrv = srv
-		g.Add(srv.serve, func(error) { srv.close() })
-		s.log.Info("serving metrics", "addr", srv.addr())
-	}
-	ctl, err := listenControl(s.opts.Store.StateDirectory(), s.reloads, s.statusJSON, s.inheritedSocket(sockControl))
-	if err != nil {
+	defer s.closeWatchers()
+	if err := s.addActors(&g, metricsL); err != nil {
 		return 1, err
-	}
-	s.ctl = ctl
-	s.closeUnclaimedSockets()
-	g.Add(ctl.serve, func(error) { ctl.close() })
-	if err := s.watchInterfaces(); err != nil {
-		return 1, err
-	}
-	if s.links != nil {
-		defer s.links.close()
-		g.Add(s.links.run, func(error) { s.links.close() })
-	}
-	if err := s.watchCgroups(); err != nil {
-		return 1, err
-	}
-	defer func() {
-		if s.cgroups != nil {
-			s.cgroups.close()
-		}
-	}()
-	if mw, err := newMountWatcher(); err != nil {
-		s.log.Warn("cannot watch the mount table: a network namespace made again, or bpffs unmounted, goes unnoticed", "err", err)
-	} else {
-		s.mounts = mw
-		defer mw.close()
-		g.Add(mw.run, func(error) { mw.close() })
-	}
-	if opts.Watch {
-		w, err := newWatcher(s.watchedFiles(), s.reloads, s.log)
-		if err != nil {
-			return 1, err
-		}
-		g.Add(w.run, func(error) { w.close() })
-		s.up.watch = w
 	}
 
 	exitCode := 0
@@ -341,6 +274,108 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	}
 	s.notifyStopping()
 	return exitCode, err
+}
+
+// metricsListener listens on the metrics address, if any: taken over from
+// the bpfsup this one re-executed from, or new.
+func (s *supervisor) metricsListener() (net.Listener, error) {
+	if s.opts.MetricsAddr == "" {
+		return nil, nil
+	}
+	return listenMetrics(s.opts.MetricsAddr, s.inheritedSocket(sockMetrics))
+}
+
+// install brings the objects to their configuration, opens the files handed
+// to the child and sets up the metrics, carrying what a re-exec handed over.
+func (s *supervisor) install() error {
+	var err error
+	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
+		return err
+	}
+	if err := s.openFiles(); err != nil {
+		return err
+	}
+	var carried *reloadTally
+	if s.up.resumed != nil {
+		carried = s.up.resumed.Reloads
+	}
+	s.metrics = newMetrics(carried)
+	s.metrics.restarts.Add(float64(s.restarts)) // those before a re-exec
+	s.updateMetrics()
+	return nil
+}
+
+// addActors adds to g what runs beside the loop: the notify socket, the
+// metrics and control servers, and the watchers of interfaces, cgroups,
+// the mount table and the configured files. Those that listen take over
+// the sockets of the bpfsup this one re-executed from.
+func (s *supervisor) addActors(g *run.Group, metricsL net.Listener) error {
+	opts := s.opts
+	if opts.NotifyChild {
+		var childUID *uint32
+		if opts.Credential != nil {
+			childUID = &opts.Credential.UID
+		}
+		all := opts.NotifyAccess == config.NotifyAccessAll
+		allow := func(pid int32) bool { return mayNotify(pid, s.childPID.Load(), all) }
+		ns, err := listenNotify(s.childNote, childUID, allow, s.log, s.inheritedSocket(sockNotify))
+		if err != nil {
+			return err
+		}
+		s.notify = ns
+		g.Add(ns.serve, func(error) { ns.close() })
+	}
+	if metricsL != nil {
+		srv := s.metrics.serveOn(metricsL)
+		s.metricsSrv = srv
+		g.Add(srv.serve, func(error) { srv.close() })
+		s.log.Info("serving metrics", "addr", srv.addr())
+	}
+	ctl, err := listenControl(opts.Store.StateDirectory(), s.reloads, s.statusJSON, s.inheritedSocket(sockControl))
+	if err != nil {
+		return err
+	}
+	s.ctl = ctl
+	s.closeUnclaimedSockets()
+	g.Add(ctl.serve, func(error) { ctl.close() })
+	if err := s.watchInterfaces(); err != nil {
+		return err
+	}
+	if s.ifaces != nil {
+		g.Add(s.ifaces.run, func(error) { s.ifaces.close() })
+	}
+	if err := s.watchCgroups(); err != nil {
+		return err
+	}
+	if mw, err := newMountWatcher(); err != nil {
+		s.log.Warn("cannot watch the mount table: a network namespace made again, or bpffs unmounted, goes unnoticed", "err", err)
+	} else {
+		s.mounts = mw
+		g.Add(mw.run, func(error) { mw.close() })
+	}
+	if opts.Watch {
+		w, err := newWatcher(s.watchedFiles(), s.reloads, s.log)
+		if err != nil {
+			return err
+		}
+		g.Add(w.run, func(error) { w.close() })
+		s.up.watch = w
+	}
+	return nil
+}
+
+// closeWatchers stops the watchers of interfaces, cgroups and the mount
+// table, whether or not their actors ran.
+func (s *supervisor) closeWatchers() {
+	if s.ifaces != nil {
+		s.ifaces.close()
+	}
+	if s.cgroups != nil {
+		s.cgroups.close()
+	}
+	if s.mounts != nil {
+		s.mounts.close()
+	}
 }
 
 // notifyStopping tells systemd, once, that bpfsup is going away.
@@ -390,44 +425,9 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			}
 
 		case st := <-done:
-			s.child = nil
-			s.childPID.Store(0)
-			s.lastExit = st
-			ran := time.Since(s.childStarted)
-			s.metrics.childUp.Set(0)
-			code := ExitCode(st)
-			s.log.Info("child exited", "status", st.String(), "ran", ran.Round(time.Millisecond))
-			if s.stopping {
-				s.reap()
-				killTimer.Stop()
-				return code, errLoopDone
+			if code, end, err := s.childExited(st); end {
+				return code, err
 			}
-			if s.restartNow {
-				s.reap()
-				s.restartNow = false
-				killTimer.Stop()
-				restartTimer.Reset(0)
-				continue
-			}
-			if !s.opts.Restart.ShouldRestart(st) {
-				s.reap()
-				s.log.Info("not restarting the child", "restart", s.opts.Restart.Mode, "exit_code", code)
-				return code, errLoopDone
-			}
-			d := s.backoff.delay(ran)
-			s.log.Info("restarting child", "in", d)
-			if d == 0 {
-				// At once, without a trip through the timer; orphans
-				// left by the child are reaped once the next one runs.
-				if err := s.restartChild(); err != nil {
-					return 1, err
-				}
-				s.reap()
-				continue
-			}
-			s.reap()
-			restartTimer.Reset(d)
-			s.notifyStatus()
 
 		case <-restartTimer.C:
 			if s.stopping || s.child != nil {
@@ -448,26 +448,8 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			}
 
 		case sig := <-sigc:
-			ss := sig.(syscall.Signal)
-			switch ss {
-			case syscall.SIGCHLD:
-				s.reap()
-			case syscall.SIGTERM, syscall.SIGINT:
-				if s.child == nil {
-					s.log.Info("stopping", "signal", ss.String())
-					return ExitCode(s.lastExit), errLoopDone
-				}
-				s.stop(ss, killTimer)
-			case syscall.SIGHUP:
-				s.requestReload("SIGHUP")
-			case syscall.SIGUSR2:
-				if err := s.reexec(); err != nil {
-					s.log.Error("self-upgrade failed; carrying on as before", "err", err)
-				}
-			default:
-				if s.child != nil {
-					_ = unix.Kill(s.child.Pid, ss)
-				}
+			if s.signalled(sig.(syscall.Signal)) {
+				return ExitCode(s.lastExit), errLoopDone
 			}
 
 		case req := <-s.reloads:
@@ -479,8 +461,8 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 				s.log.Error("cannot watch cgroups", "err", err)
 			}
 
-		case ev := <-s.linkEvents():
-			s.relink(ev)
+		case ev := <-s.ifaceEvents():
+			s.reattachIface(ev)
 
 		case ev := <-s.cgroupEvents():
 			s.recgroup(ev)
@@ -498,6 +480,78 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			}
 		}
 	}
+}
+
+// childExited handles the exit of the child: the end of the supervision
+// when bpfsup is stopping or the restart policy says so, else a restart, at
+// once or after the backoff. end says whether the loop returns code and err.
+func (s *supervisor) childExited(st *os.ProcessState) (code int, end bool, err error) {
+	s.child = nil
+	s.childPID.Store(0)
+	s.lastExit = st
+	ran := time.Since(s.childStarted)
+	s.metrics.childUp.Set(0)
+	code = ExitCode(st)
+	s.log.Info("child exited", "status", st.String(), "ran", ran.Round(time.Millisecond))
+	switch {
+	case s.stopping:
+		s.reap()
+		s.killTimer.Stop()
+		return code, true, errLoopDone
+	case s.restartNow:
+		s.reap()
+		s.restartNow = false
+		s.killTimer.Stop()
+		s.restartTimer.Reset(0)
+		return 0, false, nil
+	case !s.opts.Restart.ShouldRestart(st):
+		s.reap()
+		s.log.Info("not restarting the child", "restart", s.opts.Restart.Mode, "exit_code", code)
+		return code, true, errLoopDone
+	}
+	d := s.backoff.delay(ran)
+	s.log.Info("restarting child", "in", d)
+	if d == 0 {
+		// At once, without a trip through the timer; orphans left by the
+		// child are reaped once the next one runs.
+		if err := s.restartChild(); err != nil {
+			return 1, true, err
+		}
+		s.reap()
+		return 0, false, nil
+	}
+	s.reap()
+	s.restartTimer.Reset(d)
+	s.notifyStatus()
+	return 0, false, nil
+}
+
+// signalled handles a signal to bpfsup: SIGCHLD reaps, SIGTERM and SIGINT
+// stop the child, SIGHUP reloads, SIGUSR2 re-executes bpfsup, the rest are
+// passed on to the child. It says whether the loop ends, which it does
+// when bpfsup is told to stop with no child running.
+func (s *supervisor) signalled(sig syscall.Signal) bool {
+	switch sig {
+	case syscall.SIGCHLD:
+		s.reap()
+	case syscall.SIGTERM, syscall.SIGINT:
+		if s.child == nil {
+			s.log.Info("stopping", "signal", sig.String())
+			return true
+		}
+		s.stop(sig, s.killTimer)
+	case syscall.SIGHUP:
+		s.requestReload("SIGHUP")
+	case syscall.SIGUSR2:
+		if err := s.reexec(); err != nil {
+			s.log.Error("self-upgrade failed; carrying on as before", "err", err)
+		}
+	default:
+		if s.child != nil {
+			_ = unix.Kill(s.child.Pid, sig)
+		}
+	}
+	return false
 }
 
 // restartChild starts the child again, counting the restart; an error ends
@@ -589,7 +643,7 @@ func (s *supervisor) startChild() error {
 	}
 	files := append(append([]handoff.NamedFile(nil), s.opts.Inherited...), s.files...)
 	env := os.Environ()
-	env = dropEnv(env, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+	env = environ.Without(env, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 	if s.notify != nil {
 		env = append(env, "NOTIFY_SOCKET="+s.notify.path)
 	}
@@ -709,21 +763,4 @@ func siginfoPID(info *unix.Siginfo) int {
 	}
 	raw := (*[unsafe.Sizeof(unix.Siginfo{})]byte)(unsafe.Pointer(info))
 	return int(int32(binary.NativeEndian.Uint32(raw[off : off+4])))
-}
-
-func dropEnv(env []string, names ...string) []string {
-	out := env[:0:0]
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		keep := true
-		for _, n := range names {
-			if k == n {
-				keep = false
-			}
-		}
-		if keep {
-			out = append(out, kv)
-		}
-	}
-	return out
 }

@@ -17,6 +17,8 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+
+	"github.com/bpfsup/bpfsup/internal/environ"
 )
 
 // Arg is the first argument that makes a binary linking this package the
@@ -117,7 +119,7 @@ func Main(args []string) {
 		fail(127, err.Error())
 	}
 
-	env := withoutVars(os.Environ(), EnvUID, EnvGID, EnvGroups, EnvPPID, envListenPID)
+	env := environ.Without(os.Environ(), EnvUID, EnvGID, EnvGroups, EnvPPID, envListenPID)
 	env = append(env, envListenPID+"="+strconv.Itoa(os.Getpid()))
 	path, err := lookPath(args[0])
 	if err != nil {
@@ -213,22 +215,4 @@ func executable(path string) error {
 		return &os.PathError{Op: "exec", Path: path, Err: os.ErrPermission}
 	}
 	return nil
-}
-
-func withoutVars(env []string, names ...string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		k := split(kv, '=')[0]
-		drop := false
-		for _, n := range names {
-			if k == n {
-				drop = true
-				break
-			}
-		}
-		if !drop {
-			out = append(out, kv)
-		}
-	}
-	return out
 }

@@ -26,15 +26,6 @@ func TestSplit(t *testing.T) {
 	}
 }
 
-func TestWithoutVars(t *testing.T) {
-	env := []string{"A=1", "LISTEN_PID=7", "B=x=y", "BPFSUP_EXEC_UID=0", "LISTEN_PIDX=1", "C"}
-	got := withoutVars(env, EnvUID, envListenPID)
-	want := []string{"A=1", "B=x=y", "LISTEN_PIDX=1", "C"}
-	if !slices.Equal(got, want) {
-		t.Errorf("withoutVars = %q, want %q", got, want)
-	}
-}
-
 func TestLookPath(t *testing.T) {
 	dir := t.TempDir()
 	mk := func(name string, mode os.FileMode) string {

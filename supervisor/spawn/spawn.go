@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/environ"
 	"github.com/bpfsup/bpfsup/internal/exechelper"
 )
 
@@ -122,16 +123,48 @@ func Start(c Child) (*Process, error) {
 	if len(c.Args) == 0 {
 		return nil, errors.New("start child: no command")
 	}
-	helper := c.Helper
-	if helper == "" {
-		helper = ShellHelper
-		if unix.Access(ShellHelper, unix.X_OK) != nil {
-			exe, err := os.Executable()
-			if err != nil {
-				return nil, fmt.Errorf("start child: no %s, and cannot find own executable: %w", ShellHelper, err)
-			}
-			helper = exe
-		}
+	cmd, err := c.command()
+	if err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+	// Only the handed fds reach the application. An fd the supervisor
+	// inherited without close-on-exec (from a shell, a test harness, a
+	// service manager that does not close them) would otherwise pass
+	// through the fork into the application unannounced. Those handed are
+	// dup'ed into place by the fork, which clears the flag on the copies.
+	if err := exechelper.CloseOnExecFrom(3); err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+	p, err := startOnLockedThread(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
+	}
+	return p, nil
+}
+
+// helper is the program the child is forked into: Helper, else the shell
+// helper when there is one, else bpfsup's own executable.
+func (c Child) helper() (string, error) {
+	if c.Helper != "" {
+		return c.Helper, nil
+	}
+	if unix.Access(ShellHelper, unix.X_OK) == nil {
+		return ShellHelper, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("no %s, and cannot find own executable: %w", ShellHelper, err)
+	}
+	return exe, nil
+}
+
+// command is the exec.Cmd that starts the helper, which becomes the child:
+// the handed fds and their names, the child's environment, and what the
+// helper needs to change user and to check its parent.
+func (c Child) command() (*exec.Cmd, error) {
+	helper, err := c.helper()
+	if err != nil {
+		return nil, err
 	}
 	shell := helper == ShellHelper
 	names := make([]string, len(c.Files))
@@ -141,14 +174,14 @@ func Start(c Child) (*Process, error) {
 	}
 	encoded, err := handoff.EncodeNames(names)
 	if err != nil {
-		return nil, fmt.Errorf("start child: %w", err)
+		return nil, err
 	}
 
 	env := c.Env
 	if env == nil {
 		env = os.Environ()
 	}
-	env = withoutVars(env, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames, handoff.EnvListenPIDFDID, handoff.EnvPinRoot,
+	env = environ.Without(env, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames, handoff.EnvListenPIDFDID, handoff.EnvPinRoot,
 		envExecUID, envExecGID, envExecGroups, envExecPPID)
 	env = append(env,
 		handoff.EnvListenFDs+"="+strconv.Itoa(len(c.Files)),
@@ -173,20 +206,9 @@ func Start(c Child) (*Process, error) {
 		}
 	} else {
 		env = append(env, envExecPPID+"="+strconv.Itoa(os.Getpid()))
+		env = append(env, c.credentialEnv()...)
 	}
-	if cr := c.Credential; cr != nil && !shell {
-		groups := make([]string, len(cr.Groups))
-		for i, g := range cr.Groups {
-			groups[i] = strconv.FormatUint(uint64(g), 10)
-		}
-		env = append(env,
-			envExecUID+"="+strconv.FormatUint(uint64(cr.UID), 10),
-			envExecGID+"="+strconv.FormatUint(uint64(cr.GID), 10),
-			envExecGroups+"="+strings.Join(groups, ","),
-		)
-	}
-
-	cmd := &exec.Cmd{
+	return &exec.Cmd{
 		Path:        helper,
 		Args:        args,
 		Env:         env,
@@ -194,21 +216,34 @@ func Start(c Child) (*Process, error) {
 		Stdout:      orStd(c.Stdout, os.Stdout),
 		Stderr:      orStd(c.Stderr, os.Stderr),
 		SysProcAttr: attr,
-	}
-	// Only the handed fds reach the application. An fd the supervisor
-	// inherited without close-on-exec (from a shell, a test harness, a
-	// service manager that does not close them) would otherwise pass
-	// through the fork into the application unannounced. Those handed are
-	// dup'ed into place by the fork, which clears the flag on the copies.
-	if err := exechelper.CloseOnExecFrom(3); err != nil {
-		return nil, fmt.Errorf("start child: %w", err)
-	}
+	}, nil
+}
 
+// credentialEnv tells the exec helper which user to become, if any.
+func (c Child) credentialEnv() []string {
+	cr := c.Credential
+	if cr == nil {
+		return nil
+	}
+	groups := make([]string, len(cr.Groups))
+	for i, g := range cr.Groups {
+		groups[i] = strconv.FormatUint(uint64(g), 10)
+	}
+	return []string{
+		envExecUID + "=" + strconv.FormatUint(uint64(cr.UID), 10),
+		envExecGID + "=" + strconv.FormatUint(uint64(cr.GID), 10),
+		envExecGroups + "=" + strings.Join(groups, ","),
+	}
+}
+
+// startOnLockedThread starts cmd from an OS thread that stays locked, and
+// serves OnForkThread, until the child has exited (see Start).
+func startOnLockedThread(cmd *exec.Cmd) (*Process, error) {
 	started := make(chan error, 1)
 	done := make(chan *os.ProcessState, 1)
 	calls, gone := make(chan func()), make(chan struct{})
 	go func() {
-		// Never unlocked while the child lives: see the doc comment.
+		// Never unlocked while the child lives: see Start.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		if err := cmd.Start(); err != nil {
@@ -235,7 +270,7 @@ func Start(c Child) (*Process, error) {
 		}
 	}()
 	if err := <-started; err != nil {
-		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
+		return nil, err
 	}
 	return &Process{Pid: cmd.Process.Pid, Done: done, calls: calls, gone: gone}, nil
 }
@@ -245,24 +280,6 @@ func orStd(w io.Writer, def *os.File) io.Writer {
 		return def
 	}
 	return w
-}
-
-func withoutVars(env []string, names ...string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		drop := false
-		for _, n := range names {
-			if k == n {
-				drop = true
-				break
-			}
-		}
-		if !drop {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 // ExecHelper is the exec helper's whole life: it sets LISTEN_PID to its own

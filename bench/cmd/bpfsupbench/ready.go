@@ -129,62 +129,76 @@ func (b *bench) readySection() error {
 	return nil
 }
 
-func (b *bench) readyCase(kind string, n int) error {
-	obj := b.objs[kind][n]
-	ifaces := b.ifaces[:n]
-	progs := make([]string, n)
-	for i := range progs {
-		progs[i] = fmt.Sprintf("p%d", i)
-	}
-	nfds := 0
-	if kind == "small" {
-		nfds = 1 // the counters map
-	}
+// readyCase is one case of the restart-to-ready section: n programs of one
+// kind, each on its interface, started by every method in turn.
+type readyCase struct {
+	b      *bench
+	obj    string
+	ifaces []string
+	progs  []string
+	nfds   int // fds handed to the child
+	e      *bpfsupEnv
+	cfg    string
+	// pinDir, batchFile and script are bpftool's pins and batch and
+	// xdp-loader's script; detach puts the interfaces back.
+	pinDir, batchFile, script string
+	detach                    []string
+
+	samples, installs map[string][]float64
+}
+
+func (b *bench) newReadyCase(kind string, n int) (*readyCase, error) {
 	name := fmt.Sprintf("ready-%s%d", kind, n)
-	e := b.newBpfsupEnv(name)
-
-	o := cfgObject{Path: obj, Name: "ready"}
-	for i := range ifaces {
-		o.Attach = append(o.Attach, cfgAttach{Program: progs[i], Hook: "xdp:" + ifaces[i]})
+	rc := &readyCase{
+		b:         b,
+		obj:       b.objs[kind][n],
+		ifaces:    b.ifaces[:n],
+		progs:     make([]string, n),
+		e:         b.newBpfsupEnv(name),
+		cfg:       filepath.Join(b.work, name+".toml"),
+		pinDir:    filepath.Join(b.pinBase, name+"-bpftool"),
+		batchFile: filepath.Join(b.work, name+".bpftool"),
+		samples:   map[string][]float64{},
+		installs:  map[string][]float64{},
 	}
-	cfg := filepath.Join(b.work, name+".toml")
-	if err := writeConfig(cfg, []cfgObject{o}); err != nil {
-		return err
+	for i := range rc.progs {
+		rc.progs[i] = fmt.Sprintf("p%d", i)
 	}
-
-	pinDir := filepath.Join(b.pinBase, name+"-bpftool")
+	if kind == "small" {
+		rc.nfds = 1 // the counters map
+	}
+	o := cfgObject{Path: rc.obj, Name: "ready"}
+	for i := range rc.ifaces {
+		o.Attach = append(o.Attach, cfgAttach{Program: rc.progs[i], Hook: "xdp:" + rc.ifaces[i]})
+	}
+	if err := writeConfig(rc.cfg, []cfgObject{o}); err != nil {
+		return nil, err
+	}
 	// prog loadall runs as its own process: in a batch, bpftool 7.1 fails
 	// the batch on a stale errno (EEXIST) that loadall of several programs
 	// leaves behind.
-	var batch, xdpLoader, detach []string
-	for i := range ifaces {
-		batch = append(batch, fmt.Sprintf("net attach xdp pinned %s/%s dev %s", pinDir, progs[i], ifaces[i]))
-		xdpLoader = append(xdpLoader, fmt.Sprintf("xdp-loader load -m native -n %s %s %s", progs[i], ifaces[i], obj))
-		detach = append(detach, "link set dev "+ifaces[i]+" xdp off")
+	var batch, xdpLoader []string
+	for i := range rc.ifaces {
+		batch = append(batch, fmt.Sprintf("net attach xdp pinned %s/%s dev %s", rc.pinDir, rc.progs[i], rc.ifaces[i]))
+		xdpLoader = append(xdpLoader, fmt.Sprintf("xdp-loader load -m native -n %s %s %s", rc.progs[i], rc.ifaces[i], rc.obj))
+		rc.detach = append(rc.detach, "link set dev "+rc.ifaces[i]+" xdp off")
 	}
-	batchFile := filepath.Join(b.work, name+".bpftool")
-	if err := os.WriteFile(batchFile, []byte(strings.Join(batch, "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(rc.batchFile, []byte(strings.Join(batch, "\n")+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	rc.script = "set -e\n" + strings.Join(xdpLoader, "\n") + "\n"
+	cleanups.add(func() {
+		_ = b.rns.ipBatch(rc.detach)
+		os.RemoveAll(rc.pinDir)
+	})
+	return rc, nil
+}
+
+func (b *bench) readyCase(kind string, n int) error {
+	rc, err := b.newReadyCase(kind, n)
+	if err != nil {
 		return err
 	}
-	script := "set -e\n" + strings.Join(xdpLoader, "\n") + "\n"
-	cleanups.add(func() {
-		_ = b.rns.ipBatch(detach)
-		os.RemoveAll(pinDir)
-	})
-	// Detaching a netlink-attached program and unpinning bpftool's programs
-	// puts the interfaces back as they were, untimed.
-	resetNetlink := func() error {
-		if err := b.rns.ipBatch(detach); err != nil {
-			return err
-		}
-		if err := os.RemoveAll(pinDir); err != nil {
-			return err
-		}
-		return b.rns.checkDetached()
-	}
-
-	samples := map[string][]float64{}
-	installs := map[string][]float64{}
 	start := time.Now()
 	adoptOnly := false
 	for r := 0; r < b.reps; r++ {
@@ -198,80 +212,35 @@ func (b *bench) readyCase(kind string, n int) error {
 			b.res.Notes = append(b.res.Notes, note)
 		}
 		if adoptOnly {
-			d, inst, err := b.readyRun(e, cfg, "adopted", n, nfds)
-			if err != nil {
-				return fmt.Errorf("bpfsup-adopt: %w", err)
+			if err := rc.bpfsup("bpfsup-adopt", "adopted"); err != nil {
+				return err
 			}
-			if err := b.rns.checkAttached(ifaces, progs); err != nil {
-				return fmt.Errorf("bpfsup-adopt: %w", err)
-			}
-			samples["bpfsup-adopt"] = append(samples["bpfsup-adopt"], d)
-			installs["bpfsup-adopt"] = append(installs["bpfsup-adopt"], inst)
 			continue
 		}
-		if err := e.down(); err != nil {
+		if err := rc.e.down(); err != nil {
 			return err
 		}
 		if err := b.rns.checkDetached(); err != nil {
 			return fmt.Errorf("after bpfsup down: %w", err)
 		}
-
-		// bpftool: load everything, attach everything, start the child.
-		t0 := mono()
-		if _, err := runCmd(nsenter(b.rns, "bpftool", "prog", "loadall", obj, pinDir, "type", "xdp")); err != nil {
+		if err := rc.others(); err != nil {
 			return err
 		}
-		if _, err := runCmd(nsenter(b.rns, "bpftool", "batch", "file", batchFile)); err != nil {
-			return err
-		}
-		ev, err := b.startChild("exit")
-		if err != nil {
-			return fmt.Errorf("bpftool: %w", err)
-		}
-		samples["bpftool"] = append(samples["bpftool"], ms(ev.ts-t0))
-		if err := b.rns.checkAttached(ifaces, progs); err != nil {
-			return fmt.Errorf("bpftool: %w", err)
-		}
-		if err := resetNetlink(); err != nil {
-			return err
-		}
-
-		// xdp-loader, one interface at a time.
-		t0 = mono()
-		if _, err := runCmd(nsenter(b.rns, "sh", "-c", script)); err != nil {
-			return err
-		}
-		if ev, err = b.startChild("exit"); err != nil {
-			return fmt.Errorf("xdp-loader: %w", err)
-		}
-		samples["xdp-loader"] = append(samples["xdp-loader"], ms(ev.ts-t0))
-		if err := b.rns.checkAttached(ifaces, progs); err != nil {
-			return fmt.Errorf("xdp-loader: %w", err)
-		}
-		if err := resetNetlink(); err != nil {
-			return err
-		}
-
 		// bpfsup from nothing, then bpfsup again with the pins it left,
 		// which stay for the next repetition's adopt-only runs.
-		for _, m := range []struct{ method, want string }{{"bpfsup-load", "loaded"}, {"bpfsup-adopt", "adopted"}} {
-			d, inst, err := b.readyRun(e, cfg, m.want, n, nfds)
-			if err != nil {
-				return fmt.Errorf("%s: %w", m.method, err)
-			}
-			if err := b.rns.checkAttached(ifaces, progs); err != nil {
-				return fmt.Errorf("%s: %w", m.method, err)
-			}
-			samples[m.method] = append(samples[m.method], d)
-			installs[m.method] = append(installs[m.method], inst)
+		if err := rc.bpfsup("bpfsup-load", "loaded"); err != nil {
+			return err
+		}
+		if err := rc.bpfsup("bpfsup-adopt", "adopted"); err != nil {
+			return err
 		}
 	}
-	if err := e.down(); err != nil {
+	if err := rc.e.down(); err != nil {
 		return err
 	}
 	for _, m := range readyMethods {
-		row := ReadyRow{Kind: kind, Programs: n, Method: m, Samples: samples[m], Stats: summarize(samples[m])}
-		if in := installs[m]; len(in) > 0 {
+		row := ReadyRow{Kind: kind, Programs: n, Method: m, Samples: rc.samples[m], Stats: summarize(rc.samples[m])}
+		if in := rc.installs[m]; len(in) > 0 {
 			st := summarize(in)
 			row.Install, row.InstallStats = in, &st
 		}
@@ -279,6 +248,67 @@ func (b *bench) readyCase(kind string, n int) error {
 		logf("ready %s x%d %-13s median %9.2f ms  [%.2f .. %.2f]", kind, n, m, row.Stats.Median, row.Stats.Min, row.Stats.Max)
 	}
 	return nil
+}
+
+// bpfsup runs bpfsup to ready once, expecting the objects to be want
+// ("loaded" or "adopted"), and records the sample as method.
+func (rc *readyCase) bpfsup(method, want string) error {
+	d, inst, err := rc.b.readyRun(rc.e, rc.cfg, want, len(rc.progs), rc.nfds)
+	if err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	if err := rc.b.rns.checkAttached(rc.ifaces, rc.progs); err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	rc.samples[method] = append(rc.samples[method], d)
+	rc.installs[method] = append(rc.installs[method], inst)
+	return nil
+}
+
+// others runs bpftool (load everything, attach everything, start the
+// child) and then xdp-loader (one interface at a time), each timed to the
+// child's start, and detaches after each, untimed.
+func (rc *readyCase) others() error {
+	b := rc.b
+	t0 := mono()
+	if _, err := runCmd(nsenter(b.rns, "bpftool", "prog", "loadall", rc.obj, rc.pinDir, "type", "xdp")); err != nil {
+		return err
+	}
+	if _, err := runCmd(nsenter(b.rns, "bpftool", "batch", "file", rc.batchFile)); err != nil {
+		return err
+	}
+	if err := rc.childStarted("bpftool", t0); err != nil {
+		return err
+	}
+	t0 = mono()
+	if _, err := runCmd(nsenter(b.rns, "sh", "-c", rc.script)); err != nil {
+		return err
+	}
+	return rc.childStarted("xdp-loader", t0)
+}
+
+// childStarted starts the child after method attached everything at t0,
+// records the time to the child's start, checks the attachments and puts
+// the interfaces back as they were.
+func (rc *readyCase) childStarted(method string, t0 int64) error {
+	b := rc.b
+	ev, err := b.startChild("exit")
+	if err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	rc.samples[method] = append(rc.samples[method], ms(ev.ts-t0))
+	if err := b.rns.checkAttached(rc.ifaces, rc.progs); err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	// Detaching a netlink-attached program and unpinning bpftool's
+	// programs puts the interfaces back as they were.
+	if err := b.rns.ipBatch(rc.detach); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(rc.pinDir); err != nil {
+		return err
+	}
+	return b.rns.checkDetached()
 }
 
 const (

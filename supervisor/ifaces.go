@@ -21,8 +21,8 @@ import (
 // the socket keeps the namespace alive. The watcher only reports; the
 // supervisor's loop, which owns the state, re-attaches.
 
-// linkEvent says that interfaces changed in a network namespace.
-type linkEvent struct {
+// ifaceEvent says that interfaces changed in a network namespace.
+type ifaceEvent struct {
 	// netns is the namespace's path, "" for bpfsup's own.
 	netns string
 	// name is the interface; "" when events were lost and every link of the
@@ -36,9 +36,9 @@ type linkEvent struct {
 	started bool
 }
 
-// linkWatcher holds one rtnetlink socket per watched network namespace.
-type linkWatcher struct {
-	events chan linkEvent
+// ifaceWatcher holds one rtnetlink socket per watched network namespace.
+type ifaceWatcher struct {
+	events chan ifaceEvent
 	done   chan struct{}
 	log    *slog.Logger
 
@@ -51,12 +51,12 @@ type linkWatcher struct {
 	wg     sync.WaitGroup
 }
 
-func newLinkWatcher(log *slog.Logger) *linkWatcher {
-	return &linkWatcher{events: make(chan linkEvent, 64), done: make(chan struct{}), log: log, socks: map[string]*os.File{}, inodes: map[string]uint64{}}
+func newIfaceWatcher(log *slog.Logger) *ifaceWatcher {
+	return &ifaceWatcher{events: make(chan ifaceEvent, 64), done: make(chan struct{}), log: log, socks: map[string]*os.File{}, inodes: map[string]uint64{}}
 }
 
 // watch starts watching the namespace at path; watching it twice is one watch.
-func (w *linkWatcher) watch(path string) error {
+func (w *ifaceWatcher) watch(path string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -72,7 +72,7 @@ func (w *linkWatcher) watch(path string) error {
 }
 
 // subscribe opens the watch of the namespace at path; w.mu is held.
-func (w *linkWatcher) subscribe(path string) error {
+func (w *ifaceWatcher) subscribe(path string) error {
 	before, _ := hooks.NetnsInode(path)
 	f, err := subscribeLinks(path)
 	if err != nil {
@@ -91,7 +91,7 @@ func (w *linkWatcher) subscribe(path string) error {
 
 // moved lists the watched paths that no longer name the namespace watched
 // there: deleted, or deleted and made again.
-func (w *linkWatcher) moved() []string {
+func (w *ifaceWatcher) moved() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var paths []string
@@ -113,7 +113,7 @@ func (w *linkWatcher) moved() []string {
 // rewatch closes the watch of path, which lets the old namespace go when
 // nothing else holds it, and watches the namespace now at path, if any (an
 // error wrapping hooks.ErrTargetNotFound when there is none).
-func (w *linkWatcher) rewatch(path string) error {
+func (w *ifaceWatcher) rewatch(path string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -131,13 +131,13 @@ func (w *linkWatcher) rewatch(path string) error {
 }
 
 // run blocks until close, as an actor of the supervisor's run group.
-func (w *linkWatcher) run() error {
+func (w *ifaceWatcher) run() error {
 	<-w.done
 	return nil
 }
 
 // close stops every watch and waits for the readers to end. Idempotent.
-func (w *linkWatcher) close() {
+func (w *ifaceWatcher) close() {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -152,7 +152,7 @@ func (w *linkWatcher) close() {
 	w.wg.Wait()
 }
 
-func (w *linkWatcher) read(path string, f *os.File) {
+func (w *ifaceWatcher) read(path string, f *os.File) {
 	defer w.wg.Done()
 	buf := make([]byte, 64<<10)
 	for {
@@ -162,7 +162,7 @@ func (w *linkWatcher) read(path string, f *os.File) {
 			return
 		case errors.Is(err, unix.ENOBUFS):
 			// The socket overflowed: events were lost, check everything.
-			w.send(linkEvent{netns: path})
+			w.send(ifaceEvent{netns: path})
 			continue
 		case err != nil:
 			w.log.Error("rtnetlink watch ended; defunct links will not be re-attached", "netns", path, "err", err)
@@ -170,7 +170,7 @@ func (w *linkWatcher) read(path string, f *os.File) {
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			w.send(linkEvent{netns: path})
+			w.send(ifaceEvent{netns: path})
 			continue
 		}
 		for i := range msgs {
@@ -178,33 +178,33 @@ func (w *linkWatcher) read(path string, f *os.File) {
 			if m.Header.Type != unix.RTM_NEWLINK && m.Header.Type != unix.RTM_DELLINK {
 				continue
 			}
-			if ev, ok := parseLinkMessage(path, m); ok {
+			if ev, ok := parseIfaceMessage(path, m); ok {
 				w.send(ev)
 			}
 		}
 	}
 }
 
-func (w *linkWatcher) send(ev linkEvent) {
+func (w *ifaceWatcher) send(ev ifaceEvent) {
 	select {
 	case w.events <- ev:
 	case <-w.done:
 	}
 }
 
-// parseLinkMessage reads the interface name of an RTM_NEWLINK or RTM_DELLINK.
-func parseLinkMessage(path string, m *syscall.NetlinkMessage) (linkEvent, bool) {
+// parseIfaceMessage reads the interface name of an RTM_NEWLINK or RTM_DELLINK.
+func parseIfaceMessage(path string, m *syscall.NetlinkMessage) (ifaceEvent, bool) {
 	attrs, err := syscall.ParseNetlinkRouteAttr(m)
 	if err != nil {
-		return linkEvent{}, false
+		return ifaceEvent{}, false
 	}
 	for _, a := range attrs {
 		if a.Attr.Type == unix.IFLA_IFNAME {
 			name := strings.TrimRight(string(a.Value), "\x00")
-			return linkEvent{netns: path, name: name, deleted: m.Header.Type == unix.RTM_DELLINK}, true
+			return ifaceEvent{netns: path, name: name, deleted: m.Header.Type == unix.RTM_DELLINK}, true
 		}
 	}
-	return linkEvent{}, false
+	return ifaceEvent{}, false
 }
 
 // subscribeLinks opens an rtnetlink socket in the namespace at path (bpfsup's
@@ -234,12 +234,12 @@ func subscribeLinks(path string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "rtnetlink:"+path), nil
 }
 
-// linkEvents is the channel of interface events, nil when nothing watches.
-func (s *supervisor) linkEvents() <-chan linkEvent {
-	if s.links == nil {
+// ifaceEvents is the channel of interface events, nil when nothing watches.
+func (s *supervisor) ifaceEvents() <-chan ifaceEvent {
+	if s.ifaces == nil {
 		return nil
 	}
-	return s.links.events
+	return s.ifaces.events
 }
 
 // watchInterfaces watches the network namespace of every network hook, and
@@ -257,23 +257,23 @@ func (s *supervisor) watchInterfaces() error {
 	if len(paths) == 0 {
 		return nil
 	}
-	if s.links == nil {
-		s.links = newLinkWatcher(s.log)
+	if s.ifaces == nil {
+		s.ifaces = newIfaceWatcher(s.log)
 	}
 	for path := range paths {
-		if err := s.links.watch(path); err != nil {
+		if err := s.ifaces.watch(path); err != nil {
 			return err
 		}
-		s.relink(linkEvent{netns: path, started: true})
+		s.reattachIface(ifaceEvent{netns: path, started: true})
 	}
 	return nil
 }
 
-// relink re-attaches the links of network hooks in ev's namespace (and on
+// reattachIface re-attaches the links of network hooks in ev's namespace (and on
 // ev's interface, when it names one) that are not attached to their
 // interface while it exists: defunct links, and links missing because their
 // interface was gone at start. It runs in the loop's goroutine.
-func (s *supervisor) relink(ev linkEvent) {
+func (s *supervisor) reattachIface(ev ifaceEvent) {
 	match := func(spec hooks.Spec) bool {
 		return spec.IsNetwork() && spec.Netns == ev.netns && (ev.name == "" || spec.Target == ev.name)
 	}
