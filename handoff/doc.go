@@ -1,5 +1,7 @@
-// Package handoff is the protocol by which bpfsup hands BPF objects to the
-// application it supervises, both sides of it.
+// Package handoff is the child's side of the protocol by which bpfsup hands
+// BPF objects to the application it supervises. Every Go child imports it, so
+// it stays small: nothing of bpfsup, no os/exec, no init (imports_test.go).
+// The parent's side is package supervisor/spawn.
 //
 // The protocol is systemd's socket activation (sd_listen_fds(3)): the child's
 // fds from 3 on are the handed objects, LISTEN_FDS counts them, LISTEN_PID is
@@ -12,8 +14,8 @@
 // go-systemd's activation.Files.
 //
 // LISTEN_PID must be the child's pid, which its parent cannot know before it
-// forks; so bpfsup starts the child through a re-exec of itself (Exec, in
-// the helper process) that sets LISTEN_PID to its own pid, optionally drops
+// forks; so bpfsup starts the child through a re-exec of itself (the exec
+// helper, internal/exechelper, started by spawn.Start) that sets LISTEN_PID to its own pid, optionally drops
 // privileges, and then execs the application in place. Just before that exec
 // the helper marks every fd above the handed ones close-on-exec, so the
 // application holds fds 0, 1, 2 and the handed ones and nothing else, not
