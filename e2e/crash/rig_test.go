@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,8 +18,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 	"github.com/bpfsup/bpfsup/supervisor"
@@ -290,17 +288,14 @@ func newRig(t testing.TB, n *netRig) *rig {
 	// last pin is removed from a work queue, a moment later, and the next
 	// rig on this network must find the hook free.
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			id, err := n.xdp.progID(n.ifB.Index)
-			if err != nil || id == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s still runs XDP program %d after bpfsup down", n.ifB.Name, id)
-				return
-			}
-			time.Sleep(time.Millisecond)
+		var id uint32
+		free := testutil.Poll(10*time.Second, func() bool {
+			var err error
+			id, err = n.xdp.progID(n.ifB.Index)
+			return err != nil || id == 0
+		})
+		if !free {
+			t.Errorf("%s still runs XDP program %d after bpfsup down", n.ifB.Name, id)
 		}
 	})
 	r := &rig{netRig: n, env: testutil.MustEnv(t), objPath: filepath.Join(t.TempDir(), objName+".bpf.o")}
@@ -339,21 +334,6 @@ func (r *rig) migrateDropPorts(t testing.TB) {
 }
 
 func (r *rig) objDir() string { return filepath.Join(r.env.PinRoot, objName) }
-
-// pinnedLinkInfo is the info of the link pinned at path.
-func pinnedLinkInfo(t testing.TB, path string) *link.Info {
-	t.Helper()
-	l, err := link.LoadPinnedLink(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info
-}
 
 func (r *rig) pinPath(kind, name string) string { return filepath.Join(r.objDir(), kind, name) }
 
@@ -458,7 +438,7 @@ func (r *rig) seedDropPortsOnly(t testing.TB, mapOnly bool) uint32 {
 	if err := m.Pin(path); err != nil {
 		t.Fatalf("pin drop_ports: %v", err)
 	}
-	id := mapID(t, m)
+	id := uint32(e2e.MapID(t, m))
 	if mapOnly {
 		return id
 	}
@@ -471,26 +451,6 @@ func (r *rig) seedDropPortsOnly(t testing.TB, mapOnly bool) uint32 {
 		t.Fatal(err)
 	}
 	return id
-}
-
-func mapID(t testing.TB, m *ebpf.Map) uint32 {
-	t.Helper()
-	info, err := m.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return uint32(id)
-}
-
-func progID(t testing.TB, p *ebpf.Program) uint32 {
-	t.Helper()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return uint32(id)
 }
 
 // setDropCount writes drop_count[0].
@@ -570,7 +530,7 @@ func (r *rig) checkConverged(t testing.TB) state {
 // checkState is checkConverged, with `bpfsup status` asked too or not.
 func (r *rig) checkState(t testing.TB, withStatus bool) state {
 	t.Helper()
-	if got := dirEntries(t, r.env.PinRoot); !slices.Equal(got, []string{objName}) {
+	if got := e2e.DirEntries(t, r.env.PinRoot); !slices.Equal(got, []string{objName}) {
 		t.Errorf("pin root holds %v, want only %s", got, objName)
 	}
 	for dir, want := range map[string][]string{
@@ -580,7 +540,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 		"links":    {"xdp_drop"},
 		"staging":  nil,
 	} {
-		if got := dirEntries(t, filepath.Join(r.objDir(), dir)); !slices.Equal(got, want) {
+		if got := e2e.DirEntries(t, filepath.Join(r.objDir(), dir)); !slices.Equal(got, want) {
 			t.Errorf("%s/%s holds %v, want %v", objName, dir, got, want)
 		}
 	}
@@ -594,7 +554,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.maps[name] = mapID(t, m)
+		st.maps[name] = uint32(e2e.MapID(t, m))
 		m.Close()
 	}
 	spec, err := ebpf.LoadCollectionSpec(r.objPath)
@@ -610,7 +570,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.progs[name] = progID(t, p)
+		st.progs[name] = uint32(e2e.ProgramID(t, p))
 		p.Close()
 		if err := spec.Programs[name].Compatible(info); err != nil {
 			t.Errorf("program %s (id %d) is not %s's: %v", name, st.progs[name], r.version, err)
@@ -622,7 +582,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 			}
 		}
 	}
-	info := pinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
+	info := e2e.PinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
 	st.link, st.linkProg = uint32(info.ID), uint32(info.Program)
 	if st.linkProg != st.progs["xdp_drop"] {
 		t.Errorf("link %d runs program %d, not the pinned xdp_drop %d", st.link, st.linkProg, st.progs["xdp_drop"])
@@ -668,38 +628,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 // status is `bpfsup status --json` of the object.
 func (r *rig) status(t testing.TB) supervisor.ObjectStatus {
 	t.Helper()
-	out, err := exec.Command(r.env.Bin, r.env.Args("status", "--json")...).Output()
-	if err != nil {
-		t.Fatalf("bpfsup status --json: %v", err)
-	}
-	var st supervisor.Status
-	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatalf("status JSON: %v\n%s", err, out)
-	}
-	for _, o := range st.Objects {
-		if o.Name == objName {
-			return o
-		}
-	}
-	t.Fatalf("status has no object %s:\n%s", objName, out)
-	return supervisor.ObjectStatus{}
-}
-
-func dirEntries(t testing.TB, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	return names
+	return e2e.FindObject(t, e2e.Status(t, r.env), objName)
 }
 
 // readTrace reads the steps a run traced (BPFSUP_TEST_CRASH_TRACE).
@@ -721,14 +650,4 @@ func occurrences(trace []string) []string {
 		out = append(out, fmt.Sprintf("%s#%d", step, seen[step]))
 	}
 	return out
-}
-
-// netInterface is the index of the interface named name, in the calling
-// thread's network namespace.
-func netInterface(name string) (int, error) {
-	iface, err := net.InterfaceByName(name)
-	if err != nil {
-		return 0, err
-	}
-	return iface.Index, nil
 }
