@@ -306,17 +306,7 @@ func newRig(t testing.TB, n *netRig) *rig {
 // setObject replaces the object file atomically with the given version.
 func (r *rig) setObject(t testing.TB, version string) {
 	t.Helper()
-	data, err := os.ReadFile(testutil.BPFObject(version))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := r.objPath + ".new"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, r.objPath); err != nil {
-		t.Fatal(err)
-	}
+	e2e.PutObject(t, r.objPath, version)
 	r.version = version
 }
 
