@@ -59,15 +59,7 @@ func TestGlobalsAndCORE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinned, err := ebpf.NewProgramFromID(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := pinned.Info()
-	pinned.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := e2e.ProgramInfo(t, first)
 	if err := spec.Programs["on_getppid"].Compatible(info); !errors.Is(err, ebpf.ErrProgIncompatible) {
 		t.Fatalf("the loaded program's tag matches the ELF's (%v): the CO-RE relocation changed nothing, the test tests nothing", err)
 	}

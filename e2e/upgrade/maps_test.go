@@ -79,15 +79,7 @@ func testIncompatibleMap(t *testing.T, mode string) {
 	}
 	// The new program uses the new map, not the old one: a pinned program
 	// is reloaded when the map it used is replaced.
-	prog, err := ebpf.NewProgramFromID(progAfter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := prog.Info()
-	prog.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := e2e.ProgramInfo(t, progAfter)
 	if used, _ := info.MapIDs(); !slices.Contains(used, portsID) {
 		t.Fatalf("the new program uses maps %v, not the new drop_ports %d", used, portsID)
 	}

@@ -96,6 +96,21 @@ func ProgramID(tb testing.TB, p *ebpf.Program) ebpf.ProgramID {
 	return id
 }
 
+// ProgramInfo is the kernel's info of the program with id.
+func ProgramInfo(tb testing.TB, id ebpf.ProgramID) *ebpf.ProgramInfo {
+	tb.Helper()
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		tb.Fatalf("program %d: %v", id, err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		tb.Fatalf("info of program %d: %v", id, err)
+	}
+	return info
+}
+
 // LinkGone reports whether no link has id any more.
 func LinkGone(id link.ID) bool {
 	return gone(link.NewFromID(id))
