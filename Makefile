@@ -51,9 +51,18 @@ bench: setup build
 demo: setup build
 	./examples/xdp-counter/demo.sh
 
-lint:
+# golangci-lint at a pinned version (.golangci.yml says which linters and
+# the import rules of the design). Built once into a cache outside the
+# checkout: ~7 minutes on a fresh machine, mostly downloading modules.
+GOLANGCI_LINT_VERSION := v2.15.0
+LINTDIR := $(HOME)/.cache/bpfsup/golangci-lint-$(GOLANGCI_LINT_VERSION)
+
+$(LINTDIR)/golangci-lint:
+	GOBIN=$(LINTDIR) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+lint: $(LINTDIR)/golangci-lint
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(LINTDIR)/golangci-lint run ./...
 
 clean:
 	rm -rf bin

@@ -23,7 +23,7 @@ const (
 // FirstFD is the first handed fd, as in sd_listen_fds(3).
 const FirstFD = 3
 
-// ErrNoHandoff: the process was not started with handed fds.
+// ErrNoHandoff means the process was not started with handed fds.
 var ErrNoHandoff = errors.New("no fds handed to this process (LISTEN_FDS unset)")
 
 // CheckName reports whether name can be used in LISTEN_FDNAMES: at most 255

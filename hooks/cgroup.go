@@ -110,7 +110,7 @@ func (h *cgroupHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return nil
 }
 
-func (h *cgroupHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *cgroupHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, h.v.prog); err != nil {
 		return nil, err
 	}
@@ -127,13 +127,13 @@ func (h *cgroupHook) Attach(prog *ebpf.Program) (link.Link, error) {
 		l.Close()
 		return nil, fmt.Errorf("attach %s: the kernel has no cgroup bpf_link (Linux 5.7+), which a pinned attachment needs: %w", h.spec, ErrNotSupported)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *cgroupHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *cgroupHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	ci := info.Cgroup()
 	if info.Type != link.CgroupType || ci == nil || ebpf.AttachType(ci.AttachType) != h.v.attach {

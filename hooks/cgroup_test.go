@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -103,9 +102,7 @@ func TestCgroupHook(t *testing.T) {
 	}
 
 	// In place, compare-and-swap.
-	if err := l.(interface {
-		UpdateArgs(link.RawLinkUpdateOptions) error
-	}).UpdateArgs(link.RawLinkUpdateOptions{New: progB, Old: prog, Flags: unix.BPF_F_REPLACE}); err != nil {
+	if err := l.Update(progB, prog); err != nil {
 		t.Fatalf("update cgroup link: %v", err)
 	}
 	if got := linkInfo(t, l).Program; got != progID(t, progB) {

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 )
 
 // Errors returned by this package.
@@ -91,15 +90,15 @@ func (s State) String() string {
 type Hook interface {
 	// Spec is the spec the hook was made from.
 	Spec() Spec
-	// Attach attaches prog with a new link owned by the caller.
-	Attach(prog *ebpf.Program) (link.Link, error)
+	// Attach attaches prog; the new attachment is the caller's.
+	Attach(prog *ebpf.Program) (Attachment, error)
 	// Updatable reports whether a link of this hook can swap its program in
 	// place (BPF_LINK_UPDATE); otherwise an upgrade is make-before-break.
 	Updatable() bool
 	// Mechanism says how the program is attached, for status.
 	Mechanism() string
-	// Check says whether the link l sits on this hook.
-	Check(l link.Link) (State, error)
+	// Check says whether the attachment a sits on this hook.
+	Check(a Attachment) (State, error)
 }
 
 // kind is one kind of hook: its variants and how to make a Hook.

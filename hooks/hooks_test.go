@@ -217,8 +217,8 @@ func mustHook(tb testing.TB, spec, netns string) Hook {
 	return h
 }
 
-// mustAttach attaches prog to h; the link is closed when the test ends.
-func mustAttach(tb testing.TB, h Hook, prog *ebpf.Program) link.Link {
+// mustAttach attaches prog to h; the attachment is closed when the test ends.
+func mustAttach(tb testing.TB, h Hook, prog *ebpf.Program) Attachment {
 	tb.Helper()
 	l, err := h.Attach(prog)
 	if err != nil {
@@ -241,20 +241,25 @@ func progID(tb testing.TB, p *ebpf.Program) ebpf.ProgramID {
 	return id
 }
 
-func linkInfo(tb testing.TB, l link.Link) *link.Info {
+// linkInfo is the kernel's info of a as a link's: a tc filter's says its
+// record's id and its program.
+func linkInfo(tb testing.TB, a Attachment) *link.Info {
 	tb.Helper()
-	info, err := l.Info()
+	info, err := a.Info()
 	if err != nil {
-		tb.Fatalf("link info: %v", err)
+		tb.Fatalf("attachment info: %v", err)
 	}
-	return info
+	if info.Link != nil {
+		return info.Link
+	}
+	return &link.Info{ID: link.ID(info.ID), Program: info.Program}
 }
 
 // wantState checks what h says about l. Before Linux 6.6 the kernel
 // reports nothing about a perf_event link's event, so a tracepoint, kprobe or
 // uprobe hook must say Unknown for every perf_event link there, whatever the
 // answer would be on a newer kernel.
-func wantState(tb testing.TB, h Hook, l link.Link, want State) {
+func wantState(tb testing.TB, h Hook, l Attachment, want State) {
 	tb.Helper()
 	switch h.Spec().Kind {
 	case "tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe":
@@ -273,7 +278,7 @@ func wantState(tb testing.TB, h Hook, l link.Link, want State) {
 
 // movePin pins l at path the way pinstore does: under a staging name first,
 // then renamed over whatever is pinned at path, in one step.
-func movePin(tb testing.TB, l link.Link, path string) {
+func movePin(tb testing.TB, l Attachment, path string) {
 	tb.Helper()
 	staging := filepath.Join(filepath.Dir(path), "staging-"+filepath.Base(path))
 	if err := l.Pin(staging); err != nil {
@@ -373,7 +378,7 @@ func testLinkHook(t *testing.T, tc linkHookCase) {
 	}
 	l.Close()
 	wantAttached("the pinned link to stay without its fd", idA)
-	l, err := link.LoadPinnedLink(path, nil)
+	l, err := LoadPinned(path)
 	if err != nil {
 		t.Fatalf("load pinned link: %v", err)
 	}
@@ -387,13 +392,7 @@ func testLinkHook(t *testing.T, tc linkHookCase) {
 	if !h.Updatable() {
 		t.Fatalf("%s: Updatable() = false", tc.name)
 	}
-	updater, ok := l.(interface {
-		UpdateArgs(link.RawLinkUpdateOptions) error
-	})
-	if !ok {
-		t.Fatalf("link %T has no UpdateArgs", l)
-	}
-	if err := updater.UpdateArgs(link.RawLinkUpdateOptions{New: progB, Old: progA, Flags: unix.BPF_F_REPLACE}); err != nil {
+	if err := l.Update(progB, progA); err != nil {
 		t.Fatalf("update link from %d to %d: %v", idA, idB, err)
 	}
 	info = linkInfo(t, l)
@@ -402,7 +401,7 @@ func testLinkHook(t *testing.T, tc linkHookCase) {
 	}
 	wantAttached("the updated program on the hook", idB)
 	// A swap that expects a program no longer there must fail and change nothing.
-	if err := updater.UpdateArgs(link.RawLinkUpdateOptions{New: progA, Old: progA, Flags: unix.BPF_F_REPLACE}); err == nil {
+	if err := l.Update(progA, progA); err == nil {
 		t.Fatal("update with a stale old program succeeded")
 	}
 	if got := linkInfo(t, l).Program; got != idB {
@@ -427,7 +426,7 @@ func testLinkHook(t *testing.T, tc linkHookCase) {
 		movePin(t, l2, path)
 		l.Close()
 		wantAttached("the old link gone once its pin moved and its fd closed", idA)
-		moved, err := link.LoadPinnedLink(path, nil)
+		moved, err := LoadPinned(path)
 		if err != nil {
 			t.Fatalf("load moved pin: %v", err)
 		}
@@ -446,10 +445,10 @@ func testLinkHook(t *testing.T, tc linkHookCase) {
 		st, err := h.Check(l)
 		return err == nil && st == Defunct
 	})
-	if err := l.Update(progB); !errors.Is(err, unix.ENOLINK) {
+	if err := l.Update(progB, nil); !errors.Is(err, unix.ENOLINK) {
 		t.Errorf("update of a defunct link: %v, want ENOLINK", err)
 	}
-	defunct, err := link.LoadPinnedLink(path, nil)
+	defunct, err := LoadPinned(path)
 	if err != nil {
 		t.Fatalf("load defunct link from its pin: %v", err)
 	}

@@ -65,7 +65,7 @@ func (h *kprobeHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return h.lacking()
 }
 
-func (h *kprobeHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *kprobeHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.Kprobe); err != nil {
 		return nil, err
 	}
@@ -87,15 +87,15 @@ func (h *kprobeHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err := mustBePinnable(l); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
 // Check compares the probe's kind, function and offset as the kernel reports
 // them.
-func (h *kprobeHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *kprobeHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	want := link.PerfEventKprobe
 	if h.ret {

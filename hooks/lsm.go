@@ -47,7 +47,7 @@ func (h *lsmHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return probeTrampoline(h.spec, ebpf.LSM, ebpf.AttachLSMMac, h.spec.Target)
 }
 
-func (h *lsmHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *lsmHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.LSM); err != nil {
 		return nil, err
 	}
@@ -55,11 +55,11 @@ func (h *lsmHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, trampolineError(err))
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *lsmHook) Check(l link.Link) (State, error) {
-	return checkTracing(l, ebpf.AttachLSMMac, "bpf_lsm_"+h.spec.Target)
+func (h *lsmHook) Check(a Attachment) (State, error) {
+	return checkTracing(a, ebpf.AttachLSMMac, "bpf_lsm_"+h.spec.Target)
 }
 
 // bpfLSMActive returns nil when "bpf" is among the active LSMs, and an error

@@ -123,7 +123,7 @@ func (h *netfilterHook) priorities() []int32 {
 	return out
 }
 
-func (h *netfilterHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *netfilterHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.Netfilter); err != nil {
 		return nil, err
 	}
@@ -144,13 +144,13 @@ func (h *netfilterHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *netfilterHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *netfilterHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	ni := info.Netfilter()
 	if info.Type != link.NetfilterType || ni == nil || ni.ProtocolFamily != h.family || ni.Hook != h.hook {

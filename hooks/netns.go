@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// inNetns runs fn on an OS thread switched into the network namespace at path
+// InNetns runs fn on an OS thread switched into the network namespace at path
 // (or on the current one when path is empty). A thread that cannot switch back
 // is left locked, so the Go runtime discards it instead of reusing it.
 func InNetns(path string, fn func() error) error {

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/cilium/ebpf/link"
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 
-	"github.com/bpfsup/bpfsup/pinstore"
+	"github.com/cilium/ebpf/link"
 )
 
 // What sits at a link's pin path: a bpf_link for most hooks, the record of a
@@ -33,21 +33,24 @@ func Caveat(h Hook) string {
 	return ""
 }
 
-// LoadPinned loads what is pinned at path as a link.Link: a bpf_link, or a
-// tc filter from its record. A missing pin is an error wrapping
+// LoadPinned loads the attachment pinned at path: a bpf_link, or a tc
+// filter from its record. A missing pin is an error wrapping
 // os.ErrNotExist.
-func LoadPinned(path string) (link.Link, error) {
+func LoadPinned(path string) (Attachment, error) {
 	// A bpf_link first, which is what is pinned nearly always; what else is
 	// there is only looked at when it is not one.
 	l, err := link.LoadPinnedLink(path, nil)
-	if err == nil || errors.Is(err, os.ErrNotExist) {
-		return l, err
+	if err == nil {
+		return attached(l), nil
 	}
-	kind, kerr := pinstore.PinKind(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	kind, kerr := bpffs.PinKind(path)
 	if kerr != nil {
 		return nil, kerr
 	}
-	if kind != pinstore.PinMap {
+	if kind != bpffs.Map {
 		return nil, err
 	}
 	rec, id, err := readTCRecordID(path)
@@ -72,11 +75,11 @@ func IsFilterRecord(path string) bool {
 // reference. A tc filter, which no pin holds, is deleted first. A missing
 // pin is not an error.
 func Unpin(path string) error {
-	kind, err := pinstore.PinKind(path)
+	kind, err := bpffs.PinKind(path)
 	if err == nil && kind == "" {
 		return nil
 	}
-	if err == nil && kind == pinstore.PinLink {
+	if err == nil && kind == bpffs.Link {
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
 			return fmt.Errorf("unpin %s: %w", path, err)
@@ -86,7 +89,7 @@ func Unpin(path string) error {
 			return fmt.Errorf("unpin %s: %w", path, err)
 		}
 	}
-	if err == nil && kind == pinstore.PinMap {
+	if err == nil && kind == bpffs.Map {
 		rec, err := readTCRecord(path)
 		if err != nil {
 			return fmt.Errorf("unpin %s: %w", path, err)

@@ -55,7 +55,7 @@ func (h *netnsHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return nil
 }
 
-func (h *netnsHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *netnsHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, h.prog); err != nil {
 		return nil, err
 	}
@@ -74,13 +74,13 @@ func (h *netnsHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *netnsHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *netnsHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	ni := info.NetNs()
 	if info.Type != link.NetNsType || ni == nil || ebpf.AttachType(ni.AttachType) != h.attach {

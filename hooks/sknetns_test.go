@@ -6,9 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
-
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -32,9 +29,7 @@ func TestNetnsHooks(t *testing.T) {
 			otherKind := map[string]string{"sk_lookup": "flow_dissector", "flow_dissector": "sk_lookup"}[tc.kind]
 			wantState(t, mustHook(t, otherKind+":"+ns.Path, ""), l, Elsewhere)
 
-			if err := l.(interface {
-				UpdateArgs(link.RawLinkUpdateOptions) error
-			}).UpdateArgs(link.RawLinkUpdateOptions{New: progB, Old: prog, Flags: unix.BPF_F_REPLACE}); err != nil {
+			if err := l.Update(progB, prog); err != nil {
 				t.Fatalf("update %s link: %v", tc.kind, err)
 			}
 			if got := linkInfo(t, l).Program; got != progID(t, progB) {

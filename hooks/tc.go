@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +24,7 @@ import (
 // stays in the kernel, whoever made it, until it is deleted or its interface
 // goes. bpfsup keeps the link promises as far as that allows:
 //
-//   - The "link" Attach returns is a *tcAttachment, a link.Link whose Pin
+//   - The Attachment that Attach returns is a *tcAttachment, whose Pin
 //     pins a record of the filter (a one-entry BPF array, "bpfsup_tc", naming
 //     the namespace, interface, direction, priority and handle) where the link
 //     would be pinned. LoadPinned turns such a record back into an attachment,
@@ -101,7 +100,7 @@ func (h *tcHook) bindPin(path string) {
 
 func (h *tcHook) egress() bool { return h.spec.Variant == "egress" }
 
-func (h *tcHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *tcHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.SchedCLS); err != nil {
 		return nil, err
 	}
@@ -172,8 +171,8 @@ func (h *tcHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	return a, nil
 }
 
-func (h *tcHook) Check(l link.Link) (State, error) {
-	a, ok := l.(*tcAttachment)
+func (h *tcHook) Check(at Attachment) (State, error) {
+	a, ok := at.(*tcAttachment)
 	if !ok || a.rec.Netns != h.spec.Netns || a.rec.Ifname != h.spec.Target || a.rec.Parent != tcParent(h.egress()) {
 		return Elsewhere, nil
 	}
@@ -256,12 +255,8 @@ func (r tcRecord) sameFilter(o tcRecord) bool {
 	return r.Netns == o.Netns && r.Ifindex == o.Ifindex && r.Parent == o.Parent && r.Prio == o.Prio && r.Handle == o.Handle
 }
 
-// tcAttachment is a tc filter seen as a link.Link. The embedded interface is
-// nil: it only supplies link.Link's unexported marker method, and every
-// method of the interface is defined below.
+// tcAttachment is a tc filter, an Attachment of kind KindTCFilter.
 type tcAttachment struct {
-	link.Link
-
 	rec tcRecord
 	// fresh: made by Attach in this process; closed unpinned, it detaches.
 	fresh bool
@@ -277,7 +272,12 @@ type tcAttachment struct {
 	closed   bool
 }
 
-var _ link.Link = (*tcAttachment)(nil)
+var _ Attachment = (*tcAttachment)(nil)
+
+func (a *tcAttachment) Kind() AttachmentKind { return KindTCFilter }
+
+// FD: a tc filter is no bpf_link, and has no fd to hand over.
+func (a *tcAttachment) FD() (int, bool) { return -1, false }
 
 // filter returns the filter as the kernel lists it, or nil when it, its
 // qdisc or its interface is gone.
@@ -324,21 +324,13 @@ func (a *tcAttachment) String() string {
 	return fmt.Sprintf("%s %s prio %d handle %#x", where, dir, a.rec.Prio, a.rec.Handle)
 }
 
-// Update swaps the filter's program for prog, atomically for packets. A
-// filter that is gone is ENOLINK, as for a defunct link.
-func (a *tcAttachment) Update(prog *ebpf.Program) error {
-	return a.update(prog, nil)
-}
-
-// UpdateArgs is Update with link.RawLinkUpdateOptions: with BPF_F_REPLACE,
-// the filter must run opts.Old (EPERM otherwise, as the kernel answers for
-// links).
-func (a *tcAttachment) UpdateArgs(opts link.RawLinkUpdateOptions) error {
-	var old *ebpf.Program
-	if opts.Flags&unix.BPF_F_REPLACE != 0 {
-		old = opts.Old
-	}
-	return a.update(opts.New, old)
+// Update swaps the filter's program for prog, atomically for packets: a tc
+// "replace" of the same handle, which cls_bpf does under RCU. With old, the
+// filter must run old (EPERM otherwise, as the kernel answers for links);
+// the check comes before the swap, not atomically with it. A filter that is
+// gone is ENOLINK, as for a defunct link.
+func (a *tcAttachment) Update(prog, old *ebpf.Program) error {
+	return a.update(prog, old)
 }
 
 func (a *tcAttachment) update(prog, old *ebpf.Program) error {
@@ -456,13 +448,13 @@ func (a *tcAttachment) Close() error {
 }
 
 // Info reports the filter's program, and as the id that of its record (0
-// before it is pinned); the type is unspecified: no link type fits.
-func (a *tcAttachment) Info() (*link.Info, error) {
+// before it is pinned).
+func (a *tcAttachment) Info() (*AttachmentInfo, error) {
 	f, err := a.filter()
 	if err != nil {
 		return nil, err
 	}
-	info := &link.Info{Type: link.UnspecifiedType, ID: link.ID(a.recordID)}
+	info := &AttachmentInfo{Kind: KindTCFilter, ID: a.recordID}
 	if f != nil {
 		info.Program = ebpf.ProgramID(f.progID)
 	}

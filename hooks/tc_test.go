@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -159,10 +158,7 @@ func TestTCHookLife(t *testing.T) {
 			wantState(t, h, l, Attached)
 
 			// Update, compare-and-swap: same filter, new program.
-			u := l.(interface {
-				UpdateArgs(link.RawLinkUpdateOptions) error
-			})
-			if err := u.UpdateArgs(link.RawLinkUpdateOptions{New: progB, Old: progA, Flags: unix.BPF_F_REPLACE}); err != nil {
+			if err := l.Update(progB, progA); err != nil {
 				t.Fatalf("update %d -> %d: %v", idA, idB, err)
 			}
 			if fs := wantShown(t, nsA, ifA.Name, dir, idB); fs[0].handle != tcHandle(path) {
@@ -171,7 +167,7 @@ func TestTCHookLife(t *testing.T) {
 			if info := linkInfo(t, l); info.Program != idB || info.ID != recordID {
 				t.Fatalf("after update: id %d program %d, want id %d (unchanged) program %d", info.ID, info.Program, recordID, idB)
 			}
-			if err := u.UpdateArgs(link.RawLinkUpdateOptions{New: progA, Old: progA, Flags: unix.BPF_F_REPLACE}); !errors.Is(err, unix.EPERM) {
+			if err := l.Update(progA, progA); !errors.Is(err, unix.EPERM) {
 				t.Fatalf("update with a stale old program: %v, want EPERM", err)
 			}
 			wantShown(t, nsA, ifA.Name, dir, idB)
@@ -192,7 +188,7 @@ func TestTCHookLife(t *testing.T) {
 				t.Fatalf("delete %s: %v: %s", ifA.Name, err, out)
 			}
 			wantState(t, h, l, Defunct)
-			if err := l.Update(progA); !errors.Is(err, unix.ENOLINK) {
+			if err := l.Update(progA, nil); !errors.Is(err, unix.ENOLINK) {
 				t.Fatalf("update on a deleted interface: %v, want ENOLINK", err)
 			}
 			if err := CheckTarget(h.Spec()); !errors.Is(err, ErrTargetNotFound) {
@@ -349,9 +345,7 @@ func TestTCUpdateLeavesNoGap(t *testing.T) {
 			next, old = v1, v2
 		}
 		before := dropped()
-		if err := l.(interface {
-			UpdateArgs(link.RawLinkUpdateOptions) error
-		}).UpdateArgs(link.RawLinkUpdateOptions{New: next, Old: old, Flags: unix.BPF_F_REPLACE}); err != nil {
+		if err := l.Update(next, old); err != nil {
 			t.Fatalf("swap %d: %v", i, err)
 		}
 		testutil.WaitFor(t, 10*time.Second, "drops after the swap", func() bool { return dropped() > before })

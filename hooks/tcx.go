@@ -31,7 +31,7 @@ func (h *tcxHook) attachType() ebpf.AttachType {
 	return ebpf.AttachTCXIngress
 }
 
-func (h *tcxHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *tcxHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.SchedCLS); err != nil {
 		return nil, err
 	}
@@ -47,13 +47,13 @@ func (h *tcxHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *tcxHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *tcxHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	ti := info.TCX()
 	if info.Type != link.TCXType || ti == nil || ebpf.AttachType(ti.AttachType) != h.attachType() {

@@ -95,7 +95,7 @@ func (h *tracepointHook) exists() error {
 	return nil
 }
 
-func (h *tracepointHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *tracepointHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.TracePoint); err != nil {
 		return nil, err
 	}
@@ -109,16 +109,16 @@ func (h *tracepointHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err := mustBePinnable(l); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
 // Check compares the tracepoint's name. The kernel reports the event's name
 // but not its group (sys_enter_openat, not syscalls/sys_enter_openat), so two
 // tracepoints of one name in different groups cannot be told apart.
-func (h *tracepointHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *tracepointHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	pe := info.PerfEvent()
 	if st, known := perfEventState(info, pe); !known {
@@ -175,7 +175,7 @@ func (h *rawTPHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return nil
 }
 
-func (h *rawTPHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *rawTPHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.RawTracepoint, ebpf.RawTracepointWritable); err != nil {
 		return nil, err
 	}
@@ -186,19 +186,19 @@ func (h *rawTPHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *rawTPHook) Check(l link.Link) (State, error) {
-	return rawTracepointState(l, h.spec.Target)
+func (h *rawTPHook) Check(a Attachment) (State, error) {
+	return rawTracepointState(a, h.spec.Target)
 }
 
 // rawTracepointState is Attached when l is a raw_tracepoint link on the
 // tracepoint name (raw_tp and tp_btf programs alike).
-func rawTracepointState(l link.Link, name string) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func rawTracepointState(a Attachment, name string) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	rt := info.RawTracepoint()
 	if info.Type != link.RawTracepointType || rt == nil || rt.Name != name {

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -26,19 +25,19 @@ func countOwnEvents(tb testing.TB, maps map[string]*ebpf.Map) {
 // can be pinned and loaded back, and that a second link with another
 // program (next, the upgrade) is taken beside it: make-before-break. The
 // kernel refuses the same program twice on one perf event hook (EEXIST).
-func testNotUpdatable(t *testing.T, h Hook, l link.Link, next *ebpf.Program) {
+func testNotUpdatable(t *testing.T, h Hook, l Attachment, next *ebpf.Program) {
 	t.Helper()
 	if h.Updatable() {
 		t.Fatalf("%s: Updatable() = true", h.Spec())
 	}
-	if err := l.Update(next); !errors.Is(err, ErrNotSupported) {
+	if err := l.Update(next, nil); !errors.Is(err, ErrNotSupported) {
 		t.Fatalf("%s: update: %v, want ErrNotSupported", h.Spec(), err)
 	}
 	path := filepath.Join(testutil.MustPinRoot(t), "link")
 	if err := l.Pin(path); err != nil {
 		t.Fatalf("pin %s link: %v", h.Spec(), err)
 	}
-	pinned, err := link.LoadPinnedLink(path, nil)
+	pinned, err := LoadPinned(path)
 	if err != nil {
 		t.Fatalf("load %s link from its pin: %v", h.Spec(), err)
 	}

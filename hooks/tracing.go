@@ -62,7 +62,7 @@ func (h *btfTracepointHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return bindAtLoad(h.spec, name, ps, ebpf.Tracing, ebpf.AttachTraceRawTp, h.spec.Target)
 }
 
-func (h *btfTracepointHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *btfTracepointHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.Tracing); err != nil {
 		return nil, err
 	}
@@ -70,11 +70,11 @@ func (h *btfTracepointHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *btfTracepointHook) Check(l link.Link) (State, error) {
-	return rawTracepointState(l, h.spec.Target)
+func (h *btfTracepointHook) Check(a Attachment) (State, error) {
+	return rawTracepointState(a, h.spec.Target)
 }
 
 // tracingHook attaches a Tracing program to a kernel function through a BPF
@@ -99,7 +99,7 @@ func (h *tracingHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return probeTrampoline(h.spec, ebpf.Tracing, h.attach, h.spec.Target)
 }
 
-func (h *tracingHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *tracingHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.Tracing); err != nil {
 		return nil, err
 	}
@@ -107,11 +107,11 @@ func (h *tracingHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, trampolineError(err))
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *tracingHook) Check(l link.Link) (State, error) {
-	return checkTracing(l, h.attach, h.spec.Target)
+func (h *tracingHook) Check(a Attachment) (State, error) {
+	return checkTracing(a, h.attach, h.spec.Target)
 }
 
 // bindAtLoad checks that ps can be loaded for a hook whose target the kernel
@@ -179,10 +179,10 @@ func trampolineError(err error) error {
 // with the kernel's BTF. When the target cannot be looked up (a module
 // function, no kernel BTF) an alive link of the right attach type counts as
 // attached.
-func checkTracing(l link.Link, attach ebpf.AttachType, function string) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func checkTracing(a Attachment, attach ebpf.AttachType, function string) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	ti := info.Tracing()
 	if info.Type != link.TracingType || ti == nil || ebpf.AttachType(ti.AttachType) != attach {

@@ -161,7 +161,7 @@ func (h *uprobeHook) prepare(name string, ps *ebpf.ProgramSpec) error {
 	return nil
 }
 
-func (h *uprobeHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *uprobeHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.Kprobe); err != nil {
 		return nil, err
 	}
@@ -189,13 +189,13 @@ func (h *uprobeHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err := mustBePinnable(l); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
-func (h *uprobeHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *uprobeHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	want := link.PerfEventUprobe
 	if h.ret {

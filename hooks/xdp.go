@@ -43,7 +43,7 @@ func (h *xdpHook) flags() link.XDPAttachFlags {
 	return 0
 }
 
-func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
+func (h *xdpHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.XDP); err != nil {
 		return nil, err
 	}
@@ -74,7 +74,7 @@ func (h *xdpHook) Attach(prog *ebpf.Program) (link.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
 	}
-	return l, nil
+	return attached(l), nil
 }
 
 // runningProgram describes the XDP program the interface runs ("id 12
@@ -116,10 +116,10 @@ func (h *xdpHook) otherMode() string {
 	return ""
 }
 
-func (h *xdpHook) Check(l link.Link) (State, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, err
+func (h *xdpHook) Check(a Attachment) (State, error) {
+	info, err := linkInfoOf(a)
+	if err != nil || info == nil {
+		return Elsewhere, err
 	}
 	xi := info.XDP()
 	if info.Type != link.XDPType || xi == nil {

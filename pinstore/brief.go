@@ -3,11 +3,16 @@ package pinstore
 import (
 	"encoding/hex"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 )
 
 // Brief facts about programs and maps, in one BPF_OBJ_GET_INFO_BY_FD each.
@@ -64,7 +69,7 @@ func BriefProgram(p *ebpf.Program) (ProgramBrief, error) {
 	ids := make([]uint32, 16)
 	for {
 		info := &progInfoHead{nrMapIDs: uint32(len(ids)), mapIDs: unsafe.Pointer(&ids[0])}
-		if err := objInfo(p.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
+		if err := bpffs.ObjInfo(p.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
 			return ProgramBrief{}, fmt.Errorf("program info: %w", err)
 		}
 		runtime.KeepAlive(ids)
@@ -87,7 +92,7 @@ func ProgramID(p *ebpf.Program) (ebpf.ProgramID, error) {
 		return b.ID, err
 	}
 	info := &progInfoHead{}
-	if err := objInfo(p.FD(), unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err != nil {
+	if err := bpffs.ObjInfo(p.FD(), unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err != nil {
 		return 0, fmt.Errorf("program info: %w", err)
 	}
 	return ebpf.ProgramID(info.id), nil
@@ -96,25 +101,28 @@ func ProgramID(p *ebpf.Program) (ebpf.ProgramID, error) {
 // MapID returns m's id.
 func MapID(m *ebpf.Map) (ebpf.MapID, error) {
 	info := &mapInfoHead{}
-	if err := objInfo(m.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
+	if err := bpffs.ObjInfo(m.FD(), unsafe.Pointer(info), unsafe.Sizeof(*info)); err != nil {
 		return 0, fmt.Errorf("map info: %w", err)
 	}
 	return ebpf.MapID(info.id), nil
 }
 
-// objInfo is BPF_OBJ_GET_INFO_BY_FD for the first size bytes of info.
-func objInfo(fd int, info unsafe.Pointer, size uintptr) error {
-	// info may point into this goroutine's stack, which moves only when it
-	// grows or shrinks: not between here and the system call (unix.Syscall
-	// is nosplit), and not during it.
-	attr := struct {
-		fd, infoLen uint32
-		info        uint64
-	}{fd: uint32(fd), infoLen: uint32(size), info: uint64(uintptr(info))}
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	runtime.KeepAlive(info)
-	if errno != 0 {
-		return errno
+// WallTime turns a time since boot (CLOCK_BOOTTIME, as the kernel says when
+// it loaded a program) into wall-clock time, from the boot time in
+// /proc/stat: every status of the same program says the same time.
+func WallTime(sinceBoot time.Duration) time.Time {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}
 	}
-	return nil
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			secs, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return time.Time{}
+			}
+			return time.Unix(secs, 0).Add(sinceBoot).UTC().Truncate(time.Millisecond)
+		}
+	}
+	return time.Time{}
 }

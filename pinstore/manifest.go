@@ -86,7 +86,12 @@ type ProgramRecord struct {
 
 // LinkRecord is one link in the manifest.
 type LinkRecord struct {
-	ID      uint32 `json:"id"`
+	// ID is the link's id; a tc filter's record's (a map's) for Kind
+	// "tc_filter".
+	ID uint32 `json:"id"`
+	// Kind is what the attachment is: "link" (a bpf_link) or "tc_filter"
+	// (hooks.AttachmentKind); "" in manifests of bpfsup before 2026-12.
+	Kind    string `json:"kind,omitempty"`
 	Program string `json:"program"`
 	// Hook is the hook spec, e.g. "xdp:veth0".
 	Hook  string `json:"hook"`

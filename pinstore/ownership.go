@@ -2,9 +2,8 @@ package pinstore
 
 import (
 	"slices"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 )
 
 // What bpfsup made is what an object's manifest records: a pin is bpfsup's
@@ -14,47 +13,6 @@ import (
 // manifest was written). Every destructive path (teardown, removal of
 // staging debris, removal of pins the configuration no longer has) removes
 // only such pins, and says what it left alone.
-
-// PinInfo is what a pin holds.
-type PinInfo struct {
-	// Kind is PinMap, PinProgram, PinLink, or the name of the anonymous
-	// inode of anything else.
-	Kind string
-	// ID is the map's, program's or link's id.
-	ID uint32
-	// Program is a link's program id.
-	Program uint32
-}
-
-// ReadPin says what is pinned at path, in one BPF_OBJ_GET and one
-// BPF_OBJ_GET_INFO_BY_FD. A missing pin is an error wrapping os.ErrNotExist.
-func ReadPin(path string) (PinInfo, error) {
-	fd, kind, err := OpenPin(path)
-	if err != nil {
-		return PinInfo{}, err
-	}
-	defer unix.Close(fd)
-	pi := PinInfo{Kind: kind}
-	switch kind {
-	case PinMap:
-		info := &mapInfoHead{}
-		if err := objInfo(fd, unsafe.Pointer(info), unsafe.Sizeof(*info)); err == nil {
-			pi.ID = info.id
-		}
-	case PinProgram:
-		info := &progInfoHead{}
-		if err := objInfo(fd, unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err == nil {
-			pi.ID = info.id
-		}
-	case PinLink:
-		// The head of struct bpf_link_info.
-		info := &struct{ typ, id, progID uint32 }{}
-		if err := objInfo(fd, unsafe.Pointer(info), unsafe.Sizeof(*info)); err == nil {
-			pi.ID, pi.Program = info.id, info.progID
-		}
-	}
-	return pi, nil
-}
 
 func hasID(ids []uint32, id uint32) bool { return id != 0 && slices.Contains(ids, id) }
 
@@ -112,18 +70,18 @@ func (m *Manifest) OwnsProgramID(id uint32) bool {
 // Owns reports whether the pin of kind and name that holds pi is bpfsup's,
 // as the manifest says (see the top of this file). A nil manifest owns
 // nothing.
-func (m *Manifest) Owns(kind Kind, name string, pi PinInfo) bool {
+func (m *Manifest) Owns(kind Kind, name string, pi bpffs.PinInfo) bool {
 	if m == nil || pi.ID == 0 {
 		return false
 	}
 	switch {
-	case kind == Maps && pi.Kind == PinMap:
+	case kind == Maps && pi.Kind == bpffs.Map:
 		return hasID(m.MapIDs(name), pi.ID)
-	case kind == Programs && pi.Kind == PinProgram:
+	case kind == Programs && pi.Kind == bpffs.Program:
 		return hasID(m.ProgramIDs(name), pi.ID)
-	case kind == Links && pi.Kind == PinLink:
+	case kind == Links && pi.Kind == bpffs.Link:
 		return hasID(m.LinkIDs(name), pi.ID) || m.OwnsProgramID(pi.Program)
-	case kind == Links && pi.Kind == PinMap:
+	case kind == Links && pi.Kind == bpffs.Map:
 		// The record of a tc filter (hooks: tcx's fallback) stands where a
 		// link would, under the id the manifest records for the link.
 		return hasID(m.LinkIDs(name), pi.ID)
@@ -133,12 +91,12 @@ func (m *Manifest) Owns(kind Kind, name string, pi PinInfo) bool {
 
 // OwnsAny reports whether pi, pinned under a name that does not say what it
 // was (staging debris), is any map, program or link the manifest records.
-func (m *Manifest) OwnsAny(pi PinInfo) bool {
+func (m *Manifest) OwnsAny(pi bpffs.PinInfo) bool {
 	if m == nil || pi.ID == 0 {
 		return false
 	}
 	switch pi.Kind {
-	case PinMap:
+	case bpffs.Map:
 		for name := range m.Maps {
 			if hasID(m.MapIDs(name), pi.ID) {
 				return true
@@ -149,9 +107,9 @@ func (m *Manifest) OwnsAny(pi PinInfo) bool {
 				return true // a tc filter's record
 			}
 		}
-	case PinProgram:
+	case bpffs.Program:
 		return m.OwnsProgramID(pi.ID)
-	case PinLink:
+	case bpffs.Link:
 		for name := range m.Links {
 			if hasID(m.LinkIDs(name), pi.ID) {
 				return true

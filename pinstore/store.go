@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bpfsup/bpfsup/internal/bpffs"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
@@ -433,7 +435,7 @@ func (o *Object) ClearStaging(man *Manifest, force bool) ([]Left, error) {
 			left = append(left, Left{path, "a directory bpfsup did not make"})
 			continue
 		}
-		pi, err := ReadPin(path)
+		pi, err := bpffs.ReadPin(path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -445,7 +447,7 @@ func (o *Object) ClearStaging(man *Manifest, force bool) ([]Left, error) {
 			left = append(left, Left{path, fmt.Sprintf("holds %s id %d, which the manifest does not record", pi.Kind, pi.ID)})
 			continue
 		}
-		if pi.Kind == PinLink {
+		if pi.Kind == bpffs.Link {
 			if o.finishStagedLink(e.Name(), man) {
 				continue
 			}
@@ -461,7 +463,7 @@ func (o *Object) ClearStaging(man *Manifest, force bool) ([]Left, error) {
 				continue
 			}
 			staged := o.stagingPath(rec.Path)
-			pi, err := ReadPin(staged)
+			pi, err := bpffs.ReadPin(staged)
 			if err != nil {
 				continue
 			}
@@ -588,7 +590,7 @@ func (o *Object) finishStagedLink(entry string, man *Manifest) bool {
 		return false
 	}
 	place := o.Path(Links, name)
-	if pi, err := ReadPin(place); err == nil && !man.Owns(Links, name, pi) {
+	if pi, err := bpffs.ReadPin(place); err == nil && !man.Owns(Links, name, pi) {
 		return false
 	}
 	staged := filepath.Join(o.Dir, stagingDir, entry)

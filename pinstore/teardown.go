@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bpfsup/bpfsup/internal/bpffs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -55,7 +57,7 @@ func (o *Object) Teardown(man *Manifest, unpinLink func(path string) error, shar
 				rep.Left = append(rep.Left, Left{path, "a directory bpfsup did not make"})
 				continue
 			}
-			pi, err := ReadPin(path)
+			pi, err := bpffs.ReadPin(path)
 			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}
@@ -90,7 +92,7 @@ func (o *Object) Teardown(man *Manifest, unpinLink func(path string) error, shar
 			if rec.Path == "" || strings.HasPrefix(rec.Path, o.Dir+"/") {
 				continue
 			}
-			pi, err := ReadPin(rec.Path)
+			pi, err := bpffs.ReadPin(rec.Path)
 			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}
@@ -162,9 +164,9 @@ func (s Store) Strangers(name string) []Left {
 }
 
 // notOwned says why the pin of kind and name holding pi is not bpfsup's.
-func notOwned(man *Manifest, kind Kind, name string, pi PinInfo) string {
+func notOwned(man *Manifest, kind Kind, name string, pi bpffs.PinInfo) string {
 	what := fmt.Sprintf("holds %s id %d", pi.Kind, pi.ID)
-	if pi.Kind == PinLink {
+	if pi.Kind == bpffs.Link {
 		what += fmt.Sprintf(" (program id %d)", pi.Program)
 	}
 	if man == nil {

@@ -128,8 +128,8 @@ func isCgroupHook(spec hooks.Spec) bool { return spec.Kind == "cgroup" }
 func (s *supervisor) watchCgroups() error {
 	var paths []string
 	for _, in := range s.objects {
-		for _, pl := range in.plan.links {
-			if spec := pl.hook.Spec(); isCgroupHook(spec) {
+		for _, spec := range in.Hooks() {
+			if isCgroupHook(spec) {
 				paths = append(paths, spec.Target)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/control"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -26,13 +27,13 @@ func TestControlQuiesce(t *testing.T) {
 	defer c.close()
 
 	type result struct {
-		r   *ControlReply
+		r   *control.Reply
 		err error
 	}
 	ask := func(req string) <-chan result {
 		ch := make(chan result, 1)
 		go func() {
-			r, err := Request(c.path, req, 30*time.Second)
+			r, err := control.Request(c.path, req, 30*time.Second)
 			ch <- result{r, err}
 		}()
 		return ch
@@ -64,7 +65,7 @@ func TestControlQuiesce(t *testing.T) {
 	}
 	c.resume()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var r ControlReply
+	var r control.Reply
 	if err := json.NewDecoder(conn).Decode(&r); err != nil || !r.OK {
 		t.Fatalf("status after resume: %+v, %v", r, err)
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bpfsup/bpfsup/config"
 )
 
 // metrics are bpfsup's Prometheus metrics, on a registry of their own.
@@ -90,10 +92,8 @@ func (s *supervisor) updateMetrics() {
 	}
 	var maps, links, adopted, loaded int
 	for _, in := range s.objects {
-		maps += len(in.maps)
-		links += len(in.links)
-		adopted += in.adopted
-		loaded += in.loaded
+		m, _, l, a, ld := in.Counts()
+		maps, links, adopted, loaded = maps+m, links+l, adopted+a, loaded+ld
 	}
 	s.metrics.objects.Set(float64(len(s.objects)))
 	s.metrics.maps.Set(float64(maps))
@@ -108,15 +108,13 @@ type metricsServer struct {
 	busy *busyConns
 }
 
-// listen listens on addr, or takes the listener inherited across a re-exec
-// when it is a TCP socket on addr's host and port.
 // listenMetrics listens on addr, or takes the listener inherited across a
 // re-exec when it is one on addr.
 func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
 	if l := inheritedTCP(addr, inherited); l != nil {
 		return l, nil
 	}
-	if err := CheckMetricsAddr(addr); err != nil {
+	if err := config.CheckMetricsAddr(addr); err != nil {
 		return nil, err
 	}
 	l, err := net.Listen("tcp", addr)
@@ -124,19 +122,6 @@ func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
 		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
 	}
 	return l, nil
-}
-
-// CheckMetricsAddr checks that addr is HOST:PORT with a port from 0 to
-// 65535 (0: any free port).
-func CheckMetricsAddr(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("metrics address %q: want HOST:PORT: %w", addr, err)
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("metrics address %q: port %q is not a number from 0 to 65535", addr, port)
-	}
-	return nil
 }
 
 // serveOn makes the metrics server that will serve on l.

@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/hooks"
-	"github.com/bpfsup/bpfsup/pinstore"
 )
 
 // Two things bpfsup depends on are mounts: a network namespace named by a
@@ -102,7 +101,7 @@ func (s *supervisor) checkMounts() {
 		}
 	}
 	for _, in := range s.objects {
-		s.checkPinDir(in)
+		in.CheckPins(s.log)
 	}
 }
 
@@ -122,66 +121,4 @@ func (s *supervisor) netnsMoved(path string) {
 	}
 	s.log.Info("network namespace made again at its path: attaching its links in the new one", "netns", path)
 	s.reattach(func(spec hooks.Spec) bool { return spec.IsNetwork() && spec.Netns == path }, false)
-}
-
-// checkPinDir checks that the object's pin directory is still the one
-// bpfsup locked: after bpffs was unmounted (umount -l), nothing is pinned
-// or made there, and a restart would find nothing to adopt. bpfsup holds
-// every map, program and link open, so the data path does not notice; when
-// bpffs is mounted at the pin root again, they are all pinned again.
-func (s *supervisor) checkPinDir(in *installed) {
-	err := in.obj.CheckDir()
-	if err == nil {
-		in.pinsLost = false
-		return
-	}
-	if !in.pinsLost {
-		in.pinsLost = true
-		s.log.Error("the object's pins are gone with their bpffs: the links stay attached while bpfsup runs, "+
-			"but a restart of bpfsup would find nothing to adopt; reloads are refused until bpffs is back at the pin root, "+
-			"and then everything is pinned again", "object", in.plan.name, "err", err)
-	}
-	if err := in.obj.Rehome(); err != nil {
-		return // not back yet
-	}
-	if err := repin(in); err != nil {
-		s.log.Error("bpffs is back at the pin root, and pinning the object again failed", "object", in.plan.name, "err", err)
-		return
-	}
-	in.pinsLost = false
-	s.log.Warn("bpffs is back at the pin root: pinned every map, program and link of the object again", "object", in.plan.name, "dir", in.obj.Dir)
-}
-
-// repin pins every map, program and link of in again, from the fds bpfsup
-// holds, after its pin directory was made anew (pinstore.Object.Rehome).
-func repin(in *installed) error {
-	p := in.plan
-	for name, m := range in.maps {
-		clone, err := m.Clone() // without the old pin path, which Pin would move
-		if err != nil {
-			return err
-		}
-		err = in.obj.Pin(pinstore.Maps, in.obj.MapPath(name, pinstore.MapPolicy{PinPath: p.mapCfg[name].PinPath}), clone)
-		clone.Close()
-		if err != nil {
-			return err
-		}
-	}
-	for name, pr := range in.progs {
-		clone, err := pr.Clone()
-		if err != nil {
-			return err
-		}
-		err = in.obj.Pin(pinstore.Programs, in.obj.Path(pinstore.Programs, name), clone)
-		clone.Close()
-		if err != nil {
-			return err
-		}
-	}
-	for name, l := range in.links {
-		if err := in.obj.Pin(pinstore.Links, in.obj.Path(pinstore.Links, name), l); err != nil {
-			return err
-		}
-	}
-	return in.obj.WriteManifest(in.manifest)
 }

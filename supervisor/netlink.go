@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -249,8 +248,8 @@ func (s *supervisor) linkEvents() <-chan linkEvent {
 func (s *supervisor) watchInterfaces() error {
 	paths := map[string]bool{}
 	for _, in := range s.objects {
-		for _, pl := range in.plan.links {
-			if spec := pl.hook.Spec(); spec.IsNetwork() {
+		for _, spec := range in.Hooks() {
+			if spec.IsNetwork() {
 				paths[spec.Netns] = true
 			}
 		}
@@ -289,11 +288,7 @@ func (s *supervisor) relink(ev linkEvent) {
 // and why.
 func (s *supervisor) logDefunct(match func(hooks.Spec) bool, why string) {
 	for _, in := range s.objects {
-		for _, pl := range in.plan.links {
-			if spec := pl.hook.Spec(); match(spec) {
-				s.log.Warn(why, "object", in.plan.name, "link", pl.name, "hook", spec.String(), "netns", spec.Netns)
-			}
-		}
+		in.LogDefunct(match, why, s.log)
 	}
 }
 
@@ -303,53 +298,6 @@ func (s *supervisor) logDefunct(match func(hooks.Spec) bool, why string) {
 // defunct. It runs in the loop's goroutine.
 func (s *supervisor) reattach(match func(hooks.Spec) bool, onlyDefunct bool) {
 	for _, in := range s.objects {
-		changed := false
-		for _, pl := range in.plan.links {
-			spec := pl.hook.Spec()
-			if !match(spec) {
-				continue
-			}
-			cur := in.links[pl.name]
-			if onlyDefunct && cur != nil && !in.defunct[pl.name] {
-				continue
-			}
-			if cur != nil {
-				if st, err := pl.hook.Check(cur); err == nil && st == hooks.Attached {
-					continue
-				}
-			}
-			if hooks.CheckTarget(spec) != nil {
-				continue
-			}
-			start := time.Now()
-			var discard undo
-			l, err := reconcileLink(in.obj, pl, in.progs[pl.program], in.manifest, &discard, s.log)
-			if err != nil {
-				s.log.Error("could not re-attach link", "object", in.plan.name, "link", pl.name, "hook", spec.String(), "err", err)
-				continue
-			}
-			if cur != nil && cur != l {
-				cur.Close()
-			}
-			if l == nil {
-				delete(in.links, pl.name)
-				continue
-			}
-			in.links[pl.name] = l
-			delete(in.defunct, pl.name)
-			changed = true
-			s.log.Info("re-attached link", "object", in.plan.name, "link", pl.name, "hook", spec.String(),
-				"netns", spec.Netns, "took", time.Since(start).Round(time.Microsecond))
-		}
-		if changed {
-			m := newManifest(in.plan, in.manifest, in)
-			if in.manifest != nil {
-				m.Generation = in.manifest.Generation
-			}
-			if err := in.obj.WriteManifest(m); err != nil {
-				s.log.Warn("could not write manifest", "object", in.plan.name, "err", err)
-			}
-			in.manifest = m
-		}
+		in.Reattach(match, onlyDefunct, s.log)
 	}
 }

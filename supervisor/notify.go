@@ -207,21 +207,6 @@ func (n *notifySocket) refuse(cred *unix.Ucred) string {
 	return ""
 }
 
-// CheckNotifyAccess checks a notify_access value.
-func CheckNotifyAccess(v string) error {
-	switch v {
-	case "", NotifyAccessMain, NotifyAccessAll:
-		return nil
-	}
-	return fmt.Errorf("notify_access %q: must be %q (the child alone) or %q (the child and its descendants)", v, NotifyAccessMain, NotifyAccessAll)
-}
-
-// Whose messages the child's notify socket takes.
-const (
-	NotifyAccessMain = "main"
-	NotifyAccessAll  = "all"
-)
-
 // mayNotify says whether pid may send to the child's notify socket: the
 // child's pid itself, or with all, one of its descendants.
 func mayNotify(pid, child int32, all bool) bool {

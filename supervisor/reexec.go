@@ -13,7 +13,7 @@ package supervisor
 // dead (a zombie with SIGKILL) by the time the new program runs; exec from
 // the forking thread keeps it alive, and that thread becomes the new
 // program's main thread, the child's parent from then on. So the exec runs
-// on the forking thread (handoff.Process.OnForkThread) for a child this
+// on the forking thread (spawn.Process.OnForkThread) for a child this
 // program started, and on the main thread for a child adopted across an
 // earlier exec: the new program locks its main goroutine to the main thread
 // (init below, so that main and Run run there) and serves exec requests on it.
@@ -31,6 +31,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
@@ -207,7 +209,7 @@ type upgrade struct {
 	resumed *reexecState
 	// adopted is the child adopted across an exec, and main runs functions
 	// on the main thread, its parent thread.
-	adopted *handoff.Process
+	adopted *spawn.Process
 	main    *mainThread
 }
 
@@ -268,7 +270,7 @@ func (s *supervisor) resumeChild() bool {
 		}
 		done <- ps
 	}()
-	p := &handoff.Process{Pid: pid, Done: done}
+	p := &spawn.Process{Pid: pid, Done: done}
 	s.child, s.childStarted, s.up.adopted = p, st.ChildStarted, p
 	s.childPID.Store(int32(p.Pid))
 	if s.up.main == nil {
@@ -393,10 +395,10 @@ func (s *supervisor) execSelf(bin *execFile, newVersion string, protocol int) er
 
 	var execErr error
 	do := func() { execErr = syscall.Exec(bin.run, argv, env) } // returns only on failure
-	switch {
-	case s.child == nil:
+	switch s.child {
+	case nil:
 		do()
-	case s.child == s.up.adopted:
+	case s.up.adopted:
 		s.up.main.do(do)
 	default:
 		if err := s.child.OnForkThread(do); err != nil {
@@ -529,9 +531,9 @@ func setCloseOnExec(fds []int) {
 func (s *supervisor) lockFDs(withDirs bool) []int {
 	want := map[string]bool{}
 	for _, in := range s.objects {
-		paths := []string{s.opts.Store.LockPath(in.plan.name)}
+		paths := []string{s.opts.Store.LockPath(in.Name())}
 		if withDirs {
-			paths = append(paths, s.opts.Store.ObjectDir(in.plan.name))
+			paths = append(paths, s.opts.Store.ObjectDir(in.Name()))
 		}
 		for _, path := range paths {
 			if p, err := filepath.Abs(path); err == nil {

@@ -5,19 +5,14 @@ import (
 	"os"
 	"syscall"
 	"time"
-)
 
-// Restart modes, with systemd's meaning.
-const (
-	RestartAlways    = "always"
-	RestartOnFailure = "on-failure"
-	RestartNever     = "never"
+	"github.com/bpfsup/bpfsup/config"
 )
 
 // RestartPolicy decides whether and when a child that exited is started again.
 type RestartPolicy struct {
 	// Mode is always, on-failure (default) or never.
-	Mode string
+	Mode config.RestartMode
 	// Delay is the first back-off delay (default 100ms); it doubles on every
 	// restart up to MaxDelay (default 30s; when below Delay, the delay does
 	// not grow).
@@ -34,7 +29,7 @@ type RestartPolicy struct {
 // DefaultRestartPolicy is systemd's Restart=on-failure with bpfsup's back-off.
 func DefaultRestartPolicy() RestartPolicy {
 	return RestartPolicy{
-		Mode:               RestartOnFailure,
+		Mode:               config.RestartOnFailure,
 		Delay:              100 * time.Millisecond,
 		MaxDelay:           30 * time.Second,
 		StableAfter:        10 * time.Second,
@@ -45,10 +40,8 @@ func DefaultRestartPolicy() RestartPolicy {
 
 // Check reports a policy that makes no sense.
 func (p RestartPolicy) Check() error {
-	switch p.Mode {
-	case RestartAlways, RestartOnFailure, RestartNever:
-	default:
-		return fmt.Errorf("restart %q: must be always, on-failure or never", p.Mode)
+	if _, err := config.ParseRestartMode(string(p.Mode)); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		name string
@@ -114,9 +107,9 @@ func (p RestartPolicy) ShouldRestart(st *os.ProcessState) bool {
 
 func (p RestartPolicy) restartAfter(clean bool) bool {
 	switch p.Mode {
-	case RestartAlways:
+	case config.RestartAlways:
 		return true
-	case RestartNever:
+	case config.RestartNever:
 		return false
 	default:
 		return !clean

@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bpfsup/bpfsup/config"
 )
 
 // exited and signaled build wait statuses as the kernel encodes them
@@ -53,8 +55,8 @@ func TestRestartDecision(t *testing.T) {
 			if got := exitCode(tt.ws); got != tt.code {
 				t.Errorf("exit code = %d, want %d", got, tt.code)
 			}
-			for mode, want := range map[string]bool{
-				RestartAlways: tt.always, RestartOnFailure: tt.onFail, RestartNever: tt.never,
+			for mode, want := range map[config.RestartMode]bool{
+				config.RestartAlways: tt.always, config.RestartOnFailure: tt.onFail, config.RestartNever: tt.never,
 			} {
 				if got := (RestartPolicy{Mode: mode}).restartAfter(cleanStatus(tt.ws)); got != want {
 					t.Errorf("restart=%s restarts = %v, want %v", mode, got, want)
@@ -78,8 +80,8 @@ func TestRestartPolicyCheck(t *testing.T) {
 		valid  bool
 	}{
 		{"default", func(*RestartPolicy) {}, true},
-		{"always", func(p *RestartPolicy) { p.Mode = RestartAlways }, true},
-		{"never", func(p *RestartPolicy) { p.Mode = RestartNever }, true},
+		{"always", func(p *RestartPolicy) { p.Mode = config.RestartAlways }, true},
+		{"never", func(p *RestartPolicy) { p.Mode = config.RestartNever }, true},
 		{"empty mode", func(p *RestartPolicy) { p.Mode = "" }, false},
 		{"systemd's on-abnormal is not ours", func(p *RestartPolicy) { p.Mode = "on-abnormal" }, false},
 		{"zero delays", func(p *RestartPolicy) { p.Delay, p.MaxDelay = 0, 0 }, true},

@@ -18,6 +18,13 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
+
+	"github.com/bpfsup/bpfsup/control"
+
+	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/converge"
+
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
@@ -26,19 +33,12 @@ import (
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
-// Child behaviours on upgrade.
-const (
-	OnUpgradeRestart = "restart"
-	OnUpgradeNone    = "none"
-	// "signal:NAME" sends the child a signal, e.g. "signal:HUP".
-)
-
 // Options is everything a run needs.
 type Options struct {
 	// Store is the pin root and state directory.
 	Store pinstore.Store
 	// Objects to install, in order.
-	Objects []ObjectConfig
+	Objects []config.Object
 	// Netns is the default network namespace of network hooks (a path).
 	Netns string
 	// Command is the application; required.
@@ -49,19 +49,19 @@ type Options struct {
 	// and SIGKILL (default 10s).
 	StopTimeout time.Duration
 	// Credential runs the child as another user.
-	Credential *handoff.Credential
+	Credential *spawn.Credential
 	// NotifyChild gives the child its own notify socket; READY=1 goes to
 	// systemd when the child sends it, not when it starts.
 	NotifyChild bool
-	// NotifyAccess is whose messages that socket takes: NotifyAccessMain
-	// (the child alone; the default) or NotifyAccessAll (it and its
+	// NotifyAccess is whose messages that socket takes: config.NotifyAccessMain
+	// (the child alone; the default) or config.NotifyAccessAll (it and its
 	// descendants).
-	NotifyAccess string
+	NotifyAccess config.NotifyAccess
 	// MetricsAddr serves Prometheus metrics on HOST:PORT when set.
 	MetricsAddr string
-	// OnUpgrade is what happens to the child after a reload: "restart"
-	// (default), "none" or "signal:NAME".
-	OnUpgrade string
+	// OnUpgrade is what happens to the child after a reload that changed
+	// something: restarted (the zero value), left running, or signalled.
+	OnUpgrade config.OnUpgrade
 	// Force replaces foreign pins found at bpfsup's paths.
 	Force bool
 	// Watch reloads when an object file or the config changes.
@@ -70,7 +70,7 @@ type Options struct {
 	WatchFiles []string
 	// Reconfigure, when set, is called on reload to read the configuration
 	// anew (the config file may have changed); nil keeps Objects.
-	Reconfigure func() ([]ObjectConfig, error)
+	Reconfigure func() ([]config.Object, error)
 	// Inherited are fds bpfsup received by socket activation; they go to the
 	// child first, with their names.
 	Inherited []handoff.NamedFile
@@ -82,37 +82,19 @@ type Options struct {
 	ChildStdout, ChildStderr *os.File
 }
 
-// ErrStartLimit: the child was started too often; bpfsup gave up.
+// ErrStartLimit means the child was started too often; bpfsup gave up.
 var ErrStartLimit = errors.New("start limit hit")
 
-// Install installs every object once, without starting a child, and
-// returns when it is done: the pins and links stay. Used by tests, the
-// benchmarks and `bpfsup run` alike.
-func Install(opts Options) (adopted, loaded int, err error) {
-	s, err := newSupervisor(opts)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer s.close()
-	if err := s.installAll(); err != nil {
-		return 0, 0, err
-	}
-	for _, in := range s.objects {
-		adopted += in.adopted
-		loaded += in.loaded
-	}
-	return adopted, loaded, nil
-}
-
 type supervisor struct {
-	// planKey is plannerKey's: what plans depend on besides the objects.
+	// planKey is converge.PlannerKey's: what plans depend on besides the
+	// objects.
 	planKey string
 	opts    Options
 	log     *slog.Logger
-	objects []*installed
+	objects []*converge.Installed
 	files   []handoff.NamedFile // BPF fds for the child, owned
 
-	child        *handoff.Process
+	child        *spawn.Process
 	childPID     atomic.Int32 // the child's pid for the notify socket; 0 while none runs
 	childStarted time.Time
 	lastExit     *os.ProcessState
@@ -132,7 +114,7 @@ type supervisor struct {
 	reloads    chan reloadRequest
 	childNote  chan notifyMsg
 	notify     *notifySocket
-	ctl        *control
+	ctl        *controlServer
 	metricsSrv *metricsServer
 	links      *linkWatcher   // re-attaches defunct links; see netlink.go
 	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
@@ -143,7 +125,7 @@ type supervisor struct {
 type reloadRequest struct {
 	reason string
 	reply  chan error
-	report *ReloadReport // filled in before the reply, when not nil
+	report *control.ReloadReport // filled in before the reply, when not nil
 }
 
 func newSupervisor(opts Options) (*supervisor, error) {
@@ -162,14 +144,8 @@ func newSupervisor(opts Options) (*supervisor, error) {
 	if opts.StopTimeout == 0 {
 		opts.StopTimeout = 10 * time.Second
 	}
-	if opts.OnUpgrade == "" {
-		opts.OnUpgrade = OnUpgradeRestart
-	}
-	if _, err := upgradeSignal(opts.OnUpgrade); err != nil {
-		return nil, err
-	}
-	if err := CheckNotifyAccess(opts.NotifyAccess); err != nil {
-		return nil, err
+	if opts.OnUpgrade.Action == "" {
+		opts.OnUpgrade.Action = config.UpgradeRestart
 	}
 	return &supervisor{
 		opts:      opts,
@@ -178,31 +154,14 @@ func newSupervisor(opts Options) (*supervisor, error) {
 		reloads:   make(chan reloadRequest),
 		childNote: make(chan notifyMsg, 16),
 		started:   time.Now(),
-		planKey:   plannerKey(opts.Version, opts.Netns),
+		planKey:   converge.PlannerKey(opts.Version, opts.Netns),
 	}, nil
-}
-
-// upgradeSignal parses OnUpgrade: the signal to send, or 0.
-func upgradeSignal(s string) (syscall.Signal, error) {
-	switch s {
-	case OnUpgradeRestart, OnUpgradeNone:
-		return 0, nil
-	}
-	name, ok := strings.CutPrefix(s, "signal:")
-	if !ok {
-		return 0, fmt.Errorf("on-upgrade %q: must be restart, none or signal:NAME", s)
-	}
-	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(name), "SIG"))
-	if sig == 0 {
-		return 0, fmt.Errorf("on-upgrade %q: unknown signal %q", s, name)
-	}
-	return sig, nil
 }
 
 func (s *supervisor) close() {
 	s.closeFiles()
 	for _, in := range s.objects {
-		in.close()
+		in.Close()
 	}
 	s.objects = nil
 }
@@ -214,186 +173,9 @@ func (s *supervisor) closeFiles() {
 	s.files = nil
 }
 
-// installAll plans every object (so that any error of the input shows before
-// anything is made), then installs them in order.
-func (s *supervisor) installAll() error {
-	if len(s.opts.Objects) == 0 {
-		return errors.New("no BPF object given (-o OBJECT or [[object]] in the config)")
-	}
-	start := time.Now()
-	if mounted, err := pinstore.EnsureBPFFS(s.opts.Store.RootDir()); err != nil {
-		return err
-	} else if mounted {
-		s.log.Info("mounted bpffs", "path", pinstore.DefaultBPFFS)
-	}
-	// What is pinned is opened while the object files are read (see
-	// prefetchPins). An object nothing changed for since the last install
-	// is adopted as the manifest records it (adoptUnchanged); the others are
-	// planned from their ELF files, the longest part of a restart.
-	cfgs := s.opts.Objects
-	prefetched := make(chan []*pinSet, 1)
-	go func() {
-		sets := make([]*pinSet, len(cfgs))
-		for i, c := range cfgs {
-			sets[i] = prefetchPins(s.opts.Store, objectName(c))
-		}
-		prefetched <- sets
-	}()
-	datas := make([][]byte, len(cfgs))
-	readErrs := make([]error, len(cfgs))
-	shas := make([]string, len(cfgs))
-	for i, c := range cfgs {
-		datas[i], readErrs[i] = readObject(c)
-	}
-	sets := <-prefetched
-	ready := make([]*installed, len(cfgs))
-	defer func() {
-		for i, ps := range sets {
-			if ps != nil {
-				ps.close()
-			}
-			if ready[i] != nil {
-				ready[i].close() // adopted, but another object failed
-			}
-		}
-	}()
-
-	names := map[string]string{}
-	for i, c := range cfgs {
-		name := objectName(c)
-		if prev, ok := names[name]; ok {
-			return fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, name)
-		}
-		names[name] = c.Path
-		if readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
-			continue
-		}
-		shas[i] = objectSHA256(datas[i])
-		in, why := adoptUnchanged(s.opts.Store, c, name, shas[i], s.planKey, sets[i], s.log)
-		if in == nil {
-			s.log.Debug("planning the object from its file", "object", name, "why", why)
-			continue
-		}
-		ready[i] = in
-	}
-	plans := make([]*plan, len(cfgs))
-	for i, c := range cfgs {
-		if ready[i] != nil {
-			continue
-		}
-		if readErrs[i] != nil {
-			return readErrs[i]
-		}
-		if shas[i] == "" {
-			shas[i] = objectSHA256(datas[i])
-		}
-		p, err := planObjectData(c, datas[i], shas[i], s.opts.Netns)
-		if err != nil {
-			return err
-		}
-		p.force, p.key = s.opts.Force, s.planKey
-		plans[i] = p
-	}
-	for _, p := range plans {
-		if p == nil {
-			continue
-		}
-		if err := hooksPrecheck(s.opts.Store, p); err != nil {
-			return err
-		}
-	}
-	// The objects to install go together, as in a reload: all loaded up to
-	// their first link change, then swapped, then kept; one that fails
-	// leaves every one as it was (see installStaged).
-	var todo []int
-	for i, p := range plans {
-		if p != nil {
-			todo = append(todo, i)
-		}
-	}
-	todoPlans := make([]*plan, len(todo))
-	objs := make([]*pinstore.Object, len(todo))
-	todoPins := make([]*pinSet, len(todo))
-	closeObjs := func() {
-		for _, obj := range objs {
-			if obj != nil {
-				obj.RemoveIfEmpty()
-				obj.Close()
-			}
-		}
-	}
-	for k, i := range todo {
-		obj, err := s.opts.Store.Open(plans[i].name)
-		if err != nil {
-			closeObjs()
-			return err
-		}
-		todoPlans[k], objs[k], todoPins[k] = plans[i], obj, sets[i]
-		sets[i] = nil // the install closes it
-	}
-	installs := make([]*installed, len(cfgs))
-	if len(todo) > 0 {
-		ins, err := installStaged("start", todoPlans, objs, todoPins, s.log)
-		if ins == nil {
-			closeObjs()
-			return err
-		}
-		for k, i := range todo {
-			installs[i] = ins[k] // nil only where it failed after its swap
-		}
-		if err != nil {
-			for k, in := range ins {
-				if in != nil {
-					in.close()
-				} else {
-					objs[k].RemoveIfEmpty()
-					objs[k].Close()
-				}
-			}
-			return err
-		}
-	}
-	for i := range cfgs {
-		in := ready[i]
-		ready[i] = nil // s.objects owns it from here
-		if in != nil {
-			s.log.Info("nothing changed since the last install: adopted as recorded, without reading the object's programs",
-				"object", in.plan.name)
-		} else {
-			in = installs[i]
-		}
-		s.objects = append(s.objects, in)
-		s.log.Info("object ready", "object", in.plan.name, "maps", len(in.maps), "programs", len(in.progs),
-			"links", len(in.links), "adopted", in.adopted, "loaded", in.loaded, "generation", in.manifest.Generation)
-	}
-	adopted, loaded := 0, 0
-	for _, in := range s.objects {
-		adopted += in.adopted
-		loaded += in.loaded
-	}
-	// From the configuration read to every hook converged: what a restart
-	// costs beyond starting the process and the application.
-	s.log.Info("objects installed", "objects", len(s.objects), "adopted", adopted, "loaded", loaded,
-		"took", time.Since(start).Round(time.Microsecond))
-	return nil
-}
-
-func (s *supervisor) planAll(cfgs []ObjectConfig) ([]*plan, error) {
-	var plans []*plan
-	names := map[string]string{}
-	for _, c := range cfgs {
-		p, err := planObject(c, s.opts.Netns)
-		if err != nil {
-			return nil, err
-		}
-		p.force, p.key = s.opts.Force, s.planKey
-		if prev, ok := names[p.name]; ok {
-			return nil, fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, p.name)
-		}
-		names[p.name] = c.Path
-		plans = append(plans, p)
-	}
-	return plans, nil
+// planOptions are what the plans of the run depend on besides the objects.
+func (s *supervisor) planOptions() converge.PlanOptions {
+	return converge.PlanOptions{Netns: s.opts.Netns, Force: s.opts.Force, Key: s.planKey}
 }
 
 // openFiles builds the child's fd list: inherited sockets, then every
@@ -402,7 +184,7 @@ func (s *supervisor) openFiles() error {
 	s.closeFiles()
 	var files []handoff.NamedFile
 	for _, in := range s.objects {
-		fs, err := in.handoffFiles()
+		fs, err := in.HandoffFiles()
 		if err != nil {
 			for _, f := range files {
 				f.File.Close()
@@ -463,7 +245,7 @@ func Run(ctx context.Context, opts Options) (int, error) {
 			}
 		}()
 	}
-	if err := s.installAll(); err != nil {
+	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
 		return 1, err
 	}
 	if err := s.openFiles(); err != nil {
@@ -486,7 +268,7 @@ func Run(ctx context.Context, opts Options) (int, error) {
 		if opts.Credential != nil {
 			childUID = &opts.Credential.UID
 		}
-		all := opts.NotifyAccess == NotifyAccessAll
+		all := opts.NotifyAccess == config.NotifyAccessAll
 		allow := func(pid int32) bool { return mayNotify(pid, s.childPID.Load(), all) }
 		ns, err := listenNotify(s.childNote, childUID, allow, s.log, s.inheritedSocket(sockNotify))
 		if err != nil {
@@ -582,7 +364,6 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 		defer t.Stop()
 		watchdog = t.C
 	}
-	upgradeSig, _ := upgradeSignal(s.opts.OnUpgrade)
 
 	if !s.resumeChild() {
 		if s.stoppedDuringInstall(sigc) {
@@ -690,7 +471,7 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 			}
 
 		case req := <-s.reloads:
-			s.handleReload(req, upgradeSig)
+			s.handleReload(req)
 			if err := s.watchInterfaces(); err != nil {
 				s.log.Error("cannot watch interfaces", "err", err)
 			}
@@ -812,7 +593,7 @@ func (s *supervisor) startChild() error {
 	if s.notify != nil {
 		env = append(env, "NOTIFY_SOCKET="+s.notify.path)
 	}
-	c := handoff.Child{
+	c := spawn.Child{
 		Args:       s.opts.Command,
 		Env:        env,
 		Files:      files,
@@ -825,7 +606,7 @@ func (s *supervisor) startChild() error {
 	if s.opts.ChildStderr != nil {
 		c.Stderr = s.opts.ChildStderr
 	}
-	p, err := handoff.Start(c)
+	p, err := spawn.Start(c)
 	if err != nil {
 		return err
 	}
@@ -866,8 +647,9 @@ func (s *supervisor) childNotified(msg notifyMsg) {
 func (s *supervisor) notifyStatus() {
 	links, progs := 0, 0
 	for _, in := range s.objects {
-		links += len(in.links)
-		progs += len(in.progs)
+		_, p, l, _, _ := in.Counts()
+		links += l
+		progs += p
 	}
 	pid := "none"
 	if s.child != nil {
@@ -888,9 +670,8 @@ func (s *supervisor) recordSupervisor() {
 		s.runtime.Store(&b)
 	}
 	for _, in := range s.objects {
-		in.manifest.Supervisor = rec
-		if err := in.obj.WriteManifest(in.manifest); err != nil {
-			s.log.Warn("could not write manifest", "object", in.obj.Name, "err", err)
+		if err := in.RecordSupervisor(rec); err != nil {
+			s.log.Warn("could not write manifest", "object", in.Name(), "err", err)
 		}
 	}
 }

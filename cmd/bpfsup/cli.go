@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,8 +14,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
+
+	"github.com/bpfsup/bpfsup/control"
+
+	"github.com/bpfsup/bpfsup/converge"
+	"github.com/bpfsup/bpfsup/status"
+
 	"github.com/spf13/cobra"
 
+	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/internal/crash"
 	"github.com/bpfsup/bpfsup/pinstore"
@@ -95,236 +102,39 @@ func newLogger(format string) (*slog.Logger, error) {
 	return nil, usageError{fmt.Errorf("--log-format %q: must be text or json", format)}
 }
 
-func runCmd(code *int) *cobra.Command {
-	var (
-		sf                                        storeFlags
-		configPath, netns, restart, userName      string
-		groupName, notify, logFormat, metricsAddr string
-		notifyAccess                              string
-		onUpgrade                                 string
-		objects, attaches, mapAccess              []string
-		restartDelay, restartMaxDelay             time.Duration
-		stableAfter, startLimitInterval           time.Duration
-		stopTimeout                               time.Duration
-		startLimit                                int
-		watch, force                              bool
-	)
-	def := supervisor.DefaultRestartPolicy()
-	c := &cobra.Command{
-		Use:   "run [-c FILE] [-o OBJECT]... [-a PROG@HOOK[:TARGET]]... [flags] -- CMD [ARG...]",
-		Short: "Install BPF objects and supervise an application that uses them",
-		Long: `Install BPF objects (adopting what is already pinned), attach their programs, and run
-CMD with the objects' fds named in LISTEN_FDS/LISTEN_FDNAMES. CMD is restarted by policy;
-the programs stay attached when CMD or bpfsup dies.`,
-		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var file *supervisor.File
-			if configPath != "" {
-				data, err := os.ReadFile(configPath)
-				if err != nil {
-					return fmt.Errorf("config: %w", err)
-				}
-				file, err = supervisor.ParseConfig(data)
-				if err != nil {
-					return fmt.Errorf("%s: %w", configPath, err)
-				}
-			} else {
-				file = &supervisor.File{}
-			}
-			fl := cmd.Flags()
-			str := func(flag, fromFile string, v *string) {
-				if !fl.Changed(flag) && fromFile != "" {
-					*v = fromFile
-				}
-			}
-			dur := func(flag string, fromFile *supervisor.Duration, v *time.Duration) {
-				if !fl.Changed(flag) && fromFile != nil {
-					*v = fromFile.Duration
-				}
-			}
-			str("pin-root", file.PinRoot, &sf.pinRoot)
-			str("state-dir", file.StateDir, &sf.stateDir)
-			str("netns", file.Netns, &netns)
-			str("restart", file.Restart, &restart)
-			str("user", file.User, &userName)
-			str("group", file.Group, &groupName)
-			str("notify", file.Notify, &notify)
-			str("notify-access", file.NotifyAccess, &notifyAccess)
-			str("log-format", file.LogFormat, &logFormat)
-			str("metrics-addr", file.MetricsAddr, &metricsAddr)
-			str("on-upgrade", file.OnUpgrade, &onUpgrade)
-			dur("restart-delay", file.RestartDelay, &restartDelay)
-			dur("restart-max-delay", file.RestartMaxDelay, &restartMaxDelay)
-			dur("stable-after", file.StableAfter, &stableAfter)
-			dur("start-limit-interval", file.StartLimitInterval, &startLimitInterval)
-			dur("stop-timeout", file.StopTimeout, &stopTimeout)
-			if !fl.Changed("start-limit") && file.StartLimit != nil {
-				startLimit = *file.StartLimit
-			}
-			watch = watch || file.Watch
-			force = force || file.Force
-
-			log, err := newLogger(logFormat)
-			if err != nil {
-				return err
-			}
-			command := args
-			if len(command) == 0 {
-				command = file.Command
-			}
-			if len(command) == 0 {
-				return usageError{errors.New("no command: bpfsup run [flags] -- CMD [ARG...]")}
-			}
-			if notify != "" && notify != "child" && notify != "none" {
-				return usageError{fmt.Errorf("--notify %q: must be child or none", notify)}
-			}
-			if metricsAddr != "" {
-				if err := supervisor.CheckMetricsAddr(metricsAddr); err != nil {
-					return usageError{err}
-				}
-			}
-			if err := supervisor.CheckNotifyAccess(notifyAccess); err != nil {
-				return usageError{fmt.Errorf("--notify-access %q: must be main (the child alone) or all (and its descendants)", notifyAccess)}
-			}
-
-			// The first build takes the file parsed above; a reload reads it
-			// again, since it may have changed.
-			parsed := file
-			build := func() ([]supervisor.ObjectConfig, error) {
-				f := parsed
-				parsed = nil
-				if f == nil && configPath != "" {
-					data, err := os.ReadFile(configPath)
-					if err != nil {
-						return nil, fmt.Errorf("config: %w", err)
-					}
-					if f, err = supervisor.ParseConfig(data); err != nil {
-						return nil, fmt.Errorf("%s: %w", configPath, err)
-					}
-					if keys := file.ChangedSettings(f); len(keys) > 0 {
-						log.Warn("the configuration changed more than its objects; a reload applies the objects only, the rest when bpfsup restarts",
-							"config", configPath, "changed", strings.Join(keys, ", "))
-					}
-				}
-				var objs []supervisor.ObjectConfig
-				if f != nil {
-					objs = append(objs, f.Objects...)
-				}
-				for _, o := range objects {
-					objs = append(objs, supervisor.ObjectConfig{Path: o})
-				}
-				return applyFlags(objs, attaches, mapAccess)
-			}
-			objs, err := build()
-			if err != nil {
-				return usageError{err}
-			}
-
-			var cred *handoff.Credential
-			if userName != "" || groupName != "" {
-				cred, err = lookupCredential(userName, groupName)
-				if err != nil {
-					return usageError{err}
-				}
-			}
-			inherited, err := inheritedFiles()
-			if err != nil {
-				return err
-			}
-
-			opts := supervisor.Options{
-				Store:   sf.store(),
-				Objects: objs,
-				Netns:   netns,
-				Command: command,
-				Restart: supervisor.RestartPolicy{
-					Mode: restart, Delay: restartDelay, MaxDelay: restartMaxDelay, StableAfter: stableAfter,
-					StartLimit: startLimit, StartLimitInterval: startLimitInterval,
-				},
-				StopTimeout:  stopTimeout,
-				Credential:   cred,
-				NotifyChild:  notify == "child",
-				NotifyAccess: notifyAccess,
-				MetricsAddr:  metricsAddr,
-				OnUpgrade:    onUpgrade,
-				Watch:        watch,
-				Reconfigure:  build,
-				Inherited:    inherited,
-				Logger:       log,
-				Version:      bpfsupVersion(),
-				Force:        force,
-			}
-			if configPath != "" {
-				opts.WatchFiles = []string{configPath}
-			}
-			*code, err = supervisor.Run(context.Background(), opts)
-			if err != nil && *code == 0 {
-				*code = 1
-			}
-			if err != nil && logFormat == "json" {
-				log.Error("bpfsup stopped", "err", err.Error(), "exit_code", *code)
-				return loggedError{err}
-			}
-			return err
-		},
-	}
-	fl := c.Flags()
-	fl.StringVarP(&configPath, "config", "c", "", "TOML configuration file")
-	fl.StringArrayVarP(&objects, "object", "o", nil, "BPF ELF object to install (repeatable)")
-	fl.StringArrayVarP(&attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET] (repeatable)")
-	sf.add(c)
-	fl.StringVar(&netns, "netns", "", "network namespace (path) of network hooks' interfaces")
-	fl.StringVar(&restart, "restart", def.Mode, "restart policy: always, on-failure or never")
-	fl.DurationVar(&restartDelay, "restart-delay", def.Delay, "first restart delay; doubles on every restart")
-	fl.DurationVar(&restartMaxDelay, "restart-max-delay", def.MaxDelay, "longest restart delay")
-	fl.DurationVar(&stableAfter, "stable-after", def.StableAfter, "a child that ran this long resets the back-off")
-	fl.IntVar(&startLimit, "start-limit", def.StartLimit, "starts allowed within --start-limit-interval (0: no limit)")
-	fl.DurationVar(&startLimitInterval, "start-limit-interval", def.StartLimitInterval, "window of the start limit")
-	fl.DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between the stop signal and SIGKILL")
-	fl.StringVar(&userName, "user", "", "run the child as this user (name or uid)")
-	fl.StringVar(&groupName, "group", "", "run the child with this group (name or gid); the user's group by default")
-	fl.StringArrayVar(&mapAccess, "map-access", nil, "hand a map to the child as [OBJECT/]MAP=rw|ro|wo|none (repeatable)")
-	fl.StringVar(&notify, "notify", "", "child: systemd READY=1 waits for the child's own READY=1")
-	fl.StringVar(&notifyAccess, "notify-access", supervisor.NotifyAccessMain, "with --notify=child, whose messages count: main (the child alone) or all (and its descendants)")
-	fl.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT")
-	fl.StringVar(&onUpgrade, "on-upgrade", supervisor.OnUpgradeRestart, "child on upgrade: restart, none or signal:NAME")
-	fl.BoolVar(&watch, "watch", false, "reload when an object file or the config changes")
-	fl.BoolVar(&force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
-	return c
-}
-
 // applyFlags adds -a and --map-access to the objects.
-func applyFlags(objs []supervisor.ObjectConfig, attaches, mapAccess []string) ([]supervisor.ObjectConfig, error) {
+func applyFlags(objs []config.Object, attaches, mapAccess []string) ([]config.Object, error) {
 	for _, a := range attaches {
 		progPart, hook, ok := strings.Cut(a, "@")
 		if !ok || progPart == "" || hook == "" {
 			return nil, fmt.Errorf("-a %q: want [OBJECT/]PROG@HOOK[:TARGET]", a)
 		}
-		i, prog, err := findObject(objs, progPart, func(o supervisor.ObjectConfig, name string) bool {
+		i, prog, err := findObject(objs, progPart, func(o config.Object, name string) bool {
 			return objectHasProgram(o.Path, name)
 		}, "program")
 		if err != nil {
 			return nil, fmt.Errorf("-a %q: %w", a, err)
 		}
-		objs[i].Attach = append(objs[i].Attach, supervisor.AttachConfig{Program: prog, Hook: hook})
+		objs[i].Attach = append(objs[i].Attach, config.Attach{Program: prog, Hook: hook})
 	}
 	for _, m := range mapAccess {
 		mapPart, access, ok := strings.Cut(m, "=")
 		if !ok || mapPart == "" {
 			return nil, fmt.Errorf("--map-access %q: want [OBJECT/]MAP=rw|ro|wo|none", m)
 		}
-		i, name, err := findObject(objs, mapPart, func(o supervisor.ObjectConfig, name string) bool {
+		i, name, err := findObject(objs, mapPart, func(o config.Object, name string) bool {
 			return objectHasMap(o.Path, name)
 		}, "map")
 		if err != nil {
 			return nil, fmt.Errorf("--map-access %q: %w", m, err)
 		}
 		if objs[i].Maps == nil {
-			objs[i].Maps = map[string]supervisor.MapConfig{}
+			objs[i].Maps = map[string]config.Map{}
 		}
 		mc := objs[i].Maps[name]
-		mc.Access = access
+		if mc.Access, err = config.ParseAccess(access); err != nil {
+			return nil, fmt.Errorf("--map-access %q: %w", m, err)
+		}
 		objs[i].Maps[name] = mc
 	}
 	return objs, nil
@@ -332,7 +142,7 @@ func applyFlags(objs []supervisor.ObjectConfig, attaches, mapAccess []string) ([
 
 // findObject resolves "[OBJECT/]NAME" to the index of the one object that has
 // NAME.
-func findObject(objs []supervisor.ObjectConfig, ref string, has func(supervisor.ObjectConfig, string) bool, what string) (int, string, error) {
+func findObject(objs []config.Object, ref string, has func(config.Object, string) bool, what string) (int, string, error) {
 	objName, name, qualified := strings.Cut(ref, "/")
 	if !qualified {
 		name, objName = objName, ""
@@ -371,8 +181,8 @@ func findObject(objs []supervisor.ObjectConfig, ref string, has func(supervisor.
 	}
 }
 
-func lookupCredential(userName, groupName string) (*handoff.Credential, error) {
-	cred := &handoff.Credential{Groups: []uint32{}}
+func lookupCredential(userName, groupName string) (*spawn.Credential, error) {
+	cred := &spawn.Credential{Groups: []uint32{}}
 	if userName != "" {
 		u, err := user.Lookup(userName)
 		if err != nil {
@@ -470,7 +280,7 @@ healthy (every link attached where the configuration says and running the
 program bpfsup installed, no problems) and a supervisor runs it with its
 application ready: a readiness probe. Otherwise it says why and exits 1.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := supervisor.ReadStatus(sf.store(), args...)
+			st, err := status.ReadStatus(sf.store(), args...)
 			if err != nil {
 				return err
 			}
@@ -512,7 +322,7 @@ object's directory goes only when nothing else is left in it. A pin root that
 is not on bpffs is refused. Exits 1 when something named is not bpfsup's, a
 supervisor holds an object, or a removal failed.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, err := supervisor.Down(sf.store(), args)
+			rep, err := converge.Down(sf.store(), args)
 			fmt.Print(rep.String())
 			return err
 		},
@@ -545,7 +355,7 @@ func reloadCmd() *cobra.Command {
 					errs = append(errs, fmt.Errorf("supervisor %d is stopped (SIGSTOP, or a debugger): it cannot answer until it is continued (kill -CONT %d); no reload asked", pid, pid))
 					continue
 				}
-				reply, err := supervisor.Request(supervisor.ControlSocket(store.StateDirectory(), pid), "reload", timeout)
+				reply, err := control.Request(control.Socket(store.StateDirectory(), pid), "reload", timeout)
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					why := "busy, or hung"
 					if state, _ := pinstore.ProcessState(pid); state == 'T' || state == 't' {

@@ -9,14 +9,14 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 func main() {
 	// The exec helper must run before anything else opens an fd: it hands
 	// fds 3 and up to the application untouched.
-	if len(os.Args) > 1 && os.Args[1] == handoff.ExecArg {
-		handoff.ExecHelper(os.Args[2:])
+	if len(os.Args) > 1 && os.Args[1] == spawn.ExecArg {
+		spawn.ExecHelper(os.Args[2:])
 	}
 	code, err := execute(os.Args[1:])
 	if err != nil {

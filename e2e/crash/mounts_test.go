@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -107,17 +108,14 @@ func TestBPFFSUnmountedUnderSupervisor(t *testing.T) {
 	e := testutil.MustEnv(t)
 	mnt := t.TempDir()
 	mountBPFFS := func() {
-		if out, err := exec.Command("mount", "-t", "bpf", "bpf", mnt).CombinedOutput(); err != nil {
-			t.Fatalf("mount bpffs at %s: %v\n%s", mnt, err, out)
+		if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+			t.Fatalf("mount bpffs at %s: %v", mnt, err)
 		}
 	}
 	mountBPFFS()
 	t.Cleanup(func() {
-		for exec.Command("mountpoint", "-q", mnt).Run() == nil {
-			if err := exec.Command("umount", "-l", mnt).Run(); err != nil {
-				t.Errorf("umount %s: %v", mnt, err)
-				return
-			}
+		// Every bpffs mounted there, before TempDir's clean-up removes it.
+		for unix.Unmount(mnt, unix.MNT_DETACH) == nil {
 		}
 	})
 	e.PinRoot = mnt + "/root"
@@ -131,8 +129,8 @@ func TestBPFFSUnmountedUnderSupervisor(t *testing.T) {
 	}
 	linkID := before.Links[0].ID
 
-	if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("umount -l %s: %v\n%s", mnt, err, out)
+	if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil { // umount -l
+		t.Fatalf("umount -l %s: %v", mnt, err)
 	}
 	sup.WaitOutput(t, "pins are gone with their bpffs", 10*time.Second)
 	if got := xdpProgOn(t, x, ifX.Name); got == 0 {

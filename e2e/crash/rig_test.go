@@ -17,12 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // objName is the object's name in the pin layout: the object file is always
@@ -616,7 +617,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 }
 
 // status is `bpfsup status --json` of the object.
-func (r *rig) status(t testing.TB) supervisor.ObjectStatus {
+func (r *rig) status(t testing.TB) status.ObjectStatus {
 	t.Helper()
 	return e2e.FindObject(t, e2e.Status(t, r.env), objName)
 }

@@ -11,11 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // TestStatus checks `bpfsup status` and `--json` with a running supervisor
@@ -118,7 +119,7 @@ func TestStatus(t *testing.T) {
 
 // checkStatusObjects checks the maps, programs and links of a status
 // against what is installed.
-func checkStatusObjects(t *testing.T, r *rig, s supervisor.ObjectStatus, st state) {
+func checkStatusObjects(t *testing.T, r *rig, s status.ObjectStatus, st state) {
 	t.Helper()
 	if len(s.Maps) != 2 || len(s.Programs) != 2 || len(s.Links) != 1 {
 		t.Fatalf("status has %d maps, %d programs, %d links", len(s.Maps), len(s.Programs), len(s.Links))

@@ -15,7 +15,7 @@ import (
 
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
+	"github.com/bpfsup/bpfsup/status"
 )
 
 // TestTCFallbackLife runs a drop filter through bpfsup's whole life on a tc
@@ -135,7 +135,7 @@ func testLife(t *testing.T, hook string, fallback bool) {
 }
 
 // linkStatus is the status of the one link of the one object.
-func linkStatus(tb testing.TB, env *testutil.Env) supervisor.LinkStatus {
+func linkStatus(tb testing.TB, env *testutil.Env) status.LinkStatus {
 	tb.Helper()
 	st := e2e.Status(tb, env)
 	if len(st.Objects) != 1 || len(st.Objects[0].Links) != 1 {

@@ -5,10 +5,10 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bpfsup/bpfsup/control"
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // counterRig is counter.bpf.o's count_packets on the receiving end of a veth
@@ -159,7 +159,7 @@ func TestSupervisorKilled(t *testing.T) {
 	waitRising(t, "UDP count under the restarted bpfsup", 100, r.udpCount(t))
 
 	// The killed supervisor's debris is gone; only the running one's is left.
-	if stale := supervisor.ControlSocket(r.env.StateDir, killed); pinstore.Exists(stale) {
+	if stale := control.Socket(r.env.StateDir, killed); pinstore.Exists(stale) {
 		t.Errorf("the killed supervisor's control socket %s is still there", stale)
 	}
 }

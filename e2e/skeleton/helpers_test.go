@@ -14,13 +14,14 @@ import (
 	"testing"
 	"time"
 
+	bpfstatus "github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // The test binary's child mode: childModeEnv says what it does, childMapEnv
@@ -118,7 +119,7 @@ func waitChild(t *testing.T, p *testutil.Proc, n int) childLine {
 
 // objectStatus is the status of one object, which must be there, without
 // problems.
-func objectStatus(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+func objectStatus(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	t.Helper()
 	o := e2e.FindObject(t, e2e.Status(t, e), name)
 	if len(o.Problems) > 0 {

@@ -3,6 +3,7 @@ package supervision
 import (
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,19 +67,20 @@ func TestRestartPolicy(t *testing.T) {
 func TestBackoff(t *testing.T) {
 	const (
 		base        = 200 * time.Millisecond
-		stableAfter = 1200 * time.Millisecond
+		stableAfter = 3 * time.Second
 	)
 	e := testutil.MustEnv(t)
 	log := filepath.Join(shortDir(t), "runs")
-	p := startRun(t, e, childEnv("backoff", envFile+"="+log, envStableRun+"=3", envStableFor+"=1400ms"),
+	p := startRun(t, e, childEnv("backoff", envFile+"="+log, envStableRun+"=3", envStableFor+"=3400ms"),
 		"-o", counterObj, "--restart", "on-failure", "--restart-delay", base.String(), "--restart-max-delay", "10s",
 		"--stable-after", stableAfter.String(), "--start-limit", "0", "--", self(t))
 	// Runs 0-2 fail fast, run 3 is stable, runs 4 and 5 fail fast again.
-	testutil.WaitFor(t, 20*time.Second, "6 runs of the child", func() bool { return countLines(t, log, "end") >= 6 })
+	testutil.WaitFor(t, 60*time.Second, "6 runs of the child", func() bool { return countLines(t, log, "end") >= 6 })
 	p.Kill(15)
 	p.Wait(t, 10*time.Second)
 
 	var started, exited []time.Time
+	var ran []time.Duration
 	for _, m := range logTimeRe.FindAllStringSubmatch(p.Output(), -1) {
 		ts, err := time.Parse(time.RFC3339Nano, m[1])
 		if err != nil {
@@ -86,19 +88,37 @@ func TestBackoff(t *testing.T) {
 		}
 		if m[2] == "child started" {
 			started = append(started, ts)
-		} else {
-			exited = append(exited, ts)
+			continue
 		}
+		exited = append(exited, ts)
+		d, err := time.ParseDuration(m[3])
+		if err != nil {
+			t.Fatalf("bad run time in log line %q", m[0])
+		}
+		ran = append(ran, d)
 	}
-	want := []time.Duration{base, 2 * base, 4 * base, base, 2 * base} // the delay after runs 0-4
-	if len(started) < len(want)+1 || len(exited) < len(want) {
-		t.Fatalf("%d starts and %d exits in the log, want %d and %d:\n%s", len(started), len(exited), len(want)+1, len(want), p.Output())
+	const runs = 5 // the delays after runs 0-4
+	if len(started) < runs+1 || len(exited) < runs {
+		t.Fatalf("%d starts and %d exits in the log, want %d and %d:\n%s", len(started), len(exited), runs+1, runs, p.Output())
+	}
+	// The policy, applied to how long each run lasted as bpfsup measured
+	// it: a run of at least --stable-after resets the delay, a shorter
+	// one doubles it. (On a machine slow enough that a run meant to fail
+	// fast lasts that long, the reset is right too.)
+	var want []time.Duration
+	next := base
+	for _, r := range ran[:runs] {
+		if r >= stableAfter {
+			next = base
+		}
+		want = append(want, next)
+		next *= 2
 	}
 	var got []time.Duration
 	for i := range want {
 		got = append(got, started[i+1].Sub(exited[i]))
 	}
-	t.Logf("delays between runs: %v", got)
+	t.Logf("runs lasted %v; delays between runs: %v", ran[:runs], got)
 	// The delays bpfsup chose, from its log: exactly the policy's. The
 	// measured gaps can only be longer (a loaded machine starts the child
 	// late), never shorter.
@@ -115,20 +135,23 @@ func TestBackoff(t *testing.T) {
 	}
 	for i, w := range want {
 		if chosen[i] != w {
-			t.Errorf("delay chosen after run %d is %v, want %v (all: %v)", i, chosen[i], w, chosen[:len(want)])
+			t.Errorf("delay chosen after run %d (which lasted %v) is %v, want %v (all: %v)", i, ran[i], chosen[i], w, chosen[:len(want)])
 		}
 		if got[i] < w {
 			t.Errorf("child started %v after run %d ended, sooner than the delay %v", got[i], i, w)
 		}
 	}
-	if ran := exited[3].Sub(started[3]); ran < stableAfter {
-		t.Fatalf("run 3 lasted %v, shorter than --stable-after %v: the test proves nothing", ran, stableAfter)
+	if ran[3] < stableAfter {
+		t.Fatalf("run 3 lasted %v, shorter than --stable-after %v: the test proves nothing", ran[3], stableAfter)
+	}
+	if !slices.Contains(want, 2*base) {
+		t.Fatalf("no run was short enough for the delay to double (runs lasted %v): the test proves nothing", ran[:runs])
 	}
 }
 
 var restartInRe = regexp.MustCompile(`msg="restarting child" in=(\S+)`)
 
-var logTimeRe = regexp.MustCompile(`time=(\S+) level=INFO msg="(child started|child exited)"`)
+var logTimeRe = regexp.MustCompile(`time=(\S+) level=INFO msg="(child started|child exited)"(?:[^\n]* ran=(\S+))?`)
 
 // The start limit stops bpfsup with a message that says so and a non-zero
 // exit status, and leaves the program attached: the data path keeps running

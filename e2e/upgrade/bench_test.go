@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/control"
+
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // BenchmarkReload measures an upgrade of dropfilter attached to 1, 10 and
@@ -59,7 +60,7 @@ func benchReload(b *testing.B, links int, change bool) {
 	config{object: obj, netns: ns.Path, attach: attach}.write(b, cfgPath)
 	p := startBpfsup(b, e, "", "-c", cfgPath, "--on-upgrade", "none")
 	testutil.WaitFor(b, 30*time.Second, "bpfsup to start the child", func() bool { return strings.Contains(p.Output(), "child: pid=") })
-	socket := supervisor.ControlSocket(e.StateDir, p.Pid())
+	socket := control.Socket(e.StateDir, p.Pid())
 
 	var load, swapped, swapPhase time.Duration
 	b.ResetTimer()
@@ -69,7 +70,7 @@ func benchReload(b *testing.B, links int, change bool) {
 			deploy(b, obj, []string{"dropfilter_v2", "dropfilter"}[i%2])
 			b.StartTimer()
 		}
-		reply, err := supervisor.Request(socket, "reload", time.Minute)
+		reply, err := control.Request(socket, "reload", time.Minute)
 		if err != nil {
 			b.Fatal(err)
 		}

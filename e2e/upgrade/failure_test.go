@@ -148,7 +148,12 @@ func TestUpgradeFailures(t *testing.T) {
 	cfg := config{object: obj, netns: nsR.Path, attach: []attachment{{"xdp_drop", "xdp:" + x.Name}, {"xdp_drop", "xdp:" + y.Name}}}
 	cfg.write(t, cfgPath)
 	p := startBpfsup(t, e, "", "-c", cfgPath) // the child is restarted on upgrade
-	waitChildren(t, p, 1)
+	child := waitChildren(t, p, 1)
+	// The child may announce itself before bpfsup records it.
+	testutil.WaitFor(t, 5*time.Second, "status to name the child", func() bool {
+		st := status(t, e, "dropfilter")
+		return st.Supervisor != nil && st.Supervisor.ChildPID == child
+	})
 	addDropPort(t, e, portDropped)
 	sendN(t, nsS, netip.AddrPortFrom(x.Addr, portDropped), 10)
 	testutil.WaitFor(t, 5*time.Second, "10 drops", func() bool { return dropCount(t, e) == 10 })
@@ -180,7 +185,7 @@ func TestUpgradeFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ly.Close()
-	if err := ly.Update(foreign); err != nil {
+	if err := ly.Update(foreign, nil); err != nil {
 		t.Fatalf("swap link %s behind bpfsup's back: %v", linkY, err)
 	}
 	failReload(t, e, p, "link changed behind bpfsup's back", linkX, linkY, "changed behind bpfsup's back", "not overwriting")
@@ -192,7 +197,7 @@ func TestUpgradeFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mine.Close()
-	if err := ly.Update(mine); err != nil {
+	if err := ly.Update(mine, nil); err != nil {
 		t.Fatal(err)
 	}
 

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	bpfstatus "github.com/bpfsup/bpfsup/status"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -25,7 +27,6 @@ import (
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // childEnv makes the test binary, started by bpfsup as its child, behave as
@@ -166,9 +167,9 @@ func (c config) write(t testing.TB, path string) {
 
 // status reads the status of object name as `bpfsup status --json` does
 // (in this process: the test samples it often, under load).
-func status(t *testing.T, e *testutil.Env, name string) supervisor.ObjectStatus {
+func status(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	t.Helper()
-	st, err := supervisor.ReadStatus(pinstore.Store{Root: e.PinRoot, StateDir: e.StateDir}, name)
+	st, err := bpfstatus.ReadStatus(pinstore.Store{Root: e.PinRoot, StateDir: e.StateDir}, name)
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}

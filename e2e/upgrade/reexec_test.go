@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/control"
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
 )
 
 // buildVersions builds bpfsup once per version, with main.version set, into
@@ -195,7 +195,7 @@ func TestSelfUpgradeKeepsSockets(t *testing.T) {
 	metricsAddr := regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
 	p.WaitOutput(t, `msg="serving metrics"`, 10*time.Second)
 	addr := metricsAddr.FindStringSubmatch(p.Output())[1]
-	ctl := supervisor.ControlSocket(e.StateDir, p.Pid())
+	ctl := control.Socket(e.StateDir, p.Pid())
 	if i := sd.Index("READY=1"); i >= 0 {
 		t.Fatalf("READY=1 before the child said it: %q", sd.Lines())
 	}
@@ -265,7 +265,7 @@ func TestSelfUpgradeKeepsSockets(t *testing.T) {
 		defer wg.Done()
 		for !stop.Load() {
 			started := phase()
-			r, err := supervisor.Request(ctl, "status", 10*time.Second)
+			r, err := control.Request(ctl, "status", 10*time.Second)
 			if err == nil && !r.OK {
 				err = errors.New(r.Error)
 			}
@@ -373,7 +373,7 @@ func TestSelfUpgradeToOlderProtocol(t *testing.T) {
 	}
 	// Its control socket is its own, made after the metrics' listener.
 	testutil.WaitFor(t, 10*time.Second, "the re-executed bpfsup to answer on its control socket", func() bool {
-		r, err := supervisor.Request(supervisor.ControlSocket(e.StateDir, p.Pid()), "status", 10*time.Second)
+		r, err := control.Request(control.Socket(e.StateDir, p.Pid()), "status", 10*time.Second)
 		return err == nil && r.OK
 	})
 }

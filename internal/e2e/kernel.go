@@ -40,16 +40,25 @@ func PinnedLinkInfo(tb testing.TB, path string) *link.Info {
 }
 
 // PinnedAttachmentInfo is the info of what is pinned at path where a link
-// belongs: a bpf_link, or the record of a tc filter that stands in for one
-// (tcx's tc fallback), as bpfsup itself loads it. Unlike PinnedLinkInfo it
-// returns its error, for a link that may not be there.
+// belongs, as bpfsup itself loads it (hooks.LoadPinned): a bpf_link's, or,
+// for the record of a tc filter that stands in for one (tcx's tc
+// fallback), the record's id as the link id and the filter's program.
+// Unlike PinnedLinkInfo it returns its error, for a link that may not be
+// there.
 func PinnedAttachmentInfo(path string) (*link.Info, error) {
-	l, err := hooks.LoadPinned(path)
+	a, err := hooks.LoadPinned(path)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Close()
-	return l.Info()
+	defer a.Close()
+	info, err := a.Info()
+	if err != nil {
+		return nil, err
+	}
+	if info.Link != nil {
+		return info.Link, nil
+	}
+	return &link.Info{ID: link.ID(info.ID), Program: info.Program}, nil
 }
 
 // PinnedMapID is the id of the map pinned at path.

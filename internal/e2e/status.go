@@ -10,21 +10,21 @@ import (
 	"testing"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
-	"github.com/bpfsup/bpfsup/supervisor"
+	"github.com/bpfsup/bpfsup/status"
 )
 
 // Status runs `bpfsup status --json [args...]` in e's pin root and state
 // directory and decodes what it prints. It fails the test when status exits
 // non-zero or prints something that is not the status JSON. Only standard
 // output is decoded: status writes to standard error only when it fails.
-func Status(tb testing.TB, e *testutil.Env, args ...string) *supervisor.Status {
+func Status(tb testing.TB, e *testutil.Env, args ...string) *status.Status {
 	tb.Helper()
 	args = append([]string{"--json"}, args...)
 	out, err := output(exec.Command(e.Bin, e.Args("status", args...)...))
 	if err != nil {
 		tb.Fatalf("bpfsup status %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	var st supervisor.Status
+	var st status.Status
 	if err := json.Unmarshal(out, &st); err != nil {
 		tb.Fatalf("bpfsup status %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -33,7 +33,7 @@ func Status(tb testing.TB, e *testutil.Env, args ...string) *supervisor.Status {
 
 // ObjectStatus is `bpfsup status --json name`: the status of object name,
 // which must be the one object that status shows.
-func ObjectStatus(tb testing.TB, e *testutil.Env, name string) supervisor.ObjectStatus {
+func ObjectStatus(tb testing.TB, e *testutil.Env, name string) status.ObjectStatus {
 	tb.Helper()
 	st := Status(tb, e, name)
 	if len(st.Objects) != 1 || st.Objects[0].Name != name {
@@ -44,35 +44,35 @@ func ObjectStatus(tb testing.TB, e *testutil.Env, name string) supervisor.Object
 
 // LinkStatus is the status that `bpfsup status --json` gives of the link
 // named name of object; the test fails when there is none.
-func LinkStatus(tb testing.TB, e *testutil.Env, object, name string) supervisor.LinkStatus {
+func LinkStatus(tb testing.TB, e *testutil.Env, object, name string) status.LinkStatus {
 	tb.Helper()
 	return FindLink(tb, FindObject(tb, Status(tb, e), object), name)
 }
 
 // FindObject is the object named name in st; the test fails when there is
 // none.
-func FindObject(tb testing.TB, st *supervisor.Status, name string) supervisor.ObjectStatus {
+func FindObject(tb testing.TB, st *status.Status, name string) status.ObjectStatus {
 	tb.Helper()
-	return find(tb, "status", "object", name, st.Objects, func(o supervisor.ObjectStatus) string { return o.Name })
+	return find(tb, "status", "object", name, st.Objects, func(o status.ObjectStatus) string { return o.Name })
 }
 
 // FindMap is the map named name in o; the test fails when there is none.
-func FindMap(tb testing.TB, o supervisor.ObjectStatus, name string) supervisor.MapStatus {
+func FindMap(tb testing.TB, o status.ObjectStatus, name string) status.MapStatus {
 	tb.Helper()
-	return find(tb, "object "+o.Name, "map", name, o.Maps, func(m supervisor.MapStatus) string { return m.Name })
+	return find(tb, "object "+o.Name, "map", name, o.Maps, func(m status.MapStatus) string { return m.Name })
 }
 
 // FindProgram is the program named name in o; the test fails when there is
 // none.
-func FindProgram(tb testing.TB, o supervisor.ObjectStatus, name string) supervisor.ProgramStatus {
+func FindProgram(tb testing.TB, o status.ObjectStatus, name string) status.ProgramStatus {
 	tb.Helper()
-	return find(tb, "object "+o.Name, "program", name, o.Programs, func(p supervisor.ProgramStatus) string { return p.Name })
+	return find(tb, "object "+o.Name, "program", name, o.Programs, func(p status.ProgramStatus) string { return p.Name })
 }
 
 // FindLink is the link named name in o; the test fails when there is none.
-func FindLink(tb testing.TB, o supervisor.ObjectStatus, name string) supervisor.LinkStatus {
+func FindLink(tb testing.TB, o status.ObjectStatus, name string) status.LinkStatus {
 	tb.Helper()
-	return find(tb, "object "+o.Name, "link", name, o.Links, func(l supervisor.LinkStatus) string { return l.Name })
+	return find(tb, "object "+o.Name, "link", name, o.Links, func(l status.LinkStatus) string { return l.Name })
 }
 
 // find is the element of items that nameOf calls name.

@@ -24,7 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Kernel features the tests depend on, each with the oldest Linux version
+// Feature is a kernel feature the tests depend on, with the oldest Linux version
 // that has it, the configuration it needs, and a probe that asks the running
 // kernel. docs/kernels.md is this table for people.
 //

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // Restart-to-ready. "Ready" is: every program attached and the application
@@ -71,7 +71,7 @@ func (b *bench) startupFloors() error {
 		{"xdp-loader help", []string{"xdp-loader", "help"}},
 		{"benchchild exit", []string{b.childBin, "exit"}},
 		// How bpfsup starts its child: through its exec helper.
-		{startupHelper, []string{handoff.ShellHelper, "-c", handoff.ShellScript, "bpfsup exec", b.childBin, "exit"}},
+		{startupHelper, []string{spawn.ShellHelper, "-c", spawn.ShellScript, "bpfsup exec", b.childBin, "exit"}},
 	}
 	if b.goHelloBin != "" {
 		floors = append(floors, floor{startupGo, []string{b.goHelloBin}})

@@ -15,6 +15,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -29,7 +30,12 @@ var modes = map[string]func() error{
 	// sys_enter raw tracepoint, __task_pid_nr_ns in the kernel.
 	"getppid": func() error { unix.Getppid(); return nil },
 	// call: one call of main.uprobeTarget, for uprobes.
-	"call": func() error { uprobeTarget(); return nil },
+	"call": func() error {
+		if uprobeTarget() == 0 {
+			return errors.New("uprobeTarget did not run")
+		}
+		return nil
+	},
 	// open: one open(2) of /dev/null: the file_open LSM hook,
 	// security_file_open.
 	"open": func() error {
@@ -65,7 +71,7 @@ var uprobeCalls uint64
 //
 //go:noinline
 //go:nosplit
-func uprobeTarget() { uprobeCalls++ }
+func uprobeTarget() uint64 { uprobeCalls++; return uprobeCalls }
 
 func main() {
 	if len(os.Args) < 2 || len(os.Args) > 3 {

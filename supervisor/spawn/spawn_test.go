@@ -1,4 +1,4 @@
-package handoff
+package spawn
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bpfsup/bpfsup/handoff"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -38,14 +40,14 @@ func dupFile(fd int, name string) (*os.File, error) {
 type fdHaver interface{ FD() int }
 
 // mustNamedFile is a handed file for obj, closed at the end of the test.
-func mustNamedFile(tb testing.TB, name string, obj fdHaver) NamedFile {
+func mustNamedFile(tb testing.TB, name string, obj fdHaver) handoff.NamedFile {
 	tb.Helper()
 	f, err := dupFile(obj.FD(), name)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { f.Close() })
-	return NamedFile{Name: name, File: f}
+	return handoff.NamedFile{Name: name, File: f}
 }
 
 // mustCounterMap is an array u32 -> u64 with one entry, closed at the end
@@ -167,14 +169,14 @@ func checkFDs(tb testing.TB, r childReport, targets []string) {
 	tb.Helper()
 	want := []int{0, 1, 2}
 	for i := range targets {
-		want = append(want, FirstFD+i)
+		want = append(want, handoff.FirstFD+i)
 	}
 	if !slices.Equal(r.Inherited, want) {
 		tb.Fatalf("child inherited fds %v (all its fds: %v), want %v", r.Inherited, r.FDs, want)
 	}
 	for i, target := range targets {
-		if r.FDs[FirstFD+i] != target {
-			tb.Errorf("child's fd %d is %q, want %q", FirstFD+i, r.FDs[FirstFD+i], target)
+		if r.FDs[handoff.FirstFD+i] != target {
+			tb.Errorf("child's fd %d is %q, want %q", handoff.FirstFD+i, r.FDs[handoff.FirstFD+i], target)
 		}
 	}
 }
@@ -239,7 +241,7 @@ func TestStartHandsOver(t *testing.T) {
 			helper := hc.path
 			fwCounters, fwDrop, dnsCounters := mustCounterMap(t), mustCounterMap(t), mustCounterMap(t)
 			prog := mustXDPPass(t)
-			files := []NamedFile{
+			files := []handoff.NamedFile{
 				mustNamedFile(t, "fw/maps/counters", fwCounters),
 				mustNamedFile(t, "fw/maps/drop_ports", fwDrop),
 				mustNamedFile(t, "dns/maps/counters", dnsCounters),
@@ -268,7 +270,7 @@ func TestStartHandsOver(t *testing.T) {
 					writeEnv+"=fw/maps/counters",
 					// The protocol's variables of the parent are replaced, not added to;
 					// LISTEN_PIDFDID (systemd 256) names the parent, and goes.
-					EnvListenFDs+"=99", EnvListenFDNames+"=stale", EnvListenPIDFDID+"=4242",
+					handoff.EnvListenFDs+"=99", handoff.EnvListenFDNames+"=stale", handoff.EnvListenPIDFDID+"=4242",
 				),
 				Files:   files,
 				PinRoot: "/sys/fs/bpf/somewhere",
@@ -289,10 +291,10 @@ func TestStartHandsOver(t *testing.T) {
 			}
 			checkFDs(t, r, []string{"anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-map", "anon_inode:bpf-prog"})
 			if want := []string{"fw/maps/counters", "fw/maps/drop_ports", "dns/maps/counters", "fw/programs/xdp_pass"}; !slices.Equal(r.Names, want) {
-				t.Errorf("Files() names %v, want %v", r.Names, want)
+				t.Errorf("handoff.Files() names %v, want %v", r.Names, want)
 			}
 			if len(r.EnvAfter) != 0 {
-				t.Errorf("protocol variables left after Files(): %v", r.EnvAfter)
+				t.Errorf("protocol variables left after handoff.Files(): %v", r.EnvAfter)
 			}
 
 			progInfo, err := prog.Info()
@@ -347,7 +349,7 @@ func TestStartAsNobody(t *testing.T) {
 				Helper:     helper,
 				Args:       []string{mustWorldExecutable(t)},
 				Env:        append(os.Environ(), childEnv+"=report", queriesEnv+"=counters", writeEnv+"=counters"),
-				Files:      []NamedFile{mustNamedFile(t, "fw/maps/counters", counters)},
+				Files:      []handoff.NamedFile{mustNamedFile(t, "fw/maps/counters", counters)},
 				Credential: &Credential{UID: 65534, GID: 65534, Groups: []uint32{}},
 			})
 			r := c.report(t)

@@ -1,12 +1,14 @@
-package supervisor
+package config
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,29 +36,31 @@ type File struct {
 	// Command is the application, used when none follows "--".
 	Command []string `toml:"command"`
 
-	Restart            string    `toml:"restart"`
-	RestartDelay       *Duration `toml:"restart_delay"`
-	RestartMaxDelay    *Duration `toml:"restart_max_delay"`
-	StableAfter        *Duration `toml:"stable_after"`
-	StartLimit         *int      `toml:"start_limit"`
-	StartLimitInterval *Duration `toml:"start_limit_interval"`
-	StopTimeout        *Duration `toml:"stop_timeout"`
+	Restart            RestartMode `toml:"restart"`
+	RestartDelay       *Duration   `toml:"restart_delay"`
+	RestartMaxDelay    *Duration   `toml:"restart_max_delay"`
+	StableAfter        *Duration   `toml:"stable_after"`
+	StartLimit         *int        `toml:"start_limit"`
+	StartLimitInterval *Duration   `toml:"start_limit_interval"`
+	StopTimeout        *Duration   `toml:"stop_timeout"`
 
 	User  string `toml:"user"`
 	Group string `toml:"group"`
 	// Notify is "" (bpfsup is ready once the child started) or "child".
-	Notify string `toml:"notify"`
+	Notify Notify `toml:"notify"`
 	// NotifyAccess is whose messages the child's notify socket takes:
 	// "main" (the child alone, by default) or "all" (it and its
 	// descendants), as systemd's NotifyAccess=.
-	NotifyAccess string `toml:"notify_access"`
-	LogFormat    string `toml:"log_format"`
-	MetricsAddr  string `toml:"metrics_addr"`
-	OnUpgrade    string `toml:"on_upgrade"`
-	Watch        bool   `toml:"watch"`
-	Force        bool   `toml:"force"`
+	NotifyAccess NotifyAccess `toml:"notify_access"`
+	LogFormat    string       `toml:"log_format"`
+	MetricsAddr  string       `toml:"metrics_addr"`
+	// OnUpgrade is what happens to the child after a reload; the zero value
+	// when the file does not say.
+	OnUpgrade OnUpgrade `toml:"on_upgrade"`
+	Watch     bool      `toml:"watch"`
+	Force     bool      `toml:"force"`
 
-	Objects []ObjectConfig `toml:"object"`
+	Objects []Object `toml:"object"`
 }
 
 // ParseConfig parses a configuration file. Unknown keys are errors that name
@@ -107,30 +111,64 @@ func ParseConfig(data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	for i, o := range f.Objects {
-		if o.Path == "" {
-			return nil, fmt.Errorf("config: object %d has no path", i+1)
-		}
-		for j, a := range o.Attach {
-			if a.Program == "" || a.Hook == "" {
-				return nil, fmt.Errorf("config: object %s: attach %d needs program and hook", o.Path, j+1)
-			}
-		}
-		for name, m := range o.Maps {
-			if err := checkAccess(m.Access); err != nil {
-				return nil, fmt.Errorf("config: object %s: map %s: %w", o.Path, name, err)
-			}
-		}
-	}
-	switch f.Notify {
-	case "", "child", "none":
-	default:
-		return nil, fmt.Errorf("config: notify %q: must be \"child\" or empty", f.Notify)
-	}
-	if err := CheckNotifyAccess(f.NotifyAccess); err != nil {
+	if err := f.check(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return &f, nil
+}
+
+// check checks what decoding does not: the modes that are strings (go-toml
+// sets a string type without asking its UnmarshalText), and what each
+// object must have.
+func (f *File) check() error {
+	if f.Restart != "" {
+		if _, err := ParseRestartMode(string(f.Restart)); err != nil {
+			return err
+		}
+	}
+	if _, err := ParseNotify(string(f.Notify)); err != nil {
+		return err
+	}
+	if _, err := ParseNotifyAccess(string(f.NotifyAccess)); err != nil {
+		return err
+	}
+	if f.MetricsAddr != "" {
+		if err := CheckMetricsAddr(f.MetricsAddr); err != nil {
+			return err
+		}
+	}
+	for i, o := range f.Objects {
+		if o.Path == "" {
+			return fmt.Errorf("object %d has no path", i+1)
+		}
+		for j, a := range o.Attach {
+			if a.Program == "" || a.Hook == "" {
+				return fmt.Errorf("object %s: attach %d needs program and hook", o.Path, j+1)
+			}
+		}
+		for name, m := range o.Maps {
+			if _, err := ParseAccess(string(m.Access)); err != nil {
+				return fmt.Errorf("object %s: map %s: %w", o.Path, name, err)
+			}
+			if m.Migrate != "" && m.Migrate != MigrateCopy {
+				return fmt.Errorf("object %s: map %s: migrate %q: only \"copy\" is known", o.Path, name, m.Migrate)
+			}
+		}
+	}
+	return nil
+}
+
+// CheckMetricsAddr checks that addr is HOST:PORT with a port from 0 to
+// 65535 (0: any free port).
+func CheckMetricsAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("metrics address %q: want HOST:PORT: %w", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("metrics address %q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
 }
 
 // ChangedSettings lists the keys whose values differ between f and g,
@@ -247,6 +285,10 @@ func configHint(key []string, err error) (string, string) {
 		return k, ""
 	}
 	want := m[2]
+	switch strings.TrimPrefix(want, "*") {
+	case "config.RestartMode", "config.Notify", "config.NotifyAccess", "config.Access", "config.Migrate", "config.OnUpgrade":
+		want = "string"
+	}
 	switch {
 	case strings.HasPrefix(want, "[]"):
 		want = "an array"

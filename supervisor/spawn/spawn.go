@@ -1,4 +1,4 @@
-package handoff
+package spawn
 
 import (
 	"errors"
@@ -13,10 +13,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/bpfsup/bpfsup/handoff/internal/exechelper"
+	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/exechelper"
 )
 
-// ExecArg, as the first argument of bpfsup, makes it the exec helper: see
+// ExecArg is the first argument that makes bpfsup the exec helper: see
 // ExecHelper.
 const ExecArg = exechelper.Arg
 
@@ -66,7 +67,7 @@ type Child struct {
 	Env []string
 	// Files are handed in order: entry i becomes fd 3+i, named Files[i].Name.
 	// The supervisor keeps ownership; Start does not close them.
-	Files []NamedFile
+	Files []handoff.NamedFile
 	// PinRoot is passed as BPFSUP_PIN_ROOT.
 	PinRoot string
 	// Credential, when set, is the user the application runs as. The helper
@@ -138,7 +139,7 @@ func Start(c Child) (*Process, error) {
 	for i, f := range c.Files {
 		names[i], extra[i] = f.Name, f.File
 	}
-	encoded, err := EncodeNames(names)
+	encoded, err := handoff.EncodeNames(names)
 	if err != nil {
 		return nil, fmt.Errorf("start child: %w", err)
 	}
@@ -147,14 +148,14 @@ func Start(c Child) (*Process, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	env = withoutVars(env, EnvListenFDs, EnvListenPID, EnvListenFDNames, EnvListenPIDFDID, EnvPinRoot,
+	env = withoutVars(env, handoff.EnvListenFDs, handoff.EnvListenPID, handoff.EnvListenFDNames, handoff.EnvListenPIDFDID, handoff.EnvPinRoot,
 		envExecUID, envExecGID, envExecGroups, envExecPPID)
 	env = append(env,
-		EnvListenFDs+"="+strconv.Itoa(len(c.Files)),
-		EnvListenFDNames+"="+encoded,
+		handoff.EnvListenFDs+"="+strconv.Itoa(len(c.Files)),
+		handoff.EnvListenFDNames+"="+encoded,
 	)
 	if c.PinRoot != "" {
-		env = append(env, EnvPinRoot+"="+c.PinRoot)
+		env = append(env, handoff.EnvPinRoot+"="+c.PinRoot)
 	}
 	attr := &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL,
@@ -272,7 +273,7 @@ func withoutVars(env []string, names ...string) []string {
 // command cannot be executed), as a shell does.
 //
 // A binary that links this package need not call it: the helper runs from
-// the init function of package handoff/internal/exechelper when the first
+// the init function of package internal/exechelper when the first
 // argument is ExecArg, before most of the binary is even initialised, which
 // makes each start of the child cheaper (see that package).
 func ExecHelper(args []string) {

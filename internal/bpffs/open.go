@@ -1,4 +1,4 @@
-package pinstore
+package bpffs
 
 import (
 	"errors"
@@ -14,14 +14,14 @@ import (
 
 // What a pin holds, as OpenPin says it.
 const (
-	PinMap     = "map"
-	PinProgram = "program"
-	PinLink    = "link"
+	Map     = "map"
+	Program = "program"
+	Link    = "link"
 )
 
 // OpenPin opens the BPF object pinned at path (BPF_OBJ_GET, read-write: the
-// kernel refuses links opened otherwise) and says what it is: PinMap,
-// PinProgram, PinLink, or the name of its anonymous inode for anything else.
+// kernel refuses links opened otherwise) and says what it is: Map,
+// Program, Link, or the name of its anonymous inode for anything else.
 // The caller owns fd, which is close-on-exec. A missing pin is an error
 // wrapping os.ErrNotExist.
 func OpenPin(path string) (fd int, kind string, err error) {
@@ -53,11 +53,11 @@ func OpenPin(path string) (fd int, kind string, err error) {
 	}
 	switch kind = strings.TrimPrefix(target, "anon_inode:"); kind {
 	case "bpf-map":
-		kind = PinMap
+		kind = Map
 	case "bpf-prog":
-		kind = PinProgram
+		kind = Program
 	case "bpf_link", "bpf-link": // the name changed over kernel versions
-		kind = PinLink
+		kind = Link
 	}
 	return fd, kind, nil
 }

@@ -1,6 +1,6 @@
-// Package exechelper is the exec helper of package handoff: the short life
+// Package exechelper is the exec helper of package spawn: the short life
 // of a re-executed bpfsup between its fork by the supervisor and its exec of
-// the application (see handoff.Start).
+// the application (see spawn.Start).
 //
 // It runs from this package's init function, as soon as the process starts,
 // when the first argument is Arg. It imports nothing but a few light packages
@@ -19,8 +19,8 @@ import (
 	"syscall"
 )
 
-// Arg, as the first argument of a binary that links this package, makes the
-// process the exec helper.
+// Arg is the first argument that makes a binary linking this package the
+// exec helper.
 const Arg = "__bpfsup_exec"
 
 // Variables from the supervisor to the helper; the helper removes them.

@@ -1,4 +1,4 @@
-package supervisor
+package converge
 
 import (
 	"errors"
@@ -31,7 +31,7 @@ import (
 // application may fill them itself.
 
 // fillNewMaps fills the declared slots of the maps the install created.
-func fillNewMaps(p *plan, in *installed, fresh map[string]bool, log *slog.Logger) error {
+func fillNewMaps(p *Plan, in *Installed, fresh map[string]bool, log *slog.Logger) error {
 	for _, name := range p.maps {
 		ms := p.spec.Maps[name]
 		refs := pinstore.References(ms)
@@ -68,14 +68,15 @@ func fillNewMaps(p *plan, in *installed, fresh map[string]bool, log *slog.Logger
 
 // moveProgSlots makes the declared slots of the adopted prog arrays hold the
 // object's programs. What a rollback needs stays open until release runs.
-func moveProgSlots(p *plan, in *installed, fresh map[string]bool, rollback, release *undo, log *slog.Logger) error {
+func moveProgSlots(tx *Tx) error {
+	p := tx.plan
 	for _, name := range p.maps {
 		ms := p.spec.Maps[name]
-		if ms.Type != ebpf.ProgramArray || fresh[name] {
+		if ms.Type != ebpf.ProgramArray || tx.fresh[name] {
 			continue
 		}
 		for _, ref := range pinstore.References(ms) {
-			if err := moveProgSlot(p.name, name, in.maps[name], ref, in.progs[ref.Name], rollback, release, log); err != nil {
+			if err := tx.moveProgSlot(name, ref); err != nil {
 				return err
 			}
 		}
@@ -83,7 +84,10 @@ func moveProgSlots(p *plan, in *installed, fresh map[string]bool, rollback, rele
 	return nil
 }
 
-func moveProgSlot(object, name string, m *ebpf.Map, ref pinstore.Reference, prog *ebpf.Program, rollback, release *undo, log *slog.Logger) error {
+// moveProgSlot makes slot ref of prog array name hold the object's program
+// of ref's name.
+func (tx *Tx) moveProgSlot(name string, ref pinstore.Reference) error {
+	object, m, prog, log := tx.plan.name, tx.in.maps[name], tx.in.progs[ref.Name], tx.log
 	if prog == nil {
 		logSlotLeftEmpty(log, object, name, ref)
 		return nil
@@ -107,13 +111,13 @@ func moveProgSlot(object, name string, m *ebpf.Map, ref pinstore.Reference, prog
 		if old, err = ebpf.NewProgramFromID(ebpf.ProgramID(had)); err != nil {
 			return fmt.Errorf("object %s: prog array %s: open program %d of slot %v: %w", object, name, had, ref.Key, err)
 		}
-		release.push(func() { old.Close() })
+		tx.release.push(func() { old.Close() })
 	}
 	if err := m.Put(ref.Key, prog); err != nil {
 		return fmt.Errorf("object %s: prog array %s: put program %s in slot %v: %w", object, name, ref.Name, ref.Key, err)
 	}
 	log.Info("prog array slot moved", "object", object, "map", name, "slot", ref.Key, "program", ref.Name, "id", want, "was", had)
-	rollback.push(func() {
+	tx.rollback.push(func() {
 		var err error
 		if old == nil {
 			err = m.Delete(ref.Key)

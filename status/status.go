@@ -1,4 +1,4 @@
-package supervisor
+package status
 
 import (
 	"encoding/json"
@@ -7,12 +7,13 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/bpfsup/bpfsup/converge"
+	"github.com/bpfsup/bpfsup/internal/bpffs"
+
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
@@ -233,12 +234,12 @@ func (o *ObjectStatus) readPrograms(man *pinstore.Manifest) map[uint32]string {
 			id, _ := info.ID()
 			ps.ID, ps.Tag = uint32(id), info.Tag
 			if lt, ok := info.LoadTime(); ok {
-				ps.LoadedAt = bootToWall(lt)
+				ps.LoadedAt = pinstore.WallTime(lt)
 			}
 		}
 		p.Close()
 		progNames[ps.ID] = pn
-		if man != nil && !man.Owns(pinstore.Programs, pn, pinstore.PinInfo{Kind: pinstore.PinProgram, ID: ps.ID}) {
+		if man != nil && !man.Owns(pinstore.Programs, pn, bpffs.PinInfo{Kind: bpffs.Program, ID: ps.ID}) {
 			if _, ok := man.Programs[pn]; ok {
 				o.problem("program %s: pinned id %d is not the program bpfsup installed (id %d)", pn, ps.ID, man.Programs[pn].ID)
 			} else {
@@ -283,7 +284,7 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 			ms.Entries = countEntries(m, 65536)
 		}
 		m.Close()
-		if man != nil && !man.Owns(pinstore.Maps, mn, pinstore.PinInfo{Kind: pinstore.PinMap, ID: ms.ID}) {
+		if man != nil && !man.Owns(pinstore.Maps, mn, bpffs.PinInfo{Kind: bpffs.Map, ID: ms.ID}) {
 			if rec, ok := man.Maps[mn]; ok {
 				o.problem("map %s: %s holds map id %d, not the map bpfsup made (id %d): replaced by another tool? a start or reload refuses it", mn, ms.Path, ms.ID, rec.ID)
 			} else {
@@ -323,21 +324,23 @@ func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]st
 			continue
 		}
 		if info, err := l.Info(); err == nil {
-			ls.ID, ls.ProgramID, ls.Type = uint32(info.ID), uint32(info.Program), linkTypeName(info.Type)
+			ls.ID, ls.ProgramID, ls.Type = info.ID, uint32(info.Program), info.TypeName()
 			ls.Program = progNames[ls.ProgramID]
 			ls.State = "attached"
-			switch {
-			case info.XDP() != nil:
-				ls.Ifindex = info.XDP().Ifindex
-			case info.TCX() != nil:
-				ls.Ifindex = info.TCX().Ifindex
-			}
-			// The kernel keeps a link whose target went away, on none.
-			switch {
-			case (info.XDP() != nil || info.TCX() != nil) && ls.Ifindex == 0,
-				info.Cgroup() != nil && info.Cgroup().CgroupId == 0,
-				info.NetNs() != nil && info.NetNs().NetnsInode == 0:
-				ls.State = "defunct"
+			if li := info.Link; li != nil {
+				switch {
+				case li.XDP() != nil:
+					ls.Ifindex = li.XDP().Ifindex
+				case li.TCX() != nil:
+					ls.Ifindex = li.TCX().Ifindex
+				}
+				// The kernel keeps a link whose target went away, on none.
+				switch {
+				case (li.XDP() != nil || li.TCX() != nil) && ls.Ifindex == 0,
+					li.Cgroup() != nil && li.Cgroup().CgroupId == 0,
+					li.NetNs() != nil && li.NetNs().NetnsInode == 0:
+					ls.State = "defunct"
+				}
 			}
 			if ls.State == "attached" && recorded {
 				o.checkLinkHook(&ls, l, path, man)
@@ -352,7 +355,7 @@ func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]st
 // checkLinkHook asks the kernel whether the link sits on the hook the
 // manifest records: for a network hook, on the interface of that name in
 // the network namespace now at the recorded path.
-func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l link.Link, path string, man *pinstore.Manifest) {
+func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l hooks.Attachment, path string, man *pinstore.Manifest) {
 	spec, err := hooks.Parse(ls.Hook)
 	if err != nil {
 		return
@@ -368,7 +371,7 @@ func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l link.Link, path string, m
 		return
 	}
 	if state == hooks.Unknown {
-		state = recordedState(man, ls.Name, spec)
+		state = converge.RecordedState(man, ls.Name, spec)
 	}
 	if !spec.IsNetwork() {
 		if state != hooks.Attached {
@@ -421,10 +424,10 @@ func (o *ObjectStatus) checkLinkProgram(ls *LinkStatus, rec pinstore.LinkRecord,
 	}
 	what := fmt.Sprintf("program id %d", ls.ProgramID)
 	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(ls.ProgramID)); err == nil {
-		what = describeProgram(p)
+		what = converge.DescribeProgram(p)
 		p.Close()
 	}
-	o.problem("link %s: runs %s, not the program bpfsup installed (%s, id %s): swapped behind bpfsup's back", ls.Name, what, rec.Program, idList(ids))
+	o.problem("link %s: runs %s, not the program bpfsup installed (%s, id %s): swapped behind bpfsup's back", ls.Name, what, rec.Program, converge.IDList(ids))
 }
 
 // readMissing reports what the manifest says bpfsup pinned and is not there
@@ -452,7 +455,7 @@ func (o *ObjectStatus) readMissing(man *pinstore.Manifest) {
 func (o *ObjectStatus) readDebris(store pinstore.Store, man *pinstore.Manifest) {
 	for _, n := range pinNames(o.Dir, "staging") {
 		path := o.Dir + "/staging/" + n
-		pi, err := pinstore.ReadPin(path)
+		pi, err := bpffs.ReadPin(path)
 		switch {
 		case err == nil && man.OwnsAny(pi):
 			o.problem("staging debris %s (bpfsup's: the next start removes it)", path)
@@ -504,69 +507,6 @@ func countEntries(m *ebpf.Map, limit int) int {
 		cur = key
 	}
 	return n
-}
-
-func linkTypeName(t link.Type) string {
-	switch t {
-	case link.XDPType:
-		return "xdp"
-	case link.TCXType:
-		return "tcx"
-	case link.CgroupType:
-		return "cgroup"
-	case link.RawTracepointType:
-		return "raw_tracepoint"
-	case link.TracingType:
-		return "tracing"
-	case link.PerfEventType:
-		return "perf_event"
-	case link.NetNsType:
-		return "netns"
-	case link.NetfilterType:
-		return "netfilter"
-	case link.KprobeMultiType:
-		return "kprobe_multi"
-	case link.UprobeMultiType:
-		return "uprobe_multi"
-	}
-	return fmt.Sprintf("type %d", t)
-}
-
-func containsID(ids []uint32, id uint32) bool {
-	for _, v := range ids {
-		if v == id {
-			return true
-		}
-	}
-	return false
-}
-
-// bootToWall turns a time since boot (CLOCK_BOOTTIME) into wall-clock time.
-func bootToWall(sinceBoot time.Duration) time.Time {
-	// From the boot time in /proc/stat rather than from two clock reads, so
-	// that every status of the same program says the same time.
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return time.Time{}
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			secs, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				return time.Time{}
-			}
-			return time.Unix(secs, 0).Add(sinceBoot).UTC().Truncate(time.Millisecond)
-		}
-	}
-	return time.Time{}
-}
-
-// statusJSON is the supervisor's runtime status for the control socket.
-func (s *supervisor) statusJSON() []byte {
-	if b := s.runtime.Load(); b != nil {
-		return *b
-	}
-	return []byte("{}")
 }
 
 // Render prints st for people.

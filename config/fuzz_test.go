@@ -1,4 +1,4 @@
-package supervisor
+package config
 
 import "testing"
 
@@ -22,7 +22,7 @@ func FuzzParseConfig(f *testing.F) {
 				}
 			}
 			for name, m := range o.Maps {
-				if checkAccess(m.Access) != nil {
+				if _, err := ParseAccess(string(m.Access)); err != nil {
 					t.Fatalf("accepted map %s with access %q", name, m.Access)
 				}
 			}

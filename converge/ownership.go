@@ -1,4 +1,4 @@
-package supervisor
+package converge
 
 import (
 	"errors"
@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,23 +16,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
-// ErrForeignPin: something pinned at one of bpfsup's paths was not put there
+// ErrForeignPin means something pinned at one of bpfsup's paths was not put there
 // by bpfsup and differs from what it would install. It is replaced only with
 // --force (Options.Force).
 var ErrForeignPin = errors.New("foreign pin at bpfsup's path")
-
-// A pin is bpfsup's own when the manifest records its id (now or in an
-// earlier generation that may still be pinned after a crash). A pin that is
-// not is still adopted when it is exactly what bpfsup would install: a map
-// compatible with the object's, a program with the object's instructions
-// and maps, a link on the configured hook running one of the object's
-// programs. Adopting those changes nothing and converges a lost or edited
-// manifest. Everything else at bpfsup's paths is foreign: a pin of another
-// kind, an incompatible map, a program with other instructions, a link
-// running another program. bpfsup refuses to touch it unless forced.
 
 // owned is what the manifest says bpfsup installed.
 type owned struct {
@@ -67,7 +59,7 @@ func ownedBy(m *pinstore.Manifest) owned {
 }
 
 func hasID(ids []uint32, id uint32) bool {
-	return id != 0 && containsID(ids, id)
+	return id != 0 && slices.Contains(ids, id)
 }
 
 // foreignPin is one pin bpfsup refuses to replace without --force.
@@ -98,20 +90,20 @@ func foreignError(object string, pins []foreignPin) error {
 // error messages and logs.
 func describePin(path, kind string) string {
 	switch kind {
-	case pinstore.PinMap:
+	case bpffs.Map:
 		if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
 			defer m.Close()
 			return describeMap(m)
 		}
-	case pinstore.PinProgram:
+	case bpffs.Program:
 		if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
 			defer p.Close()
-			return describeProgram(p)
+			return DescribeProgram(p)
 		}
-	case pinstore.PinLink:
+	case bpffs.Link:
 		if l, err := hooks.LoadPinned(path); err == nil {
 			defer l.Close()
-			return describeLink(l)
+			return DescribeAttachment(l)
 		}
 	}
 	return "a " + kind
@@ -126,7 +118,7 @@ func describeMap(m *ebpf.Map) string {
 	return s + ")"
 }
 
-func describeProgram(p *ebpf.Program) string {
+func DescribeProgram(p *ebpf.Program) string {
 	info, err := p.Info()
 	if err != nil {
 		return fmt.Sprintf("a program (%s)", p.Type())
@@ -134,35 +126,42 @@ func describeProgram(p *ebpf.Program) string {
 	id, _ := info.ID()
 	s := fmt.Sprintf("program id %d %q (%s, tag %s", id, info.Name, p.Type(), info.Tag)
 	if lt, ok := info.LoadTime(); ok {
-		s += ", loaded " + bootToWall(lt).Format(time.RFC3339)
+		s += ", loaded " + pinstore.WallTime(lt).Format(time.RFC3339)
 	}
 	return s + ")"
 }
 
-func describeLink(l link.Link) string {
-	info, err := l.Info()
+// DescribeAttachment says what a is, with its ids, for messages.
+func DescribeAttachment(a hooks.Attachment) string {
+	info, err := a.Info()
 	if err != nil {
-		return "a link"
+		return "a " + string(a.Kind())
 	}
-	s := fmt.Sprintf("link id %d (%s, program id %d", info.ID, linkTypeName(info.Type), info.Program)
+	what := "link"
+	if info.Kind == hooks.KindTCFilter {
+		what = "tc filter record"
+	}
+	s := fmt.Sprintf("%s id %d (%s, program id %d", what, info.ID, info.TypeName(), info.Program)
 	if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
 		if pi, err := p.Info(); err == nil {
 			s += fmt.Sprintf(" %q tag %s", pi.Name, pi.Tag)
 		}
 		p.Close()
 	}
-	switch {
-	case info.XDP() != nil && info.XDP().Ifindex == 0, info.TCX() != nil && info.TCX().Ifindex == 0:
-		s += ", defunct"
-	case info.XDP() != nil:
-		s += fmt.Sprintf(", ifindex %d", info.XDP().Ifindex)
-	case info.TCX() != nil:
-		s += fmt.Sprintf(", ifindex %d", info.TCX().Ifindex)
+	if li := info.Link; li != nil {
+		switch {
+		case li.XDP() != nil && li.XDP().Ifindex == 0, li.TCX() != nil && li.TCX().Ifindex == 0:
+			s += ", defunct"
+		case li.XDP() != nil:
+			s += fmt.Sprintf(", ifindex %d", li.XDP().Ifindex)
+		case li.TCX() != nil:
+			s += fmt.Sprintf(", ifindex %d", li.TCX().Ifindex)
+		}
 	}
 	return s + ")"
 }
 
-func idList(ids []uint32) string {
+func IDList(ids []uint32) string {
 	var parts []string
 	for _, id := range ids {
 		if id != 0 {
@@ -175,39 +174,39 @@ func idList(ids []uint32) string {
 	return strings.Join(parts, ", ")
 }
 
-// pinSet holds the programs and links an install found pinned, open, so that
+// Pins holds the programs and links an install found pinned, open, so that
 // each pin is opened once (a BPF_OBJ_GET and a readlink) and its link's info
 // read once, however many of the install's steps look at it. Whatever is
 // still in the set when the install ends is closed.
-type pinSet struct {
+type Pins struct {
 	progs     map[string]*ebpf.Program // by pin path
-	links     map[string]link.Link
-	linkInfos map[string]*link.Info
+	links     map[string]hooks.Attachment
+	linkInfos map[string]*hooks.AttachmentInfo
 	// manifest is the object's manifest when prefetchPins read it.
 	manifest     *pinstore.Manifest
 	manifestErr  error
 	manifestRead bool
 }
 
-func newPinSet() *pinSet {
-	return &pinSet{progs: map[string]*ebpf.Program{}, links: map[string]link.Link{}, linkInfos: map[string]*link.Info{}}
+func newPins() *Pins {
+	return &Pins{progs: map[string]*ebpf.Program{}, links: map[string]hooks.Attachment{}, linkInfos: map[string]*hooks.AttachmentInfo{}}
 }
 
-// prefetchPins opens what is pinned for the object name before its plan is
+// Prefetch opens what is pinned for the object name before its plan is
 // made, while its ELF file is parsed (the two are independent; the parse of
 // a large object takes tens of milliseconds): the programs under programs/
 // and the links under links/, with their info, and the manifest. Nothing is
 // changed, so the object's lock is not needed yet; a pin of the wrong kind
 // is left for checkPinsBefore to find and report. After a crash that left
 // something in staging, opening the object may move a link into place: then
-// nothing is prefetched, and install opens the pins after that.
-func prefetchPins(store pinstore.Store, name string) *pinSet {
-	ps := newPinSet()
+// nothing is prefetched, and the install opens the pins after that.
+func Prefetch(store pinstore.Store, name string) *Pins {
+	ps := newPins()
 	if pinstore.CheckName("object", name) != nil || store.HasStaged(name) {
 		return ps
 	}
 	dir := store.ObjectDir(name)
-	for kind, want := range map[pinstore.Kind]string{pinstore.Programs: pinstore.PinProgram, pinstore.Links: pinstore.PinLink} {
+	for kind, want := range map[pinstore.Kind]string{pinstore.Programs: bpffs.Program, pinstore.Links: bpffs.Link} {
 		entries, err := os.ReadDir(filepath.Join(dir, string(kind)))
 		if err != nil {
 			continue
@@ -217,7 +216,7 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 				continue
 			}
 			path := filepath.Join(dir, string(kind), e.Name())
-			fd, k, err := pinstore.OpenPin(path)
+			fd, k, err := bpffs.OpenPin(path)
 			if err != nil || k != want {
 				if err == nil {
 					unix.Close(fd)
@@ -241,20 +240,20 @@ func prefetchPins(store pinstore.Store, name string) *pinSet {
 
 // keep wraps fd, opened from the pin at path and holding a program or a
 // link (kind, as pinstore.OpenPin says), and keeps it in the set. It owns fd.
-func (ps *pinSet) keep(path string, fd int, kind string) error {
+func (ps *Pins) keep(path string, fd int, kind string) error {
 	switch kind {
-	case pinstore.PinProgram:
+	case bpffs.Program:
 		p, err := ebpf.NewProgramFromFD(fd)
 		if err != nil {
 			return fmt.Errorf("open pin %s: %w", path, err)
 		}
 		ps.progs[path] = p
-	case pinstore.PinLink:
+	case bpffs.Link:
 		l, err := link.NewFromFD(fd)
 		if err != nil {
 			return fmt.Errorf("open pin %s: %w", path, err)
 		}
-		ps.links[path] = l
+		ps.links[path] = hooks.FromLink(l)
 	default:
 		unix.Close(fd)
 		return fmt.Errorf("open pin %s: a %s, not a program or a link", path, kind)
@@ -263,7 +262,7 @@ func (ps *pinSet) keep(path string, fd int, kind string) error {
 }
 
 // readManifest is the object's manifest, as prefetched or from disk.
-func (ps *pinSet) readManifest(store pinstore.Store, name string) (*pinstore.Manifest, error) {
+func (ps *Pins) readManifest(store pinstore.Store, name string) (*pinstore.Manifest, error) {
 	if ps.manifestRead {
 		return ps.manifest, ps.manifestErr
 	}
@@ -272,7 +271,7 @@ func (ps *pinSet) readManifest(store pinstore.Store, name string) (*pinstore.Man
 
 // takeProgram hands over the program pinned at path, or nil when the set
 // has none (nothing pinned there, or already taken).
-func (ps *pinSet) takeProgram(path string) *ebpf.Program {
+func (ps *Pins) takeProgram(path string) *ebpf.Program {
 	p := ps.progs[path]
 	delete(ps.progs, path)
 	return p
@@ -281,7 +280,7 @@ func (ps *pinSet) takeProgram(path string) *ebpf.Program {
 // loadLink returns the link pinned at path, from the set or else from the
 // pin (hooks.LoadPinned: a tc filter's record too), with its info. The set
 // keeps it: close it only after taking it with takeLink.
-func (ps *pinSet) loadLink(path string) (link.Link, *link.Info, error) {
+func (ps *Pins) loadLink(path string) (hooks.Attachment, *hooks.AttachmentInfo, error) {
 	l, ok := ps.links[path]
 	if !ok {
 		var err error
@@ -302,12 +301,12 @@ func (ps *pinSet) loadLink(path string) (link.Link, *link.Info, error) {
 }
 
 // takeLink removes the link at path from the set: the caller owns it.
-func (ps *pinSet) takeLink(path string) {
+func (ps *Pins) takeLink(path string) {
 	delete(ps.links, path)
 	delete(ps.linkInfos, path)
 }
 
-func (ps *pinSet) close() {
+func (ps *Pins) close() {
 	for path, p := range ps.progs {
 		p.Close()
 		delete(ps.progs, path)
@@ -323,23 +322,23 @@ func (ps *pinSet) close() {
 // that the manifest does not list, are foreign. It returns them, and the
 // maps that --force may reset. The programs and links it finds stay open in
 // pins for the steps after it.
-func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (foreign []foreignPin, resetMaps map[string]bool, err error) {
+func checkPinsBefore(obj *pinstore.Object, p *Plan, own owned, pins *Pins) (foreign []foreignPin, resetMaps map[string]bool, err error) {
 	resetMaps = map[string]bool{}
 	check := func(path, want string) (bool, error) {
-		if _, ok := pins.progs[path]; ok && want == pinstore.PinProgram {
+		if _, ok := pins.progs[path]; ok && want == bpffs.Program {
 			return true, nil // prefetched: a program
 		}
-		if _, ok := pins.links[path]; ok && want == pinstore.PinLink {
+		if _, ok := pins.links[path]; ok && want == bpffs.Link {
 			return true, nil
 		}
-		fd, kind, err := pinstore.OpenPin(path)
+		fd, kind, err := bpffs.OpenPin(path)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil
 		}
 		if err != nil {
 			return false, err
 		}
-		if kind == want && (kind == pinstore.PinProgram || kind == pinstore.PinLink) {
+		if kind == want && (kind == bpffs.Program || kind == bpffs.Link) {
 			if err := pins.keep(path, fd, kind); err != nil {
 				return false, err
 			}
@@ -349,7 +348,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		if kind == want {
 			return true, nil
 		}
-		if kind == pinstore.PinMap && want == pinstore.PinLink && hooks.IsFilterRecord(path) {
+		if kind == bpffs.Map && want == bpffs.Link && hooks.IsFilterRecord(path) {
 			return true, nil // a tc filter's record stands where its link would (hooks/tc.go)
 		}
 		foreign = append(foreign, foreignPin{path: path, what: describePin(path, kind),
@@ -361,7 +360,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 			continue // shared on purpose with another object or tool
 		}
 		path := obj.Path(pinstore.Maps, name)
-		isMap, err := check(path, pinstore.PinMap)
+		isMap, err := check(path, bpffs.Map)
 		if err != nil || !isMap {
 			if err != nil {
 				return nil, nil, err
@@ -385,7 +384,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		// Compatible or not, a map bpfsup did not make is not adopted: its
 		// contents are someone else's, and the object's programs would
 		// read and write them.
-		why := fmt.Sprintf("the manifest does not record it (map %s: id %s), so bpfsup did not make it", name, idList(own.maps[name]))
+		why := fmt.Sprintf("the manifest does not record it (map %s: id %s), so bpfsup did not make it", name, IDList(own.maps[name]))
 		if own.none {
 			why = fmt.Sprintf("there is no manifest of object %s in %s, so nothing says bpfsup made it (was the state directory removed?)", p.name, obj.Store().StateDirectory())
 		}
@@ -396,12 +395,12 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 		resetMaps[name] = true
 	}
 	for _, name := range p.progList {
-		if _, err := check(obj.Path(pinstore.Programs, name), pinstore.PinProgram); err != nil {
+		if _, err := check(obj.Path(pinstore.Programs, name), bpffs.Program); err != nil {
 			return nil, nil, err
 		}
 	}
 	for _, pl := range p.links {
-		if _, err := check(obj.Path(pinstore.Links, pl.name), pinstore.PinLink); err != nil {
+		if _, err := check(obj.Path(pinstore.Links, pl.name), bpffs.Link); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -413,7 +412,7 @@ func checkPinsBefore(obj *pinstore.Object, p *plan, own owned, pins *pinSet) (fo
 // anything is pinned or attached: a pinned program that differs from the
 // object's and is not in the manifest is foreign, and so is a pinned link
 // that is not in the manifest and runs a program that is not bpfsup's.
-func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[string]*pinstore.ProgramResult, pins *pinSet) ([]foreignPin, error) {
+func checkPinsAfterLoad(obj *pinstore.Object, p *Plan, own owned, progs map[string]*pinstore.ProgramResult, pins *Pins) ([]foreignPin, error) {
 	var foreign []foreignPin
 	ours := map[uint32]bool{}
 	for id := range own.progIDs {
@@ -440,8 +439,8 @@ func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[stri
 		if b, err := pinstore.BriefProgram(r.Program); err == nil {
 			want += " (loads with tag " + b.Tag + ")"
 		}
-		foreign = append(foreign, foreignPin{path: r.Path, what: describeProgram(r.Pinned), why: fmt.Sprintf(
-			"it is not %s of %s: %s; the manifest does not list it (ids %s)", want, p.cfg.Path, r.Mismatch, idList(own.progs[name]))})
+		foreign = append(foreign, foreignPin{path: r.Path, what: DescribeProgram(r.Pinned), why: fmt.Sprintf(
+			"it is not %s of %s: %s; the manifest does not list it (ids %s)", want, p.cfg.Path, r.Mismatch, IDList(own.progs[name]))})
 	}
 	for _, pl := range p.links {
 		path := obj.Path(pinstore.Links, pl.name)
@@ -452,24 +451,23 @@ func checkPinsAfterLoad(obj *pinstore.Object, p *plan, own owned, progs map[stri
 		if err != nil {
 			return nil, fmt.Errorf("link %s: load pin %s: %w", pl.name, path, err)
 		}
-		if hasID(own.links[pl.name], uint32(info.ID)) || ours[uint32(info.Program)] {
+		if hasID(own.links[pl.name], info.ID) || ours[uint32(info.Program)] {
 			continue
 		}
-		foreign = append(foreign, foreignPin{path: path, what: describeLink(l), why: fmt.Sprintf(
-			"its program is not one bpfsup installed and the manifest does not list the link (ids %s)", idList(own.links[pl.name]))})
+		foreign = append(foreign, foreignPin{path: path, what: DescribeAttachment(l), why: fmt.Sprintf(
+			"its program is not one bpfsup installed and the manifest does not list the link (ids %s)", IDList(own.links[pl.name]))})
 	}
 	return foreign, nil
 }
 
 // moveAside moves a foreign pin of the wrong kind into the staging
-// directory, where the next start removes it if this one does not, and
-// returns a function that puts it back.
+// directory (pinstore.Object.AsidePath), where the next start puts it back
+// if this one does not replace it, and returns a function that puts it back.
 func moveAside(obj *pinstore.Object, f foreignPin) (undo func(), err error) {
-	rel, err := filepath.Rel(obj.Dir, f.path)
+	aside, err := obj.AsidePath(f.path)
 	if err != nil {
 		return nil, err
 	}
-	aside := filepath.Join(obj.Dir, "staging", "foreign-"+strings.ReplaceAll(rel, "/", "-"))
 	if err := pinstore.RenameNoReplace(f.path, aside); err != nil {
 		return nil, fmt.Errorf("move foreign pin aside: %w", err)
 	}
@@ -478,8 +476,8 @@ func moveAside(obj *pinstore.Object, f foreignPin) (undo func(), err error) {
 
 // asidePath is where moveAside put f.
 func asidePath(obj *pinstore.Object, f foreignPin) string {
-	rel, _ := filepath.Rel(obj.Dir, f.path)
-	return filepath.Join(obj.Dir, "staging", "foreign-"+strings.ReplaceAll(rel, "/", "-"))
+	aside, _ := obj.AsidePath(f.path)
+	return aside
 }
 
 func logForeign(log *slog.Logger, object string, pins []foreignPin) {
@@ -492,7 +490,7 @@ func logForeign(log *slog.Logger, object string, pins []foreignPin) {
 // longer has may be removed: only what the manifest says bpfsup pinned is.
 // A foreign pin is left where it is, with a warning, even with --force, which
 // replaces foreign pins only where the configuration puts bpfsup's own.
-func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan, own owned, log *slog.Logger) bool {
+func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *Plan, own owned, log *slog.Logger) bool {
 	path := obj.Path(kind, name)
 	ours := false
 	switch kind {
@@ -507,7 +505,7 @@ func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan,
 	case pinstore.Links:
 		if l, err := hooks.LoadPinned(path); err == nil {
 			if info, err := l.Info(); err == nil {
-				ours = hasID(own.links[name], uint32(info.ID)) || own.progIDs[uint32(info.Program)]
+				ours = hasID(own.links[name], info.ID) || own.progIDs[uint32(info.Program)]
 			}
 			l.Close()
 		}
@@ -515,7 +513,7 @@ func staleIsOurs(obj *pinstore.Object, kind pinstore.Kind, name string, p *plan,
 	if ours {
 		return true
 	}
-	kindName, _ := pinstore.PinKind(path)
+	kindName, _ := bpffs.PinKind(path)
 	log.Warn("leaving a pin bpfsup did not make, though the configuration no longer has it; remove it by hand if it is not wanted",
 		"object", p.name, "pin", path, "holds", describePin(path, kindName))
 	return false

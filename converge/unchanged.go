@@ -1,4 +1,4 @@
-package supervisor
+package converge
 
 import (
 	"fmt"
@@ -7,8 +7,9 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/bpfsup/bpfsup/config"
+
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
@@ -27,11 +28,11 @@ import (
 // not attached to its hook, a hook that needs the program's spec) and it
 // returns nil having changed nothing, and the install plans from the object.
 
-// plannerKey names what a plan depends on besides the object and its
+// PlannerKey names what a plan depends on besides the object and its
 // configuration: this build of bpfsup (its version and its executable file,
 // since two builds may carry one version string) and the default network
 // namespace (--netns) that attachments without one of their own take.
-func plannerKey(version, defaultNetns string) string {
+func PlannerKey(version, defaultNetns string) string {
 	key := fmt.Sprintf("bpfsup %s netns %q", version, defaultNetns)
 	if exe, err := os.Executable(); err == nil {
 		if fi, err := os.Stat(exe); err == nil {
@@ -43,10 +44,13 @@ func plannerKey(version, defaultNetns string) string {
 	return key
 }
 
-// adoptUnchanged adopts the object name as its manifest (prefetched in pins)
-// records it, when nothing changed since. It returns nil, with the reason,
-// when it cannot; the caller then installs from the object's plan.
-func adoptUnchanged(store pinstore.Store, cfg ObjectConfig, name, sha, key string, pins *pinSet, log *slog.Logger) (_ *installed, why string) {
+// adoptUnchanged adopts the object of cfg as its manifest (prefetched in
+// pins) records it, when nothing changed since: its file's content has the
+// hash sha, and it was planned under key (PlannerKey). It returns nil, with
+// the reason, when it cannot; the caller then installs from the object's
+// plan.
+func adoptUnchanged(store pinstore.Store, cfg config.Object, sha, key string, pins *Pins, log *slog.Logger) (_ *Installed, why string) {
+	name := ObjectName(cfg)
 	m := pins.manifest
 	switch {
 	case !pins.manifestRead || m == nil:
@@ -55,42 +59,25 @@ func adoptUnchanged(store pinstore.Store, cfg ObjectConfig, name, sha, key strin
 		return nil, "planned by another build of bpfsup or with another --netns"
 	case m.ObjectSHA256 != sha:
 		return nil, "the object changed"
-	case m.ConfigHash != cfg.hash():
+	case m.ConfigHash != cfg.Hash():
 		return nil, "the configuration changed"
 	case len(m.Plan.Links) != len(m.Links):
 		return nil, "the manifest's links and plan differ"
 	}
-	p := &plan{cfg: cfg, name: name, sha256: sha, mapCfg: cfg.Maps, progCfg: cfg.Programs, key: key}
-	for _, lname := range m.Plan.Links {
-		rec, ok := m.Links[lname]
-		if !ok {
-			return nil, "the manifest's links and plan differ"
-		}
-		spec, err := hooks.Parse(rec.Hook)
-		if err != nil {
-			return nil, err.Error()
-		}
-		spec.Netns = rec.Netns
-		h, err := hooks.New(spec)
-		if err != nil {
-			return nil, err.Error()
-		}
-		if hooks.NeedsSpec(h) {
-			return nil, "hook " + spec.String() + " is set up from its program's spec"
-		}
-		p.links = append(p.links, plannedLink{name: lname, program: rec.Program, hook: h})
+	p, why := planFromManifest(cfg, sha, key, m)
+	if p == nil {
+		return nil, why
 	}
-
 	obj, err := store.Open(name)
 	if err != nil {
 		return nil, err.Error() // the install says it again, with context
 	}
-	in := &installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{},
-		links: map[string]link.Link{}, defunct: map[string]bool{}, manifest: m}
+	in := newInstalled(p, obj)
+	in.manifest = m
 	ok := false
 	defer func() {
 		if !ok {
-			in.close() // closes obj too
+			in.Close() // closes obj too
 		}
 	}()
 
@@ -135,7 +122,7 @@ func adoptUnchanged(store pinstore.Store, cfg ObjectConfig, name, sha, key strin
 		pins.takeLink(path)
 		in.links[pl.name] = l
 		rec := m.Links[pl.name]
-		if uint32(info.ID) != rec.ID || uint32(info.Program) != progIDs[pl.program] || progIDs[pl.program] == 0 {
+		if info.ID != rec.ID || uint32(info.Program) != progIDs[pl.program] || progIDs[pl.program] == 0 {
 			return nil, "link " + pl.name + " is not the one recorded"
 		}
 		state, err := pl.hook.Check(l)
@@ -157,4 +144,30 @@ func adoptUnchanged(store pinstore.Store, cfg ObjectConfig, name, sha, key strin
 	in.adopted = len(in.progs)
 	ok = true
 	return in, ""
+}
+
+// planFromManifest is the plan the manifest m recorded for the object of
+// cfg, without its programs' specs, or nil and why it cannot be.
+func planFromManifest(cfg config.Object, sha, key string, m *pinstore.Manifest) (*Plan, string) {
+	p := &Plan{cfg: cfg, name: ObjectName(cfg), sha256: sha, mapCfg: cfg.Maps, progCfg: cfg.Programs, key: key}
+	for _, lname := range m.Plan.Links {
+		rec, ok := m.Links[lname]
+		if !ok {
+			return nil, "the manifest's links and plan differ"
+		}
+		spec, err := hooks.Parse(rec.Hook)
+		if err != nil {
+			return nil, err.Error()
+		}
+		spec.Netns = rec.Netns
+		h, err := hooks.New(spec)
+		if err != nil {
+			return nil, err.Error()
+		}
+		if hooks.NeedsSpec(h) {
+			return nil, "hook " + spec.String() + " is set up from its program's spec"
+		}
+		p.links = append(p.links, plannedLink{name: lname, program: rec.Program, hook: h})
+	}
+	return p, ""
 }

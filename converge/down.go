@@ -1,4 +1,4 @@
-package supervisor
+package converge
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
-// ErrNotOurs: `bpfsup down` was asked by name for something bpfsup did not
+// ErrNotOurs means `bpfsup down` was asked by name for something bpfsup did not
 // make: no manifest of bpfsup's in the state directory records it.
 var ErrNotOurs = errors.New("not bpfsup's")
 

@@ -1,0 +1,223 @@
+package converge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/pinstore"
+)
+
+// Install installs every object of cfgs, as a start does: bpffs is mounted
+// if need be (pinstore.EnsureBPFFS); an object nothing changed for since the
+// last install is adopted as its manifest records it (without reading its
+// programs: the fast path of a restart); the others are planned from their
+// files, every plan checked before anything is made, and installed
+// together, all or nothing (Apply). It returns the objects in the order of
+// cfgs.
+func Install(store pinstore.Store, cfgs []config.Object, opts PlanOptions, log *slog.Logger) (_ []*Installed, err error) {
+	if len(cfgs) == 0 {
+		return nil, errors.New("no BPF object given (-o OBJECT or [[object]] in the config)")
+	}
+	start := time.Now()
+	if mounted, err := pinstore.EnsureBPFFS(store.RootDir()); err != nil {
+		return nil, err
+	} else if mounted {
+		log.Info("mounted bpffs", "path", pinstore.DefaultBPFFS)
+	}
+	s := &starting{store: store, cfgs: cfgs, opts: opts, log: log}
+	defer s.close()
+	if err := s.read(); err != nil {
+		return nil, err
+	}
+	if err := s.plan(); err != nil {
+		return nil, err
+	}
+	if err := s.installPlanned(); err != nil {
+		return nil, err
+	}
+	ins := s.result()
+	adopted, loaded := 0, 0
+	for _, in := range ins {
+		adopted += in.adopted
+		loaded += in.loaded
+	}
+	// From the configuration read to every hook converged: what a restart
+	// costs beyond starting the process and the application.
+	log.Info("objects installed", "objects", len(ins), "adopted", adopted, "loaded", loaded,
+		"took", time.Since(start).Round(time.Microsecond))
+	return ins, nil
+}
+
+// starting is the state of an Install, object by object (the index of
+// cfgs).
+type starting struct {
+	store pinstore.Store
+	cfgs  []config.Object
+	opts  PlanOptions
+	log   *slog.Logger
+
+	datas    [][]byte
+	readErrs []error
+	shas     []string
+	pins     []*Pins
+	// ready are the objects adopted unchanged; installs those installed
+	// from their plans.
+	ready, installs []*Installed
+	plans           []*Plan
+}
+
+// read opens what is pinned for every object while the object files are
+// read (the two are independent; the parse of a large object takes tens of
+// milliseconds), and adopts the objects nothing changed for.
+func (s *starting) read() error {
+	n := len(s.cfgs)
+	s.datas, s.readErrs, s.shas = make([][]byte, n), make([]error, n), make([]string, n)
+	s.ready, s.installs, s.plans = make([]*Installed, n), make([]*Installed, n), make([]*Plan, n)
+	prefetched := make(chan []*Pins, 1)
+	go func() {
+		sets := make([]*Pins, n)
+		for i, c := range s.cfgs {
+			sets[i] = Prefetch(s.store, ObjectName(c))
+		}
+		prefetched <- sets
+	}()
+	for i, c := range s.cfgs {
+		s.datas[i], s.readErrs[i] = ReadObject(c)
+	}
+	s.pins = <-prefetched
+
+	names := map[string]string{}
+	for i, c := range s.cfgs {
+		name := ObjectName(c)
+		if prev, ok := names[name]; ok {
+			return fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, name)
+		}
+		names[name] = c.Path
+		if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
+			continue
+		}
+		s.shas[i] = ObjectSHA256(s.datas[i])
+		in, why := adoptUnchanged(s.store, c, s.shas[i], s.opts.Key, s.pins[i], s.log)
+		if in == nil {
+			s.log.Debug("planning the object from its file", "object", name, "why", why)
+			continue
+		}
+		s.ready[i] = in
+	}
+	return nil
+}
+
+// plan plans the objects not adopted unchanged, and checks every plan's
+// hooks before anything is made.
+func (s *starting) plan() error {
+	for i, c := range s.cfgs {
+		if s.ready[i] != nil {
+			continue
+		}
+		if s.readErrs[i] != nil {
+			return s.readErrs[i]
+		}
+		if s.shas[i] == "" {
+			s.shas[i] = ObjectSHA256(s.datas[i])
+		}
+		p, err := planObjectData(c, s.datas[i], s.shas[i], s.opts)
+		if err != nil {
+			return err
+		}
+		s.plans[i] = p
+	}
+	for _, p := range s.plans {
+		if p == nil {
+			continue
+		}
+		if err := p.Precheck(s.store); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// installPlanned installs the planned objects together, as a reload does:
+// all loaded up to their first link change, then swapped, then kept; one
+// that fails leaves every one as it was (Apply).
+func (s *starting) installPlanned() error {
+	var todo []int
+	var txs []*Tx
+	var objs []*pinstore.Object
+	for i, p := range s.plans {
+		if p == nil {
+			continue
+		}
+		obj, err := s.store.Open(p.name)
+		if err != nil {
+			for _, tx := range txs {
+				tx.Rollback()
+			}
+			closeNew(objs)
+			return err
+		}
+		todo = append(todo, i)
+		objs = append(objs, obj)
+		txs = append(txs, Begin(obj, p, s.pins[i], s.log))
+		s.pins[i] = nil // the Tx closes it
+	}
+	if len(txs) == 0 {
+		return nil
+	}
+	ins, err := Apply("start", txs, s.log)
+	if err != nil {
+		closeNew(objs)
+		return err
+	}
+	for k, i := range todo {
+		s.installs[i] = ins[k]
+	}
+	return nil
+}
+
+// closeNew lets go of objects a failed start opened: what it made for
+// them (their directories) goes when nothing is pinned there.
+func closeNew(objs []*pinstore.Object) {
+	for _, obj := range objs {
+		obj.RemoveIfEmpty()
+		obj.Close()
+	}
+}
+
+// result hands over the objects, in the order of the configuration.
+func (s *starting) result() []*Installed {
+	ins := make([]*Installed, len(s.cfgs))
+	for i := range s.cfgs {
+		in := s.ready[i]
+		if in != nil {
+			s.log.Info("nothing changed since the last install: adopted as recorded, without reading the object's programs",
+				"object", in.plan.name)
+		} else {
+			in = s.installs[i]
+		}
+		s.ready[i], s.installs[i] = nil, nil // the caller's from here
+		ins[i] = in
+		s.log.Info("object ready", "object", in.plan.name, "maps", len(in.maps), "programs", len(in.progs),
+			"links", len(in.links), "adopted", in.adopted, "loaded", in.loaded, "generation", in.manifest.Generation)
+	}
+	return ins
+}
+
+// close closes what an Install that failed holds: the pins it opened, the
+// objects it adopted or installed.
+func (s *starting) close() {
+	for i := range s.cfgs {
+		if i < len(s.pins) && s.pins[i] != nil {
+			s.pins[i].close()
+		}
+		if i < len(s.ready) && s.ready[i] != nil {
+			s.ready[i].Close()
+		}
+		if i < len(s.installs) && s.installs[i] != nil {
+			s.installs[i].Close()
+		}
+	}
+}
