@@ -2,11 +2,11 @@ package crashtest
 
 import (
 	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -66,7 +66,7 @@ func recreate(t testing.TB, n *netRig, prog uint32) (int, time.Duration) {
 	var after time.Duration
 	testutil.WaitFor(t, 5*time.Second, "the filter on the new "+n.ifB.Name, func() bool {
 		if idx == 0 {
-			if err := n.nsB.Do(func() (err error) { idx, err = netInterface(n.ifB.Name); return err }); err != nil {
+			if err := n.nsB.Do(func() (err error) { idx, err = e2e.IfIndex(n.ifB.Name); return err }); err != nil {
 				idx = 0
 				return false
 			}
@@ -100,19 +100,14 @@ func BenchmarkDefunctReattach(b *testing.B) {
 	stop(b, sup)
 }
 
-var childRE = regexp.MustCompile(`msg="child started" pid=(\d+)`)
-
+// childPID is the pid of the last child bpfsup logged it started in out.
 func childPID(t testing.TB, out string) int {
 	t.Helper()
-	m := childRE.FindAllStringSubmatch(out, -1)
-	if m == nil {
+	pids := e2e.PIDs(e2e.ChildStartedRE, out)
+	if len(pids) == 0 {
 		t.Fatalf("no child started in the output:\n%s", out)
 	}
-	pid := 0
-	for _, c := range m[len(m)-1][1] {
-		pid = pid*10 + int(c-'0')
-	}
-	return pid
+	return pids[len(pids)-1]
 }
 
 func ip(t testing.TB, args ...string) {
@@ -147,7 +142,7 @@ func TestRelinkLeavesForeignLink(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, "bpfsup to leave the foreign link pin alone, and say so", func() bool {
 		return strings.Contains(sup.Output(), "which bpfsup did not make; left alone")
 	})
-	if got := uint32(pinnedLinkInfo(t, pin).ID); got != foreignLink {
+	if got := uint32(e2e.PinnedLinkInfo(t, pin).ID); got != foreignLink {
 		t.Errorf("%s holds link %d, want the other tool's %d", pin, got, foreignLink)
 	}
 	if o := r.status(t); o.Healthy {

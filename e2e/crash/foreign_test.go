@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -42,7 +43,7 @@ func attachXDP(t *testing.T, ns *testutil.Netns, ifname string, prog *ebpf.Progr
 	t.Helper()
 	var l link.Link
 	err := ns.Do(func() error {
-		iface, err := netInterface(ifname)
+		iface, err := e2e.IfIndex(ifname)
 		if err != nil {
 			return err
 		}
@@ -89,15 +90,6 @@ func (r *rig) runExpectFailure(t *testing.T, extra ...string) string {
 	return p.Output()
 }
 
-func wantAll(t *testing.T, out string, words ...string) {
-	t.Helper()
-	for _, w := range words {
-		if !strings.Contains(out, w) {
-			t.Errorf("output lacks %q:\n%s", w, out)
-		}
-	}
-}
-
 // TestForeignProgramAndLink: another tool pinned its own program and an XDP
 // link running it at bpfsup's paths, on bpfsup's hook. bpfsup refuses to
 // start, naming the pins and both programs, and changes nothing; with --force
@@ -110,13 +102,13 @@ func TestForeignProgramAndLink(t *testing.T) {
 	linkPin := r.pinPath("links", "xdp_drop")
 	pinObject(t, prog, progPin)
 	linkID := attachXDP(t, n.nsB, n.ifB.Name, prog, linkPin)
-	foreignID := progID(t, prog)
+	foreignID := uint32(e2e.ProgramID(t, prog))
 	s := n.startSampler(t, r.linkPins()...)
 	testutil.WaitFor(t, 5*time.Second, "the foreign program on the hook", func() bool { return n.progID(t) == foreignID })
 	r.seedDropPorts(t)
 
 	out := r.runExpectFailure(t)
-	wantAll(t, out, "foreign pin", "--force", progPin, linkPin, fmt.Sprintf("program id %d", foreignID),
+	e2e.WantAll(t, out, "foreign pin", "--force", progPin, linkPin, fmt.Sprintf("program id %d", foreignID),
 		`"count_packets"`, "tag "+tag, "xdp_drop", fmt.Sprintf("link id %d", linkID))
 	if got := n.progID(t); got != foreignID {
 		t.Errorf("after the refusal %s runs program %d, not the foreign %d", n.ifB.Name, got, foreignID)
@@ -125,14 +117,14 @@ func TestForeignProgramAndLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id := progID(t, p); id != foreignID {
+	if id := uint32(e2e.ProgramID(t, p)); id != foreignID {
 		t.Errorf("after the refusal %s holds program %d, not the foreign %d", progPin, id, foreignID)
 	}
 	p.Close()
 
 	sup := r.startReady(t, "--force")
 	st := r.checkConverged(t)
-	wantAll(t, sup.Output(), "replacing foreign pin", progPin, linkPin)
+	e2e.WantAll(t, sup.Output(), "replacing foreign pin", progPin, linkPin)
 	if st.link != linkID {
 		t.Errorf("link is %d, want the foreign link %d with bpfsup's program swapped in", st.link, linkID)
 	}
@@ -230,7 +222,7 @@ func TestForeignPins(t *testing.T) {
 			}
 			pin := tt.place(t, r)
 			out := r.runExpectFailure(t)
-			wantAll(t, out, append([]string{"foreign pin", "--force", pin}, tt.words...)...)
+			e2e.WantAll(t, out, append([]string{"foreign pin", "--force", pin}, tt.words...)...)
 			if !pinstore.Exists(pin) {
 				t.Errorf("%s is gone after the refusal", pin)
 			}
@@ -239,7 +231,7 @@ func TestForeignPins(t *testing.T) {
 			}
 			sup := r.startReady(t, "--force")
 			r.checkConverged(t)
-			wantAll(t, sup.Output(), "replacing foreign pin", pin)
+			e2e.WantAll(t, sup.Output(), "replacing foreign pin", pin)
 			stop(t, sup)
 		})
 	}
@@ -269,7 +261,7 @@ func TestForeignPinUnderUnconfiguredName(t *testing.T) {
 
 	for _, flags := range [][]string{nil, {"--force"}} {
 		sup := r.startReady(t, flags...)
-		wantAll(t, sup.Output(), "leaving a pin bpfsup did not make", path)
+		e2e.WantAll(t, sup.Output(), "leaving a pin bpfsup did not make", path)
 		if !pinstore.Exists(path) {
 			t.Fatalf("%s was removed (flags %v)", path, flags)
 		}
@@ -307,13 +299,13 @@ func TestForeignMapOfTheSameShape(t *testing.T) {
 		path := r.pinPath("maps", "drop_ports")
 		pinObject(t, m, path)
 		out := r.runExpectFailure(t)
-		wantAll(t, out, "foreign pin", "--force", path, fmt.Sprintf("map id %d", mapID(t, m)), "made it")
-		if got := pinnedMapID(t, path); got != mapID(t, m) {
-			t.Errorf("after the refusal %s holds map %d, want the foreign %d", path, got, mapID(t, m))
+		e2e.WantAll(t, out, "foreign pin", "--force", path, fmt.Sprintf("map id %d", e2e.MapID(t, m)), "made it")
+		if got := e2e.PinnedMapID(t, path); got != e2e.MapID(t, m) {
+			t.Errorf("after the refusal %s holds map %d, want the foreign %d", path, got, e2e.MapID(t, m))
 		}
 		sup := r.startReady(t, "--force")
-		wantAll(t, sup.Output(), "replacing foreign pin", path)
-		if got := pinnedMapID(t, path); got == mapID(t, m) {
+		e2e.WantAll(t, sup.Output(), "replacing foreign pin", path)
+		if got := e2e.PinnedMapID(t, path); got == e2e.MapID(t, m) {
 			t.Errorf("with --force, %s still holds the foreign map %d", path, got)
 		}
 		stop(t, sup)
@@ -331,8 +323,8 @@ func TestForeignMapOfTheSameShape(t *testing.T) {
 		if code == 0 || !strings.Contains(out, "foreign pin") || !strings.Contains(out, path) {
 			t.Errorf("bpfsup reload over a foreign map of the same shape: exit %d, want it refused naming %s:\n%s", code, path, out)
 		}
-		if got := pinnedMapID(t, path); got != mapID(t, m) {
-			t.Errorf("after the refused reload %s holds map %d, want the foreign %d left alone", path, got, mapID(t, m))
+		if got := e2e.PinnedMapID(t, path); got != e2e.MapID(t, m) {
+			t.Errorf("after the refused reload %s holds map %d, want the foreign %d left alone", path, got, e2e.MapID(t, m))
 		}
 		if got := r.progID(t); got != st.progs["xdp_drop"] {
 			t.Errorf("after the refused reload %s runs program %d, want %d", r.ifB.Name, got, st.progs["xdp_drop"])

@@ -1,7 +1,6 @@
 package crashtest
 
 import (
-	"encoding/json"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -9,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bpfsup/bpfsup/status"
-
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -66,7 +64,7 @@ func TestNetnsRecreatedReattached(t *testing.T) {
 
 	x.Delete(t)
 	testutil.WaitFor(t, 10*time.Second, "status to stop calling the link attached", func() bool {
-		o := objectStatusOf(t, e, objName)
+		o := e2e.ObjectStatus(t, e, objName)
 		return len(o.Links) == 1 && o.Links[0].State != "attached" && !o.Healthy
 	})
 	sup.WaitOutput(t, "network namespace is gone", 10*time.Second)
@@ -82,7 +80,7 @@ func TestNetnsRecreatedReattached(t *testing.T) {
 	// now that the old one is gone.
 	newInode := x.Inode(t)
 	testutil.WaitFor(t, 10*time.Second, "the filter to run on the interface of the new namespace", func() bool {
-		o := objectStatusOf(t, e, objName)
+		o := e2e.ObjectStatus(t, e, objName)
 		return len(o.Links) == 1 && o.Links[0].State == "attached" && o.Links[0].NetnsInode == newInode && o.Healthy
 	})
 	dropped, open, stopTraffic = traffic(ifX)
@@ -96,20 +94,6 @@ func TestNetnsRecreatedReattached(t *testing.T) {
 	if strings.Count(sup.Output(), "child started") != 1 {
 		t.Errorf("the child was restarted:\n%s", sup.Output())
 	}
-}
-
-// objectStatusOf is `bpfsup status --json` of object name.
-func objectStatusOf(t *testing.T, e *testutil.Env, name string) status.ObjectStatus {
-	t.Helper()
-	out, err := exec.Command(e.Bin, e.Args("status", "--json", name)...).Output()
-	if err != nil {
-		t.Fatalf("bpfsup status --json: %v", err)
-	}
-	var st status.Status
-	if err := json.Unmarshal(out, &st); err != nil || len(st.Objects) != 1 {
-		t.Fatalf("bpfsup status --json: %v\n%s", err, out)
-	}
-	return st.Objects[0]
 }
 
 // TestBPFFSUnmountedUnderSupervisor: the bpffs of the pin root is unmounted
@@ -139,7 +123,7 @@ func TestBPFFSUnmountedUnderSupervisor(t *testing.T) {
 	_, ifX := testutil.MustVethPair(t, a, x)
 	sup := e.Start(t, "run", "--netns", x.Path, "-o", testutil.BPFObject(v1), "-a", "xdp_drop@xdp:"+ifX.Name, "--", "sleep", "3600")
 	sup.WaitOutput(t, "child started", 20*time.Second)
-	before := objectStatusOf(t, e, objName)
+	before := e2e.ObjectStatus(t, e, objName)
 	if len(before.Links) != 1 || !before.Healthy {
 		t.Fatalf("status before: %+v", before)
 	}
@@ -162,7 +146,7 @@ func TestBPFFSUnmountedUnderSupervisor(t *testing.T) {
 
 	mountBPFFS()
 	sup.WaitOutput(t, "bpffs is back at the pin root", 10*time.Second)
-	after := objectStatusOf(t, e, objName)
+	after := e2e.ObjectStatus(t, e, objName)
 	if len(after.Links) != 1 || after.Links[0].ID != linkID || !after.Healthy || len(after.Maps) != 2 || len(after.Programs) != 2 {
 		t.Errorf("status once bpffs is back: %+v; want healthy, link %d, 2 maps, 2 programs", after, linkID)
 	}
@@ -177,7 +161,7 @@ func xdpProgOn(t *testing.T, ns *testutil.Netns, ifname string) uint32 {
 	q := newXDPQuery(t, ns)
 	defer q.close()
 	var idx int
-	if err := ns.Do(func() (err error) { idx, err = netInterface(ifname); return err }); err != nil {
+	if err := ns.Do(func() (err error) { idx, err = e2e.IfIndex(ifname); return err }); err != nil {
 		t.Fatal(err)
 	}
 	id, err := q.progID(idx)

@@ -171,24 +171,23 @@ func crashAndRestart(t *testing.T, n *netRig, sc scenario, target string) {
 // reached by stopping bpfsup with SIGTERM, as the reference run was.
 func waitCrash(t *testing.T, p *testutil.Proc, target string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
 	termed := false
-	for {
+	exited := testutil.Poll(20*time.Second, func() bool {
 		select {
 		case <-p.Done():
-			if !diedOfSIGKILL(p) {
-				t.Fatalf("armed with %s, bpfsup exited with %v instead of killing itself:\n%s", target, p.Cmd.ProcessState, p.Output())
-			}
-			return
+			return true
 		default:
 		}
 		if !termed && strings.Contains(p.Output(), "child started") {
 			p.Kill(syscall.SIGTERM)
 			termed = true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("armed with %s, bpfsup did not kill itself within 20s:\n%s", target, p.Output())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	})
+	if !exited {
+		t.Fatalf("armed with %s, bpfsup did not kill itself within 20s:\n%s", target, p.Output())
+	}
+	if !diedOfSIGKILL(p) {
+		t.Fatalf("armed with %s, bpfsup exited with %v instead of killing itself:\n%s", target, p.Cmd.ProcessState, p.Output())
 	}
 }

@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -134,14 +133,14 @@ func TestReconcileOnStart(t *testing.T) {
 				// Nothing changes: the filter the killed run left keeps
 				// filtering, with its maps.
 				out := r.runExpectFailure(t)
-				wantAll(t, out, "foreign pin", "--force", r.pinPath("maps", "drop_ports"), r.pinPath("maps", "drop_count"))
-				info := pinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
+				e2e.WantAll(t, out, "foreign pin", "--force", r.pinPath("maps", "drop_ports"), r.pinPath("maps", "drop_count"))
+				info := e2e.PinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
 				if uint32(info.ID) != st.link || r.progID(t) != st.progs["xdp_drop"] {
 					t.Errorf("after the refusal: link %d, %s runs program %d; want the killed run's link %d running %d",
 						info.ID, r.ifB.Name, r.progID(t), st.link, st.progs["xdp_drop"])
 				}
 				for name, id := range st.maps {
-					if got := pinnedMapID(t, r.pinPath("maps", name)); got != id {
+					if got := uint32(e2e.PinnedMapID(t, r.pinPath("maps", name))); got != id {
 						t.Errorf("after the refusal %s holds map %d, want the killed run's %d", name, got, id)
 					}
 				}
@@ -150,7 +149,7 @@ func TestReconcileOnStart(t *testing.T) {
 			}
 			p := r.startReady(t)
 			got := r.checkConverged(t)
-			if adopted := installCounts(t, p.Output()); tt.adopted >= 0 && adopted != tt.adopted {
+			if adopted, _ := e2e.InstallCounts(t, p.Output(), objName); tt.adopted >= 0 && adopted != tt.adopted {
 				t.Errorf("adopted %d programs, want %d", adopted, tt.adopted)
 			}
 			if tt.sameLink && got.link != st.link {
@@ -167,19 +166,6 @@ func TestReconcileOnStart(t *testing.T) {
 			stop(t, p)
 		})
 	}
-}
-
-var adoptedRE = regexp.MustCompile(`msg="object ready" object=dropfilter .*adopted=(\d+)`)
-
-// installCounts reads how many programs the start adopted from its log.
-func installCounts(t *testing.T, out string) int {
-	t.Helper()
-	m := adoptedRE.FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no \"object ready\" line in the output:\n%s", out)
-	}
-	n, _ := strconv.Atoi(m[1])
-	return n
 }
 
 func remove(t *testing.T, path string) {
@@ -265,7 +251,7 @@ func TestStagedReplacementWins(t *testing.T) {
 	}
 	name := names[0].Name()
 	pin := filepath.Join(objDir, "links", name)
-	oldInfo := pinnedLinkInfo(t, pin)
+	oldInfo := e2e.PinnedLinkInfo(t, pin)
 
 	// The replacement a crashed install had attached and staged.
 	prog, err := ebpf.LoadPinnedProgram(filepath.Join(objDir, "programs", "nf_count"), nil)
@@ -299,7 +285,7 @@ func TestStagedReplacementWins(t *testing.T) {
 	if err != nil || m == nil {
 		t.Fatalf("manifest: %v, %v", m, err)
 	}
-	info := pinnedLinkInfo(t, pin)
+	info := e2e.PinnedLinkInfo(t, pin)
 	// The staged link went into place; install found it one priority away
 	// from the configuration and replaced it (make-before-break), or kept
 	// it: either way the pin and the manifest name the same link, and it is
@@ -310,15 +296,4 @@ func TestStagedReplacementWins(t *testing.T) {
 	if got := m.Links[name].ID; got != uint32(info.ID) {
 		t.Errorf("manifest records link %d, the pin holds %d (old %d, staged %d)\n%s", got, info.ID, oldInfo.ID, replInfo.ID, out)
 	}
-}
-
-// pinnedMapID is the id of the map pinned at path.
-func pinnedMapID(t testing.TB, path string) uint32 {
-	t.Helper()
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	return mapID(t, m)
 }

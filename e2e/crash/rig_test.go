@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,8 +20,8 @@ import (
 	"github.com/bpfsup/bpfsup/status"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -291,17 +289,14 @@ func newRig(t testing.TB, n *netRig) *rig {
 	// last pin is removed from a work queue, a moment later, and the next
 	// rig on this network must find the hook free.
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			id, err := n.xdp.progID(n.ifB.Index)
-			if err != nil || id == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s still runs XDP program %d after bpfsup down", n.ifB.Name, id)
-				return
-			}
-			time.Sleep(time.Millisecond)
+		var id uint32
+		free := testutil.Poll(10*time.Second, func() bool {
+			var err error
+			id, err = n.xdp.progID(n.ifB.Index)
+			return err != nil || id == 0
+		})
+		if !free {
+			t.Errorf("%s still runs XDP program %d after bpfsup down", n.ifB.Name, id)
 		}
 	})
 	r := &rig{netRig: n, env: testutil.MustEnv(t), objPath: filepath.Join(t.TempDir(), objName+".bpf.o")}
@@ -312,17 +307,7 @@ func newRig(t testing.TB, n *netRig) *rig {
 // setObject replaces the object file atomically with the given version.
 func (r *rig) setObject(t testing.TB, version string) {
 	t.Helper()
-	data, err := os.ReadFile(testutil.BPFObject(version))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := r.objPath + ".new"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, r.objPath); err != nil {
-		t.Fatal(err)
-	}
+	e2e.PutObject(t, r.objPath, version)
 	r.version = version
 }
 
@@ -340,21 +325,6 @@ func (r *rig) migrateDropPorts(t testing.TB) {
 }
 
 func (r *rig) objDir() string { return filepath.Join(r.env.PinRoot, objName) }
-
-// pinnedLinkInfo is the info of the link pinned at path.
-func pinnedLinkInfo(t testing.TB, path string) *link.Info {
-	t.Helper()
-	l, err := link.LoadPinnedLink(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info
-}
 
 func (r *rig) pinPath(kind, name string) string { return filepath.Join(r.objDir(), kind, name) }
 
@@ -459,7 +429,7 @@ func (r *rig) seedDropPortsOnly(t testing.TB, mapOnly bool) uint32 {
 	if err := m.Pin(path); err != nil {
 		t.Fatalf("pin drop_ports: %v", err)
 	}
-	id := mapID(t, m)
+	id := uint32(e2e.MapID(t, m))
 	if mapOnly {
 		return id
 	}
@@ -472,26 +442,6 @@ func (r *rig) seedDropPortsOnly(t testing.TB, mapOnly bool) uint32 {
 		t.Fatal(err)
 	}
 	return id
-}
-
-func mapID(t testing.TB, m *ebpf.Map) uint32 {
-	t.Helper()
-	info, err := m.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return uint32(id)
-}
-
-func progID(t testing.TB, p *ebpf.Program) uint32 {
-	t.Helper()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return uint32(id)
 }
 
 // setDropCount writes drop_count[0].
@@ -571,7 +521,7 @@ func (r *rig) checkConverged(t testing.TB) state {
 // checkState is checkConverged, with `bpfsup status` asked too or not.
 func (r *rig) checkState(t testing.TB, withStatus bool) state {
 	t.Helper()
-	if got := dirEntries(t, r.env.PinRoot); !slices.Equal(got, []string{objName}) {
+	if got := e2e.DirEntries(t, r.env.PinRoot); !slices.Equal(got, []string{objName}) {
 		t.Errorf("pin root holds %v, want only %s", got, objName)
 	}
 	for dir, want := range map[string][]string{
@@ -581,7 +531,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 		"links":    {"xdp_drop"},
 		"staging":  nil,
 	} {
-		if got := dirEntries(t, filepath.Join(r.objDir(), dir)); !slices.Equal(got, want) {
+		if got := e2e.DirEntries(t, filepath.Join(r.objDir(), dir)); !slices.Equal(got, want) {
 			t.Errorf("%s/%s holds %v, want %v", objName, dir, got, want)
 		}
 	}
@@ -595,7 +545,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.maps[name] = mapID(t, m)
+		st.maps[name] = uint32(e2e.MapID(t, m))
 		m.Close()
 	}
 	spec, err := ebpf.LoadCollectionSpec(r.objPath)
@@ -611,7 +561,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.progs[name] = progID(t, p)
+		st.progs[name] = uint32(e2e.ProgramID(t, p))
 		p.Close()
 		if err := spec.Programs[name].Compatible(info); err != nil {
 			t.Errorf("program %s (id %d) is not %s's: %v", name, st.progs[name], r.version, err)
@@ -623,7 +573,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 			}
 		}
 	}
-	info := pinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
+	info := e2e.PinnedLinkInfo(t, r.pinPath("links", "xdp_drop"))
 	st.link, st.linkProg = uint32(info.ID), uint32(info.Program)
 	if st.linkProg != st.progs["xdp_drop"] {
 		t.Errorf("link %d runs program %d, not the pinned xdp_drop %d", st.link, st.linkProg, st.progs["xdp_drop"])
@@ -669,38 +619,7 @@ func (r *rig) checkState(t testing.TB, withStatus bool) state {
 // status is `bpfsup status --json` of the object.
 func (r *rig) status(t testing.TB) status.ObjectStatus {
 	t.Helper()
-	out, err := exec.Command(r.env.Bin, r.env.Args("status", "--json")...).Output()
-	if err != nil {
-		t.Fatalf("bpfsup status --json: %v", err)
-	}
-	var st status.Status
-	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatalf("status JSON: %v\n%s", err, out)
-	}
-	for _, o := range st.Objects {
-		if o.Name == objName {
-			return o
-		}
-	}
-	t.Fatalf("status has no object %s:\n%s", objName, out)
-	return status.ObjectStatus{}
-}
-
-func dirEntries(t testing.TB, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	return names
+	return e2e.FindObject(t, e2e.Status(t, r.env), objName)
 }
 
 // readTrace reads the steps a run traced (BPFSUP_TEST_CRASH_TRACE).
@@ -722,14 +641,4 @@ func occurrences(trace []string) []string {
 		out = append(out, fmt.Sprintf("%s#%d", step, seen[step]))
 	}
 	return out
-}
-
-// netInterface is the index of the interface named name, in the calling
-// thread's network namespace.
-func netInterface(name string) (int, error) {
-	iface, err := net.InterfaceByName(name)
-	if err != nil {
-		return 0, err
-	}
-	return iface.Index, nil
 }

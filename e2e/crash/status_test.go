@@ -15,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -39,7 +40,7 @@ func TestStatus(t *testing.T) {
 	}
 	checkStatusObjects(t, r, running, st)
 
-	human := runOut(t, r, "status")
+	human := e2e.MustRun(t, r.env, "status")
 	for _, w := range []string{
 		fmt.Sprintf("supervisor pid %d", sup.Pid()), fmt.Sprintf("child pid %d", child), "restarts 0", "generation 0",
 		fmt.Sprintf("id %-6d", st.maps["drop_ports"]), "entries 2", fmt.Sprintf("id %-6d", st.progs["xdp_drop"]),
@@ -77,12 +78,12 @@ func TestStatus(t *testing.T) {
 		t.Errorf("supervisor %+v after it stopped, want none", stopped.Supervisor)
 	}
 	checkStatusObjects(t, r, stopped, st)
-	if human := runOut(t, r, "status"); !strings.Contains(human, "supervisor: none running") {
+	if human := e2e.MustRun(t, r.env, "status"); !strings.Contains(human, "supervisor: none running") {
 		t.Errorf("status without a supervisor:\n%s", human)
 	}
 
 	// The JSON keeps the documented field names.
-	raw := runOut(t, r, "status", "--json")
+	raw := e2e.MustRun(t, r.env, "status", "--json")
 	var doc map[string]any
 	if err := json.Unmarshal([]byte(raw), &doc); err != nil {
 		t.Fatal(err)
@@ -141,15 +142,6 @@ func checkStatusObjects(t *testing.T, r *rig, s status.ObjectStatus, st state) {
 		l.Target != r.ifB.Name || l.State != "attached" || int(l.Ifindex) != r.ifB.Index || l.Netns != r.nsB.Path {
 		t.Errorf("link: %+v", l)
 	}
-}
-
-func runOut(t *testing.T, r *rig, sub string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(r.env.Bin, r.env.Args(sub, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("bpfsup %s: %v\n%s", sub, err, out)
-	}
-	return string(out)
 }
 
 // TestSecondSupervisorRefused starts a second supervisor for the same object:
@@ -217,14 +209,14 @@ func TestMalformedObjects(t *testing.T) {
 				t.Fatalf("bpfsup accepted the object:\n%s", p.Output())
 			}
 			out := p.Output()
-			wantAll(t, out, tt.words...)
+			e2e.WantAll(t, out, tt.words...)
 			if strings.Contains(out, "panic") || strings.Contains(out, "child started") {
 				t.Errorf("output:\n%s", out)
 			}
-			if got := dirEntries(t, e.PinRoot); len(got) != 0 {
+			if got := e2e.DirEntries(t, e.PinRoot); len(got) != 0 {
 				t.Errorf("pin root holds %v after the failure", got)
 			}
-			if got := dirEntries(t, e.StateDir); len(got) != 0 {
+			if got := e2e.DirEntries(t, e.StateDir); len(got) != 0 {
 				t.Errorf("state dir holds %v after the failure", got)
 			}
 			if id := n.progID(t); id != 0 {
@@ -249,7 +241,7 @@ func TestMalformedObjects(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := r.runExpectFailure(t)
-		wantAll(t, out, "verifier log (last lines)", "xdp_drop")
+		e2e.WantAll(t, out, "verifier log (last lines)", "xdp_drop")
 		r.setObject(t, v1)
 		if got := r.checkConverged(t); got.progs["xdp_drop"] != st.progs["xdp_drop"] || got.link != st.link {
 			t.Errorf("the failed upgrade changed the state: %+v, was %+v", got, st)
@@ -278,14 +270,7 @@ func TestStatusTruth(t *testing.T) {
 	n := newNetRig(t)
 	healthy := func(t *testing.T, r *rig) (bool, []string) {
 		t.Helper()
-		out, err := exec.Command(r.env.Bin, r.env.Args("status", "--json")...).Output()
-		if err != nil {
-			t.Fatalf("bpfsup status --json: %v", err)
-		}
-		var st status.Status
-		if err := json.Unmarshal(out, &st); err != nil {
-			t.Fatal(err)
-		}
+		st := e2e.Status(t, r.env)
 		var problems []string
 		for _, o := range st.Objects {
 			problems = append(problems, o.Problems...)

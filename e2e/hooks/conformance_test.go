@@ -1,7 +1,6 @@
 package hookstest
 
 import (
-	"encoding/json"
 	"net/netip"
 	"os"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -200,13 +200,13 @@ func testHook(t *testing.T, c hookCase) {
 		args = append(args, "--netns", tg.nsB.Path)
 	}
 	args = append(args, "--", "sleep", "1000")
-	lp := linkPath(env, c.object, c.program)
+	lp := e2e.PinPath(env, c.object, "links", c.program)
 	hits := func() uint64 { return readSlot(t, env, c.object, c.slot) }
 
 	// Attached and pinned.
 	p1 := env.Start(t, "run", args...)
 	p1.WaitOutput(t, "child started", 30*time.Second)
-	first := pinnedLink(t, lp)
+	first := e2e.PinnedLinkInfo(t, lp)
 
 	// The program fires on events we cause.
 	var sender *testutil.UDPSender
@@ -227,7 +227,7 @@ func testHook(t *testing.T, c hookCase) {
 	// Started again, bpfsup adopts the same link.
 	p2 := env.Start(t, "run", args...)
 	p2.WaitOutput(t, "child started", 30*time.Second)
-	adopted := pinnedLink(t, lp)
+	adopted := e2e.PinnedLinkInfo(t, lp)
 	if adopted.ID != first.ID || adopted.Program != first.Program {
 		t.Fatalf("after a restart the pin holds link %d running program %d, want the adopted link %d running %d",
 			adopted.ID, adopted.Program, first.ID, first.Program)
@@ -236,17 +236,15 @@ func testHook(t *testing.T, c hookCase) {
 	if c.updatable {
 		wantUpgrade = "in-place"
 	}
-	if got := linkStatus(t, env, c.object, c.program); got.Upgrade != wantUpgrade || got.State != "attached" || got.Mechanism == "" {
+	if got := e2e.LinkStatus(t, env, c.object, c.program); got.Upgrade != wantUpgrade || got.State != "attached" || got.Mechanism == "" {
 		t.Errorf("status of link %s: state %q upgrade %q mechanism %q, want attached, %s, a mechanism",
 			c.program, got.State, got.Upgrade, got.Mechanism, wantUpgrade)
 	}
 
 	// Upgrade while the events keep coming.
-	replaceObject(t, obj, c.object+"_v2")
-	if out, code := env.Run(t, "reload"); code != 0 {
-		t.Fatalf("bpfsup reload: exit %d:\n%s", code, out)
-	}
-	upgraded := pinnedLink(t, lp)
+	e2e.PutObject(t, obj, c.object+"_v2")
+	e2e.MustRun(t, env, "reload")
+	upgraded := e2e.PinnedLinkInfo(t, lp)
 	if upgraded.Program == adopted.Program {
 		t.Fatalf("after the upgrade the link still runs program %d", upgraded.Program)
 	}
@@ -260,7 +258,7 @@ func testHook(t *testing.T, c hookCase) {
 		return readSlot(t, env, c.object, 16+c.slot) > 0
 	})
 	testutil.WaitFor(t, 10*time.Second, "the old program to be released", func() bool {
-		return programGone(adopted.Program) && (c.updatable || linkGone(adopted.ID))
+		return e2e.ProgramGone(adopted.Program) && (c.updatable || e2e.LinkGone(adopted.ID))
 	})
 
 	// No event passed the hook unseen, through the kill, the restart and
@@ -283,49 +281,13 @@ func testHook(t *testing.T, c hookCase) {
 	// Down: nothing stays attached.
 	p2.Kill(syscall.SIGTERM)
 	p2.Wait(t, 20*time.Second)
-	if out, code := env.Run(t, "down"); code != 0 {
-		t.Fatalf("bpfsup down: exit %d:\n%s", code, out)
-	}
+	e2e.MustRun(t, env, "down")
 	testutil.WaitFor(t, 10*time.Second, "the link and its program to be released", func() bool {
-		return linkGone(upgraded.ID) && programGone(upgraded.Program)
+		return e2e.LinkGone(upgraded.ID) && e2e.ProgramGone(upgraded.Program)
 	})
 	if _, err := os.Stat(lp); !os.IsNotExist(err) {
 		t.Errorf("link pin %s after down: %v", lp, err)
 	}
-}
-
-// linkStatus is the status `bpfsup status --json` gives of one link.
-type linkStatusJSON struct {
-	Name      string `json:"name"`
-	State     string `json:"state"`
-	Mechanism string `json:"mechanism"`
-	Upgrade   string `json:"upgrade"`
-}
-
-func linkStatus(t *testing.T, env *testutil.Env, object, name string) linkStatusJSON {
-	t.Helper()
-	out, code := env.Run(t, "status", "--json")
-	if code != 0 {
-		t.Fatalf("bpfsup status: exit %d:\n%s", code, out)
-	}
-	var st struct {
-		Objects []struct {
-			Name  string           `json:"name"`
-			Links []linkStatusJSON `json:"links"`
-		} `json:"objects"`
-	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	for _, o := range st.Objects {
-		for _, l := range o.Links {
-			if o.Name == object && l.Name == name {
-				return l
-			}
-		}
-	}
-	t.Fatalf("status has no link %s/%s:\n%s", object, name, out)
-	return linkStatusJSON{}
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -21,7 +22,7 @@ func TestCgroupGoneIsDefunct(t *testing.T) {
 	cg := mustCgroup(t)
 	p := env.Start(t, "run", "-o", testutil.BPFObject("connect4_block"), "-a", "block_connect4@cgroup/connect4:"+cg, "--", "sleep", "1000")
 	p.WaitOutput(t, `msg="child started"`, 20*time.Second)
-	if st := linkStatus(t, env, "connect4_block", "block_connect4").State; st != "attached" {
+	if st := e2e.LinkStatus(t, env, "connect4_block", "block_connect4").State; st != "attached" {
 		t.Fatalf("link on %s: state %q, want attached", cg, st)
 	}
 	if err := unix.Rmdir(cg); err != nil {
@@ -29,7 +30,7 @@ func TestCgroupGoneIsDefunct(t *testing.T) {
 	}
 	// The kernel lets go of the cgroup a moment after the rmdir.
 	testutil.WaitFor(t, 10*time.Second, "status to say the link is defunct", func() bool {
-		return linkStatus(t, env, "connect4_block", "block_connect4").State == "defunct"
+		return e2e.LinkStatus(t, env, "connect4_block", "block_connect4").State == "defunct"
 	})
 
 	if err := os.Mkdir(cg, 0o755); err != nil {
@@ -38,7 +39,7 @@ func TestCgroupGoneIsDefunct(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, "bpfsup to attach the program to the new cgroup", func() bool {
 		out, err := exec.Command("bpftool", "cgroup", "show", cg).CombinedOutput()
 		return err == nil && strings.Contains(string(out), "block_connect4") &&
-			linkStatus(t, env, "connect4_block", "block_connect4").State == "attached"
+			e2e.LinkStatus(t, env, "connect4_block", "block_connect4").State == "attached"
 	})
 	p.WaitOutput(t, `msg="re-attached link" object=connect4_block link=block_connect4`, 5*time.Second)
 }

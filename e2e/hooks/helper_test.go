@@ -15,9 +15,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -175,93 +175,30 @@ func mustCgroup(tb testing.TB) string {
 	}
 	tb.Cleanup(func() {
 		// A process that just exited leaves its cgroup a moment later.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			err := unix.Rmdir(dir)
-			if err == nil || errors.Is(err, unix.ENOENT) {
-				return
-			}
-			if time.Now().After(deadline) {
-				tb.Errorf("remove cgroup %s: %v", dir, err)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+		var err error
+		removed := testutil.Poll(10*time.Second, func() bool {
+			err = unix.Rmdir(dir)
+			return err == nil || errors.Is(err, unix.ENOENT)
+		})
+		if !removed {
+			tb.Errorf("remove cgroup %s: %v", dir, err)
 		}
 	})
 	return dir
 }
 
-// pinned paths of an object's maps and links under env's pin root.
-func mapPath(env *testutil.Env, object, name string) string {
-	return filepath.Join(env.PinRoot, object, "maps", name)
-}
-
-func linkPath(env *testutil.Env, object, name string) string {
-	return filepath.Join(env.PinRoot, object, "links", name)
-}
-
 // readSlot reads hits[slot] of an object's pinned hits map.
 func readSlot(tb testing.TB, env *testutil.Env, object string, slot uint32) uint64 {
 	tb.Helper()
-	m, err := ebpf.LoadPinnedMap(mapPath(env, object, "hits"), nil)
-	if err != nil {
-		tb.Fatalf("open hits map: %v", err)
-	}
-	defer m.Close()
 	var v uint64
-	if err := m.Lookup(slot, &v); err != nil {
-		tb.Fatalf("read hits[%d]: %v", slot, err)
-	}
+	e2e.LookupPinned(tb, e2e.PinPath(env, object, "maps", "hits"), slot, &v)
 	return v
 }
 
 // setConfig makes the object's programs count the events of process pid.
 func setConfig(tb testing.TB, env *testutil.Env, object string, pid int) {
 	tb.Helper()
-	m, err := ebpf.LoadPinnedMap(mapPath(env, object, "config"), nil)
-	if err != nil {
-		tb.Fatalf("open config map: %v", err)
-	}
-	defer m.Close()
-	if err := m.Put(uint32(0), uint32(pid)); err != nil {
-		tb.Fatalf("set config: %v", err)
-	}
-}
-
-// pinnedLink reads the link pinned at path: its id and program.
-func pinnedLink(tb testing.TB, path string) link.Info {
-	tb.Helper()
-	l, err := link.LoadPinnedLink(path, nil)
-	if err != nil {
-		tb.Fatalf("load pinned link: %v", err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		tb.Fatalf("link info: %v", err)
-	}
-	return *info
-}
-
-// linkGone reports whether no link has id any more.
-func linkGone(id link.ID) bool {
-	l, err := link.NewFromID(id)
-	if err == nil {
-		l.Close()
-		return false
-	}
-	return errors.Is(err, os.ErrNotExist)
-}
-
-// programGone reports whether no program has id any more: nothing holds
-// it, so it is attached nowhere.
-func programGone(id ebpf.ProgramID) bool {
-	p, err := ebpf.NewProgramFromID(id)
-	if err == nil {
-		p.Close()
-		return false
-	}
-	return errors.Is(err, os.ErrNotExist)
+	e2e.PutPinned(tb, e2e.PinPath(env, object, "maps", "config"), uint32(0), uint32(pid))
 }
 
 // trampolinesRefused reports whether this kernel refuses BPF trampolines: a
@@ -304,25 +241,8 @@ func kprobesMissing() bool {
 func copyObject(tb testing.TB, dir, name string) string {
 	tb.Helper()
 	dst := filepath.Join(dir, name+".bpf.o")
-	replaceObject(tb, dst, name)
+	e2e.PutObject(tb, dst, name)
 	return dst
-}
-
-// replaceObject writes the committed object src over the file dst, in one
-// rename, as a package upgrade would.
-func replaceObject(tb testing.TB, dst, src string) {
-	tb.Helper()
-	data, err := os.ReadFile(testutil.BPFObject(src))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmp := dst + ".new"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		tb.Fatal(err)
-	}
 }
 
 // bpfLSMActive reads the active LSMs from securityfs, mounting it on a

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -21,7 +22,7 @@ func TestRetargetLoadTimeHook(t *testing.T) {
 		t.Helper()
 		p := env.Start(t, "run", "-o", obj, "-a", "tp_btf_count@tp_btf:"+target, "--", "sleep", "1000")
 		p.WaitOutput(t, "child started", 30*time.Second)
-		info := pinnedLink(t, linkPath(env, "tpbtf", "tp_btf_count"))
+		info := e2e.PinnedLinkInfo(t, e2e.PinPath(env, "tpbtf", "links", "tp_btf_count"))
 		if rt := info.RawTracepoint(); rt != nil {
 			tp = rt.Name
 		}

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -183,24 +183,9 @@ func TestInspectSlots(t *testing.T) {
 // pinned.
 func sectionsStatus(t *testing.T, env *testutil.Env) (links map[string]string, programs int) {
 	t.Helper()
-	out, code := env.Run(t, "status", "--json")
-	if code != 0 {
-		t.Fatalf("status: exit %d:\n%s", code, out)
-	}
-	var st struct {
-		Objects []struct {
-			Links []struct {
-				Name  string `json:"name"`
-				Hook  string `json:"hook"`
-				State string `json:"state"`
-			} `json:"links"`
-			Programs []struct {
-				Name string `json:"name"`
-			} `json:"programs"`
-		} `json:"objects"`
-	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Objects) != 1 {
-		t.Fatalf("status --json: %v\n%s", err, out)
+	st := e2e.Status(t, env)
+	if len(st.Objects) != 1 {
+		t.Fatalf("status --json: %d objects, want 1: %+v", len(st.Objects), st.Objects)
 	}
 	links = map[string]string{}
 	for _, l := range st.Objects[0].Links {
@@ -316,11 +301,7 @@ func TestSectionInferenceErrors(t *testing.T) {
 			if code == 0 {
 				t.Fatalf("bpfsup run %v succeeded:\n%s", tc.args, out)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out, w) {
-					t.Errorf("error lacks %q:\n%s", w, out)
-				}
-			}
+			e2e.WantAll(t, out, tc.want...)
 			if entries, _ := os.ReadDir(env.PinRoot); len(entries) != 0 {
 				t.Errorf("the failed start left pins: %v", entries)
 			}
@@ -330,14 +311,7 @@ func TestSectionInferenceErrors(t *testing.T) {
 
 func readSeen(t *testing.T, env *testutil.Env, slot uint32) uint64 {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(mapPath(env, "sections", "seen"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
 	var v uint64
-	if err := m.Lookup(slot, &v); err != nil {
-		t.Fatal(err)
-	}
+	e2e.LookupPinned(t, e2e.PinPath(env, "sections", "maps", "seen"), slot, &v)
 	return v
 }

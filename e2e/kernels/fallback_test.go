@@ -1,7 +1,6 @@
 package kernels
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,11 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bpfsup/bpfsup/status"
-
-	"github.com/cilium/ebpf"
-
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
+	"github.com/bpfsup/bpfsup/status"
 )
 
 // TestTCFallbackLife runs a drop filter through bpfsup's whole life on a tc
@@ -51,7 +48,7 @@ func testLife(t *testing.T, hook string, fallback bool) {
 	nsA, nsB := testutil.MustNetns(t, "fbA"), testutil.MustNetns(t, "fbB")
 	_, ifB := testutil.MustVethPair(t, nsA, nsB)
 	obj := filepath.Join(t.TempDir(), "dropfilter.bpf.o")
-	putObject(t, obj, "dropfilter")
+	e2e.PutObject(t, obj, "dropfilter")
 	args := []string{"-o", obj, "-a", "tc_drop@" + hook + ":" + ifB.Name, "--netns", nsB.Path, "--", "sleep", "1000"}
 
 	p1 := env.Start(t, "run", args...)
@@ -104,10 +101,8 @@ func testLife(t *testing.T, hook string, fallback bool) {
 
 	// Upgrade to v2 under the flood: another program, same hook, and v2's
 	// extra port (9999) dropped too.
-	putObject(t, obj, "dropfilter_v2")
-	if out, code := env.Run(t, "reload"); code != 0 {
-		t.Fatalf("bpfsup reload: exit %d:\n%s", code, out)
-	}
+	e2e.PutObject(t, obj, "dropfilter_v2")
+	e2e.MustRun(t, env, "reload")
 	upgraded := attachedPrograms(t, nsB, ifB.Name, fallback)
 	if len(upgraded) != 1 || upgraded[0] == first[0] {
 		t.Fatalf("after the upgrade: programs %v, want one other than %v", upgraded, first)
@@ -130,9 +125,7 @@ func testLife(t *testing.T, hook string, fallback bool) {
 	// Down: nothing attached, nothing pinned.
 	p2.Kill(syscall.SIGTERM)
 	p2.Wait(t, 30*time.Second)
-	if out, code := env.Run(t, "down"); code != 0 {
-		t.Fatalf("bpfsup down: exit %d:\n%s", code, out)
-	}
+	e2e.MustRun(t, env, "down")
 	if got := attachedPrograms(t, nsB, ifB.Name, fallback); len(got) != 0 {
 		t.Fatalf("after down: programs %v on %s ingress", got, ifB.Name)
 	}
@@ -141,65 +134,25 @@ func testLife(t *testing.T, hook string, fallback bool) {
 	}
 }
 
-// putObject writes the committed object name over dst in one rename, as a
-// package upgrade does.
-func putObject(tb testing.TB, dst, name string) {
-	tb.Helper()
-	data, err := os.ReadFile(testutil.BPFObject(name))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmp := dst + ".new"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		tb.Fatal(err)
-	}
-}
-
+// linkStatus is the status of the one link of the one object.
 func linkStatus(tb testing.TB, env *testutil.Env) status.LinkStatus {
 	tb.Helper()
-	out, code := env.Run(tb, "status", "--json")
-	if code != 0 {
-		tb.Fatalf("bpfsup status: exit %d:\n%s", code, out)
-	}
-	var st status.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		tb.Fatalf("bpfsup status --json: %v\n%s", err, out)
-	}
+	st := e2e.Status(tb, env)
 	if len(st.Objects) != 1 || len(st.Objects[0].Links) != 1 {
-		tb.Fatalf("status: want one object with one link:\n%s", out)
+		tb.Fatalf("status: want one object with one link: %+v", st.Objects)
 	}
 	return st.Objects[0].Links[0]
 }
 
-func pinnedMap(tb testing.TB, env *testutil.Env, name string) *ebpf.Map {
-	tb.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(env.PinRoot, "dropfilter", "maps", name), nil)
-	if err != nil {
-		tb.Fatalf("open pinned map %s: %v", name, err)
-	}
-	return m
-}
-
 func dropPort(tb testing.TB, env *testutil.Env, port uint16) {
 	tb.Helper()
-	m := pinnedMap(tb, env, "drop_ports")
-	defer m.Close()
-	if err := m.Put(port, uint8(1)); err != nil {
-		tb.Fatalf("drop port %d: %v", port, err)
-	}
+	e2e.PutPinned(tb, e2e.PinPath(env, "dropfilter", "maps", "drop_ports"), port, uint8(1))
 }
 
 func dropped(tb testing.TB, env *testutil.Env) uint64 {
 	tb.Helper()
-	m := pinnedMap(tb, env, "drop_count")
-	defer m.Close()
 	var n uint64
-	if err := m.Lookup(uint32(0), &n); err != nil {
-		tb.Fatalf("read drop_count: %v", err)
-	}
+	e2e.LookupPinned(tb, e2e.PinPath(env, "dropfilter", "maps", "drop_count"), uint32(0), &n)
 	return n
 }
 
@@ -223,7 +176,7 @@ func attachedPrograms(tb testing.TB, ns *testutil.Netns, iface string, tc bool) 
 		return ids
 	}
 	err := ns.Do(func() error {
-		ifc, err := netInterface(iface)
+		ifc, err := e2e.IfIndex(iface)
 		if err != nil {
 			return err
 		}
@@ -248,18 +201,14 @@ func TestTCFilterHasNoLinkFD(t *testing.T) {
 	env := testutil.MustEnv(t)
 	ns := testutil.MustNetns(t, "fbfd")
 	ifA, _ := testutil.MustVethPair(t, ns, ns)
-	cfg := filepath.Join(t.TempDir(), "bpfsup.toml")
-	toml := fmt.Sprintf(`[[object]]
+	cfg := e2e.WriteConfig(t, fmt.Sprintf(`[[object]]
 path = %q
 handoff_links = true
 [[object.attach]]
 program = "tc_drop"
 hook = "tc/ingress:%s"
 netns = %q
-`, testutil.BPFObject("dropfilter"), ifA.Name, ns.Path)
-	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+`, testutil.BPFObject("dropfilter"), ifA.Name, ns.Path))
 	out, code := env.Run(t, "run", "-c", cfg, "--", "true")
 	if code == 0 || !strings.Contains(out, "not a bpf_link and has no fd to hand over") {
 		t.Fatalf("bpfsup run handing over a tc filter: exit %d, want a failure saying it has no fd; output:\n%s", code, out)

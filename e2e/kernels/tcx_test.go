@@ -1,19 +1,9 @@
 package kernels
 
 import (
-	"net"
-
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
-
-func netInterface(name string) (int, error) {
-	ifc, err := net.InterfaceByName(name)
-	if err != nil {
-		return 0, err
-	}
-	return ifc.Index, nil
-}
 
 // queryTCX lists the programs on an interface's tcx ingress, in the calling
 // thread's network namespace.

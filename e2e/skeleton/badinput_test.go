@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -179,7 +180,7 @@ migrate = "copy"
 			}
 			args := append([]string{"--netns", b.Path}, tc.args...)
 			if tc.config != "" {
-				args = append(args, "-c", writeConfig(t, tc.config))
+				args = append(args, "-c", e2e.WriteConfig(t, tc.config))
 			}
 			args = append(args, "--", "/bin/true")
 			out, code := env.Run(t, "run", args...)
@@ -187,18 +188,14 @@ migrate = "copy"
 			if code == 0 {
 				t.Fatalf("bpfsup run exited 0")
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out, w) {
-					t.Errorf("error does not say %q", w)
-				}
-			}
+			e2e.WantAll(t, out, tc.want...)
 			if strings.Contains(out, "child started") {
 				t.Errorf("the child was started")
 			}
-			if left := dirEntries(t, env.PinRoot); len(left) > 0 {
+			if left := e2e.TreeEntries(t, env.PinRoot); len(left) > 0 {
 				t.Errorf("left under the pin root %s: %v", env.PinRoot, left)
 			}
-			if left := dirEntries(t, env.StateDir); len(left) > 0 {
+			if left := e2e.TreeEntries(t, env.StateDir); len(left) > 0 {
 				t.Errorf("left in the state directory %s: %v", env.StateDir, left)
 			}
 			if got := netAttachments(t, b, ifB.Name); len(got) > 0 {
@@ -221,16 +218,16 @@ func TestIncompatiblePinnedMap(t *testing.T) {
 		t.Fatalf("install dropfilter: exit %d\n%s", code, out)
 	}
 	before := objectStatus(t, env, "dropfilter")
-	pinsBefore := dirEntries(t, env.PinRoot)
+	pinsBefore := e2e.TreeEntries(t, env.PinRoot)
 	manifest := filepath.Join(env.StateDir, "dropfilter.json")
 	manBefore, err := os.ReadFile(manifest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	xdpLink := findLink(t, before, "xdp_drop")
-	requireAttached(t, ifB, xdpLink.ID, findProgram(t, before, "xdp_drop").ID)
+	xdpLink := e2e.FindLink(t, before, "xdp_drop")
+	requireAttached(t, ifB, xdpLink.ID, e2e.FindProgram(t, before, "xdp_drop").ID)
 
-	cfg := writeConfig(t, fmt.Sprintf(`
+	cfg := e2e.WriteConfig(t, fmt.Sprintf(`
 [[object]]
 path = %q
 name = "dropfilter"
@@ -243,36 +240,32 @@ hook = "xdp:%s"
 	if code == 0 {
 		t.Fatal("bpfsup run exited 0 with an incompatible pinned map")
 	}
-	for _, w := range []string{"drop_ports", "MaxEntries"} {
-		if !strings.Contains(out, w) {
-			t.Errorf("error does not say %q", w)
-		}
-	}
+	e2e.WantAll(t, out, "drop_ports", "MaxEntries")
 	if strings.Contains(out, "child started") {
 		t.Errorf("the child was started")
 	}
 
 	after := objectStatus(t, env, "dropfilter")
-	if pins := dirEntries(t, env.PinRoot); !slices.Equal(pins, pinsBefore) {
+	if pins := e2e.TreeEntries(t, env.PinRoot); !slices.Equal(pins, pinsBefore) {
 		t.Errorf("pins changed: before %v, after %v", pinsBefore, pins)
 	}
 	if manAfter, err := os.ReadFile(manifest); err != nil || string(manAfter) != string(manBefore) {
 		t.Errorf("manifest changed (err %v):\nbefore %s\nafter %s", err, manBefore, manAfter)
 	}
 	for _, m := range before.Maps {
-		if got := findMap(t, after, m.Name); got != m {
+		if got := e2e.FindMap(t, after, m.Name); got != m {
 			t.Errorf("map %s: before %+v, after %+v", m.Name, m, got)
 		}
 	}
 	for _, p := range before.Programs {
-		if got := findProgram(t, after, p.Name); got != p {
+		if got := e2e.FindProgram(t, after, p.Name); got != p {
 			t.Errorf("program %s: before %+v, after %+v", p.Name, p, got)
 		}
 	}
-	if got := findLink(t, after, "xdp_drop"); got != xdpLink {
+	if got := e2e.FindLink(t, after, "xdp_drop"); got != xdpLink {
 		t.Errorf("link xdp_drop: before %+v, after %+v", xdpLink, got)
 	}
-	requireAttached(t, ifB, xdpLink.ID, findProgram(t, before, "xdp_drop").ID)
+	requireAttached(t, ifB, xdpLink.ID, e2e.FindProgram(t, before, "xdp_drop").ID)
 }
 
 // TestStatusBadInput: status of an object nothing is known of, or of a pin
@@ -346,7 +339,7 @@ func TestLongestNames(t *testing.T) {
 	object, lnk := strings.Repeat("o", pinstore.MaxObjectNameLen), strings.Repeat("l", pinstore.MaxNameLen)
 	// Handed to the application, the map would be named "<object>/maps/
 	// counters", longer than LISTEN_FDNAMES takes.
-	cfg := writeConfig(t, fmt.Sprintf(`
+	cfg := e2e.WriteConfig(t, fmt.Sprintf(`
 [[object]]
 path = %q
 name = %q
@@ -363,15 +356,13 @@ name = %q
 	if len(o.Links) != 1 || o.Links[0].Name != lnk || !o.Healthy {
 		t.Fatalf("status: %+v", o)
 	}
-	if out, code := env.Run(t, "reload"); code != 0 {
-		t.Fatalf("bpfsup reload: exit %d\n%s", code, out)
-	}
+	e2e.MustRun(t, env, "reload")
 	p.Kill(syscall.SIGTERM)
 	p.Wait(t, waitTimeout)
 	if out, code := env.Run(t, "down", object); code != 0 || !strings.Contains(out, "removed "+object) {
 		t.Fatalf("bpfsup down: exit %d\n%s", code, out)
 	}
-	if left := dirEntries(t, env.PinRoot); len(left) > 0 {
+	if left := e2e.TreeEntries(t, env.PinRoot); len(left) > 0 {
 		t.Errorf("left under the pin root: %v", left)
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/bpfsup/bpfsup/control"
-
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -60,14 +60,14 @@ type ids struct {
 func (r *counterRig) ids(t *testing.T) ids {
 	t.Helper()
 	o := objectStatus(t, r.env, "counter")
-	l := findLink(t, o, "count_packets")
+	l := e2e.FindLink(t, o, "count_packets")
 	if l.State != "attached" || l.Ifindex != uint32(r.ifB.Index) || l.Hook != "xdp:"+r.ifB.Name {
 		t.Fatalf("status of link count_packets: %+v, want attached to %s (ifindex %d)", l, r.ifB.Name, r.ifB.Index)
 	}
 	got := ids{
-		counters:     findMap(t, o, "counters").ID,
-		countPackets: findProgram(t, o, "count_packets").ID,
-		countTC:      findProgram(t, o, "count_tc").ID,
+		counters:     e2e.FindMap(t, o, "counters").ID,
+		countPackets: e2e.FindProgram(t, o, "count_packets").ID,
+		countTC:      e2e.FindProgram(t, o, "count_tc").ID,
 		link:         l.ID,
 	}
 	if l.ProgramID != got.countPackets {
@@ -122,7 +122,7 @@ func TestSupervisorKilled(t *testing.T) {
 	r := newCounterRig(t)
 	before := r.ids(t)
 	requireAttached(t, r.ifB, before.link, before.countPackets)
-	if adopted, loaded := installCounts(t, r.sup.Output(), "counter"); adopted != 0 || loaded != 2 {
+	if adopted, loaded := e2e.InstallCounts(t, r.sup.Output(), "counter"); adopted != 0 || loaded != 2 {
 		t.Fatalf("first install adopted %d and loaded %d programs, want 0 and 2", adopted, loaded)
 	}
 	waitRising(t, "UDP count", 100, r.udpCount(t))
@@ -142,7 +142,7 @@ func TestSupervisorKilled(t *testing.T) {
 
 	first, killed := r.child, r.sup.Pid()
 	r.start(t)
-	adopted, loaded := installCounts(t, r.sup.Output(), "counter")
+	adopted, loaded := e2e.InstallCounts(t, r.sup.Output(), "counter")
 	if adopted != 2 || loaded != 0 {
 		t.Fatalf("restarted bpfsup adopted %d and loaded %d programs, want 2 and 0:\n%s", adopted, loaded, r.sup.Output())
 	}

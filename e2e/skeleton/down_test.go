@@ -1,7 +1,6 @@
 package skeleton
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -57,14 +57,11 @@ func TestDown(t *testing.T) {
 			testutil.WaitProcGone(t, r.child.pid, waitTimeout)
 			requireAttached(t, r.ifB, before.link, before.countPackets)
 
-			out, code = r.env.Run(t, "down")
-			if code != 0 {
-				t.Fatalf("bpfsup down: exit %d\n%s", code, out)
-			}
-			if left := dirEntries(t, r.env.PinRoot); len(left) > 0 {
+			e2e.MustRun(t, r.env, "down")
+			if left := e2e.TreeEntries(t, r.env.PinRoot); len(left) > 0 {
 				t.Errorf("left under the pin root: %v", left)
 			}
-			for _, name := range dirEntries(t, r.env.StateDir) {
+			for _, name := range e2e.TreeEntries(t, r.env.StateDir) {
 				if strings.HasPrefix(name, "counter.") {
 					t.Errorf("left in the state directory: %s", filepath.Join(r.env.StateDir, name))
 				}
@@ -72,12 +69,12 @@ func TestDown(t *testing.T) {
 			// The kernel frees a link and its programs once the last
 			// reference is gone, a little later than the unpinning.
 			testutil.WaitFor(t, waitTimeout, "the link, the programs and the map to be freed", func() bool {
-				return gone(link.NewFromID(link.ID(before.link))) &&
-					gone(ebpf.NewProgramFromID(ebpf.ProgramID(before.countPackets))) &&
-					gone(ebpf.NewProgramFromID(ebpf.ProgramID(before.countTC))) &&
-					gone(ebpf.NewMapFromID(ebpf.MapID(before.counters)))
+				return e2e.LinkGone(link.ID(before.link)) &&
+					e2e.ProgramGone(ebpf.ProgramID(before.countPackets)) &&
+					e2e.ProgramGone(ebpf.ProgramID(before.countTC)) &&
+					e2e.MapGone(ebpf.MapID(before.counters))
 			})
-			if id := ipXDPProgram(t, r.ifB.Netns, r.ifB.Name); id != 0 {
+			if id := e2e.IPLinkXDP(t, r.ifB.Netns, r.ifB.Name); id != 0 {
 				t.Errorf("ip link shows XDP program %d on %s after down", id, r.ifB.Name)
 			}
 			if got := netAttachments(t, r.ifB.Netns, r.ifB.Name); len(got) > 0 {
@@ -86,21 +83,11 @@ func TestDown(t *testing.T) {
 			if out, err := exec.Command("bpftool", "link", "show", "id", strconv.FormatUint(uint64(before.link), 10)).CombinedOutput(); err == nil {
 				t.Errorf("bpftool still shows link %d:\n%s", before.link, out)
 			}
-			if st := status(t, r.env); len(st.Objects) != 0 {
+			if st := e2e.Status(t, r.env); len(st.Objects) != 0 {
 				t.Errorf("status after down: %+v", st.Objects)
 			}
 		})
 	}
-}
-
-// gone reports whether opening a kernel object by id found nothing; it
-// closes what it did find.
-func gone[T interface{ Close() error }](obj T, err error) bool {
-	if err == nil {
-		obj.Close()
-		return false
-	}
-	return errors.Is(err, os.ErrNotExist)
 }
 
 // `bpfsup down` removes only what bpfsup's manifests record, and lists the
@@ -175,7 +162,7 @@ func TestDownLeavesForeign(t *testing.T) {
 		os.Remove(theirMapPin)
 		os.Remove(theirNotes)
 	})
-	theirProgID := ipXDPProgram(t, b, theirIf.Name)
+	theirProgID := e2e.IPLinkXDP(t, b, theirIf.Name)
 
 	// All of /sys/fs/bpf, a typo for the pin root: no manifest in the state
 	// directory names it, so nothing at all is removed.
@@ -194,24 +181,17 @@ func TestDownLeavesForeign(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "not bpfsup's") {
 		t.Errorf("bpfsup down theirs: exit %d, want an error: not bpfsup's:\n%s", code, out)
 	}
-	out, code = r.env.Run(t, "down")
-	if code != 0 {
-		t.Fatalf("bpfsup down: exit %d\n%s", code, out)
-	}
-	for _, want := range []string{"removed counter", "left alone: " + theirDir, "left alone: " + theirMapPin, "left alone: " + theirNotes} {
-		if !strings.Contains(out, want) {
-			t.Errorf("bpfsup down does not say %q:\n%s", want, out)
-		}
-	}
+	out = e2e.MustRun(t, r.env, "down")
+	e2e.WantAll(t, out, "removed counter", "left alone: "+theirDir, "left alone: "+theirMapPin, "left alone: "+theirNotes)
 	for _, p := range []string{theirPin, theirMapPin, theirNotes} {
 		if _, err := os.Lstat(p); err != nil {
 			t.Errorf("bpfsup down removed %s, which is another tool's: %v", p, err)
 		}
 	}
-	if id := ipXDPProgram(t, b, theirIf.Name); id != theirProgID || id == 0 {
+	if id := e2e.IPLinkXDP(t, b, theirIf.Name); id != theirProgID || id == 0 {
 		t.Errorf("after bpfsup down, %s runs XDP program %d, want the other tool's %d", theirIf.Name, id, theirProgID)
 	}
 	testutil.WaitFor(t, waitTimeout, "bpfsup's XDP program to leave its interface", func() bool {
-		return ipXDPProgram(t, r.ifB.Netns, r.ifB.Name) == 0
+		return e2e.IPLinkXDP(t, r.ifB.Netns, r.ifB.Name) == 0
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -111,7 +112,7 @@ func TestDropSurvivesRestarts(t *testing.T) {
 		r.waitAllowed(t, 20)
 		sup = startRun(t, env, cenv, args...)
 		child = waitChild(t, sup, 1)
-		if adopted, loaded := installCounts(t, sup.Output(), "dropfilter"); loaded != 0 || adopted != 2 {
+		if adopted, loaded := e2e.InstallCounts(t, sup.Output(), "dropfilter"); loaded != 0 || adopted != 2 {
 			t.Fatalf("round %d: bpfsup adopted %d and loaded %d programs, want 2 and 0", i, adopted, loaded)
 		}
 		leaked("after bpfsup was killed")

@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -35,24 +35,23 @@ func TestExampleXDPCounter(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no map id in the example's output:\n%s", sup.Output())
 	}
-	if id := findMap(t, objectStatus(t, env, "counter"), "counters").ID; m[1] != strconv.FormatUint(uint64(id), 10) {
+	if id := e2e.FindMap(t, objectStatus(t, env, "counter"), "counters").ID; m[1] != strconv.FormatUint(uint64(id), 10) {
 		t.Fatalf("example says counters map id %s, status says %d", m[1], id)
 	}
 	// The example prints once a second; two lines with UDP counts that grew
 	// show it reads the live map.
 	udp := regexp.MustCompile(`(?m)^counts: .*\budp=(\d+)`)
 	var counts []uint64
-	deadline := time.Now().Add(waitTimeout)
-	for len(counts) < 2 || counts[len(counts)-1] <= counts[0] {
-		if time.Now().After(deadline) {
-			t.Fatalf("the example's UDP counts did not rise within %v:\n%s", waitTimeout, sup.Output())
-		}
+	rose := testutil.Poll(waitTimeout, func() bool {
 		counts = counts[:0]
 		for _, c := range udp.FindAllStringSubmatch(sup.Output(), -1) {
 			n, _ := strconv.ParseUint(c[1], 10, 64)
 			counts = append(counts, n)
 		}
-		time.Sleep(50 * time.Millisecond)
+		return len(counts) >= 2 && counts[len(counts)-1] > counts[0]
+	})
+	if !rose {
+		t.Fatalf("the example's UDP counts did not rise within %v:\n%s", waitTimeout, sup.Output())
 	}
 	t.Logf("the example printed UDP counts %v", counts)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -27,7 +28,7 @@ func TestGlobalsAndCORE(t *testing.T) {
 	e := testutil.MustEnv(t)
 	obj := testutil.BPFObject("globals")
 	config := func(step int) string {
-		return writeConfig(t, fmt.Sprintf("[[object]]\npath = %q\nvariables = { step = %d }\n", obj, step))
+		return e2e.WriteConfig(t, fmt.Sprintf("[[object]]\npath = %q\nvariables = { step = %d }\n", obj, step))
 	}
 	// start runs bpfsup until its child runs and returns its output and the
 	// pinned program's id, once the program ran for this process's getppid.
@@ -39,14 +40,14 @@ func TestGlobalsAndCORE(t *testing.T) {
 			unix.Getppid()
 			return mapValue(t, e, "globals", "seen", 1) == uint64(os.Getpid())
 		})
-		id := findProgram(t, objectStatus(t, e, "globals"), "on_getppid").ID
+		id := e2e.FindProgram(t, objectStatus(t, e, "globals"), "on_getppid").ID
 		p.Kill(syscall.SIGTERM)
 		p.Wait(t, 20*time.Second)
 		return p.Output(), ebpf.ProgramID(id)
 	}
 
 	out, first := start(config(3))
-	if a, l := installCounts(t, out, "globals"); a != 0 || l != 1 {
+	if a, l := e2e.InstallCounts(t, out, "globals"); a != 0 || l != 1 {
 		t.Fatalf("first start: adopted %d, loaded %d; want 0 and 1", a, l)
 	}
 	if got := mapValue(t, e, "globals", "seen", 0); got != 3 {
@@ -58,26 +59,18 @@ func TestGlobalsAndCORE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinned, err := ebpf.NewProgramFromID(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := pinned.Info()
-	pinned.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := e2e.ProgramInfo(t, first)
 	if err := spec.Programs["on_getppid"].Compatible(info); !errors.Is(err, ebpf.ErrProgIncompatible) {
 		t.Fatalf("the loaded program's tag matches the ELF's (%v): the CO-RE relocation changed nothing, the test tests nothing", err)
 	}
 
 	out, second := start(config(3))
-	if a, l := installCounts(t, out, "globals"); a != 1 || l != 0 || second != first {
+	if a, l := e2e.InstallCounts(t, out, "globals"); a != 1 || l != 0 || second != first {
 		t.Fatalf("restart, same configuration: adopted %d, loaded %d, program %d (was %d); want it adopted\n%s", a, l, second, first, out)
 	}
 
 	out, third := start(config(7))
-	if a, l := installCounts(t, out, "globals"); a != 0 || l != 1 || third == first {
+	if a, l := e2e.InstallCounts(t, out, "globals"); a != 0 || l != 1 || third == first {
 		t.Fatalf("restart, step 3 -> 7: adopted %d, loaded %d, program %d (was %d); want it loaded anew\n%s", a, l, third, first, out)
 	}
 	if got := mapValue(t, e, "globals", "seen", 0); got != 7 {
@@ -85,7 +78,7 @@ func TestGlobalsAndCORE(t *testing.T) {
 	}
 
 	out, fourth := start(config(7))
-	if a, l := installCounts(t, out, "globals"); a != 1 || l != 0 || fourth != third {
+	if a, l := e2e.InstallCounts(t, out, "globals"); a != 1 || l != 0 || fourth != third {
 		t.Fatalf("restart, step 7 again: adopted %d, loaded %d, program %d (was %d); want it adopted\n%s", a, l, fourth, third, out)
 	}
 }

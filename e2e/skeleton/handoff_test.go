@@ -13,10 +13,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -108,7 +108,7 @@ func TestPythonChild(t *testing.T) {
 			t.Fatalf("python child sees fd %s as %+v, want %s (all: %+v)", fd, f, name, got.FDs)
 		}
 		short := filepath.Base(name)
-		if m := findMap(t, o, short); f.MapID != m.ID || f.MapName != short {
+		if m := e2e.FindMap(t, o, short); f.MapID != m.ID || f.MapName != short {
 			t.Fatalf("fd %s (%s) is map %d %q, status says %s is map %d", fd, name, f.MapID, f.MapName, short, m.ID)
 		}
 	}
@@ -174,7 +174,7 @@ func TestHandoffLeaksNothing(t *testing.T) {
 	env := testutil.MustEnv(t)
 	a, b := testutil.MustNetns(t, "fd-a"), testutil.MustNetns(t, "fd-b")
 	_, ifB := testutil.MustVethPair(t, a, b)
-	cfg := writeConfig(t, fmt.Sprintf(`
+	cfg := e2e.WriteConfig(t, fmt.Sprintf(`
 netns = %q
 [[object]]
 path = %q
@@ -217,20 +217,16 @@ handoff = true
 	var fds map[int]string
 	var cenv map[string]string
 	var problems []string
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	settled := testutil.Poll(waitTimeout, func() bool {
 		fds, cenv = fdsOf(t, pid), environOf(t, pid)
 		problems = fdProblems(fds, want)
 		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); !strings.HasSuffix(exe, "/sleep") {
 			problems = append(problems, "the child is "+exe+", not sleep yet")
 		}
-		if len(problems) == 0 && cenv["LISTEN_FDS"] != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v the child's fds are %v:\n%s", waitTimeout, fds, strings.Join(problems, "\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
+		return len(problems) == 0 && cenv["LISTEN_FDS"] != ""
+	})
+	if !settled {
+		t.Fatalf("after %v the child's fds are %v:\n%s", waitTimeout, fds, strings.Join(problems, "\n"))
 	}
 
 	names := strings.Split(cenv["LISTEN_FDNAMES"], ":")
@@ -247,10 +243,10 @@ handoff = true
 	// And they are the objects status shows.
 	o := objectStatus(t, env, "dropfilter")
 	wantInfo := map[int]string{
-		3: fmt.Sprintf("map_id:\t%d", findMap(t, o, "drop_count").ID),
-		4: fmt.Sprintf("map_id:\t%d", findMap(t, o, "drop_ports").ID),
-		5: fmt.Sprintf("prog_id:\t%d", findProgram(t, o, "xdp_drop").ID),
-		6: fmt.Sprintf("link_id:\t%d", findLink(t, o, "xdp_drop").ID),
+		3: fmt.Sprintf("map_id:\t%d", e2e.FindMap(t, o, "drop_count").ID),
+		4: fmt.Sprintf("map_id:\t%d", e2e.FindMap(t, o, "drop_ports").ID),
+		5: fmt.Sprintf("prog_id:\t%d", e2e.FindProgram(t, o, "xdp_drop").ID),
+		6: fmt.Sprintf("link_id:\t%d", e2e.FindLink(t, o, "xdp_drop").ID),
 	}
 	for fd, line := range wantInfo {
 		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))

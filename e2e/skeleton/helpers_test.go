@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -112,87 +113,19 @@ func childLines(out string) []childLine {
 // and returns that line.
 func waitChild(t *testing.T, p *testutil.Proc, n int) childLine {
 	t.Helper()
-	deadline := time.Now().Add(startTimeout)
-	for {
-		if lines := childLines(p.Output()); len(lines) >= n {
-			return lines[n-1]
-		}
-		select {
-		case <-p.Done():
-			if lines := childLines(p.Output()); len(lines) >= n {
-				return lines[n-1]
-			}
-			t.Fatalf("bpfsup exited before child %d started; output:\n%s", n, p.Output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child %d did not start within %v; output:\n%s", n, startTimeout, p.Output())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	e2e.WaitPIDs(t, p, childLineRE, n, startTimeout)
+	return childLines(p.Output())[n-1]
 }
 
-// status runs `bpfsup status --json`.
-func status(t *testing.T, e *testutil.Env) *bpfstatus.Status {
-	t.Helper()
-	out, code := e.Run(t, "status", "--json")
-	if code != 0 {
-		t.Fatalf("bpfsup status exited %d:\n%s", code, out)
-	}
-	var st bpfstatus.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("bpfsup status --json: %v\n%s", err, out)
-	}
-	return &st
-}
-
-// objectStatus is the status of one object, which must be there.
+// objectStatus is the status of one object, which must be there, without
+// problems.
 func objectStatus(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	t.Helper()
-	st := status(t, e)
-	for _, o := range st.Objects {
-		if o.Name == name {
-			if len(o.Problems) > 0 {
-				t.Errorf("status of %s has problems: %v", name, o.Problems)
-			}
-			return o
-		}
+	o := e2e.FindObject(t, e2e.Status(t, e), name)
+	if len(o.Problems) > 0 {
+		t.Errorf("status of %s has problems: %v", name, o.Problems)
 	}
-	t.Fatalf("bpfsup status has no object %s: %+v", name, st)
-	return bpfstatus.ObjectStatus{}
-}
-
-func findMap(t *testing.T, o bpfstatus.ObjectStatus, name string) bpfstatus.MapStatus {
-	t.Helper()
-	for _, m := range o.Maps {
-		if m.Name == name {
-			return m
-		}
-	}
-	t.Fatalf("object %s has no map %s in status: %+v", o.Name, name, o.Maps)
-	return bpfstatus.MapStatus{}
-}
-
-func findProgram(t *testing.T, o bpfstatus.ObjectStatus, name string) bpfstatus.ProgramStatus {
-	t.Helper()
-	for _, p := range o.Programs {
-		if p.Name == name {
-			return p
-		}
-	}
-	t.Fatalf("object %s has no program %s in status: %+v", o.Name, name, o.Programs)
-	return bpfstatus.ProgramStatus{}
-}
-
-func findLink(t *testing.T, o bpfstatus.ObjectStatus, name string) bpfstatus.LinkStatus {
-	t.Helper()
-	for _, l := range o.Links {
-		if l.Name == name {
-			return l
-		}
-	}
-	t.Fatalf("object %s has no link %s in status: %+v", o.Name, name, o.Links)
-	return bpfstatus.LinkStatus{}
+	return o
 }
 
 // mapValue reads key of the map pinned at <pin root>/<object>/maps/<name>.
@@ -280,30 +213,6 @@ func netAttachments(t *testing.T, ns *testutil.Netns, ifname string) []string {
 	return got
 }
 
-// ipXDPProgram is the id of the XDP program `ip link` shows on ifname in ns,
-// 0 when there is none.
-func ipXDPProgram(t *testing.T, ns *testutil.Netns, ifname string) uint32 {
-	t.Helper()
-	out, err := exec.Command("ip", "-n", ns.Name, "-j", "link", "show", "dev", ifname).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip link show %s in %s: %v\n%s", ifname, ns.Name, err, out)
-	}
-	var links []struct {
-		XDP *struct {
-			Prog struct {
-				ID uint32 `json:"id"`
-			} `json:"prog"`
-		} `json:"xdp"`
-	}
-	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
-		t.Fatalf("ip -j link show %s: %v\n%s", ifname, err, out)
-	}
-	if links[0].XDP == nil {
-		return 0
-	}
-	return links[0].XDP.Prog.ID
-}
-
 // requireAttached checks, three ways, that XDP program progID runs on veth
 // through link linkID: the link's info, ip link and bpftool net.
 func requireAttached(t *testing.T, v testutil.Veth, linkID, progID uint32) {
@@ -315,63 +224,11 @@ func requireAttached(t *testing.T, v testutil.Veth, linkID, progID uint32) {
 	if prog != progID || ifindex != uint32(v.Index) {
 		t.Fatalf("link %d runs program %d on ifindex %d, want program %d on %s (ifindex %d)", linkID, prog, ifindex, progID, v.Name, v.Index)
 	}
-	if id := ipXDPProgram(t, v.Netns, v.Name); id != progID {
+	if id := e2e.IPLinkXDP(t, v.Netns, v.Name); id != progID {
 		t.Fatalf("ip link shows XDP program %d on %s, want %d", id, v.Name, progID)
 	}
 	want := fmt.Sprintf("xdp:%d", progID)
 	if got := netAttachments(t, v.Netns, v.Name); len(got) != 1 || got[0] != want {
 		t.Fatalf("bpftool net shows %v on %s, want [%s]", got, v.Name, want)
 	}
-}
-
-// dirEntries lists the names in dir, recursively, relative to it; a missing
-// dir has none.
-func dirEntries(t *testing.T, dir string) []string {
-	t.Helper()
-	var names []string
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if errors.Is(err, os.ErrNotExist) {
-			return filepath.SkipDir
-		}
-		if err != nil {
-			return err
-		}
-		if path != dir {
-			rel, _ := filepath.Rel(dir, path)
-			names = append(names, rel)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walk %s: %v", dir, err)
-	}
-	return names
-}
-
-// writeConfig writes a TOML config into a fresh temporary directory.
-func writeConfig(t *testing.T, text string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "bpfsup.toml")
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// objectReadyRE matches bpfsup's log line for an installed object.
-var objectReadyRE = regexp.MustCompile(`msg="object ready" object=(\S+) .*\badopted=(\d+) loaded=(\d+)`)
-
-// installCounts returns how many programs of object bpfsup's install, as
-// logged in out, adopted and loaded.
-func installCounts(t *testing.T, out, object string) (adopted, loaded int) {
-	t.Helper()
-	for _, m := range objectReadyRE.FindAllStringSubmatch(out, -1) {
-		if m[1] == object {
-			adopted, _ = strconv.Atoi(m[2])
-			loaded, _ = strconv.Atoi(m[3])
-			return adopted, loaded
-		}
-	}
-	t.Fatalf("no \"object ready\" line for %s in bpfsup's output:\n%s", object, out)
-	return 0, 0
 }

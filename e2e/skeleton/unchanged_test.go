@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -26,12 +27,12 @@ func TestRestartUnchanged(t *testing.T) {
 	_, if2 := testutil.MustVethPair(t, a, b)
 	dir := t.TempDir()
 	obj := filepath.Join(dir, "fw.bpf.o")
-	copyFile(t, testutil.BPFObject("dropfilter"), obj)
+	e2e.PutObject(t, obj, "dropfilter")
 	names := filepath.Join(dir, "names")
 	// Two links named against their order, so that the hand-off order
 	// (the configuration's) shows.
 	config := func(extra string) string {
-		return writeConfig(t, fmt.Sprintf(`
+		return e2e.WriteConfig(t, fmt.Sprintf(`
 netns = %q
 [[object]]
 path = %q
@@ -65,28 +66,28 @@ name = "aa_second"
 	if strings.Contains(out, unchangedMsg) {
 		t.Fatalf("the first start adopted as unchanged:\n%s", out)
 	}
-	_, progs := installCounts(t, out, "fw")
+	_, progs := e2e.InstallCounts(t, out, "fw")
 	wantNames := "fw/maps/drop_count:fw/maps/drop_ports:fw/links/zz_first:fw/links/aa_second"
 	if first != wantNames {
 		t.Errorf("first start: LISTEN_FDNAMES=%q, want %q", first, wantNames)
 	}
 	links := map[string]uint32{}
 	for _, name := range []string{"zz_first", "aa_second"} {
-		links[name] = findLink(t, objectStatus(t, env, "fw"), name).ID
+		links[name] = e2e.FindLink(t, objectStatus(t, env, "fw"), name).ID
 	}
 
 	out, second := run(cfg)
 	if !strings.Contains(out, unchangedMsg) {
 		t.Errorf("a restart with nothing changed planned from the object:\n%s", out)
 	}
-	if adopted, loaded := installCounts(t, out, "fw"); adopted != progs || loaded != 0 {
+	if adopted, loaded := e2e.InstallCounts(t, out, "fw"); adopted != progs || loaded != 0 {
 		t.Errorf("unchanged restart: adopted %d, loaded %d; want %d, 0", adopted, loaded, progs)
 	}
 	if second != first {
 		t.Errorf("unchanged restart: LISTEN_FDNAMES=%q, the first start's was %q", second, first)
 	}
 	for name, id := range links {
-		if got := findLink(t, objectStatus(t, env, "fw"), name).ID; got != id {
+		if got := e2e.FindLink(t, objectStatus(t, env, "fw"), name).ID; got != id {
 			t.Errorf("link %s is %d after the unchanged restart, was %d", name, got, id)
 		}
 	}
@@ -97,7 +98,7 @@ name = "aa_second"
 	if strings.Contains(out, unchangedMsg) {
 		t.Errorf("a restart with another configuration adopted as unchanged:\n%s", out)
 	}
-	if adopted, loaded := installCounts(t, out, "fw"); adopted != progs || loaded != 0 {
+	if adopted, loaded := e2e.InstallCounts(t, out, "fw"); adopted != progs || loaded != 0 {
 		t.Errorf("restart with another configuration: adopted %d, loaded %d; want %d, 0", adopted, loaded, progs)
 	}
 	out, _ = run(ro)
@@ -106,26 +107,12 @@ name = "aa_second"
 	}
 
 	// Another object at the same path: planned, and its program loaded.
-	copyFile(t, testutil.BPFObject("dropfilter_v2"), obj)
+	e2e.PutObject(t, obj, "dropfilter_v2")
 	out, _ = run(ro)
 	if strings.Contains(out, unchangedMsg) {
 		t.Errorf("a restart with another object adopted as unchanged:\n%s", out)
 	}
-	if _, loaded := installCounts(t, out, "fw"); loaded == 0 {
+	if _, loaded := e2e.InstallCounts(t, out, "fw"); loaded == 0 {
 		t.Errorf("restart with another object: loaded no program\n%s", out)
-	}
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	data, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to+".tmp", data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(to+".tmp", to); err != nil {
-		t.Fatal(err)
 	}
 }

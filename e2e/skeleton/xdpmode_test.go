@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -59,7 +60,7 @@ func TestXDPModeChange(t *testing.T) {
 	run := func(variant string) (*testutil.Proc, uint32) {
 		p := startRun(t, e, nil, args(variant)...)
 		p.WaitOutput(t, "child started", 30*time.Second)
-		l := findLink(t, objectStatus(t, e, "counter"), "count_packets")
+		l := e2e.FindLink(t, objectStatus(t, e, "counter"), "count_packets")
 		if l.State != "attached" || l.Mechanism != "bpf_link xdp ("+variant+")" {
 			t.Fatalf("%s: link %+v", variant, l)
 		}

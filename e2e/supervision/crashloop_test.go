@@ -38,9 +38,9 @@ func TestCrashLoopStaysFlat(t *testing.T) {
 		s := sample{fds: 1 << 30, rssKB: 1 << 30}
 		for range 20 {
 			s.fds = min(s.fds, fdCount(t, p.Pid()))
-			th, _ := strconv.Atoi(procStatusField(t, p.Pid(), "Threads"))
+			th, _ := strconv.Atoi(testutil.ProcStatusField(t, p.Pid(), "Threads"))
 			s.threads = max(s.threads, th)
-			rss, _ := strconv.Atoi(strings.Fields(procStatusField(t, p.Pid(), "VmRSS"))[0])
+			rss, _ := strconv.Atoi(strings.Fields(testutil.ProcStatusField(t, p.Pid(), "VmRSS"))[0])
 			s.rssKB = min(s.rssKB, rss)
 			time.Sleep(time.Millisecond) // spread the samples over a few restarts
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -37,32 +38,15 @@ func self(tb testing.TB) string {
 	return exe
 }
 
+// childPidRe matches the line in which a child behaviour announces its pid.
 var childPidRe = regexp.MustCompile(`child pid=(\d+)`)
 
-// childPids lists the pids the child behaviours announced, in order.
-func childPids(out string) []int {
-	var pids []int
-	for _, m := range childPidRe.FindAllStringSubmatch(out, -1) {
-		pid, _ := strconv.Atoi(m[1])
-		pids = append(pids, pid)
-	}
-	return pids
-}
-
-// waitChildPid waits until the child announces its pid and returns it.
+// waitChildPid waits until a child announces its pid and returns the last
+// one announced.
 func waitChildPid(tb testing.TB, p *testutil.Proc) int {
 	tb.Helper()
-	p.WaitOutput(tb, "child pid=", 10*time.Second)
-	var pid int
-	testutil.WaitFor(tb, 5*time.Second, "the child's pid line", func() bool {
-		pids := childPids(p.Output())
-		if len(pids) == 0 {
-			return false
-		}
-		pid = pids[len(pids)-1]
-		return true
-	})
-	return pid
+	pids := e2e.WaitPIDs(tb, p, childPidRe, 1, 10*time.Second)
+	return pids[len(pids)-1]
 }
 
 // countLines counts the lines of path that start with prefix (0 when the
@@ -109,22 +93,6 @@ func freePort(tb testing.TB) int {
 	return port
 }
 
-// procStatusField reads a field of /proc/PID/status ("VmRSS", "Threads").
-func procStatusField(tb testing.TB, pid int, field string) string {
-	tb.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		tb.Fatalf("read status of %d: %v", pid, err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	tb.Fatalf("no %s in /proc/%d/status", field, pid)
-	return ""
-}
-
 // fdCount counts the open fds of process pid.
 func fdCount(tb testing.TB, pid int) int {
 	tb.Helper()
@@ -140,11 +108,4 @@ func fdCount(tb testing.TB, pid int) int {
 func procGoneEntirely(pid int) bool {
 	_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
 	return os.IsNotExist(err)
-}
-
-// procParent is the parent pid of pid, or 0.
-func procParent(tb testing.TB, pid int) int {
-	tb.Helper()
-	ppid, _ := strconv.Atoi(procStatusField(tb, pid, "PPid"))
-	return ppid
 }

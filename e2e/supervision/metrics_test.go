@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -142,9 +143,5 @@ func TestLogFormatJSON(t *testing.T) {
 		msgs = append(msgs, rec.Msg+" "+rec.Err)
 	}
 	all := strings.Join(msgs, "\n")
-	for _, want := range []string{"object ready", "child started", "child exited", "start limit hit"} {
-		if !strings.Contains(all, want) {
-			t.Errorf("no %q among the logged messages:\n%s", want, all)
-		}
-	}
+	e2e.WantAll(t, all, "object ready", "child started", "child exited", "start limit hit")
 }

@@ -1,8 +1,6 @@
 package supervision
 
 import (
-	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -10,8 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/link"
-
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -175,50 +172,18 @@ func TestStartLimitLeavesProgramAttached(t *testing.T) {
 	if n := countLines(t, starts, "start"); n != 3 {
 		t.Errorf("the child was started %d times, want 3 (--start-limit 3)", n)
 	}
-	for _, want := range []string{"start limit hit", "the child exited 3 times within 1m0s", "exit status 3", "the BPF programs stay attached"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("no %q in bpfsup's output:\n%s", want, out)
-		}
-	}
+	e2e.WantAll(t, out, "start limit hit", "the child exited 3 times within 1m0s", "exit status 3", "the BPF programs stay attached")
 
 	// The link is pinned and attached to the interface, in the kernel.
-	l, err := link.LoadPinnedLink(filepath.Join(e.PinRoot, "counter", "links", "count_packets"), nil)
-	if err != nil {
-		t.Fatalf("load the link's pin after the start limit: %v", err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := e2e.PinnedLinkInfo(t, e2e.PinPath(e, "counter", "links", "count_packets"))
 	xdp := info.XDP()
 	if xdp == nil || xdp.Ifindex == 0 {
 		t.Fatalf("link %d is not an attached XDP link: %+v", info.ID, info)
 	}
-	attached := xdpProgID(t, a, ifA.Name)
+	attached := e2e.IPLinkXDP(t, a, ifA.Name)
 	if attached != uint32(info.Program) {
 		t.Errorf("%s runs XDP program %d, want the link's program %d", ifA.Name, attached, info.Program)
 	}
-}
-
-// xdpProgID asks iproute2 which XDP program runs on ifname in ns (0: none).
-func xdpProgID(tb testing.TB, ns *testutil.Netns, ifname string) uint32 {
-	tb.Helper()
-	out, err := exec.Command("ip", "-n", ns.Name, "-j", "-d", "link", "show", "dev", ifname).Output()
-	if err != nil {
-		tb.Fatalf("ip link show %s: %v", ifname, err)
-	}
-	var links []struct {
-		XDP struct {
-			Prog struct {
-				ID uint32 `json:"id"`
-			} `json:"prog"`
-		} `json:"xdp"`
-	}
-	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
-		tb.Fatalf("parse ip link output %s: %v", out, err)
-	}
-	return links[0].XDP.Prog.ID
 }
 
 // A command that cannot run, and flags that make no sense, are refused at

@@ -81,7 +81,7 @@ func TestSupervisorKilled(t *testing.T) {
 	e := testutil.MustEnv(t)
 	p := startRun(t, e, childEnv("ignore-term"), "-o", counterObj, "--", self(t))
 	pid := waitChildPid(t, p)
-	if ppid := procParent(t, pid); ppid != p.Pid() {
+	if ppid := testutil.ParentPID(t, pid); ppid != p.Pid() {
 		t.Fatalf("the child's parent is %d, want bpfsup (%d)", ppid, p.Pid())
 	}
 	p.Kill(syscall.SIGKILL)
@@ -108,7 +108,7 @@ func TestGrandchildReaped(t *testing.T) {
 		t.Fatalf("no grandchild pid in the output:\n%s", p.Output())
 	}
 	gc, _ := strconv.Atoi(m[1])
-	if ppid := procParent(t, gc); ppid != p.Pid() {
+	if ppid := testutil.ParentPID(t, gc); ppid != p.Pid() {
 		t.Fatalf("the orphaned grandchild's parent is %d, want bpfsup (%d) as subreaper", ppid, p.Pid())
 	}
 	if err := os.WriteFile(release, nil, 0o644); err != nil {

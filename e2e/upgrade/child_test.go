@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -42,11 +43,11 @@ func TestChildOnUpgrade(t *testing.T) {
 
 			// A reload that changes nothing leaves the child alone whatever
 			// --on-upgrade says.
-			if out := mustReload(t, e); !strings.Contains(out, "child unchanged") {
+			if out := e2e.MustRun(t, e, "reload"); !strings.Contains(out, "child unchanged") {
 				t.Fatalf("a reload without a change did something to the child:\n%s", out)
 			}
 			deploy(t, obj, "dropfilter_v2")
-			if out := mustReload(t, e); !strings.Contains(out, tc.says) {
+			if out := e2e.MustRun(t, e, "reload"); !strings.Contains(out, tc.says) {
 				t.Fatalf("bpfsup reload does not say %q:\n%s", tc.says, out)
 			}
 
@@ -65,7 +66,7 @@ func TestChildOnUpgrade(t *testing.T) {
 				starts := 2
 				for i := 0; i < 5; i++ {
 					deploy(t, obj, []string{"dropfilter", "dropfilter_v2"}[i%2])
-					if strings.Contains(mustReload(t, e), "child restarted") {
+					if strings.Contains(e2e.MustRun(t, e, "reload"), "child restarted") {
 						starts++
 					}
 				}
@@ -93,7 +94,7 @@ func TestChildOnUpgrade(t *testing.T) {
 				}
 			}
 			if tc.onUpgrade != "" {
-				if pids := childPIDs(p.Output()); len(pids) != 1 {
+				if pids := e2e.PIDs(childLine, p.Output()); len(pids) != 1 {
 					t.Fatalf("children %v, want only %d", pids, first)
 				}
 				if _, alive := testutil.ProcState(first); !alive {

@@ -18,6 +18,7 @@ import (
 	"github.com/bpfsup/bpfsup/bpf"
 	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/internal/crash"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -220,7 +221,7 @@ func TestUpgradeFailures(t *testing.T) {
 	cfg.write(t, cfgPath)
 	deploy(t, obj, "dropfilter_v2")
 	before := takeState(t, e)
-	out := mustReload(t, e)
+	out := e2e.MustRun(t, e, "reload")
 	swapped := []string{linkX, linkY}
 	slices.Sort(swapped)
 	for _, w := range []string{"generation 1", "swapped in place: " + strings.Join(swapped, ", "), "child restarted"} {
@@ -315,7 +316,7 @@ func TestUpgradeRollbackMakeBeforeBreak(t *testing.T) {
 		t.Fatalf("v1 counted %d, v2 %d; want 10, 0", all, v2)
 	}
 	linkPath := pin("links", "tp_count")
-	progBefore := pinnedProgram(t, pin("programs", "tp_count"))
+	progBefore := e2e.PinnedProgramID(t, pin("programs", "tp_count"))
 
 	// v2, plus a second attachment that cannot be made: the tracepoint link
 	// is replaced first, then the raw tracepoint fails.
@@ -328,18 +329,13 @@ func TestUpgradeRollbackMakeBeforeBreak(t *testing.T) {
 	testutil.WaitFor(t, 5*time.Second, "bpfsup to log the failure", func() bool {
 		return strings.Contains(p.Output(), `msg="replaced link" link=tp_count`) && strings.Contains(p.Output(), `msg="reload failed`)
 	})
-	l, err := hooks.LoadPinned(linkPath) // a link, or tcx's tc fallback
+	info, err := e2e.PinnedAttachmentInfo(linkPath) // a link, or tcx's tc fallback
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := l.Info()
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Program != progBefore || pinnedProgram(t, pin("programs", "tp_count")) != progBefore {
+	if info.Program != progBefore || e2e.PinnedProgramID(t, pin("programs", "tp_count")) != progBefore {
 		t.Fatalf("after the rollback the link runs program %d, the pin holds %d; want the old %d",
-			info.Program, pinnedProgram(t, pin("programs", "tp_count")), progBefore)
+			info.Program, e2e.PinnedProgramID(t, pin("programs", "tp_count")), progBefore)
 	}
 	// Exactly the old program runs: v2's link is gone, v1's counts once.
 	if all, v2 := counts(); all != 20 || v2 != 0 {
@@ -348,27 +344,12 @@ func TestUpgradeRollbackMakeBeforeBreak(t *testing.T) {
 
 	// Without the failing attachment the upgrade goes through.
 	config{object: obj, attach: []attachment{tp}}.write(t, cfgPath)
-	if out := mustReload(t, e); !strings.Contains(out, "replaced make-before-break: tp_count") {
+	if out := e2e.MustRun(t, e, "reload"); !strings.Contains(out, "replaced make-before-break: tp_count") {
 		t.Fatalf("bpfsup reload:\n%s", out)
 	}
 	if all, v2 := counts(); all != 30 || v2 != 10 {
 		t.Fatalf("after the upgrade: all %d, v2 %d; want 30, 10", all, v2)
 	}
-}
-
-func pinnedProgram(t *testing.T, path string) ebpf.ProgramID {
-	t.Helper()
-	p, err := ebpf.LoadPinnedProgram(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return id
 }
 
 // TestUpgradeTwoObjectsAllOrNothing: a reload of two objects where the
@@ -394,7 +375,7 @@ func TestUpgradeTwoObjectsAllOrNothing(t *testing.T) {
 	})
 
 	deploy(t, objB, "dropfilter_v2")
-	out = mustReload(t, e)
+	out = e2e.MustRun(t, e, "reload")
 	a, b := state("fwa"), state("fwb")
 	if a.generation != beforeA.generation+1 || b.generation != beforeB.generation+1 ||
 		a.prog == beforeA.prog || b.prog == beforeB.prog || a.link != beforeA.link || b.link != beforeB.link {
@@ -523,7 +504,7 @@ func TestUpgradeTwoObjectsSwapFails(t *testing.T) {
 	var foreign *ebpf.Program
 	out, _ := reloadWhileStopped(t, e, p, "right after fwa's swap", func() {
 		// The program pin moves after the swap: the link runs the new one.
-		if info, err := pinnedLinkInfo(filepath.Join(e.PinRoot, "fwa", "links", "xdp_drop")); err != nil || info.Program == ebpf.ProgramID(beforeA.prog) {
+		if info, err := e2e.PinnedAttachmentInfo(filepath.Join(e.PinRoot, "fwa", "links", "xdp_drop")); err != nil || info.Program == ebpf.ProgramID(beforeA.prog) {
 			t.Fatalf("stopped after fwa's swap, fwa's link runs program %v (err %v), was %d", info, err, beforeA.prog)
 		}
 		foreign = loadForeignXDP(t)
@@ -550,7 +531,7 @@ func TestUpgradeTwoObjectsSwapFails(t *testing.T) {
 	})
 	// fwb's link still runs what it was moved to: bpfsup overwrites no
 	// change made behind its back.
-	info, err := pinnedLinkInfo(filepath.Join(e.PinRoot, "fwb", "links", "xdp_drop"))
+	info, err := e2e.PinnedAttachmentInfo(filepath.Join(e.PinRoot, "fwb", "links", "xdp_drop"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,6 @@
 package upgrade
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +24,7 @@ import (
 
 	"github.com/bpfsup/bpfsup/bpf"
 	"github.com/bpfsup/bpfsup/handoff"
-	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -81,27 +78,14 @@ func childMain() {
 	}
 }
 
+// childLine is the line in which a child announces itself (childMain).
 var childLine = regexp.MustCompile(`child: pid=(\d+) ppid=(\d+) maps=(\S*)`)
-
-// childPIDs lists the pids of every child that announced itself in out, in
-// order.
-func childPIDs(out string) []int {
-	var pids []int
-	for _, m := range childLine.FindAllStringSubmatch(out, -1) {
-		pid, _ := strconv.Atoi(m[1])
-		pids = append(pids, pid)
-	}
-	return pids
-}
 
 // waitChildren waits until n children have announced themselves, and
 // returns the last one's pid.
 func waitChildren(t *testing.T, p *testutil.Proc, n int) int {
 	t.Helper()
-	testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("child number %d to start", n), func() bool {
-		return len(childPIDs(p.Output())) >= n
-	})
-	pids := childPIDs(p.Output())
+	pids := e2e.WaitPIDs(t, p, childLine, n, 10*time.Second)
 	if len(pids) != n {
 		t.Fatalf("%d children started, want %d; output:\n%s", len(pids), n, p.Output())
 	}
@@ -195,23 +179,6 @@ func status(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
 	return st.Objects[0]
 }
 
-// statusCLI runs `bpfsup status --json` and returns the object named name.
-func statusCLI(t *testing.T, e *testutil.Env, name string) bpfstatus.ObjectStatus {
-	t.Helper()
-	out, err := exec.Command(e.Bin, e.Args("status", "--json", name)...).Output()
-	if err != nil {
-		t.Fatalf("bpfsup status: %v", err)
-	}
-	var st bpfstatus.Status
-	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatalf("bpfsup status: %v\n%s", err, out)
-	}
-	if len(st.Objects) != 1 {
-		t.Fatalf("bpfsup status: %d objects, want 1", len(st.Objects))
-	}
-	return st.Objects[0]
-}
-
 // reload runs `bpfsup reload` and returns its output and exit status.
 func reload(t *testing.T, e *testutil.Env) (string, int) {
 	t.Helper()
@@ -255,71 +222,19 @@ func reloadWhileStopped(t *testing.T, e *testutil.Env, p *testutil.Proc, where s
 	}
 }
 
-func mustReload(t *testing.T, e *testutil.Env) string {
-	t.Helper()
-	out, code := reload(t, e)
-	if code != 0 {
-		t.Fatalf("bpfsup reload exited %d:\n%s", code, out)
-	}
-	return out
-}
-
-// pinPath is the pin of an object's map, program or link.
+// pinPath is the pin of dropfilter's map, program or link.
 func pinPath(e *testutil.Env, kind, name string) string {
-	return filepath.Join(e.PinRoot, "dropfilter", kind, name)
+	return e2e.PinPath(e, "dropfilter", kind, name)
 }
 
 // linkIDs reads the pinned link's id and the id of the program it runs.
 func linkIDs(t *testing.T, e *testutil.Env, name string) (linkID link.ID, progID ebpf.ProgramID) {
 	t.Helper()
-	info, err := pinnedLinkInfo(pinPath(e, "links", name))
+	info, err := e2e.PinnedAttachmentInfo(pinPath(e, "links", name))
 	if err != nil {
 		t.Fatalf("link %s: %v", name, err)
 	}
 	return info.ID, info.Program
-}
-
-// pinnedLinkInfo is the info of the link pinned at path (a link, or tcx's
-// tc fallback).
-func pinnedLinkInfo(path string) (*link.Info, error) {
-	l, err := hooks.LoadPinned(path)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return nil, err
-	}
-	if info.Link != nil {
-		return info.Link, nil
-	}
-	return &link.Info{ID: link.ID(info.ID), Program: info.Program}, nil
-}
-
-// pinnedProgID is the id of the pinned program name.
-func pinnedProgID(t *testing.T, e *testutil.Env, name string) ebpf.ProgramID {
-	t.Helper()
-	p, err := ebpf.LoadPinnedProgram(pinPath(e, "programs", name), nil)
-	if err != nil {
-		t.Fatalf("program %s: %v", name, err)
-	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return id
-}
-
-func progExists(id ebpf.ProgramID) bool {
-	p, err := ebpf.NewProgramFromID(id)
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	p.Close()
-	return true
 }
 
 func withMap(t *testing.T, e *testutil.Env, name string, fn func(*ebpf.Map)) {
@@ -335,21 +250,13 @@ func withMap(t *testing.T, e *testutil.Env, name string, fn func(*ebpf.Map)) {
 func dropCount(t *testing.T, e *testutil.Env) uint64 {
 	t.Helper()
 	var n uint64
-	withMap(t, e, "drop_count", func(m *ebpf.Map) {
-		if err := m.Lookup(uint32(0), &n); err != nil {
-			t.Fatalf("drop_count: %v", err)
-		}
-	})
+	e2e.LookupPinned(t, pinPath(e, "maps", "drop_count"), uint32(0), &n)
 	return n
 }
 
 func addDropPort(t *testing.T, e *testutil.Env, port uint16) {
 	t.Helper()
-	withMap(t, e, "drop_ports", func(m *ebpf.Map) {
-		if err := m.Put(port, uint8(1)); err != nil {
-			t.Fatalf("drop_ports: %v", err)
-		}
-	})
+	e2e.PutPinned(t, pinPath(e, "maps", "drop_ports"), port, uint8(1))
 }
 
 // dropPorts lists the keys of drop_ports, and its id and size.
@@ -453,7 +360,7 @@ func countLines(p *testutil.Proc, msg string) int {
 
 // linkIDsErr is linkIDs for a link that may not be there.
 func linkIDsErr(e *testutil.Env, name string) (link.ID, error) {
-	info, err := pinnedLinkInfo(pinPath(e, "links", name))
+	info, err := e2e.PinnedAttachmentInfo(pinPath(e, "links", name))
 	if err != nil {
 		return 0, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfsup/bpfsup/bpf"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -63,14 +64,14 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 	// The versions really differ: v2 drops portV2 on both hooks, v1 does not.
 	deploy(t, obj, "dropfilter_v2")
-	mustReload(t, e)
+	e2e.MustRun(t, e, "reload")
 	gen++
 	before := dropCount(t, e)
 	sendN(t, nsS, netip.AddrPortFrom(x.Addr, portV2), 20)
 	sendN(t, nsS, netip.AddrPortFrom(tc.Addr, portV2), 20)
 	testutil.WaitFor(t, 5*time.Second, "v2 to drop 40 datagrams to port 9999", func() bool { return dropCount(t, e) == before+40 })
 	deploy(t, obj, "dropfilter")
-	mustReload(t, e)
+	e2e.MustRun(t, e, "reload")
 	gen++
 	sendN(t, nsS, netip.AddrPortFrom(x.Addr, portV2), 20)
 	sendN(t, nsS, netip.AddrPortFrom(tc.Addr, portV2), 20)
@@ -96,7 +97,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		deploy(t, obj, version)
 		gen++
 		if i%2 == 0 {
-			out := mustReload(t, e)
+			out := e2e.MustRun(t, e, "reload")
 
 			if !strings.Contains(out, "swapped in place: tc_drop, xdp_drop") {
 				t.Fatalf("reload %d: the links were not swapped in place:\n%s", i, out)
@@ -129,12 +130,12 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		if xp == xdpProg || tp == tcProg {
 			t.Fatalf("reload %d: program ids %d, %d did not change", i, xp, tp)
 		}
-		if xp != pinnedProgID(t, e, "xdp_drop") || tp != pinnedProgID(t, e, "tc_drop") {
+		if xp != e2e.PinnedProgramID(t, pinPath(e, "programs", "xdp_drop")) || tp != e2e.PinnedProgramID(t, pinPath(e, "programs", "tc_drop")) {
 			t.Fatalf("reload %d: the links run programs %d, %d, not the pinned ones", i, xp, tp)
 		}
 		// The replaced programs are gone, not kept alive by bpfsup.
 		for _, id := range []ebpf.ProgramID{xdpProg, tcProg} {
-			testutil.WaitFor(t, 2*time.Second, fmt.Sprintf("replaced program %d to be freed", id), func() bool { return !progExists(id) })
+			testutil.WaitFor(t, 2*time.Second, fmt.Sprintf("replaced program %d to be freed", id), func() bool { return e2e.ProgramGone(id) })
 		}
 		xdpProg, tcProg = xp, tp
 		c := dropCount(t, e)
@@ -160,7 +161,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if !mapsEqual(mapsAfter.maps, mapsBefore.maps) || !slices.Equal(mapsAfter.ports, mapsBefore.ports) {
 		t.Fatalf("after the upgrades: maps %v, drop_ports %v; were %v, %v", mapsAfter.maps, mapsAfter.ports, mapsBefore.maps, mapsBefore.ports)
 	}
-	if pids := childPIDs(p.Output()); len(pids) != 1 || pids[0] != childPID {
+	if pids := e2e.PIDs(childLine, p.Output()); len(pids) != 1 || pids[0] != childPID {
 		t.Fatalf("the child was restarted (children %v) although --on-upgrade none", pids)
 	}
 	t.Logf("%d upgrades in %s under a flood of %d datagrams: none leaked, drop_count %d -> %d",
@@ -222,9 +223,6 @@ func naiveUpgrade(t *testing.T, nsS, nsN *testutil.Netns, n testutil.Veth) (uint
 		l = attach(progs[(cycles+1)%2])
 	}
 	// What leaked in the last gap may still be on its way.
-	deadline := time.Now().Add(2 * time.Second)
-	for recv.Count() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(2*time.Second, func() bool { return recv.Count() != 0 })
 	return recv.Count(), cycles
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -58,7 +59,7 @@ func testIncompatibleMap(t *testing.T, mode string) {
 	linkBefore, progBefore := linkIDs(t, e, "xdp_drop")
 
 	deploy(t, obj, "dropfilter_bigmap")
-	out := mustReload(t, e)
+	out := e2e.MustRun(t, e, "reload")
 	for _, w := range []string{"maps replaced: drop_ports", "loaded: tc_drop, xdp_drop", "swapped in place: xdp_drop", "child restarted"} {
 		if !strings.Contains(out, w) {
 			t.Fatalf("bpfsup reload does not say %q:\n%s", w, out)
@@ -78,15 +79,7 @@ func testIncompatibleMap(t *testing.T, mode string) {
 	}
 	// The new program uses the new map, not the old one: a pinned program
 	// is reloaded when the map it used is replaced.
-	prog, err := ebpf.NewProgramFromID(progAfter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := prog.Info()
-	prog.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := e2e.ProgramInfo(t, progAfter)
 	if used, _ := info.MapIDs(); !slices.Contains(used, portsID) {
 		t.Fatalf("the new program uses maps %v, not the new drop_ports %d", used, portsID)
 	}
@@ -122,7 +115,7 @@ func testIncompatibleMap(t *testing.T, mode string) {
 	}
 
 	// The next reload of the same objects adopts the new map: no reset again.
-	out = mustReload(t, e)
+	out = e2e.MustRun(t, e, "reload")
 	if !strings.Contains(out, "object dropfilter: unchanged") {
 		t.Fatalf("a second reload changed something:\n%s", out)
 	}

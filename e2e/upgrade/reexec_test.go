@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,7 +19,7 @@ import (
 	"time"
 
 	"github.com/bpfsup/bpfsup/control"
-
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -65,22 +64,6 @@ func install(t *testing.T, dir, version, path string) {
 	}
 }
 
-func parentPID(t *testing.T, pid int) int {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatalf("process %d: %v", pid, err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	t.Fatalf("process %d: no PPid", pid)
-	return 0
-}
-
 // TestSelfUpgrade upgrades bpfsup itself with SIGUSR2, three times: a child
 // started by the first program (forked on a thread of its own), a child
 // adopted across an exec (whose parent thread is the main thread), and a
@@ -123,7 +106,7 @@ func TestSelfUpgrade(t *testing.T) {
 		t.Fatalf("the child did not get the activation socket first:\n%s", p.Output())
 	}
 	pid := p.Pid()
-	st := statusCLI(t, e, "dropfilter")
+	st := e2e.ObjectStatus(t, e, "dropfilter")
 	if st.Supervisor == nil || st.Supervisor.Version != "upgrade-v1" || st.Supervisor.PID != pid {
 		t.Fatalf("status before the upgrade: supervisor %+v, want pid %d version upgrade-v1", st.Supervisor, pid)
 	}
@@ -139,7 +122,7 @@ func TestSelfUpgrade(t *testing.T) {
 			st := status(t, e, "dropfilter")
 			return st.Supervisor != nil && st.Supervisor.Version == version && strings.Count(p.Output(), "msg=re-executed") == n
 		})
-		st := statusCLI(t, e, "dropfilter")
+		st := e2e.ObjectStatus(t, e, "dropfilter")
 		if st.Supervisor.PID != pid || st.Supervisor.ChildPID != child {
 			t.Fatalf("after upgrade %d: supervisor pid %d child %d, want %d and %d", n, st.Supervisor.PID, st.Supervisor.ChildPID, pid, child)
 		}
@@ -153,7 +136,7 @@ func TestSelfUpgrade(t *testing.T) {
 		if state, alive := testutil.ProcState(child); !alive {
 			t.Fatalf("after upgrade %d: the child %d is gone (state %c): its parent-death signal fired", n, child, state)
 		}
-		if ppid := parentPID(t, child); ppid != pid {
+		if ppid := testutil.ParentPID(t, child); ppid != pid {
 			t.Fatalf("after upgrade %d: the child's parent is %d, not bpfsup %d", n, ppid, pid)
 		}
 		if l, pr := linkIDs(t, e, "xdp_drop"); l != linkID || pr != progID || st.Generation != gen {
@@ -165,14 +148,14 @@ func TestSelfUpgrade(t *testing.T) {
 		if strings.Contains(p.Output(), "got user defined signal 2") {
 			t.Fatalf("SIGUSR2 was forwarded to the child")
 		}
-		if pids := childPIDs(p.Output()); pids[len(pids)-1] != child || countLines(p, `"child started"`) != starts {
+		if pids := e2e.PIDs(childLine, p.Output()); pids[len(pids)-1] != child || countLines(p, `"child started"`) != starts {
 			t.Fatalf("after upgrade %d: a child was started: %v", n, pids)
 		}
 	}
 
 	upgrade("upgrade-v2", 1) // exec on the thread that forked the child
 	upgrade("upgrade-v1", 2) // the adopted child's parent is the main thread
-	if out := mustReload(t, e); !strings.Contains(out, "object dropfilter: unchanged") {
+	if out := e2e.MustRun(t, e, "reload"); !strings.Contains(out, "object dropfilter: unchanged") {
 		t.Fatalf("reload after the self-upgrades changed something:\n%s", out)
 	}
 	if n := strings.Count(p.Output(), `msg="object ready" object=dropfilter maps=2 programs=2 links=1 adopted=2 loaded=0`); n != 2 {
@@ -188,7 +171,7 @@ func TestSelfUpgrade(t *testing.T) {
 	if strings.Count(p.Output(), "names=web:") != 2 {
 		t.Fatalf("the child started after the re-execs did not get the activation socket:\n%s", p.Output())
 	}
-	if ppid := parentPID(t, child); ppid != pid {
+	if ppid := testutil.ParentPID(t, child); ppid != pid {
 		t.Fatalf("the restarted child's parent is %d, not bpfsup %d", ppid, pid)
 	}
 	testutil.WaitFor(t, 5*time.Second, "status to show the new child", func() bool {
@@ -217,7 +200,7 @@ func TestSelfUpgradeKeepsSockets(t *testing.T) {
 		t.Fatalf("READY=1 before the child said it: %q", sd.Lines())
 	}
 	// A reload before the upgrade: its metrics go on after it.
-	mustReload(t, e)
+	e2e.MustRun(t, e, "reload")
 	reloadMetrics := func() string {
 		t.Helper()
 		resp, err := http.Get("http://" + addr + "/metrics")
@@ -408,7 +391,7 @@ func TestReloadNotifyChild(t *testing.T) {
 	sd.WaitFor(t, "READY=1")
 
 	deploy(t, obj, "dropfilter_v2")
-	if out := mustReload(t, e); !strings.Contains(out, "child restarted") {
+	if out := e2e.MustRun(t, e, "reload"); !strings.Contains(out, "child restarted") {
 		t.Fatalf("the reload did not restart the child:\n%s", out)
 	}
 	newChild := waitChildren(t, p, 2)

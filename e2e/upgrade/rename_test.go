@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -36,7 +37,7 @@ func TestXDPSecondAttachment(t *testing.T) {
 
 	two := one.with(attachment{"xdp_drop", "xdp:" + y.Name})
 	two.write(t, cfgPath)
-	mustReload(t, e)
+	e2e.MustRun(t, e, "reload")
 	nameX, nameY := "xdp_drop-"+x.Name, "xdp_drop-"+y.Name
 	if l, _ := linkIDs(t, e, nameX); l != linkX {
 		t.Fatalf("link %s is %d, want the link that was xdp_drop (%d), renamed", nameX, l, linkX)
@@ -60,7 +61,7 @@ func TestXDPSecondAttachment(t *testing.T) {
 	}
 
 	one.write(t, cfgPath)
-	mustReload(t, e)
+	e2e.MustRun(t, e, "reload")
 	if l, _ := linkIDs(t, e, "xdp_drop"); l != linkX {
 		t.Fatalf("back to one attachment: link xdp_drop is %d, want %d", l, linkX)
 	}

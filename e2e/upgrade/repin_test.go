@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -30,7 +31,7 @@ func TestReloadRepinsRemovedLinkPin(t *testing.T) {
 		t.Fatalf("status problems %q, want one saying %q", st.Problems, want)
 	}
 
-	out := mustReload(t, e)
+	out := e2e.MustRun(t, e, "reload")
 	if l, pr := linkIDs(t, e, "xdp_drop"); l != linkID || pr != progID {
 		t.Fatalf("after the reload link %d runs program %d, want the same link %d with %d:\n%s", l, pr, linkID, progID, out)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
+	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
@@ -37,51 +38,27 @@ func TestUpgradeTailCalls(t *testing.T) {
 	p := startBpfsup(t, e, "", "-c", cfgPath, "--on-upgrade", "none")
 	waitChildren(t, p, 1)
 
-	pinned := func(kind, name string) string { return filepath.Join(e.PinRoot, "tailcall", kind, name) }
+	pinned := func(kind, name string) string { return e2e.PinPath(e, "tailcall", kind, name) }
 	progID := func(name string) ebpf.ProgramID {
 		t.Helper()
-		pr, err := ebpf.LoadPinnedProgram(pinned("programs", name), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pr.Close()
-		info, err := pr.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
-		return id
+		return e2e.PinnedProgramID(t, pinned("programs", name))
 	}
 	slot := func(mapName string) uint32 {
 		t.Helper()
-		m, err := ebpf.LoadPinnedMap(pinned("maps", mapName), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
 		var id uint32
-		if err := m.Lookup(uint32(0), &id); err != nil {
-			t.Fatalf("%s[0]: %v", mapName, err)
-		}
+		e2e.LookupPinned(t, pinned("maps", mapName), uint32(0), &id)
 		return id
 	}
 	counter := func(mapName string) uint64 {
 		t.Helper()
-		m, err := ebpf.LoadPinnedMap(pinned("maps", mapName), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
 		var v uint64
-		if err := m.Lookup(uint32(0), &v); err != nil {
-			t.Fatal(err)
-		}
+		e2e.LookupPinned(t, pinned("maps", mapName), uint32(0), &v)
 		return v
 	}
 	// run runs the program the link on x runs, once, on a made-up frame.
 	run := func() {
 		t.Helper()
-		info, err := pinnedLinkInfo(pinned("links", "entry"))
+		info, err := e2e.PinnedAttachmentInfo(pinned("links", "entry"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,17 +73,7 @@ func TestUpgradeTailCalls(t *testing.T) {
 	}
 	innerID := func() uint32 {
 		t.Helper()
-		m, err := ebpf.LoadPinnedMap(pinned("maps", "inner"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		info, err := m.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
-		return uint32(id)
+		return uint32(e2e.PinnedMapID(t, pinned("maps", "inner")))
 	}
 
 	tail1 := progID("tail_count")
@@ -127,7 +94,7 @@ func TestUpgradeTailCalls(t *testing.T) {
 	// Upgrade: v2's tail_count adds 100; entry is the same and adopted.
 	entry := progID("entry")
 	deploy(t, obj, "tailcall_v2")
-	if out := mustReload(t, e); !strings.Contains(out, "loaded: tail_count") {
+	if out := e2e.MustRun(t, e, "reload"); !strings.Contains(out, "loaded: tail_count") {
 		t.Fatalf("the reload did not load tail_count anew:\n%s", out)
 	}
 	tail2 := progID("tail_count")
@@ -137,7 +104,7 @@ func TestUpgradeTailCalls(t *testing.T) {
 	if got := slot("jmp"); got != uint32(tail2) {
 		t.Fatalf("after the upgrade jmp[0] holds program %d, want the new tail_count (%d)", got, tail2)
 	}
-	testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("the old tail_count (%d) to be freed", tail1), func() bool { return !progExists(tail1) })
+	testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("the old tail_count (%d) to be freed", tail1), func() bool { return e2e.ProgramGone(tail1) })
 	run()
 	if h := counter("hits"); h != 101 {
 		t.Fatalf("after a run of v2: hits %d, want 101 (the new tail call ran)", h)

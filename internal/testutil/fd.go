@@ -121,7 +121,7 @@ func checkNoFDLeaks(run func() int, w io.Writer, grace time.Duration) int {
 
 	var leaked []OpenFD
 	var snapErr error
-	poll(grace, func() bool {
+	Poll(grace, func() bool {
 		var after FDSnapshot
 		after, snapErr = SnapshotFDs()
 		leaked = before.Leaked(after)

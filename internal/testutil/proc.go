@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -62,7 +64,7 @@ func parseProcState(status []byte) (byte, bool) {
 func WaitProcGone(tb testing.TB, pid int, timeout time.Duration) {
 	tb.Helper()
 	var last byte
-	gone := poll(timeout, func() bool {
+	gone := Poll(timeout, func() bool {
 		state, exists := ProcState(pid)
 		last = state
 		return !exists
@@ -70,4 +72,30 @@ func WaitProcGone(tb testing.TB, pid int, timeout time.Duration) {
 	if !gone {
 		tb.Fatalf("timed out after %v waiting for process %d to end (state %c)", timeout, pid, last)
 	}
+}
+
+// ProcStatusField is the value of field ("PPid", "Threads", "VmRSS") in
+// /proc/PID/status, without the blanks around it. It fails the test when the
+// process or the field is not there.
+func ProcStatusField(tb testing.TB, pid int, field string) string {
+	tb.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatalf("read status of %d: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	tb.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
+// ParentPID is the pid of the parent of process pid (0 for none), as
+// /proc/PID/status says now.
+func ParentPID(tb testing.TB, pid int) int {
+	tb.Helper()
+	ppid, _ := strconv.Atoi(ProcStatusField(tb, pid, "PPid"))
+	return ppid
 }

@@ -80,3 +80,19 @@ func startSleep(t *testing.T) *exec.Cmd {
 	})
 	return cmd
 }
+
+func TestParentPIDSelf(t *testing.T) {
+	if got, want := ParentPID(t, os.Getpid()), os.Getppid(); got != want {
+		t.Fatalf("ParentPID(self) = %d, want %d", got, want)
+	}
+	if threads := ProcStatusField(t, os.Getpid(), "Threads"); threads == "" || threads == "0" {
+		t.Fatalf("Threads of self: %q", threads)
+	}
+}
+
+func TestProcStatusFieldMissing(t *testing.T) {
+	f := runFake(t, func(tb testing.TB) {
+		ProcStatusField(tb, os.Getpid(), "NoSuchField")
+	})
+	wantFailure(t, f, "no NoSuchField in /proc/")
+}

@@ -129,7 +129,7 @@ func (r *UDPReceiver) LastSeq() uint64 { return r.lastSeq.Load() }
 // test if they have not after timeout.
 func (r *UDPReceiver) WaitCount(tb testing.TB, n uint64, timeout time.Duration) {
 	tb.Helper()
-	if !poll(timeout, func() bool { return r.Count() >= n }) {
+	if !Poll(timeout, func() bool { return r.Count() >= n }) {
 		tb.Fatalf("timed out after %v waiting for %d datagrams on port %d in netns %s: got %d",
 			timeout, n, r.port, r.ns.Name, r.Count())
 	}

@@ -111,7 +111,7 @@ func mustVethPair(tb testing.TB, ifA, ifB Veth) (Veth, Veth) {
 	for _, end := range []*Veth{&ifA, &ifB} {
 		var state linkState
 		var err error
-		ready := poll(vethLinkTimeout, func() bool {
+		ready := Poll(vethLinkTimeout, func() bool {
 			state, err = end.state()
 			return err == nil && state.carriesTraffic()
 		})

@@ -16,13 +16,15 @@ const pollInterval = 10 * time.Millisecond
 // Like tb.Fatalf, WaitFor must be called from the goroutine running the test.
 func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	if !poll(timeout, cond) {
+	if !Poll(timeout, cond) {
 		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }
 
-// poll reports whether cond became true within timeout.
-func poll(timeout time.Duration, cond func() bool) bool {
+// Poll polls cond as WaitFor does and reports whether it became true within
+// timeout, without failing the test: for a caller whose failure message
+// needs what cond saw last, or for which a timeout is no failure.
+func Poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for {
 		if cond() {

@@ -45,3 +45,13 @@ func TestWaitForZeroTimeoutChecksOnce(t *testing.T) {
 		t.Fatalf("cond called %d times, want 1", calls)
 	}
 }
+
+func TestPollReportsTimeout(t *testing.T) {
+	if Poll(20*time.Millisecond, func() bool { return false }) {
+		t.Fatal("Poll of a condition that never holds reported true")
+	}
+	calls := 0
+	if !Poll(5*time.Second, func() bool { calls++; return calls == 2 }) || calls != 2 {
+		t.Fatalf("Poll: cond called %d times, want true after 2", calls)
+	}
+}
