@@ -468,6 +468,11 @@ func (o *ObjectStatus) readDebris(store pinstore.Store, man *pinstore.Manifest) 
 	for _, l := range store.Strangers(o.Name) {
 		o.problem("%s: not bpfsup's (left alone)", l.Path)
 	}
+	// A running supervisor removed the debris when it started; what is
+	// there now may be its own write under way.
+	if o.Supervisor != nil && processRuns(o.Supervisor.PID) {
+		return
+	}
 	for _, p := range store.ManifestDebris(o.Name) {
 		o.problem("manifest debris %s (a write cut short; the next start removes it)", p)
 	}
