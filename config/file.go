@@ -59,6 +59,14 @@ type File struct {
 	OnUpgrade OnUpgrade `toml:"on_upgrade"`
 	Watch     bool      `toml:"watch"`
 	Force     bool      `toml:"force"`
+	// FDStore keeps every map, program and link in systemd's file
+	// descriptor store too, so that a restart of bpfsup adopts them even
+	// where their pins were removed.
+	FDStore bool `toml:"fd_store"`
+	// Pins = false (with fd_store) pins nothing on the system's bpffs: the
+	// objects live in the fd store alone, and their pins in a bpffs of
+	// bpfsup's own that nothing else sees. nil is true.
+	Pins *bool `toml:"pins"`
 
 	Objects []Object `toml:"object"`
 }
@@ -137,6 +145,9 @@ func (f *File) check() error {
 			return err
 		}
 	}
+	if err := CheckPins(f.FDStore, f.Pins == nil || *f.Pins, f.Objects); err != nil {
+		return err
+	}
 	for i, o := range f.Objects {
 		if o.Path == "" {
 			return fmt.Errorf("object %d has no path", i+1)
@@ -152,6 +163,28 @@ func (f *File) check() error {
 			}
 			if m.Migrate != "" && m.Migrate != MigrateCopy {
 				return fmt.Errorf("object %s: map %s: migrate %q: only \"copy\" is known", o.Path, name, m.Migrate)
+			}
+		}
+	}
+	return nil
+}
+
+// CheckPins checks that pins = false comes with fd_store = true (nothing
+// else would keep the objects once bpfsup exits) and with no map at a pin
+// path of its own (a path on the system's bpffs, which bpfsup then does not
+// see).
+func CheckPins(fdStore, pins bool, objs []Object) error {
+	if pins {
+		return nil
+	}
+	if !fdStore {
+		return errors.New("pins = false needs fd_store = true: with neither pins nor systemd's fd store, nothing keeps the objects attached once bpfsup exits")
+	}
+	for _, o := range objs {
+		for name, m := range o.Maps {
+			if m.PinPath != "" {
+				return fmt.Errorf("object %s: map %s: pin_path %q with pins = false: bpfsup pins nothing on the system's bpffs then, and sees no pin there; leave pins on to share a map by its pin path",
+					o.Path, name, m.PinPath)
 			}
 		}
 	}

@@ -27,11 +27,18 @@ func TestParseConfigErrors(t *testing.T) {
 		{"pin_root = \"\"\n", `pin_root = "": an empty string`},
 		{"command = [\"./app\", \"\"]\n", `command[1] = "": an empty string`},
 		{"notify_access = \"some\"\n", `notify_access "some": must be "main"`},
+		{"pins = false\n", `pins = false needs fd_store = true`},
+		{"pins = \"no\"\n", `pins: must be true or false`},
+		{"fd_store = true\npins = false\n[[object]]\npath = \"x.o\"\n[object.maps.m]\npin_path = \"/sys/fs/bpf/m\"\n", `map m: pin_path "/sys/fs/bpf/m" with pins = false`},
 	} {
 		_, err := ParseConfig([]byte(tc.doc))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want one with %q", tc.doc, err, tc.want)
 		}
+	}
+
+	if f, err := ParseConfig([]byte("fd_store = true\npins = false\n")); err != nil || !f.FDStore || f.Pins == nil || *f.Pins {
+		t.Errorf("fd_store = true, pins = false: %+v, %v", f, err)
 	}
 
 	if want := []string{"restart_delay", "restart_max_delay", "stable_after", "start_limit_interval", "stop_timeout"}; !slices.Equal(durationKeys, want) {

@@ -1,6 +1,7 @@
 package converge
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -29,6 +30,10 @@ type DownReport struct {
 type DownObject struct {
 	Name string
 	*pinstore.TeardownReport
+	// FDStore names the systemd unit (or says "a systemd unit") whose fd
+	// store the object was kept in too: its links stay attached while the
+	// store holds them, which down cannot reach.
+	FDStore string
 }
 
 // Down detaches and unpins what bpfsup installed for the objects named, or
@@ -100,7 +105,11 @@ func Down(store pinstore.Store, names []string) (*DownReport, error) {
 			return ""
 		}
 		tr, err := obj.Teardown(man, hooks.Unpin, sharedWith)
-		rep.Objects = append(rep.Objects, DownObject{Name: n, TeardownReport: tr})
+		do := DownObject{Name: n, TeardownReport: tr}
+		if sup := man.Supervisor; sup != nil && sup.FDStore {
+			do.FDStore = cmp.Or(sup.Unit, "a systemd unit")
+		}
+		rep.Objects = append(rep.Objects, do)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("object %s: %w", n, err))
 		}
@@ -144,12 +153,7 @@ func downCandidates(store pinstore.Store, rep *DownReport) ([]string, error) {
 // to the store's pin root: the paths of each object's maps, by object.
 func otherManifests(store pinstore.Store) map[string]map[string]bool {
 	out := map[string]map[string]bool{}
-	files, _ := filepath.Glob(filepath.Join(store.StateDirectory(), "*.json"))
-	for _, f := range files {
-		name := strings.TrimSuffix(filepath.Base(f), ".json")
-		if pinstore.CheckName("object", name) != nil {
-			continue
-		}
+	for _, name := range store.Manifested() {
 		man, err := store.ReadManifest(name)
 		if err != nil || man == nil {
 			continue
@@ -179,6 +183,10 @@ func (r *DownReport) String() string {
 		b.WriteString("\n")
 		for _, l := range o.Left {
 			fmt.Fprintf(&b, "left alone: %s\n", l)
+		}
+		if o.FDStore != "" {
+			fmt.Fprintf(&b, "still attached: %s was kept in the fd store of %s too, which holds its links until the unit is stopped and its store dropped (systemctl stop UNIT; systemctl clean --what=fdstore UNIT on systemd 254 and later)\n",
+				o.Name, o.FDStore)
 		}
 	}
 	for _, l := range r.Left {

@@ -102,3 +102,39 @@ func existingAncestor(path string) (string, error) {
 		existing = parent
 	}
 }
+
+// MountPoint is where the bpffs that holds root is mounted: the highest
+// directory of root's closest existing ancestor that is on the same bpffs,
+// or DefaultBPFFS when root lies under it and nothing is mounted there.
+// It is an error when root can be on no bpffs.
+func MountPoint(root string) (string, error) {
+	root = filepath.Clean(root)
+	dir, err := existingAncestor(root)
+	if err != nil {
+		return "", err
+	}
+	var st unix.Stat_t
+	if ok, err := IsBPFFS(dir); err != nil {
+		return "", err
+	} else if !ok {
+		if root == DefaultBPFFS || strings.HasPrefix(root, DefaultBPFFS+"/") {
+			return DefaultBPFFS, nil
+		}
+		return "", fmt.Errorf("pin root %s: %s is %w", root, dir, ErrNotBPFFS)
+	}
+	if err := unix.Stat(dir, &st); err != nil {
+		return "", fmt.Errorf("stat %s: %w", dir, err)
+	}
+	for dir != "/" {
+		parent := filepath.Dir(dir)
+		var pst unix.Stat_t
+		if err := unix.Stat(parent, &pst); err != nil {
+			return "", fmt.Errorf("stat %s: %w", parent, err)
+		}
+		if pst.Dev != st.Dev {
+			break
+		}
+		dir = parent
+	}
+	return dir, nil
+}

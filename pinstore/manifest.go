@@ -117,6 +117,13 @@ type SupervisorRecord struct {
 	// Ready says that the child is ready: started, or, when bpfsup waits
 	// for its own READY=1 (notify = "child"), said so.
 	Ready bool `json:"ready,omitempty"`
+	// FDStore says that the supervisor keeps the object in systemd's fd
+	// store too; PrivatePins that its pins are on a bpffs of the
+	// supervisor's own (pins = false), seen at /proc/PID/root.
+	FDStore     bool `json:"fd_store,omitempty"`
+	PrivatePins bool `json:"private_pins,omitempty"`
+	// Unit is the systemd unit the supervisor runs in, if any.
+	Unit string `json:"unit,omitempty"`
 }
 
 // manifestTemp is where WriteManifest writes the manifest of object name

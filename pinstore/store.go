@@ -92,6 +92,18 @@ func (s Store) Objects() ([]string, error) {
 	return names, nil
 }
 
+// Manifested lists the objects that have a manifest in the state directory.
+func (s Store) Manifested() []string {
+	files, _ := filepath.Glob(filepath.Join(s.stateDir(), "*.json"))
+	var names []string
+	for _, f := range files {
+		if name := strings.TrimSuffix(filepath.Base(f), ".json"); CheckName("object", name) == nil {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
 // Object is an object's place in the store, locked for the caller.
 type Object struct {
 	Name  string

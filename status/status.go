@@ -37,15 +37,19 @@ type Status struct {
 
 // ObjectStatus is one object.
 type ObjectStatus struct {
-	Name         string            `json:"name"`
-	Dir          string            `json:"dir"`
-	Source       string            `json:"source,omitempty"`
-	ObjectSHA256 string            `json:"object_sha256,omitempty"`
-	Generation   uint64            `json:"generation"`
-	Supervisor   *SupervisorStatus `json:"supervisor"`
-	Maps         []MapStatus       `json:"maps"`
-	Programs     []ProgramStatus   `json:"programs"`
-	Links        []LinkStatus      `json:"links"`
+	Name         string `json:"name"`
+	Dir          string `json:"dir"`
+	Source       string `json:"source,omitempty"`
+	ObjectSHA256 string `json:"object_sha256,omitempty"`
+	Generation   uint64 `json:"generation"`
+	// PinsVia is where the pins are seen from here when the supervisor
+	// pins on a bpffs of its own (pins = false): "/proc/PID/root", which
+	// Dir and the paths below begin with.
+	PinsVia    string            `json:"pins_via,omitempty"`
+	Supervisor *SupervisorStatus `json:"supervisor"`
+	Maps       []MapStatus       `json:"maps"`
+	Programs   []ProgramStatus   `json:"programs"`
+	Links      []LinkStatus      `json:"links"`
 	// Healthy says that every link is attached where the configuration
 	// says and runs the program bpfsup installed, every pin is the one
 	// bpfsup made, and there are no problems.
@@ -139,6 +143,15 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Objects of a supervisor with pins = false have nothing pinned here.
+	for _, name := range store.Manifested() {
+		if !slices.Contains(names, name) {
+			if man, err := store.ReadManifest(name); err == nil && man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
+				names = append(names, name)
+			}
+		}
+	}
+	sort.Strings(names)
 	if len(only) > 0 {
 		for _, name := range only {
 			if err := pinstore.CheckName("object", name); err != nil {
@@ -178,6 +191,16 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 		o.Source, o.ObjectSHA256, o.Generation = man.Source, man.ObjectSHA256, man.Generation
 	}
 	o.Supervisor = supervisorStatus(store, name, man, &o)
+	if man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
+		if o.Supervisor == nil || o.Supervisor.PID != man.Supervisor.PID {
+			o.problem("pins = false: nothing is pinned and no supervisor runs; the objects live in systemd's fd store alone until bpfsup starts again")
+			o.Healthy = false
+			return o
+		}
+		// Pinned on the supervisor's private bpffs, in its mount namespace.
+		o.PinsVia = fmt.Sprintf("/proc/%d/root", o.Supervisor.PID)
+		o.Dir = o.PinsVia + o.Dir
+	}
 	progNames := o.readPrograms(man)
 	o.readMaps(man)
 	o.readLinks(man, progNames)
@@ -261,7 +284,7 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 	if man != nil {
 		for mn, rec := range man.Maps {
 			if rec.Path != "" {
-				mapPaths[mn] = rec.Path
+				mapPaths[mn] = o.PinsVia + rec.Path
 			}
 		}
 	}

@@ -124,6 +124,9 @@ type reexecState struct {
 	Sockets map[string]int `json:"sockets,omitempty"`
 	// Reloads is what the reload metrics said.
 	Reloads *reloadTally `json:"reloads,omitempty"`
+	// FDStore is what systemd's fd store holds (ids by name), when bpfsup
+	// keeps its objects there.
+	FDStore map[string]uint32 `json:"fd_store,omitempty"`
 }
 
 // ReexecProtocol is what this build takes over from the program before a
@@ -363,6 +366,9 @@ func (s *supervisor) execSelf(bin *execFile, newVersion string, protocol int) er
 	}
 	if s.metrics != nil {
 		st.Reloads = &s.metrics.tally
+	}
+	if s.fdStore != nil {
+		st.FDStore = s.fdStore.keep.Holds()
 	}
 	data, err := json.Marshal(st)
 	if err != nil {

@@ -73,8 +73,16 @@ type Options struct {
 	// anew (the config file may have changed); nil keeps Objects.
 	Reconfigure func() ([]config.Object, error)
 	// Inherited are fds bpfsup received by socket activation; they go to the
-	// child first, with their names.
+	// child first, with their names. Those that systemd handed back from its
+	// fd store are bpfsup's own and never go to the child.
 	Inherited []handoff.NamedFile
+	// FDStore keeps every object in systemd's file descriptor store too
+	// (supervisor/fdstore.go); an error when bpfsup runs outside systemd.
+	FDStore bool
+	// PrivatePins says that the pin root is on a bpffs of bpfsup's own, in a
+	// mount namespace of its own (pins = false; see EnterPrivateBPFFS): the
+	// objects outlive bpfsup in the fd store alone.
+	PrivatePins bool
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
 	// Version of bpfsup, for status.
@@ -117,6 +125,8 @@ type supervisor struct {
 	notify     *notifySocket
 	ctl        *controlServer
 	metricsSrv *metricsServer
+	fdStore    *fdStore
+	unit       string         // the systemd unit bpfsup runs in, if any
 	ifaces     *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
 	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
 	mounts     *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
@@ -232,7 +242,11 @@ func Run(ctx context.Context, opts Options) (int, error) {
 
 	s.prepareResume()
 	// Every argument is checked before anything is pinned or attached: a
-	// metrics address that cannot be listened on is one.
+	// metrics address that cannot be listened on is one, an fd store
+	// outside systemd another.
+	if err := s.openFDStore(); err != nil {
+		return 2, err
+	}
 	metricsL, err := s.metricsListener()
 	if err != nil {
 		return 2, err
@@ -288,8 +302,14 @@ func (s *supervisor) metricsListener() (net.Listener, error) {
 // install brings the objects to their configuration, opens the files handed
 // to the child and sets up the metrics, carrying what a re-exec handed over.
 func (s *supervisor) install() error {
+	if err := s.restoreFromStore(); err != nil {
+		return err
+	}
 	var err error
 	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
+		return err
+	}
+	if err := s.syncFDStore(); err != nil {
 		return err
 	}
 	if err := s.openFiles(); err != nil {
@@ -454,6 +474,7 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 
 		case req := <-s.reloads:
 			s.handleReload(req)
+			s.logSyncFDStore()
 			if err := s.watchInterfaces(); err != nil {
 				s.log.Error("cannot watch interfaces", "err", err)
 			}
@@ -463,12 +484,15 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 
 		case ev := <-s.ifaceEvents():
 			s.reattachIface(ev)
+			s.logSyncFDStore()
 
 		case ev := <-s.cgroupEvents():
 			s.recgroup(ev)
+			s.logSyncFDStore()
 
 		case <-s.mountEvents():
 			s.checkMounts()
+			s.logSyncFDStore()
 
 		case msg := <-s.childNote:
 			s.childNotified(msg)
@@ -643,7 +667,7 @@ func (s *supervisor) startChild() error {
 	}
 	files := append(append([]handoff.NamedFile(nil), s.opts.Inherited...), s.files...)
 	env := os.Environ()
-	env = environ.Without(env, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+	env = environ.Without(env, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE", EnvPrivateBPFFS)
 	if s.notify != nil {
 		env = append(env, "NOTIFY_SOCKET="+s.notify.path)
 	}
@@ -716,7 +740,8 @@ func (s *supervisor) notifyStatus() {
 // recordSupervisor writes the supervisor's pid, the child's pid and the
 // restart count into every object's manifest, for status.
 func (s *supervisor) recordSupervisor() {
-	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil}
+	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil,
+		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit}
 	if s.child != nil {
 		rec.ChildPID = s.child.Pid
 	}

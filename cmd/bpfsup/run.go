@@ -9,13 +9,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bpfsup/bpfsup/supervisor/spawn"
-
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/fdstore"
 	"github.com/bpfsup/bpfsup/supervisor"
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // runFlags are bpfsup run's flags; a flag given on the command line wins
@@ -29,7 +29,7 @@ type runFlags struct {
 	restartDelay, restartMaxDelay, stableAfter      time.Duration
 	startLimitInterval, stopTimeout                 time.Duration
 	startLimit                                      int
-	watch, force                                    bool
+	watch, force, fdStore, pins                     bool
 }
 
 func (f *runFlags) add(c *cobra.Command) {
@@ -57,6 +57,8 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.onUpgrade, "on-upgrade", config.UpgradeRestart, "child on upgrade: restart, none or signal:NAME")
 	fl.BoolVar(&f.watch, "watch", false, "reload when an object file or the config changes")
 	fl.BoolVar(&f.force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
+	fl.BoolVar(&f.fdStore, "fd-store", false, "keep every map, program and link in systemd's fd store too (FileDescriptorStoreMax=)")
+	fl.BoolVar(&f.pins, "pins", true, "pin on the system's bpffs; --pins=false (with --fd-store) keeps the objects in the fd store alone")
 }
 
 // merge takes what the file says where no flag was given.
@@ -94,6 +96,19 @@ func (f *runFlags) merge(file *config.File, fl *pflag.FlagSet) {
 	}
 	f.watch = f.watch || file.Watch
 	f.force = f.force || file.Force
+	f.fdStore = f.fdStore || file.FDStore
+	if !fl.Changed("pins") && file.Pins != nil {
+		f.pins = *file.Pins
+	}
+}
+
+// checkStore checks --fd-store and --pins before anything is done: the
+// store needs systemd, and no pins need the store.
+func (f *runFlags) checkStore(objs []config.Object) error {
+	if f.fdStore && os.Getenv("NOTIFY_SOCKET") == "" {
+		return fmt.Errorf("fd_store: %w", fdstore.ErrNoNotifySocket)
+	}
+	return config.CheckPins(f.fdStore, f.pins, objs)
 }
 
 // readConfig reads the configuration file, or returns an empty one.
@@ -182,6 +197,17 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 	if err != nil {
 		return supervisor.Options{}, usageError{err}
 	}
+	if err := f.checkStore(objs); err != nil {
+		return supervisor.Options{}, usageError{err}
+	}
+	if !f.pins {
+		// Re-executes bpfsup in a mount namespace of its own, unless it
+		// runs there already; before the socket-activated fds are taken,
+		// which the re-exec must pass on as they came.
+		if err := supervisor.EnterPrivateBPFFS(f.sf.store().RootDir()); err != nil {
+			return supervisor.Options{}, err
+		}
+	}
 	var cred *spawn.Credential
 	if f.userName != "" || f.groupName != "" {
 		if cred, err = lookupCredential(f.userName, f.groupName); err != nil {
@@ -201,6 +227,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 		StopTimeout: f.stopTimeout, Credential: cred, NotifyChild: notify == config.NotifyChild, NotifyAccess: access,
 		MetricsAddr: f.metricsAddr, OnUpgrade: up, Watch: f.watch, Reconfigure: build, Inherited: inherited,
 		Logger: log, Version: bpfsupVersion(), Force: f.force,
+		FDStore: f.fdStore, PrivatePins: !f.pins,
 	}
 	if f.configPath != "" {
 		opts.WatchFiles = []string{f.configPath}

@@ -151,22 +151,6 @@ func fdsOf(t *testing.T, pid int) map[int]string {
 	return fds
 }
 
-// environOf reads the environment of process pid.
-func environOf(t *testing.T, pid int) map[string]string {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatalf("read environment of %d: %v", pid, err)
-	}
-	env := map[string]string{}
-	for _, kv := range strings.Split(string(data), "\x00") {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
-}
-
 // The hand-off leaks nothing: the child holds fds 0, 1 and 2 and the handed
 // ones, in the order LISTEN_FDNAMES names them, and no other; not even an fd
 // that bpfsup itself inherited without being told to pass it on.
@@ -218,7 +202,7 @@ handoff = true
 	var cenv map[string]string
 	var problems []string
 	settled := testutil.Poll(waitTimeout, func() bool {
-		fds, cenv = fdsOf(t, pid), environOf(t, pid)
+		fds, cenv = fdsOf(t, pid), e2e.Environ(t, pid)
 		problems = fdProblems(fds, want)
 		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); !strings.HasSuffix(exe, "/sleep") {
 			problems = append(problems, "the child is "+exe+", not sleep yet")

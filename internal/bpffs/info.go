@@ -26,6 +26,12 @@ func ReadPin(path string) (PinInfo, error) {
 		return PinInfo{}, err
 	}
 	defer unix.Close(fd)
+	return FDInfo(fd, kind), nil
+}
+
+// FDInfo says what the fd of kind (as FDKind says) is, in one
+// BPF_OBJ_GET_INFO_BY_FD; the ids are 0 where the kernel would not say.
+func FDInfo(fd int, kind string) PinInfo {
 	pi := PinInfo{Kind: kind}
 	switch kind {
 	case Map:
@@ -44,7 +50,7 @@ func ReadPin(path string) (PinInfo, error) {
 			pi.ID, pi.Program = info.id, info.progID
 		}
 	}
-	return pi, nil
+	return pi
 }
 
 // The heads of struct bpf_map_info, bpf_prog_info and bpf_link_info: the

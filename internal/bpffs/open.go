@@ -44,22 +44,31 @@ func OpenPin(path string) (fd int, kind string, err error) {
 		return -1, "", fmt.Errorf("open pin %s: %w", path, errno)
 	}
 	fd = int(r)
-	// The name of the fd's anonymous inode is the only thing that tells a
-	// map from a program from a link.
-	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-	if err != nil {
+	if kind, err = FDKind(fd); err != nil {
 		unix.Close(fd)
 		return -1, "", fmt.Errorf("open pin %s: %w", path, err)
 	}
-	switch kind = strings.TrimPrefix(target, "anon_inode:"); kind {
-	case "bpf-map":
-		kind = Map
-	case "bpf-prog":
-		kind = Program
-	case "bpf_link", "bpf-link": // the name changed over kernel versions
-		kind = Link
-	}
 	return fd, kind, nil
+}
+
+// FDKind says what kind of BPF object fd is: Map, Program, Link, or the
+// name of its anonymous inode for anything else. The name of the fd's
+// anonymous inode is the only thing that tells them apart.
+func FDKind(fd int) (string, error) {
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return "", err
+	}
+	switch kind := strings.TrimPrefix(target, "anon_inode:"); kind {
+	case "bpf-map":
+		return Map, nil
+	case "bpf-prog":
+		return Program, nil
+	case "bpf_link", "bpf-link": // the name changed over kernel versions
+		return Link, nil
+	default:
+		return kind, nil
+	}
 }
 
 // PinKind says what is pinned at path (see OpenPin), or "" when nothing is.

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -80,4 +82,20 @@ func TreeEntries(tb testing.TB, dir string) []string {
 		tb.Fatalf("walk %s: %v", dir, err)
 	}
 	return names
+}
+
+// Environ reads the environment of process pid.
+func Environ(tb testing.TB, pid int) map[string]string {
+	tb.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		tb.Fatalf("read environment of %d: %v", pid, err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(data), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
 }
