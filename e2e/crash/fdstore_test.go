@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -193,6 +194,24 @@ func TestFDStoreWithoutPins(t *testing.T) {
 	})
 	waitStore(t, ln)
 
+	// A self-upgrade re-executes bpfsup in its mount namespace: the pins
+	// stay where it sees them, and nothing new goes to the store.
+	storeLines := ln.Count("FDSTORE=1")
+	sup.Kill(syscall.SIGUSR2)
+	testutil.WaitFor(t, 20*time.Second, "bpfsup to re-execute and install", func() bool {
+		return strings.Count(sup.Output(), "msg=re-executed") == 1 && strings.Count(sup.Output(), "objects installed") == 2
+	})
+	if out := sup.Output(); !strings.Contains(out[strings.LastIndex(out, "objects installed"):], "adopted=2 loaded=0") {
+		t.Errorf("the re-executed bpfsup did not adopt both programs:\n%s", out)
+	}
+	if o = r.status(t); !o.Healthy || len(o.Links) != 1 || o.Links[0].ID != link {
+		t.Errorf("after the re-exec: healthy %v, links %+v, problems %q", o.Healthy, o.Links, o.Problems)
+	}
+	if n := ln.Count("FDSTORE=1"); n != storeLines {
+		t.Errorf("the re-executed bpfsup stored %d fds again; the store held them", n-storeLines)
+	}
+	nothingPinned("re-executed")
+
 	kill(t, sup)
 	nothingPinned("bpfsup killed")
 	n.traffic.waitPassing(t)
@@ -214,6 +233,10 @@ func TestFDStoreWithoutPins(t *testing.T) {
 	o = r.status(t)
 	if o.Healthy || !strings.Contains(strings.Join(o.Problems, "\n"), "fd store alone") {
 		t.Errorf("status of a stopped pins = false object: healthy %v, problems %q", o.Healthy, o.Problems)
+	}
+	// down cannot reach the store, and says so.
+	if out := e2e.MustRun(t, r.env, "down"); !strings.Contains(out, "still attached: dropfilter was kept in the fd store") {
+		t.Errorf("bpfsup down of a stored object says\n%s", out)
 	}
 }
 
