@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
@@ -77,7 +78,7 @@ func ParseConfig(data []byte) (*File, error) {
 	// go-toml reports a bad duration without its key: check them first.
 	var raw map[string]any
 	if toml.Unmarshal(data, &raw) == nil {
-		for _, k := range durationKeys {
+		for _, k := range durationKeys() {
 			v, ok := raw[k]
 			if !ok {
 				continue
@@ -226,8 +227,10 @@ func (f *File) ChangedSettings(g *File) []string {
 	return keys
 }
 
-// durationKeys are the keys of File's Duration fields.
-var durationKeys = func() []string {
+// durationKeys are the keys of File's Duration fields. This and the
+// regexps below are made when first used: package initialisation runs at
+// every start of bpfsup, and of every command.
+var durationKeys = sync.OnceValue(func() []string {
 	var keys []string
 	t := reflect.TypeFor[File]()
 	for i := range t.NumField() {
@@ -236,20 +239,20 @@ var durationKeys = func() []string {
 		}
 	}
 	return keys
-}()
+})
 
 const durationHint = `a duration is a string with its unit, like "10s" or "500ms"`
 
 // maxDurationText is the longest duration Go (and bpfsup) can hold.
-var maxDurationText = time.Duration(1<<63 - 1).String()
+var maxDurationText = sync.OnceValue(time.Duration(1<<63 - 1).String)
 
 // checkDuration checks the duration str of key: a duration with its unit,
 // in range, not negative, and more than zero for stop_timeout.
 func checkDuration(key, str string) error {
 	d, err := time.ParseDuration(str)
 	if err != nil {
-		if durationShape.MatchString(str) {
-			return fmt.Errorf("%s = %q: out of range; at most %s", key, str, maxDurationText)
+		if durationShape().MatchString(str) {
+			return fmt.Errorf("%s = %q: out of range; at most %s", key, str, maxDurationText())
 		}
 		return fmt.Errorf("%s = %q: %s", key, str, durationHint)
 	}
@@ -263,7 +266,9 @@ func checkDuration(key, str string) error {
 }
 
 // durationShape is what a duration looks like, whatever its size.
-var durationShape = regexp.MustCompile(`^[-+]?([0-9]*(\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h))+$`)
+var durationShape = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[-+]?([0-9]*(\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h))+$`)
+})
 
 // emptyString finds a key of raw (a decoded TOML table, under prefix) whose
 // value is an empty string, or an array holding one, and returns its name;
@@ -304,7 +309,9 @@ func emptyString(raw map[string]any, prefix string) string {
 }
 
 // tomlTypeError is how go-toml says a value has the wrong type, in Go's terms.
-var tomlTypeError = regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)$`)
+var tomlTypeError = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)$`)
+})
 
 // configHint says what is wrong with the value of key in TOML's terms,
 // where go-toml says it in Go's.
@@ -313,7 +320,7 @@ func configHint(key []string, err error) (string, string) {
 	if k == "object.attach" {
 		return k, `each attachment is a table: [[object.attach]] with program = "PROG" and hook = "HOOK" (PROG@HOOK is the form of -a on the command line)`
 	}
-	m := tomlTypeError.FindStringSubmatch(err.Error())
+	m := tomlTypeError().FindStringSubmatch(err.Error())
 	if m == nil {
 		return k, ""
 	}

@@ -41,8 +41,8 @@ func TestParseConfigErrors(t *testing.T) {
 		t.Errorf("fd_store = true, pins = false: %+v, %v", f, err)
 	}
 
-	if want := []string{"restart_delay", "restart_max_delay", "stable_after", "start_limit_interval", "stop_timeout"}; !slices.Equal(durationKeys, want) {
-		t.Errorf("duration keys %v, want %v", durationKeys, want)
+	if want := []string{"restart_delay", "restart_max_delay", "stable_after", "start_limit_interval", "stop_timeout"}; !slices.Equal(durationKeys(), want) {
+		t.Errorf("duration keys %v, want %v", durationKeys(), want)
 	}
 	f, err := ParseConfig([]byte("stop_timeout = \"1m30s\"\nrestart_delay = \"250ms\"\n"))
 	if err != nil {

@@ -10,26 +10,27 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/bpfsup/bpfsup/internal/promtext"
 
 	"github.com/bpfsup/bpfsup/config"
 )
 
-// metrics are bpfsup's Prometheus metrics, on a registry of their own.
+// metrics are bpfsup's Prometheus metrics (internal/promtext: nothing of
+// them costs anything until a scrape).
 type metrics struct {
-	reg            *prometheus.Registry
-	childUp        prometheus.Gauge
-	restarts       prometheus.Counter
-	startLimitHits prometheus.Counter
-	objects        prometheus.Gauge
-	maps           prometheus.Gauge
-	programs       *prometheus.GaugeVec
-	links          prometheus.Gauge
-	lastReload     prometheus.Gauge
-	lastReloadTime prometheus.Gauge
-	reloads        *prometheus.CounterVec
+	reg            promtext.Registry
+	childUp        *promtext.Value
+	restarts       *promtext.Value
+	startLimitHits *promtext.Value
+	objects        *promtext.Value
+	maps           *promtext.Value
+	adopted        *promtext.Value
+	loaded         *promtext.Value
+	links          *promtext.Value
+	lastReload     *promtext.Value
+	lastReloadTime *promtext.Value
+	reloadsOK      *promtext.Value
+	reloadsFailed  *promtext.Value
 	tally          reloadTally
 }
 
@@ -45,29 +46,29 @@ type reloadTally struct {
 // newMetrics makes the metrics, the reload metrics going on from carried
 // when it is not nil.
 func newMetrics(carried *reloadTally) *metrics {
-	m := &metrics{
-		reg:            prometheus.NewRegistry(),
-		childUp:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_child_up", Help: "1 while the child runs."}),
-		restarts:       prometheus.NewCounter(prometheus.CounterOpts{Name: "bpfsup_child_restarts_total", Help: "Times the child was started again."}),
-		startLimitHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "bpfsup_start_limit_hits_total", Help: "Times the start limit stopped restarts."}),
-		objects:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_objects", Help: "BPF objects installed."}),
-		maps:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_maps", Help: "Maps pinned."}),
-		programs:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bpfsup_programs", Help: "Programs, by how the last install got them (adopted from a pin or loaded)."}, []string{"how"}),
-		links:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_links", Help: "Links pinned and open."}),
-		lastReload:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_last_reload_success", Help: "1 if the last reload succeeded, 0 if it failed, -1 before any."}),
-		lastReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bpfsup_last_reload_timestamp_seconds", Help: "When the last reload ended."}),
-		reloads:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bpfsup_reloads_total", Help: "Reloads, by result."}, []string{"result"}),
-	}
+	m := &metrics{}
+	r := &m.reg
+	m.childUp = r.Gauge("bpfsup_child_up", "1 while the child runs.")
+	m.restarts = r.Counter("bpfsup_child_restarts_total", "Times the child was started again.")
+	m.startLimitHits = r.Counter("bpfsup_start_limit_hits_total", "Times the start limit stopped restarts.")
+	m.objects = r.Gauge("bpfsup_objects", "BPF objects installed.")
+	m.maps = r.Gauge("bpfsup_maps", "Maps pinned.")
+	const programs = "Programs, by how the last install got them (adopted from a pin or loaded)."
+	m.adopted = r.Gauge("bpfsup_programs", programs, "how", "adopted")
+	m.loaded = r.Gauge("bpfsup_programs", programs, "how", "loaded")
+	m.links = r.Gauge("bpfsup_links", "Links pinned and open.")
+	m.lastReload = r.Gauge("bpfsup_last_reload_success", "1 if the last reload succeeded, 0 if it failed, -1 before any.")
+	m.lastReloadTime = r.Gauge("bpfsup_last_reload_timestamp_seconds", "When the last reload ended.")
+	m.reloadsOK = r.Counter("bpfsup_reloads_total", "Reloads, by result.", "result", "success")
+	m.reloadsFailed = r.Counter("bpfsup_reloads_total", "Reloads, by result.", "result", "failure")
 	m.tally = reloadTally{Last: -1}
 	if carried != nil {
 		m.tally = *carried
 	}
-	m.reloads.WithLabelValues("success").Add(m.tally.Success)
-	m.reloads.WithLabelValues("failure").Add(m.tally.Failure)
+	m.reloadsOK.Set(m.tally.Success)
+	m.reloadsFailed.Set(m.tally.Failure)
 	m.lastReload.Set(m.tally.Last)
 	m.lastReloadTime.Set(m.tally.LastTime)
-	m.reg.MustRegister(m.childUp, m.restarts, m.startLimitHits, m.objects, m.maps, m.programs, m.links,
-		m.lastReload, m.lastReloadTime, m.reloads)
 	return m
 }
 
@@ -77,11 +78,11 @@ func (m *metrics) setReload(err error) {
 	if err != nil {
 		m.tally.Last = 0
 		m.tally.Failure++
-		m.reloads.WithLabelValues("failure").Inc()
+		m.reloadsFailed.Inc()
 	} else {
 		m.tally.Last = 1
 		m.tally.Success++
-		m.reloads.WithLabelValues("success").Inc()
+		m.reloadsOK.Inc()
 	}
 	m.lastReload.Set(m.tally.Last)
 }
@@ -98,8 +99,8 @@ func (s *supervisor) updateMetrics() {
 	s.metrics.objects.Set(float64(len(s.objects)))
 	s.metrics.maps.Set(float64(maps))
 	s.metrics.links.Set(float64(links))
-	s.metrics.programs.WithLabelValues("adopted").Set(float64(adopted))
-	s.metrics.programs.WithLabelValues("loaded").Set(float64(loaded))
+	s.metrics.adopted.Set(float64(adopted))
+	s.metrics.loaded.Set(float64(loaded))
 }
 
 type metricsServer struct {
@@ -126,11 +127,11 @@ func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
 
 // serveOn makes the metrics server that will serve on l.
 func (m *metrics) serveOn(l net.Listener) *metricsServer {
-	// The Go and process collectors cost milliseconds to build (runtime/metrics
-	// descriptions, regexps): a start without --metrics-addr skips them.
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_ = m.reg.Write(w)
+	})
 	ms := &metricsServer{l: newPausableListener(l.(*net.TCPListener)), busy: newBusyConns()}
 	// A connection is busy from its accept until it goes idle between
 	// requests, or closes.
