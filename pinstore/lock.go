@@ -148,7 +148,7 @@ func lockDir(path string) (*os.File, error) {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		pid, found, _ := lockLine(path)
+		pid, found, _ := ReadLocks().line(path)
 		if found && pid == 0 {
 			f.Close()
 			return nil, fmt.Errorf("pins at %s are held by a process of another pid namespace (a supervisor in another container?): %w", path, ErrLocked)
@@ -240,11 +240,55 @@ func ProcessRuns(pid int) bool { return processRuns(pid) }
 // A flock's line names the process that took it, which may be gone while a
 // copy of its fd holds the lock on.
 func LockHolder(path string) (int, bool) {
+	return ReadLocks().Holder(path)
+}
+
+// Locks is what /proc/locks said at one moment: the write locks, by the
+// device and inode of the file locked. Reading it once for many objects
+// (bpfsup status) spares a read and parse of the whole table per object.
+type Locks struct {
+	byFile map[lockedFile]int // pid, 0 when not visible from here
+	err    error
+}
+
+type lockedFile struct {
+	major, minor uint32
+	ino          uint64
+}
+
+// ReadLocks reads /proc/locks.
+func ReadLocks() *Locks {
+	l := &Locks{byFile: map[lockedFile]int{}}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		l.err = err
+		return l
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// "1: POSIX  ADVISORY  WRITE 18548 fe:00:10019300 0 EOF", or FLOCK
+		// (pin directories, and lock files of bpfsup before 2026-12); a
+		// waiter's line has "->" after the number.
+		f := strings.Fields(line)
+		if len(f) < 6 || (f[1] != "FLOCK" && f[1] != "POSIX") || f[3] != "WRITE" {
+			continue
+		}
+		var lf lockedFile
+		if _, err := fmt.Sscanf(f[5], "%x:%x:%d", &lf.major, &lf.minor, &lf.ino); err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(f[4])
+		l.byFile[lf] = max(pid, 0)
+	}
+	return l
+}
+
+// Holder is LockHolder as of the moment l was read.
+func (l *Locks) Holder(path string) (int, bool) {
 	if heldHere(path) {
 		// Never opened here: that would drop the lock.
 		return os.Getpid(), true
 	}
-	pid, found, err := lockLine(path)
+	pid, found, err := l.line(path)
 	switch {
 	case found && pid > 0:
 		return pid, true
@@ -257,38 +301,19 @@ func LockHolder(path string) (int, bool) {
 	return 0, false
 }
 
-// lockLine finds the write lock on path in /proc/locks, and the pid it
-// names: 0 when the holder is not visible from this pid namespace. err says
-// that /proc/locks could not be read.
-func lockLine(path string) (pid int, found bool, err error) {
+// line finds the write lock on path, and the pid it names: 0 when the
+// holder is not visible from this pid namespace. err says that /proc/locks
+// could not be read.
+func (l *Locks) line(path string) (pid int, found bool, err error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return 0, false, nil
 	}
-	data, err := os.ReadFile("/proc/locks")
-	if err != nil {
-		return 0, false, err
+	if l.err != nil {
+		return 0, false, l.err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// "1: POSIX  ADVISORY  WRITE 18548 fe:00:10019300 0 EOF", or FLOCK
-		// (pin directories, and lock files of bpfsup before 2026-12); a
-		// waiter's line has "->" after the number.
-		f := strings.Fields(line)
-		if len(f) < 6 || (f[1] != "FLOCK" && f[1] != "POSIX") || f[3] != "WRITE" {
-			continue
-		}
-		var major, minor uint32
-		var ino uint64
-		if _, err := fmt.Sscanf(f[5], "%x:%x:%d", &major, &minor, &ino); err != nil {
-			continue
-		}
-		if ino != st.Ino || major != unix.Major(st.Dev) || minor != unix.Minor(st.Dev) {
-			continue
-		}
-		pid, _ := strconv.Atoi(f[4])
-		return max(pid, 0), true, nil
-	}
-	return 0, false, nil
+	pid, found = l.byFile[lockedFile{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}]
+	return pid, found, nil
 }
 
 // lockHolderByProbe is LockHolder where /proc is not there: F_GETLK names

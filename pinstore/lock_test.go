@@ -56,7 +56,7 @@ func TestLockSameProcess(t *testing.T) {
 		t.Fatalf("LockHolder = %d, %v; want %d", pid, ok, os.Getpid())
 	}
 
-	if pid, found, _ := lockLine(s.LockPath("fw")); !found || pid != os.Getpid() {
+	if pid, found, _ := ReadLocks().line(s.LockPath("fw")); !found || pid != os.Getpid() {
 		t.Fatalf("/proc/locks: lock of %d (found %v), want this process's", pid, found)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/bpfsup/bpfsup/internal/bpffs"
@@ -548,16 +549,32 @@ func (o *Object) removeManifestDebris() {
 // ManifestDebris lists the manifest's temporary files that a crash left in
 // the state directory, for status.
 func (s Store) ManifestDebris(name string) []string {
-	var out []string
-	if Exists(s.manifestTemp(name)) {
-		out = append(out, s.manifestTemp(name))
+	return s.ManifestDebrisIn(s.StateEntries(), name)
+}
+
+// StateEntries lists the state directory's entries, for ManifestDebrisIn.
+func (s Store) StateEntries() []string {
+	f, err := os.Open(s.stateDir())
+	if err != nil {
+		return nil
 	}
-	old, _ := filepath.Glob(filepath.Join(s.stateDir(), "."+name+".json-*"))
-	for _, p := range old {
-		if suffix := strings.TrimPrefix(filepath.Base(p), "."+name+".json-"); suffix != "" && strings.Trim(suffix, "0123456789") == "" {
-			out = append(out, p)
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	return names
+}
+
+// ManifestDebrisIn is ManifestDebris among entries, the state directory's
+// as StateEntries listed them: one listing for many objects.
+func (s Store) ManifestDebrisIn(entries []string, name string) []string {
+	var out []string
+	for _, e := range entries {
+		if e == "."+name+".json.tmp" {
+			out = append(out, filepath.Join(s.stateDir(), e))
+		} else if suffix, ok := strings.CutPrefix(e, "."+name+".json-"); ok && suffix != "" && strings.Trim(suffix, "0123456789") == "" {
+			out = append(out, filepath.Join(s.stateDir(), e))
 		}
 	}
+	slices.Sort(out)
 	return out
 }
 

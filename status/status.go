@@ -1,17 +1,21 @@
 package status
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/internal/bpffs"
+	"golang.org/x/sys/unix"
 
 	"github.com/cilium/ebpf"
 
@@ -171,15 +175,41 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}, Healthy: true}
 	endBatch := hooks.Batch()
 	defer endBatch()
-	for _, name := range names {
-		o := objectStatus(store, name)
+	r := &reader{store: store, locks: pinstore.ReadLocks(), state: store.StateEntries()}
+	st.Objects = make([]ObjectStatus, len(names))
+	// The objects are read side by side: the work is system calls, a few
+	// per pin, which run on every CPU at once.
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(runtime.GOMAXPROCS(0), len(names)) {
+		wg.Go(func() {
+			for i := range next {
+				st.Objects[i] = r.objectStatus(names[i])
+			}
+		})
+	}
+	for i := range names {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for _, o := range st.Objects {
 		st.Healthy = st.Healthy && o.Healthy
-		st.Objects = append(st.Objects, o)
 	}
 	return st, nil
 }
 
-func objectStatus(store pinstore.Store, name string) ObjectStatus {
+// reader reads objects' status from one store, with what every object's
+// status needs read once: the kernel's table of locks and the state
+// directory's listing.
+type reader struct {
+	store pinstore.Store
+	locks *pinstore.Locks
+	state []string
+}
+
+func (r *reader) objectStatus(name string) ObjectStatus {
+	store := r.store
 	o := ObjectStatus{Name: name, Dir: store.ObjectDir(name), Maps: []MapStatus{}, Programs: []ProgramStatus{}, Links: []LinkStatus{}}
 	man, err := store.ReadManifest(name)
 	if err != nil {
@@ -190,7 +220,7 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 	if man != nil {
 		o.Source, o.ObjectSHA256, o.Generation = man.Source, man.ObjectSHA256, man.Generation
 	}
-	o.Supervisor = supervisorStatus(store, name, man, &o)
+	o.Supervisor = r.supervisorStatus(name, man, &o)
 	if man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
 		if o.Supervisor == nil || o.Supervisor.PID != man.Supervisor.PID {
 			o.problem("pins = false: nothing is pinned and no supervisor runs; the objects live in systemd's fd store alone until bpfsup starts again")
@@ -206,7 +236,7 @@ func objectStatus(store pinstore.Store, name string) ObjectStatus {
 	o.readLinks(man, progNames)
 	o.readMissing(man)
 	sort.Strings(o.Problems)
-	o.readDebris(store, man)
+	o.readDebris(r, man)
 	o.Healthy = len(o.Problems) == 0
 	for _, l := range o.Links {
 		o.Healthy = o.Healthy && l.State == "attached"
@@ -221,10 +251,11 @@ func (o *ObjectStatus) problem(format string, args ...any) {
 // supervisorStatus finds the supervisor that holds the object: by its lock
 // file, or by the lock of its pin directory when the lock file is gone (the
 // state directory removed under a running supervisor).
-func supervisorStatus(store pinstore.Store, name string, man *pinstore.Manifest, o *ObjectStatus) *SupervisorStatus {
-	pid, ok := pinstore.LockHolder(store.LockPath(name))
+func (r *reader) supervisorStatus(name string, man *pinstore.Manifest, o *ObjectStatus) *SupervisorStatus {
+	store := r.store
+	pid, ok := r.locks.Holder(store.LockPath(name))
 	if !ok {
-		if dirPID, held := pinstore.LockHolder(store.ObjectDir(name)); held {
+		if dirPID, held := r.locks.Holder(store.ObjectDir(name)); held {
 			o.problem("supervisor pid %d holds the pins, but its lock file %s is gone (was the state directory removed?); a second supervisor with this state directory is still refused",
 				dirPID, store.LockPath(name))
 			return &SupervisorStatus{PID: dirPID}
@@ -246,21 +277,17 @@ func supervisorStatus(store pinstore.Store, name string, man *pinstore.Manifest,
 func (o *ObjectStatus) readPrograms(man *pinstore.Manifest) map[uint32]string {
 	progNames := map[uint32]string{}
 	for _, pn := range pinNames(o.Dir, pinstore.Programs) {
-		path := o.Dir + "/programs/" + pn
-		p, err := ebpf.LoadPinnedProgram(path, &ebpf.LoadPinOptions{ReadOnly: true})
+		// One BPF_OBJ_GET and one BPF_OBJ_GET_INFO_BY_FD: status reads
+		// every pin of every object, hundreds of them.
+		f, err := readPinned(o.Dir+"/programs/"+pn, bpffs.Program, func(fd int) (bpffs.ProgFacts, error) { return bpffs.ProgInfo(fd, false) })
 		if err != nil {
 			o.problem("program %s: %v", pn, err)
 			continue
 		}
-		ps := ProgramStatus{Name: pn, Type: p.Type().String()}
-		if info, err := p.Info(); err == nil {
-			id, _ := info.ID()
-			ps.ID, ps.Tag = uint32(id), info.Tag
-			if lt, ok := info.LoadTime(); ok {
-				ps.LoadedAt = pinstore.WallTime(lt)
-			}
+		ps := ProgramStatus{Name: pn, ID: f.ID, Type: ebpf.ProgramType(f.Type).String(), Tag: hex.EncodeToString(f.Tag[:])}
+		if f.LoadTime != 0 {
+			ps.LoadedAt = pinstore.WallTime(time.Duration(f.LoadTime))
 		}
-		p.Close()
 		progNames[ps.ID] = pn
 		if man != nil && !man.Owns(pinstore.Programs, pn, bpffs.PinInfo{Kind: bpffs.Program, ID: ps.ID}) {
 			if _, ok := man.Programs[pn]; ok {
@@ -294,19 +321,11 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 	}
 	sort.Strings(mapNames)
 	for _, mn := range mapNames {
-		m, err := ebpf.LoadPinnedMap(mapPaths[mn], &ebpf.LoadPinOptions{ReadOnly: true})
+		ms, err := readMap(mn, mapPaths[mn])
 		if err != nil {
 			o.problem("map %s: %v", mn, err)
 			continue
 		}
-		ms := MapStatus{Name: mn, Path: mapPaths[mn], Type: m.Type().String(), KeySize: m.KeySize(), ValueSize: m.ValueSize(), MaxEntries: m.MaxEntries(), Entries: -1}
-		if id, err := pinstore.MapID(m); err == nil {
-			ms.ID = uint32(id)
-		}
-		if m.Type() == ebpf.Hash || m.Type() == ebpf.PerCPUHash || m.Type() == ebpf.LRUHash || m.Type() == ebpf.LRUCPUHash || m.Type() == ebpf.LPMTrie {
-			ms.Entries = countEntries(m, 65536)
-		}
-		m.Close()
 		if man != nil && !man.Owns(pinstore.Maps, mn, bpffs.PinInfo{Kind: bpffs.Map, ID: ms.ID}) {
 			if rec, ok := man.Maps[mn]; ok {
 				o.problem("map %s: %s holds map id %d, not the map bpfsup made (id %d): replaced by another tool? a start or reload refuses it", mn, ms.Path, ms.ID, rec.ID)
@@ -475,7 +494,8 @@ func (o *ObjectStatus) readMissing(man *pinstore.Manifest) {
 
 // readDebris reports debris of crashes, and what is in the object's
 // directory that bpfsup did not put there.
-func (o *ObjectStatus) readDebris(store pinstore.Store, man *pinstore.Manifest) {
+func (o *ObjectStatus) readDebris(r *reader, man *pinstore.Manifest) {
+	store := r.store
 	for _, n := range pinNames(o.Dir, "staging") {
 		path := o.Dir + "/staging/" + n
 		pi, err := bpffs.ReadPin(path)
@@ -496,7 +516,7 @@ func (o *ObjectStatus) readDebris(store pinstore.Store, man *pinstore.Manifest) 
 	if o.Supervisor != nil && processRuns(o.Supervisor.PID) {
 		return
 	}
-	for _, p := range store.ManifestDebris(o.Name) {
+	for _, p := range store.ManifestDebrisIn(r.state, o.Name) {
 		o.problem("manifest debris %s (a write cut short; the next start removes it)", p)
 	}
 }
@@ -516,6 +536,53 @@ func pinNames(dir string, kind pinstore.Kind) []string {
 		}
 	}
 	return names
+}
+
+// readPinned opens the pin at path, which must hold an object of kind, and
+// reads it with info.
+func readPinned[T any](path, kind string, info func(fd int) (T, error)) (T, error) {
+	var zero T
+	fd, got, err := bpffs.OpenPin(path)
+	if err != nil {
+		return zero, err
+	}
+	defer unix.Close(fd)
+	if got != kind {
+		return zero, fmt.Errorf("%s holds a %s, not a %s", path, got, kind)
+	}
+	return info(fd)
+}
+
+// readMap reads the map pinned at path: its shape from one info call, and
+// its entries, counted for hash-like maps.
+func readMap(name, path string) (MapStatus, error) {
+	fd, kind, err := bpffs.OpenPin(path)
+	if err != nil {
+		return MapStatus{}, err
+	}
+	if kind != bpffs.Map {
+		unix.Close(fd)
+		return MapStatus{}, fmt.Errorf("%s holds a %s, not a map", path, kind)
+	}
+	f, err := bpffs.MapInfo(fd)
+	if err != nil {
+		unix.Close(fd)
+		return MapStatus{}, err
+	}
+	typ := ebpf.MapType(f.Type)
+	ms := MapStatus{Name: name, Path: path, ID: f.ID, Type: typ.String(), KeySize: f.KeySize, ValueSize: f.ValueSize, MaxEntries: f.MaxEntries, Entries: -1}
+	switch typ {
+	case ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.LRUCPUHash, ebpf.LPMTrie:
+		m, err := ebpf.NewMapFromFD(fd) // takes fd
+		if err != nil {
+			return ms, nil
+		}
+		ms.Entries = countEntries(m, 65536)
+		m.Close()
+	default:
+		unix.Close(fd)
+	}
+	return ms, nil
 }
 
 func countEntries(m *ebpf.Map, limit int) int {

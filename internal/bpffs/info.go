@@ -1,6 +1,7 @@
 package bpffs
 
 import (
+	"fmt"
 	"runtime"
 	"unsafe"
 
@@ -36,12 +37,12 @@ func FDInfo(fd int, kind string) PinInfo {
 	switch kind {
 	case Map:
 		info := &mapInfoHead{}
-		if err := ObjInfo(fd, unsafe.Pointer(info), unsafe.Sizeof(*info)); err == nil {
+		if err := ObjInfo(fd, unsafe.Pointer(info), unsafe.Offsetof(info.keySize)); err == nil {
 			pi.ID = info.id
 		}
 	case Program:
 		info := &progInfoHead{}
-		if err := ObjInfo(fd, unsafe.Pointer(info), unsafe.Offsetof(info.rest)); err == nil {
+		if err := ObjInfo(fd, unsafe.Pointer(info), unsafe.Offsetof(info.jitedProgLen)); err == nil {
 			pi.ID = info.id
 		}
 	case Link:
@@ -56,15 +57,78 @@ func FDInfo(fd int, kind string) PinInfo {
 // The heads of struct bpf_map_info, bpf_prog_info and bpf_link_info: the
 // kernel fills in as much of each as the caller says it has.
 type (
-	mapInfoHead  struct{ typ, id uint32 }
+	mapInfoHead struct {
+		typ, id, keySize, valueSize, maxEntries, flags uint32
+	}
 	progInfoHead struct {
-		typ  uint32
-		id   uint32
-		tag  [8]byte
-		rest uint32 // jited_prog_len: where the head ends
+		typ             uint32
+		id              uint32
+		tag             [8]byte
+		jitedProgLen    uint32
+		xlatedProgLen   uint32
+		jitedProgInsns  uint64
+		xlatedProgInsns uint64
+		loadTime        uint64
+		createdByUID    uint32
+		nrMapIDs        uint32
+		mapIDs          uint64 // __aligned_u64: a pointer
 	}
 	linkInfoHead struct{ typ, id, progID uint32 }
 )
+
+// MapFacts are what the kernel says of a map in one BPF_OBJ_GET_INFO_BY_FD.
+type MapFacts struct {
+	Type, ID, KeySize, ValueSize, MaxEntries, Flags uint32
+}
+
+// MapInfo asks the kernel about the map fd.
+func MapInfo(fd int) (MapFacts, error) {
+	var h mapInfoHead
+	if err := ObjInfo(fd, unsafe.Pointer(&h), unsafe.Sizeof(h)); err != nil {
+		return MapFacts{}, fmt.Errorf("map info: %w", err)
+	}
+	return MapFacts{h.typ, h.id, h.keySize, h.valueSize, h.maxEntries, h.flags}, nil
+}
+
+// ProgFacts are what the kernel says of a program in one
+// BPF_OBJ_GET_INFO_BY_FD (two when it uses more maps than first asked for).
+type ProgFacts struct {
+	Type, ID uint32
+	Tag      [8]byte
+	// LoadTime is when it was loaded, in nanoseconds since boot.
+	LoadTime uint64
+	// MapIDs are the maps it uses, when asked for.
+	MapIDs []uint32
+}
+
+// ProgInfo asks the kernel about the program fd, and for the ids of the
+// maps it uses when withMaps.
+func ProgInfo(fd int, withMaps bool) (ProgFacts, error) {
+	var ids []uint32
+	if withMaps {
+		ids = make([]uint32, 16)
+	}
+	for {
+		h := progInfoHead{nrMapIDs: uint32(len(ids))}
+		if len(ids) > 0 {
+			h.mapIDs = uint64(uintptr(unsafe.Pointer(&ids[0])))
+		}
+		err := ObjInfo(fd, unsafe.Pointer(&h), unsafe.Sizeof(h))
+		runtime.KeepAlive(ids)
+		if err != nil {
+			return ProgFacts{}, fmt.Errorf("program info: %w", err)
+		}
+		if withMaps && int(h.nrMapIDs) > len(ids) {
+			ids = make([]uint32, h.nrMapIDs)
+			continue
+		}
+		f := ProgFacts{Type: h.typ, ID: h.id, Tag: h.tag, LoadTime: h.loadTime}
+		if withMaps {
+			f.MapIDs = ids[:h.nrMapIDs]
+		}
+		return f, nil
+	}
+}
 
 // ObjInfo is BPF_OBJ_GET_INFO_BY_FD for the first size bytes of info.
 func ObjInfo(fd int, info unsafe.Pointer, size uintptr) error {
