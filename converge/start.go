@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
@@ -89,6 +90,9 @@ func (s *starting) read() error {
 	}
 	s.pins = <-prefetched
 
+	// One rtnetlink socket per network namespace for every object's checks.
+	endBatch := hooks.Batch()
+	defer endBatch()
 	names := map[string]string{}
 	for i, c := range s.cfgs {
 		name := ObjectName(c)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,20 +19,17 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/bpfsup/bpfsup/internal/environ"
-	"github.com/bpfsup/bpfsup/supervisor/spawn"
-
-	"github.com/bpfsup/bpfsup/control"
-
-	"github.com/bpfsup/bpfsup/config"
-	"github.com/bpfsup/bpfsup/converge"
-
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/control"
+	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/environ"
 	"github.com/bpfsup/bpfsup/pinstore"
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // Options is everything a run needs.
@@ -104,6 +102,7 @@ type supervisor struct {
 	files   []handoff.NamedFile // BPF fds for the child, owned
 
 	child        *spawn.Process
+	released     bool         // releaseMemory ran after the first child start
 	childPID     atomic.Int32 // the child's pid for the notify socket; 0 while none runs
 	childStarted time.Time
 	lastExit     *os.ProcessState
@@ -697,7 +696,20 @@ func (s *supervisor) startChild() error {
 		_, _ = daemon.SdNotify(false, "READY=1")
 	}
 	s.recordSupervisor()
+	if !s.released {
+		s.released = true
+		s.releaseMemory()
+	}
 	return nil
+}
+
+// releaseMemory gives back, in the background, what the install that the
+// child now runs with needed and a supervisor that waits does not: the heap
+// that parsing objects and the kernel's BTF left, which Go's scavenger
+// would return only over minutes, and the kernel's BTF mapping, which
+// cilium/ebpf unmaps once a collection finds it unreachable.
+func (s *supervisor) releaseMemory() {
+	go debug.FreeOSMemory()
 }
 
 // childNotified handles a datagram from the child's notify socket, and

@@ -46,7 +46,7 @@ type bench struct {
 	scaleCounts          []int
 	ready                *readySock
 	rns                  *netns   // namespace of the ready, restart, footprint and scale sections
-	ifaces               []string // 100 veth ends in rns
+	ifaces               []string // veth ends in rns: 100, or one per scaled object
 	objs                 map[string]map[int]string
 	scaleObj             string
 	res                  *Results
@@ -83,7 +83,7 @@ func main() {
 		}
 		b.counts, b.scaleCounts = []int{1, 10}, []int{1, 10}
 	} else {
-		b.counts, b.scaleCounts = []int{1, 10, 100}, []int{1, 10, 50, 100}
+		b.counts, b.scaleCounts = []int{1, 10, 100}, []int{1, 10, 100, 1000}
 	}
 
 	sigc := make(chan os.Signal, 1)
@@ -156,7 +156,13 @@ func (b *bench) main(sections []string) error {
 	if b.rns, err = newNetns(b.id, "ready"); err != nil {
 		return err
 	}
-	if b.ifaces, err = b.rns.vethPairs("r", 50); err != nil {
+	// One interface end per scaled object (each runs its XDP program), at
+	// least the 100 the ready section attaches to.
+	pairs := 50
+	for _, k := range b.scaleCounts {
+		pairs = max(pairs, (k+1)/2)
+	}
+	if b.ifaces, err = b.rns.vethPairs("r", pairs); err != nil {
 		return err
 	}
 

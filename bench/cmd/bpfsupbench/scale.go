@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -8,10 +9,10 @@ import (
 
 // Scale: K objects of ten maps and one XDP program each (the generated
 // scale10maps object under K names), each program attached to its own
-// interface, for K in 1, 10, 50, 100. For each K: bpfsup from nothing
+// interface, for K in 1, 10, 100, 1000. For each K: bpfsup from nothing
 // (load), bpfsup again with the pins (adopt), both to the child running with
-// all 10K map fds, then `bpfsup status` with no supervisor running, which
-// reads every pin, manifest and the kernel's view.
+// all 10K map fds, then `bpfsup status` and `bpfsup status --json` with no
+// supervisor running, which read every pin, manifest and the kernel's view.
 
 // ScaleRow is one object count.
 type ScaleRow struct {
@@ -20,9 +21,11 @@ type ScaleRow struct {
 	LoadMs   []float64 `json:"load_ms"`
 	AdoptMs  []float64 `json:"adopt_ms"`
 	StatusMs []float64 `json:"status_ms"`
+	JSONMs   []float64 `json:"status_json_ms"`
 	Load     Stats     `json:"load_stats_ms"`
 	Adopt    Stats     `json:"adopt_stats_ms"`
 	Status   Stats     `json:"status_stats_ms"`
+	JSON     Stats     `json:"status_json_stats_ms"`
 }
 
 const scaleMaps = 10
@@ -67,6 +70,18 @@ func (b *bench) scaleSection() error {
 				return fmt.Errorf("%d objects: bpfsup status shows %d attached links:\n%s", k, n, out)
 			}
 			row.StatusMs = append(row.StatusMs, ms(t1-t0))
+
+			t0 = mono()
+			out, err = runCmd(e.cmd("status", "--json"))
+			t1 = mono()
+			if err != nil {
+				return fmt.Errorf("%d objects: status --json: %w", k, err)
+			}
+			var doc struct{ Objects []json.RawMessage }
+			if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Objects) != k {
+				return fmt.Errorf("%d objects: bpfsup status --json has %d objects (%v):\n%.2000s", k, len(doc.Objects), err, out)
+			}
+			row.JSONMs = append(row.JSONMs, ms(t1-t0))
 		}
 		if err := e.down(); err != nil {
 			return err
@@ -74,9 +89,9 @@ func (b *bench) scaleSection() error {
 		if err := b.rns.checkDetached(); err != nil {
 			return err
 		}
-		row.Load, row.Adopt, row.Status = summarize(row.LoadMs), summarize(row.AdoptMs), summarize(row.StatusMs)
+		row.Load, row.Adopt, row.Status, row.JSON = summarize(row.LoadMs), summarize(row.AdoptMs), summarize(row.StatusMs), summarize(row.JSONMs)
 		b.res.Scale = append(b.res.Scale, row)
-		logf("scale %3d objects: load %8.2f ms  adopt %7.2f ms  status %7.2f ms", k, row.Load.Median, row.Adopt.Median, row.Status.Median)
+		logf("scale %4d objects: load %8.2f ms  adopt %7.2f ms  status %7.2f ms  --json %7.2f ms", k, row.Load.Median, row.Adopt.Median, row.Status.Median, row.JSON.Median)
 	}
 	return nil
 }
