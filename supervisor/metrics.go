@@ -2,10 +2,8 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"time"
@@ -103,12 +101,6 @@ func (s *supervisor) updateMetrics() {
 	s.metrics.loaded.Set(float64(loaded))
 }
 
-type metricsServer struct {
-	l    *pausableListener
-	srv  *http.Server
-	busy *busyConns
-}
-
 // listenMetrics listens on addr, or takes the listener inherited across a
 // re-exec when it is one on addr.
 func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
@@ -123,36 +115,6 @@ func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
 		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
 	}
 	return l, nil
-}
-
-// serveOn makes the metrics server that will serve on l.
-func (m *metrics) serveOn(l net.Listener) *metricsServer {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_ = m.reg.Write(w)
-	})
-	ms := &metricsServer{l: newPausableListener(l.(*net.TCPListener)), busy: newBusyConns()}
-	// A connection is busy from its accept until it goes idle between
-	// requests, or closes.
-	ms.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnState: func(c net.Conn, st http.ConnState) {
-		ms.busy.mark(c, st == http.StateNew || st == http.StateActive)
-	}}
-	return ms
-}
-
-// quiesce stops taking scrapes, closes idle connections and waits until the
-// scrapes taken are answered, for a re-exec.
-func (ms *metricsServer) quiesce() {
-	ms.l.pause(quiesceTimeout)
-	ms.srv.SetKeepAlivesEnabled(false)
-	ms.busy.wait(quiesceTimeout)
-}
-
-// resume serves again after a re-exec that did not happen.
-func (ms *metricsServer) resume() {
-	ms.srv.SetKeepAlivesEnabled(true)
-	ms.l.resume()
 }
 
 func inheritedTCP(addr string, f *os.File) net.Listener {
@@ -196,20 +158,4 @@ func hostIs(host string, ip net.IP) bool {
 		}
 	}
 	return false
-}
-
-func (ms *metricsServer) addr() string { return ms.l.Addr().String() }
-
-func (ms *metricsServer) serve() error {
-	err := ms.srv.Serve(ms.l)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
-}
-
-func (ms *metricsServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = ms.srv.Shutdown(ctx)
 }
