@@ -99,10 +99,21 @@ func (in *Installed) Times() (load, swap time.Duration, swapped time.Time) {
 	return in.loadTook, in.swapTook, in.swapped
 }
 
-// RecordSupervisor writes the supervisor's record into the manifest.
+// RecordSupervisor writes the supervisor's record into the manifest,
+// unless the manifest has it already.
 func (in *Installed) RecordSupervisor(rec *pinstore.SupervisorRecord) error {
-	in.manifest.Supervisor = rec
+	if old := in.manifest.Supervisor; old != nil && sameRecord(*old, *rec) {
+		return nil
+	}
+	cp := *rec
+	in.manifest.Supervisor = &cp
 	return in.obj.WriteManifest(in.manifest)
+}
+
+func sameRecord(a, b pinstore.SupervisorRecord) bool {
+	started := a.Started.Equal(b.Started)
+	a.Started, b.Started = time.Time{}, time.Time{}
+	return started && a == b
 }
 
 // undo is a stack of actions that roll back an install that failed half-way.

@@ -206,6 +206,25 @@ type reader struct {
 	store pinstore.Store
 	locks *pinstore.Locks
 	state []string
+
+	mu       sync.Mutex
+	runtimes map[int]*pinstore.SupervisorRecord // by pid, read once
+}
+
+// runtime is the record of the running supervisor pid (see
+// pinstore.WriteRuntime), nil when it has none.
+func (r *reader) runtime(pid int) *pinstore.SupervisorRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, ok := r.runtimes[pid]
+	if !ok {
+		rec = r.store.ReadRuntime(pid)
+		if r.runtimes == nil {
+			r.runtimes = map[int]*pinstore.SupervisorRecord{}
+		}
+		r.runtimes[pid] = rec
+	}
+	return rec
 }
 
 func (r *reader) objectStatus(name string) ObjectStatus {
@@ -263,8 +282,11 @@ func (r *reader) supervisorStatus(name string, man *pinstore.Manifest, o *Object
 		return nil
 	}
 	sup := &SupervisorStatus{PID: pid}
-	if man != nil && man.Supervisor != nil && man.Supervisor.PID == pid {
-		rec := man.Supervisor
+	rec := r.runtime(pid)
+	if rec == nil && man != nil && man.Supervisor != nil && man.Supervisor.PID == pid {
+		rec = man.Supervisor // a bpfsup before supervisor.PID.json
+	}
+	if rec != nil {
 		sup.Version, sup.Started, sup.Restarts = rec.Version, rec.Started, rec.Restarts
 		if processRuns(rec.ChildPID) {
 			sup.ChildPID, sup.Ready = rec.ChildPID, rec.Ready

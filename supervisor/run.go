@@ -169,6 +169,7 @@ func newSupervisor(opts Options) (*supervisor, error) {
 }
 
 func (s *supervisor) close() {
+	s.opts.Store.RemoveRuntime(os.Getpid())
 	s.closeFiles()
 	for _, in := range s.objects {
 		in.Close()
@@ -308,6 +309,7 @@ func (s *supervisor) install() error {
 	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
 		return err
 	}
+	s.opts.Store.RemoveDeadRuntimes()
 	if err := s.syncFDStore(); err != nil {
 		return err
 	}
@@ -750,7 +752,10 @@ func (s *supervisor) notifyStatus() {
 }
 
 // recordSupervisor writes the supervisor's pid, the child's pid and the
-// restart count into every object's manifest, for status.
+// restart count into the supervisor's record in the state directory, for
+// status; into the manifest of each object only what changed there since
+// the last install (pid, version, fd store, private pins, unit): a restart
+// of the child writes one file, not one per object.
 func (s *supervisor) recordSupervisor() {
 	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil,
 		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit}
@@ -760,8 +765,13 @@ func (s *supervisor) recordSupervisor() {
 	if b, err := json.Marshal(rec); err == nil {
 		s.runtime.Store(&b)
 	}
+	if err := s.opts.Store.WriteRuntime(rec); err != nil {
+		s.log.Warn("could not write the supervisor's record", "err", err)
+	}
+	lasting := *rec
+	lasting.ChildPID, lasting.Restarts, lasting.Ready = 0, 0, false
 	for _, in := range s.objects {
-		if err := in.RecordSupervisor(rec); err != nil {
+		if err := in.RecordSupervisor(&lasting); err != nil {
 			s.log.Warn("could not write manifest", "object", in.Name(), "err", err)
 		}
 	}
