@@ -68,6 +68,10 @@ type File struct {
 	// objects live in the fd store alone, and their pins in a bpffs of
 	// bpfsup's own that nothing else sees. nil is true.
 	Pins *bool `toml:"pins"`
+	// ProgramStats has the kernel count every program's runs and run time
+	// while bpfsup runs (BPF_ENABLE_STATS, held by bpfsup; the sysctl
+	// kernel.bpf_stats_enabled is left alone).
+	ProgramStats bool `toml:"program_stats"`
 
 	Objects []Object `toml:"object"`
 }

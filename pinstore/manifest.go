@@ -124,6 +124,9 @@ type SupervisorRecord struct {
 	PrivatePins bool `json:"private_pins,omitempty"`
 	// Unit is the systemd unit the supervisor runs in, if any.
 	Unit string `json:"unit,omitempty"`
+	// ProgramStats says that the supervisor has the kernel count its
+	// programs' runs and run time (program_stats = true).
+	ProgramStats bool `json:"program_stats,omitempty"`
 }
 
 // manifestTemp is where WriteManifest writes the manifest of object name

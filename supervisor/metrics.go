@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/promtext"
@@ -32,6 +33,8 @@ type metrics struct {
 	reloadsOK      *promtext.Value
 	reloadsFailed  *promtext.Value
 	tally          reloadTally
+	// targets are the programs and maps a scrape reads (stats.go).
+	targets atomic.Pointer[statsTargets]
 }
 
 // reloadTally is what the reload metrics say, handed over across a re-exec
@@ -44,8 +47,8 @@ type reloadTally struct {
 }
 
 // newMetrics makes the metrics, the reload metrics going on from carried
-// when it is not nil.
-func newMetrics(carried *reloadTally) *metrics {
+// when it is not nil; programStats adds each program's run statistics.
+func newMetrics(carried *reloadTally, programStats bool) *metrics {
 	m := &metrics{}
 	r := &m.reg
 	m.childUp = r.Gauge("bpfsup_child_up", "1 while the child runs.")
@@ -69,6 +72,7 @@ func newMetrics(carried *reloadTally) *metrics {
 	m.reloadsFailed.Set(m.tally.Failure)
 	m.lastReload.Set(m.tally.Last)
 	m.lastReloadTime.Set(m.tally.LastTime)
+	r.Collect(collectStats(&m.targets, programStats))
 	return m
 }
 
@@ -101,6 +105,9 @@ func (s *supervisor) updateMetrics() {
 	s.metrics.links.Set(float64(links))
 	s.metrics.adopted.Set(float64(adopted))
 	s.metrics.loaded.Set(float64(loaded))
+	if s.opts.MetricsAddr != "" {
+		s.metrics.targets.Store(s.statsTargetsOf())
+	}
 }
 
 type metricsServer struct {

@@ -29,7 +29,7 @@ type runFlags struct {
 	restartDelay, restartMaxDelay, stableAfter      time.Duration
 	startLimitInterval, stopTimeout                 time.Duration
 	startLimit                                      int
-	watch, force, fdStore, pins                     bool
+	watch, force, fdStore, pins, programStats       bool
 }
 
 func (f *runFlags) add(c *cobra.Command) {
@@ -58,6 +58,7 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl.BoolVar(&f.watch, "watch", false, "reload when an object file or the config changes")
 	fl.BoolVar(&f.force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
 	fl.BoolVar(&f.fdStore, "fd-store", false, "keep every map, program and link in systemd's fd store too (FileDescriptorStoreMax=)")
+	fl.BoolVar(&f.programStats, "program-stats", false, "have the kernel count each program's runs and run time while bpfsup runs (BPF_ENABLE_STATS)")
 	fl.BoolVar(&f.pins, "pins", true, "pin on the system's bpffs; --pins=false (with --fd-store) keeps the objects in the fd store alone")
 }
 
@@ -97,6 +98,7 @@ func (f *runFlags) merge(file *config.File, fl *pflag.FlagSet) {
 	f.watch = f.watch || file.Watch
 	f.force = f.force || file.Force
 	f.fdStore = f.fdStore || file.FDStore
+	f.programStats = f.programStats || file.ProgramStats
 	if !fl.Changed("pins") && file.Pins != nil {
 		f.pins = *file.Pins
 	}
@@ -227,7 +229,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 		StopTimeout: f.stopTimeout, Credential: cred, NotifyChild: notify == config.NotifyChild, NotifyAccess: access,
 		MetricsAddr: f.metricsAddr, OnUpgrade: up, Watch: f.watch, Reconfigure: build, Inherited: inherited,
 		Logger: log, Version: bpfsupVersion(), Force: f.force,
-		FDStore: f.fdStore, PrivatePins: !f.pins,
+		FDStore: f.fdStore, PrivatePins: !f.pins, ProgramStats: f.programStats,
 	}
 	if f.configPath != "" {
 		opts.WatchFiles = []string{f.configPath}

@@ -29,6 +29,8 @@ type Results struct {
 	Restart     *RestartResult `json:"restart"`
 	Footprint   []FootprintRun `json:"footprint"`
 	Scale       []ScaleRow     `json:"scale"`
+	// ProgramStats is what --program-stats costs per packet.
+	ProgramStats *StatsCost `json:"program_stats,omitempty"`
 	Targets     []Target       `json:"targets"`
 	Errors      []string       `json:"errors,omitempty"`
 	Notes       []string       `json:"notes,omitempty"`
