@@ -134,11 +134,11 @@ type supervisor struct {
 	// stats is the BPF_ENABLE_STATS fd (Options.ProgramStats); see stats.go.
 	stats   io.Closer
 	fdStore *fdStore
-	unit       string         // the systemd unit bpfsup runs in, if any
-	ifaces     *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
-	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
-	mounts     *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
-	up         upgrade        // reloads and self-upgrades; see reexec.go
+	unit    string         // the systemd unit bpfsup runs in, if any
+	ifaces  *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
+	cgroups *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
+	mounts  *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
+	up      upgrade        // reloads and self-upgrades; see reexec.go
 }
 
 type reloadRequest struct {
