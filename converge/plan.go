@@ -507,18 +507,23 @@ type unattachedProgram struct{ program, why string }
 // made.
 func (p *Plan) Precheck(store pinstore.Store) error {
 	for _, pl := range p.links {
-		spec := pl.hook.Spec()
-		if !spec.IsNetwork() {
-			continue
-		}
-		if pinstore.Exists(filepath.Join(store.ObjectDir(p.name), string(pinstore.Links), pl.name)) {
-			continue
-		}
-		if err := hooks.CheckTarget(spec); err != nil {
+		if err := p.precheckLink(store, pl); err != nil {
 			return fmt.Errorf("object %s: program %s: %w", p.name, pl.program, err)
 		}
 	}
 	return nil
+}
+
+// precheckLink is Precheck of one link.
+func (p *Plan) precheckLink(store pinstore.Store, pl plannedLink) error {
+	spec := pl.hook.Spec()
+	if !spec.IsNetwork() {
+		return nil
+	}
+	if pinstore.Exists(filepath.Join(store.ObjectDir(p.name), string(pinstore.Links), pl.name)) {
+		return nil
+	}
+	return hooks.CheckTarget(spec)
 }
 
 func contains(list []string, s string) bool {

@@ -70,7 +70,7 @@ func execute(args []string) (int, error) {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(runCmd(&code), statusCmd(), downCmd(), reloadCmd(), inspectCmd(), debugCmd(), versionCmd())
+	root.AddCommand(runCmd(&code), checkCmd(), statusCmd(), downCmd(), reloadCmd(), inspectCmd(), debugCmd(), versionCmd())
 	root.SetArgs(args)
 	err := root.Execute()
 	if err != nil && strings.HasPrefix(err.Error(), "unknown command") {
