@@ -117,13 +117,13 @@ func CheckObjects(store pinstore.Store, cfgs []config.Object, opts PlanOptions) 
 
 func checkObject(store pinstore.Store, cfg config.Object, opts PlanOptions) ObjectCheck {
 	oc := ObjectCheck{Name: ObjectName(cfg), Path: cfg.Path, Programs: []ProgramCheck{}, Maps: []MapCheck{}, Links: []LinkCheck{}, Errors: []string{}}
-	data, err := ReadObject(cfg)
+	f, err := readObject(cfg)
 	if err != nil {
 		oc.Errors = append(oc.Errors, err.Error())
 		return oc
 	}
-	oc.SHA256 = ObjectSHA256(data)
-	p, err := planObjectData(cfg, data, oc.SHA256, opts)
+	oc.SHA256, oc.Signer = f.digest(), f.signer
+	p, err := planObjectData(cfg, f, opts)
 	if err != nil {
 		oc.Errors = append(oc.Errors, err.Error())
 		return oc

@@ -26,6 +26,9 @@ type Manifest struct {
 	// Source is the object file, ObjectSHA256 its content's hash.
 	Source       string `json:"source"`
 	ObjectSHA256 string `json:"object_sha256"`
+	// Signer names the key that signed the object file, when the
+	// configuration has it checked (internal/objsign).
+	Signer string `json:"signer,omitempty"`
 	// ConfigHash is a hash of the object's configuration.
 	ConfigHash string `json:"config_hash"`
 	// Generation counts installs that changed a program.

@@ -45,6 +45,9 @@ type ObjectStatus struct {
 	Dir          string `json:"dir"`
 	Source       string `json:"source,omitempty"`
 	ObjectSHA256 string `json:"object_sha256,omitempty"`
+	// Signer names the key that signed the object file, when the
+	// configuration had its signature checked.
+	Signer string `json:"signer,omitempty"`
 	Generation   uint64 `json:"generation"`
 	// PinsVia is where the pins are seen from here when the supervisor
 	// pins on a bpffs of its own (pins = false): "/proc/PID/root", which
@@ -232,7 +235,7 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 		o.problem("no manifest of bpfsup's in %s records this object: bpfsup did not make it, or its state directory is elsewhere", store.StateDirectory())
 	}
 	if man != nil {
-		o.Source, o.ObjectSHA256, o.Generation = man.Source, man.ObjectSHA256, man.Generation
+		o.Source, o.ObjectSHA256, o.Generation, o.Signer = man.Source, man.ObjectSHA256, man.Generation, man.Signer
 	}
 	o.Supervisor = r.supervisorStatus(name, man, &o)
 	if man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
@@ -629,6 +632,13 @@ func (st *Status) Render() string {
 	}
 	for _, o := range st.Objects {
 		fmt.Fprintf(&b, "object %s (%s) generation %d\n", o.Name, o.Dir, o.Generation)
+		if o.ObjectSHA256 != "" {
+			fmt.Fprintf(&b, "  file    %s sha256 %s", o.Source, o.ObjectSHA256)
+			if o.Signer != "" {
+				fmt.Fprintf(&b, " signed by %s", o.Signer)
+			}
+			b.WriteString("\n")
+		}
 		if sup := o.Supervisor; sup != nil {
 			fmt.Fprintf(&b, "  supervisor pid %d", sup.PID)
 			if sup.Version != "" {

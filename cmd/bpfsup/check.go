@@ -17,7 +17,8 @@ type checkFlags struct {
 	sf                           storeFlags
 	configPath, netns            string
 	objects, attaches, mapAccess []string
-	force, asJSON                bool
+	trustedKeys                  []string
+	force, asJSON, requireSig    bool
 }
 
 // errCheckFailed is check's verdict that a start or reload would fail: the
@@ -32,7 +33,8 @@ func checkCmd() *cobra.Command {
 		Long: `Check the objects a run with the same flags would install: parse them, load every
 program through this kernel's verifier (instructions processed, verification
 time, size; the verifier's last lines when it refuses), resolve every hook (the
-interface or cgroup there, the hook supported), and, where the objects are pinned
+interface or cgroup there, the hook supported), verify each file's sha256 and
+signature as a start would, and, where the objects are pinned
 already, say what a reload would do with each map (adopt, reset, migrate,
 refuse) and each link (keep, update in place, make-before-break). Every program
 loaded is released: nothing is pinned, attached or left behind.
@@ -66,6 +68,8 @@ Exits 0 when a start or reload would succeed, 1 when it would not, 2 on bad usag
 	fl.StringArrayVarP(&f.attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET] (repeatable)")
 	fl.StringArrayVar(&f.mapAccess, "map-access", nil, "hand a map to the child as [OBJECT/]MAP=rw|ro|wo|none (repeatable)")
 	fl.StringVar(&f.netns, "netns", "", "network namespace (path) of network hooks' interfaces")
+	fl.StringArrayVar(&f.trustedKeys, "trusted-key", nil, "file of SSH public keys an object's signature must be by (repeatable)")
+	fl.BoolVar(&f.requireSig, "require-signature", false, "an object without a signature would be refused")
 	fl.BoolVar(&f.force, "force", false, "as run --force: foreign pins would be replaced")
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON")
 	f.sf.add(c)
@@ -91,6 +95,10 @@ func (f *checkFlags) build(cmd *cobra.Command) ([]config.Object, error) {
 		f.netns = file.Netns
 	}
 	f.force = f.force || file.Force
+	f.requireSig = f.requireSig || file.RequireSignature
+	if !fl.Changed("trusted-key") {
+		f.trustedKeys = file.TrustedKeys
+	}
 	objs := append([]config.Object(nil), file.Objects...)
 	for _, o := range f.objects {
 		objs = append(objs, config.Object{Path: o})
@@ -98,7 +106,7 @@ func (f *checkFlags) build(cmd *cobra.Command) ([]config.Object, error) {
 	if len(objs) == 0 {
 		return nil, usageError{errors.New("no BPF object given (-o OBJECT or [[object]] in the config)")}
 	}
-	objs, err = applyFlags(objs, f.attaches, f.mapAccess)
+	objs, err = applyFlags(withSigning(objs, f.trustedKeys, f.requireSig), f.attaches, f.mapAccess)
 	if err != nil {
 		return nil, usageError{err}
 	}

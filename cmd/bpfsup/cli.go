@@ -102,6 +102,15 @@ func newLogger(format string) (*slog.Logger, error) {
 	return nil, usageError{fmt.Errorf("--log-format %q: must be text or json", format)}
 }
 
+// withSigning gives every object the run's trusted keys and whether a
+// signature is required.
+func withSigning(objs []config.Object, keys []string, require bool) []config.Object {
+	for i := range objs {
+		objs[i].TrustedKeys, objs[i].RequireSignature = keys, require
+	}
+	return objs
+}
+
 // applyFlags adds -a and --map-access to the objects.
 func applyFlags(objs []config.Object, attaches, mapAccess []string) ([]config.Object, error) {
 	for _, a := range attaches {
