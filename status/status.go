@@ -47,8 +47,8 @@ type ObjectStatus struct {
 	ObjectSHA256 string `json:"object_sha256,omitempty"`
 	// Signer names the key that signed the object file, when the
 	// configuration had its signature checked.
-	Signer string `json:"signer,omitempty"`
-	Generation   uint64 `json:"generation"`
+	Signer     string `json:"signer,omitempty"`
+	Generation uint64 `json:"generation"`
 	// PinsVia is where the pins are seen from here when the supervisor
 	// pins on a bpffs of its own (pins = false): "/proc/PID/root", which
 	// Dir and the paths below begin with.
