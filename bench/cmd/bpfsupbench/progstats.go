@@ -145,3 +145,47 @@ func udpPacket(port uint16) []byte {
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
 	return pkt
 }
+
+// CheckCost is `bpfsup check` of the verifier-heavy object beside a load of
+// it: the check runs the verifier as a load does, and pins and attaches
+// nothing.
+type CheckCost struct {
+	Check   []float64 `json:"check_ms"`
+	Load    []float64 `json:"load_ms"`
+	Install []float64 `json:"load_install_ms"`
+	CheckS  Stats     `json:"check_stats_ms"`
+	LoadS   Stats     `json:"load_stats_ms"`
+}
+
+// checkSection times `bpfsup check` (fork to exit) of the object with one
+// verifier-heavy program, and `bpfsup run` loading it from nothing (fork
+// to the child running), taking turns.
+func (b *bench) checkSection() error {
+	e := b.newBpfsupEnv("check")
+	cfg := filepath.Join(b.work, "check.toml")
+	if err := writeConfig(cfg, []cfgObject{{Path: b.objs["heavy"][1], Name: "heavy",
+		Attach: []cfgAttach{{Program: "p0", Hook: "xdp:" + b.ifaces[0]}}}}); err != nil {
+		return err
+	}
+	res := &CheckCost{}
+	for r := 0; r < b.reps; r++ {
+		if err := e.down(); err != nil {
+			return err
+		}
+		c := e.cmd("check", "-c", cfg, "--netns", b.rns.path)
+		t0 := mono()
+		if _, err := runCmd(c); err != nil {
+			return err
+		}
+		res.Check = append(res.Check, ms(mono()-t0))
+		load, install, err := b.readyRun(e, cfg, "loaded", 1, 0)
+		if err != nil {
+			return err
+		}
+		res.Load, res.Install = append(res.Load, load), append(res.Install, install)
+	}
+	res.CheckS, res.LoadS = summarize(res.Check), summarize(res.Load)
+	b.res.Check = res
+	logf("check of the heavy object %.0f ms, load %.0f ms (install step %.0f ms)", res.CheckS.Median, res.LoadS.Median, summarize(res.Install).Median)
+	return nil
+}

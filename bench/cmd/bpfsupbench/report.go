@@ -198,6 +198,18 @@ func (b *bench) report() string {
 	} else {
 		p("Not measured.\n\n")
 	}
+
+	p("## 7. Preflight check\n\n")
+	if c := r.Check; c != nil {
+		p("`bpfsup check` of the object with one verifier-heavy program (%d instructions processed), fork to exit, ", r.HeavyInsns)
+		p("beside `bpfsup run` loading it from nothing, fork to the child running; taking turns, %d times each, in ms:\n\n", c.CheckS.N)
+		p("| | median | min | max |\n|---|---:|---:|---:|\n")
+		p("| check | %s | %s | %s |\n", fmtMs(c.CheckS.Median), fmtMs(c.CheckS.Min), fmtMs(c.CheckS.Max))
+		p("| load (run) | %s | %s | %s |\n", fmtMs(c.LoadS.Median), fmtMs(c.LoadS.Min), fmtMs(c.LoadS.Max))
+		p("| load, bpfsup's install step | %s | | |\n\n", fmtMs(summarize(c.Install).Median))
+	} else {
+		p("Not measured.\n\n")
+	}
 	return w.String()
 }
 

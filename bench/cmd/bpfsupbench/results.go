@@ -31,9 +31,11 @@ type Results struct {
 	Scale       []ScaleRow     `json:"scale"`
 	// ProgramStats is what --program-stats costs per packet.
 	ProgramStats *StatsCost `json:"program_stats,omitempty"`
-	Targets      []Target   `json:"targets"`
-	Errors       []string   `json:"errors,omitempty"`
-	Notes        []string   `json:"notes,omitempty"`
+	// Check is bpfsup check of the verifier-heavy object beside its load.
+	Check   *CheckCost `json:"check,omitempty"`
+	Targets []Target   `json:"targets"`
+	Errors  []string   `json:"errors,omitempty"`
+	Notes   []string   `json:"notes,omitempty"`
 }
 
 // Env is the machine and the versions the run used.
