@@ -87,6 +87,16 @@ func (in *Installed) Hooks() []hooks.Spec {
 	return specs
 }
 
+// ProgramHooks are the hook specs each program is attached to, by program
+// name, in the plan's order; programs attached nowhere are absent.
+func (in *Installed) ProgramHooks() map[string][]string {
+	hooks := map[string][]string{}
+	for _, pl := range in.plan.links {
+		hooks[pl.program] = append(hooks[pl.program], pl.hook.Spec().String())
+	}
+	return hooks
+}
+
 // Counts says how many maps, programs and links the object has, and how
 // many programs were adopted and loaded.
 func (in *Installed) Counts() (maps, progs, links, adopted, loaded int) {

@@ -60,9 +60,8 @@ type starting struct {
 	opts  PlanOptions
 	log   *slog.Logger
 
-	datas    [][]byte
+	files    []objectFile
 	readErrs []error
-	shas     []string
 	pins     []*Pins
 	// ready are the objects adopted unchanged; installs those installed
 	// from their plans.
@@ -75,7 +74,7 @@ type starting struct {
 // milliseconds), and adopts the objects nothing changed for.
 func (s *starting) read() error {
 	n := len(s.cfgs)
-	s.datas, s.readErrs, s.shas = make([][]byte, n), make([]error, n), make([]string, n)
+	s.files, s.readErrs = make([]objectFile, n), make([]error, n)
 	s.ready, s.installs, s.plans = make([]*Installed, n), make([]*Installed, n), make([]*Plan, n)
 	prefetched := make(chan []*Pins, 1)
 	go func() {
@@ -86,7 +85,7 @@ func (s *starting) read() error {
 		prefetched <- sets
 	}()
 	for i, c := range s.cfgs {
-		s.datas[i], s.readErrs[i] = ReadObject(c)
+		s.files[i], s.readErrs[i] = readObject(c)
 	}
 	s.pins = <-prefetched
 
@@ -103,8 +102,7 @@ func (s *starting) read() error {
 		if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
 			continue
 		}
-		s.shas[i] = ObjectSHA256(s.datas[i])
-		in, why := adoptUnchanged(s.store, c, s.shas[i], s.opts.Key, s.pins[i], s.log)
+		in, why := adoptUnchanged(s.store, c, s.files[i].digest(), s.opts.Key, s.pins[i], s.log)
 		if in == nil {
 			s.log.Debug("planning the object from its file", "object", name, "why", why)
 			continue
@@ -124,10 +122,7 @@ func (s *starting) plan() error {
 		if s.readErrs[i] != nil {
 			return s.readErrs[i]
 		}
-		if s.shas[i] == "" {
-			s.shas[i] = ObjectSHA256(s.datas[i])
-		}
-		p, err := planObjectData(c, s.datas[i], s.shas[i], s.opts)
+		p, err := planObjectData(c, s.files[i], s.opts)
 		if err != nil {
 			return err
 		}

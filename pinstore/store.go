@@ -169,6 +169,13 @@ func (s Store) Open(name string) (_ *Object, err error) {
 	return o, nil
 }
 
+// Peek is object name's place in the store, neither locked nor made: to
+// read what is pinned there (`bpfsup check`), never to change it. Close
+// is a no-op.
+func (s Store) Peek(name string) *Object {
+	return &Object{Name: name, Dir: s.ObjectDir(name), store: s}
+}
+
 // Lock locks object name for this process without making anything: for
 // teardown, which must not create what it is about to remove. The pin
 // directory is locked when it exists.

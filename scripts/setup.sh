@@ -11,7 +11,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in clang llvm libbpf-dev bpftool xdp-tools iproute2 iputils-ping python3-systemd systemd; do
+for pkg in clang llvm libbpf-dev bpftool xdp-tools iproute2 iputils-ping python3-systemd systemd openssh-client; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

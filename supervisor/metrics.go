@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/promtext"
@@ -30,6 +31,8 @@ type metrics struct {
 	reloadsOK      *promtext.Value
 	reloadsFailed  *promtext.Value
 	tally          reloadTally
+	// targets are the programs and maps a scrape reads (stats.go).
+	targets atomic.Pointer[statsTargets]
 }
 
 // reloadTally is what the reload metrics say, handed over across a re-exec
@@ -42,8 +45,8 @@ type reloadTally struct {
 }
 
 // newMetrics makes the metrics, the reload metrics going on from carried
-// when it is not nil.
-func newMetrics(carried *reloadTally) *metrics {
+// when it is not nil; programStats adds each program's run statistics.
+func newMetrics(carried *reloadTally, programStats bool) *metrics {
 	m := &metrics{}
 	r := &m.reg
 	m.childUp = r.Gauge("bpfsup_child_up", "1 while the child runs.")
@@ -67,6 +70,7 @@ func newMetrics(carried *reloadTally) *metrics {
 	m.reloadsFailed.Set(m.tally.Failure)
 	m.lastReload.Set(m.tally.Last)
 	m.lastReloadTime.Set(m.tally.LastTime)
+	r.Collect(collectStats(&m.targets, programStats))
 	return m
 }
 
@@ -99,6 +103,9 @@ func (s *supervisor) updateMetrics() {
 	s.metrics.links.Set(float64(links))
 	s.metrics.adopted.Set(float64(adopted))
 	s.metrics.loaded.Set(float64(loaded))
+	if s.opts.MetricsAddr != "" {
+		s.metrics.targets.Store(s.statsTargetsOf())
+	}
 }
 
 // listenMetrics listens on addr, or takes the listener inherited across a

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -81,6 +82,11 @@ type Options struct {
 	// mount namespace of its own (pins = false; see EnterPrivateBPFFS): the
 	// objects outlive bpfsup in the fd store alone.
 	PrivatePins bool
+	// ProgramStats holds a BPF_ENABLE_STATS fd (run time) for as long as
+	// bpfsup runs: the kernel counts every program's runs and run time
+	// while it is open, and stops when bpfsup exits, however it exits. The
+	// metrics then carry each program's statistics.
+	ProgramStats bool
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
 	// Version of bpfsup, for status.
@@ -124,12 +130,14 @@ type supervisor struct {
 	notify     *notifySocket
 	ctl        *controlServer
 	metricsSrv *metricsServer
-	fdStore    *fdStore
-	unit       string         // the systemd unit bpfsup runs in, if any
-	ifaces     *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
-	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
-	mounts     *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
-	up         upgrade        // reloads and self-upgrades; see reexec.go
+	// stats is the BPF_ENABLE_STATS fd (Options.ProgramStats); see stats.go.
+	stats   io.Closer
+	fdStore *fdStore
+	unit    string         // the systemd unit bpfsup runs in, if any
+	ifaces  *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
+	cgroups *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
+	mounts  *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
+	up      upgrade        // reloads and self-upgrades; see reexec.go
 }
 
 type reloadRequest struct {
@@ -247,6 +255,10 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	if err := s.openFDStore(); err != nil {
 		return 2, err
 	}
+	if err := s.enableStats(); err != nil {
+		return 1, err
+	}
+	defer s.closeStats()
 	metricsL, err := s.metricsListener()
 	if err != nil {
 		return 2, err
@@ -320,7 +332,7 @@ func (s *supervisor) install() error {
 	if s.up.resumed != nil {
 		carried = s.up.resumed.Reloads
 	}
-	s.metrics = newMetrics(carried)
+	s.metrics = newMetrics(carried, s.stats != nil)
 	s.metrics.restarts.Add(float64(s.restarts)) // those before a re-exec
 	s.updateMetrics()
 	return nil
@@ -758,7 +770,7 @@ func (s *supervisor) notifyStatus() {
 // of the child writes one file, not one per object.
 func (s *supervisor) recordSupervisor() {
 	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil,
-		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit}
+		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit, ProgramStats: s.stats != nil}
 	if s.child != nil {
 		rec.ChildPID = s.child.Pid
 	}

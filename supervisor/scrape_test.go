@@ -22,7 +22,7 @@ func startScrapes(t *testing.T) (*metricsServer, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMetrics(nil)
+	m := newMetrics(nil, false)
 	m.objects.Set(3)
 	ms := m.serveOn(l)
 	done := make(chan error, 1)

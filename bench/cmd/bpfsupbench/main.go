@@ -65,7 +65,7 @@ func main() {
 	flag.IntVar(&b.reps, "reps", 5, "repetitions of each comparison")
 	flag.IntVar(&b.restarts, "restarts", 1000, "child restarts measured")
 	flag.IntVar(&b.rate, "rate", 20000, "UDP packets per second during the upgrade test")
-	flag.StringVar(&sections, "sections", "ready,upgrade,restart,footprint,scale", "sections to run")
+	flag.StringVar(&sections, "sections", "ready,upgrade,restart,footprint,scale,stats,check", "sections to run")
 	flag.BoolVar(&quick, "quick", false, "a short run for development: 3 repetitions, fewer programs and restarts")
 	flag.DurationVar(&readyCaseBudget, "case-budget", readyCaseBudget, "restart-to-ready: after 3 repetitions and this long, only adopt repeats")
 	flag.DurationVar(&settleMax, "settle", settleMax, "at most this long, wait for the CPU pressure to fall before measuring")
@@ -170,7 +170,7 @@ func (b *bench) main(sections []string) error {
 	for _, s := range sections {
 		fn := map[string]func() error{
 			"ready": b.readySection, "upgrade": b.upgradeSection, "restart": b.restartSection,
-			"footprint": b.footprintSection, "scale": b.scaleSection,
+			"footprint": b.footprintSection, "scale": b.scaleSection, "stats": b.statsSection, "check": b.checkSection,
 		}[s]
 		if fn == nil {
 			return fmt.Errorf("unknown section %q", s)

@@ -191,6 +191,32 @@ func (b *bench) report() string {
 			fmtMs(s.Adopt.Median/float64(s.Objects)), fmtMs(s.Status.Median), spread(s.Status), fmtMs(s.JSON.Median), spread(s.JSON))
 	}
 	p("\n")
+
+	p("## 6. Program statistics\n\n")
+	if ps := r.ProgramStats; ps != nil {
+		p("dropfilter's `xdp_drop` pinned by bpfsup, run %d times per sample by `BPF_PROG_TEST_RUN` on a UDP packet it drops, ", ps.Repeat)
+		p("in %d blocks that take turns: bpfsup without `--program-stats`, then with it (the kernel counting while bpfsup holds its ", statsBlocks)
+		p("`BPF_ENABLE_STATS` fd). The kernel's time per run, in ns:\n\n")
+		p("| | median | p10 | p90 | samples |\n|---|---:|---:|---:|---:|\n")
+		p("| statistics off | %.1f | %.1f | %.1f | %d |\n", ps.Off.Median, ps.Off.P10, ps.Off.P90, ps.Off.N)
+		p("| statistics on | %.1f | %.1f | %.1f | %d |\n", ps.On.Median, ps.On.P10, ps.On.P90, ps.On.N)
+		p("| cost per packet | %.1f | | | |\n\n", ps.On.Median-ps.Off.Median)
+		p("With statistics on, the kernel's own count says %.1f ns per run (`run_time_ns / run_cnt`).\n\n", ps.KernelNs)
+	} else {
+		p("Not measured.\n\n")
+	}
+
+	p("## 7. Preflight check\n\n")
+	if c := r.Check; c != nil {
+		p("`bpfsup check` of the object with one verifier-heavy program (%d instructions processed), fork to exit, ", r.HeavyInsns)
+		p("beside `bpfsup run` loading it from nothing, fork to the child running; taking turns, %d times each, in ms:\n\n", c.CheckS.N)
+		p("| | median | min | max |\n|---|---:|---:|---:|\n")
+		p("| check | %s | %s | %s |\n", fmtMs(c.CheckS.Median), fmtMs(c.CheckS.Min), fmtMs(c.CheckS.Max))
+		p("| load (run) | %s | %s | %s |\n", fmtMs(c.LoadS.Median), fmtMs(c.LoadS.Min), fmtMs(c.LoadS.Max))
+		p("| load, bpfsup's install step | %s | | |\n\n", fmtMs(summarize(c.Install).Median))
+	} else {
+		p("Not measured.\n\n")
+	}
 	return w.String()
 }
 

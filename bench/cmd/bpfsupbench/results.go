@@ -29,9 +29,13 @@ type Results struct {
 	Restart     *RestartResult `json:"restart"`
 	Footprint   []FootprintRun `json:"footprint"`
 	Scale       []ScaleRow     `json:"scale"`
-	Targets     []Target       `json:"targets"`
-	Errors      []string       `json:"errors,omitempty"`
-	Notes       []string       `json:"notes,omitempty"`
+	// ProgramStats is what --program-stats costs per packet.
+	ProgramStats *StatsCost `json:"program_stats,omitempty"`
+	// Check is bpfsup check of the verifier-heavy object beside its load.
+	Check   *CheckCost `json:"check,omitempty"`
+	Targets []Target   `json:"targets"`
+	Errors  []string   `json:"errors,omitempty"`
+	Notes   []string   `json:"notes,omitempty"`
 }
 
 // Env is the machine and the versions the run used.

@@ -196,12 +196,13 @@ func commonFiles(repo string, b *built, o options) (*initramfs, error) {
 	// and sed; iproute2's ip and tc for the namespace and veth helpers;
 	// bpftool where tests look at what is attached; iputils' ping, whose
 	// output tests read; systemd-notify and systemd-socket-activate, which
-	// work without systemd running; getent, bpfsup's way to NSS users.
+	// work without systemd running; getent, bpfsup's way to NSS users;
+	// ssh-keygen, which makes the keys and signatures of signed objects.
 	var programs []string
 	for _, pkg := range []string{"coreutils", "dash", "bash", "grep", "sed"} {
 		programs = append(programs, packagePrograms(pkg)...)
 	}
-	for _, tool := range []string{"sh", "ip", "tc", "bpftool", "ping", "systemd-notify", "systemd-socket-activate", "getent"} {
+	for _, tool := range []string{"sh", "ip", "tc", "bpftool", "ping", "systemd-notify", "systemd-socket-activate", "getent", "ssh-keygen"} {
 		if path, err := exec.LookPath(tool); err == nil {
 			programs = append(programs, path)
 		} else if tool == "ip" {
