@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/bpfsup/bpfsup/config"
@@ -93,6 +95,7 @@ func (s *starting) read() error {
 	endBatch := hooks.Batch()
 	defer endBatch()
 	names := map[string]string{}
+	var todo []int
 	for i, c := range s.cfgs {
 		name := ObjectName(c)
 		if prev, ok := names[name]; ok {
@@ -102,14 +105,37 @@ func (s *starting) read() error {
 		if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
 			continue
 		}
-		in, why := adoptUnchanged(s.store, c, s.files[i].digest(), s.opts.Key, s.pins[i], s.log)
-		if in == nil {
-			s.log.Debug("planning the object from its file", "object", name, "why", why)
-			continue
-		}
-		s.ready[i] = in
+		todo = append(todo, i)
 	}
+	// The objects are independent (each its own lock, pins and manifest),
+	// and adopting one is a few dozen system calls: several at once keep
+	// the CPUs busy while others wait in the kernel.
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(len(todo), 2*runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for i := range work {
+				s.adopt(i)
+			}
+		})
+	}
+	for _, i := range todo {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
 	return nil
+}
+
+// adopt adopts object i unchanged when it can (adoptUnchanged).
+func (s *starting) adopt(i int) {
+	c := s.cfgs[i]
+	in, why := adoptUnchanged(s.store, c, s.files[i].digest(), s.opts.Key, s.pins[i], s.log)
+	if in == nil {
+		s.log.Debug("planning the object from its file", "object", ObjectName(c), "why", why)
+		return
+	}
+	s.ready[i] = in
 }
 
 // plan plans the objects not adopted unchanged, and checks every plan's

@@ -257,7 +257,8 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 	}
 	o.Supervisor = r.supervisorStatus(name, man, &o)
 	if man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
-		if o.Supervisor == nil || o.Supervisor.PID != man.Supervisor.PID {
+		// A manifest of a bpfsup before supervisor.PID.json names the pid.
+		if o.Supervisor == nil || (man.Supervisor.PID != 0 && o.Supervisor.PID != man.Supervisor.PID) {
 			o.problem("pins = false: nothing is pinned and no supervisor runs; the objects live in systemd's fd store alone until bpfsup starts again")
 			o.Healthy = false
 			return o

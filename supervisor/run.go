@@ -765,9 +765,9 @@ func (s *supervisor) notifyStatus() {
 
 // recordSupervisor writes the supervisor's pid, the child's pid and the
 // restart count into the supervisor's record in the state directory, for
-// status; into the manifest of each object only what changed there since
-// the last install (pid, version, fd store, private pins, unit): a restart
-// of the child writes one file, not one per object.
+// status; into the manifest of each object only how it is held (version,
+// fd store, private pins, unit, statistics), when that changed: a restart
+// of the child, or of bpfsup, writes one file, not one per object.
 func (s *supervisor) recordSupervisor() {
 	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil,
 		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit, ProgramStats: s.stats != nil}
@@ -780,8 +780,10 @@ func (s *supervisor) recordSupervisor() {
 	if err := s.opts.Store.WriteRuntime(rec); err != nil {
 		s.log.Warn("could not write the supervisor's record", "err", err)
 	}
-	lasting := *rec
-	lasting.ChildPID, lasting.Restarts, lasting.Ready = 0, 0, false
+	// What a manifest keeps says how the object is held, not by which
+	// process: a start of bpfsup that changed none of it writes nothing.
+	lasting := pinstore.SupervisorRecord{Version: rec.Version, FDStore: rec.FDStore, PrivatePins: rec.PrivatePins,
+		Unit: rec.Unit, ProgramStats: rec.ProgramStats}
 	for _, in := range s.objects {
 		if err := in.RecordSupervisor(&lasting); err != nil {
 			s.log.Warn("could not write manifest", "object", in.Name(), "err", err)
