@@ -24,6 +24,6 @@
 // next run adopts everything without reloading; the child does not (it dies
 // with bpfsup by its parent-death signal). A self-upgrade (SIGUSR2, see
 // reexec.go) is no restart: the pid, the child, the object locks and the
-// listening sockets (control, notify, metrics; see quiesce.go) survive the
+// listening sockets (control, notify, metrics; see internal/quiesce) survive the
 // exec.
 package supervisor

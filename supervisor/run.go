@@ -29,6 +29,7 @@ import (
 	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/internal/environ"
+	"github.com/bpfsup/bpfsup/internal/scrape"
 	"github.com/bpfsup/bpfsup/pinstore"
 	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
@@ -129,7 +130,7 @@ type supervisor struct {
 	childNote  chan notifyMsg
 	notify     *notifySocket
 	ctl        *controlServer
-	metricsSrv *metricsServer
+	metricsSrv *scrape.Server
 	// stats is the BPF_ENABLE_STATS fd (Options.ProgramStats); see stats.go.
 	stats   io.Closer
 	fdStore *fdStore
@@ -359,10 +360,10 @@ func (s *supervisor) addActors(g *run.Group, metricsL net.Listener) error {
 		g.Add(ns.serve, func(error) { ns.close() })
 	}
 	if metricsL != nil {
-		srv := s.metrics.serveOn(metricsL)
+		srv := scrape.New(&s.metrics.reg, metricsL.(*net.TCPListener))
 		s.metricsSrv = srv
-		g.Add(srv.serve, func(error) { srv.close() })
-		s.log.Info("serving metrics", "addr", srv.addr())
+		g.Add(srv.Serve, func(error) { srv.Close() })
+		s.log.Info("serving metrics", "addr", srv.Addr())
 	}
 	ctl, err := listenControl(opts.Store.StateDirectory(), s.reloads, s.statusJSON, s.inheritedSocket(sockControl))
 	if err != nil {

@@ -1,11 +1,11 @@
-package supervisor
-
-// The metrics endpoint speaks just enough HTTP/1.x for a scraper: GET or
-// HEAD of /metrics, keep-alive, nothing else. It is not net/http because
-// that package brings crypto/tls and x509 with it: 4.2 of the 14.7 MB of
-// bpfsup's binary, every page of which a supervisor maps at each start and
-// keeps resident while it waits (idle with ten objects: 12.4 MiB with it,
-// 10.4 MiB without; make bench). Requests are parsed by net/textproto.
+// Package scrape serves a promtext registry to Prometheus: GET or HEAD of
+// /metrics over HTTP/1.x, keep-alive, nothing else, quiesced across a
+// re-exec (internal/quiesce). It is not net/http because that package
+// brings crypto/tls and x509 with it: 4.2 of the 14.7 MB of bpfsup's
+// binary, every page of which a supervisor maps at each start and keeps
+// resident while it waits (idle with ten objects: 12.4 MiB with it, 10.4 MiB
+// without; make bench). Requests are parsed by net/textproto.
+package scrape
 
 import (
 	"bufio"
@@ -20,6 +20,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/bpfsup/bpfsup/internal/promtext"
+	"github.com/bpfsup/bpfsup/internal/quiesce"
 )
 
 const (
@@ -33,11 +36,11 @@ const (
 	scrapeMaxHeader = 16 << 10
 )
 
-// metricsServer answers scrapes of the metrics on its listener.
-type metricsServer struct {
-	m    *metrics
-	l    *pausableListener
-	busy *busyConns
+// Server answers scrapes of a registry on its listener.
+type Server struct {
+	reg  *promtext.Registry
+	l    *quiesce.Listener
+	busy *quiesce.Busy
 
 	mu     sync.Mutex
 	idle   map[net.Conn]bool // every open connection: true between requests
@@ -46,16 +49,20 @@ type metricsServer struct {
 	wg     sync.WaitGroup
 }
 
-// serveOn makes the metrics server that will serve on l.
-func (m *metrics) serveOn(l net.Listener) *metricsServer {
-	return &metricsServer{m: m, l: newPausableListener(l.(*net.TCPListener)), busy: newBusyConns(), idle: map[net.Conn]bool{}}
+// New makes the server of reg that will serve on l.
+func New(reg *promtext.Registry, l *net.TCPListener) *Server {
+	return &Server{reg: reg, l: quiesce.NewListener(l), busy: quiesce.NewBusy(), idle: map[net.Conn]bool{}}
 }
 
-func (ms *metricsServer) addr() string { return ms.l.Addr().String() }
+// Addr is the listener's address.
+func (ms *Server) Addr() string { return ms.l.Addr().String() }
 
-// serve accepts until close; each connection is answered on a goroutine of
+// Listener is the listening socket, to hand over across a re-exec.
+func (ms *Server) Listener() quiesce.DeadlineListener { return ms.l.DeadlineListener }
+
+// Serve accepts until Close; each connection is answered on a goroutine of
 // its own.
-func (ms *metricsServer) serve() error {
+func (ms *Server) Serve() error {
 	var delay time.Duration
 	for {
 		c, err := ms.l.Accept()
@@ -85,40 +92,40 @@ func (ms *metricsServer) serve() error {
 
 // track adds c to the open connections, busy from its accept until it goes
 // idle between requests; false once the server is closed.
-func (ms *metricsServer) track(c net.Conn) bool {
+func (ms *Server) track(c net.Conn) bool {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if ms.closed {
 		return false
 	}
 	ms.idle[c] = false
-	ms.busy.mark(c, true)
+	ms.busy.Mark(c, true)
 	ms.wg.Add(1)
 	return true
 }
 
 // setIdle records whether c waits for a request; false when c should be
 // closed instead (quiesced or closed while it was answering).
-func (ms *metricsServer) setIdle(c net.Conn, idle bool) bool {
+func (ms *Server) setIdle(c net.Conn, idle bool) bool {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if idle && (ms.noKeep || ms.closed) {
 		return false
 	}
 	ms.idle[c] = idle
-	ms.busy.mark(c, !idle)
+	ms.busy.Mark(c, !idle)
 	return true
 }
 
 // handle answers the requests of c until it closes, asks to, or stays idle
 // too long.
-func (ms *metricsServer) handle(c net.Conn) {
+func (ms *Server) handle(c net.Conn) {
 	defer func() {
 		c.Close()
 		ms.mu.Lock()
 		delete(ms.idle, c)
 		ms.mu.Unlock()
-		ms.busy.mark(c, false)
+		ms.busy.Mark(c, false)
 		ms.wg.Done()
 	}()
 	r := bufio.NewReaderSize(c, 4096)
@@ -161,7 +168,7 @@ func lingeringClose(c net.Conn) {
 
 // answer reads one request from r and writes its answer to w; it reports
 // whether the connection may carry another.
-func (ms *metricsServer) answer(r *bufio.Reader, w *bufio.Writer) (keep bool) {
+func (ms *Server) answer(r *bufio.Reader, w *bufio.Writer) (keep bool) {
 	req, err := readScrape(r)
 	if err != nil {
 		writeAnswer(w, "400 Bad Request", "text/plain; charset=utf-8", []byte(err.Error()+"\n"), false, false)
@@ -178,7 +185,7 @@ func (ms *metricsServer) answer(r *bufio.Reader, w *bufio.Writer) (keep bool) {
 		return false
 	default:
 		var body bytes.Buffer
-		_ = ms.m.reg.Write(&body)
+		_ = ms.reg.Write(&body)
 		writeAnswer(w, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.Bytes(), req.method == "HEAD", keep)
 	}
 	return keep
@@ -272,26 +279,26 @@ func writeAnswer(w *bufio.Writer, status, contentType string, body []byte, head,
 	}
 }
 
-// quiesce stops taking scrapes, closes idle connections and waits until the
+// Quiesce stops taking scrapes, closes idle connections and waits until the
 // scrapes taken are answered, for a re-exec.
-func (ms *metricsServer) quiesce() {
-	ms.l.pause(quiesceTimeout)
+func (ms *Server) Quiesce() {
+	ms.l.Pause(quiesce.Timeout)
 	ms.mu.Lock()
 	ms.noKeep = true
 	ms.closeIdleLocked()
 	ms.mu.Unlock()
-	ms.busy.wait(quiesceTimeout)
+	ms.busy.Wait(quiesce.Timeout)
 }
 
-// resume serves again after a re-exec that did not happen.
-func (ms *metricsServer) resume() {
+// Resume serves again after a re-exec that did not happen.
+func (ms *Server) Resume() {
 	ms.mu.Lock()
 	ms.noKeep = false
 	ms.mu.Unlock()
-	ms.l.resume()
+	ms.l.Resume()
 }
 
-func (ms *metricsServer) closeIdleLocked() {
+func (ms *Server) closeIdleLocked() {
 	for c, idle := range ms.idle {
 		if idle {
 			c.Close()
@@ -299,9 +306,9 @@ func (ms *metricsServer) closeIdleLocked() {
 	}
 }
 
-// close stops serving: the listener and idle connections are closed, and
+// Close stops serving: the listener and idle connections are closed, and
 // scrapes being answered get a second to finish.
-func (ms *metricsServer) close() {
+func (ms *Server) Close() {
 	ms.mu.Lock()
 	ms.closed = true
 	ms.closeIdleLocked()

@@ -1,4 +1,4 @@
-package supervisor
+package scrape
 
 import (
 	"bufio"
@@ -13,28 +13,29 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/bpfsup/bpfsup/internal/promtext"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
-// startScrapes serves fresh metrics on a loopback port for the test.
-func startScrapes(t *testing.T) (*metricsServer, string) {
+// startScrapes serves a registry on a loopback port for the test.
+func startScrapes(t *testing.T) (*Server, string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMetrics(nil, false)
-	m.objects.Set(3)
-	ms := m.serveOn(l)
+	var reg promtext.Registry
+	reg.Gauge("bpfsup_objects", "BPF objects installed.").Set(3)
+	ms := New(&reg, l.(*net.TCPListener))
 	done := make(chan error, 1)
-	go func() { done <- ms.serve() }()
+	go func() { done <- ms.Serve() }()
 	t.Cleanup(func() {
-		ms.close()
+		ms.Close()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return ms, ms.addr()
+	return ms, ms.Addr()
 }
 
 // TestScrapeWithPrometheusClient: what a scraper gets from GET /metrics is
@@ -142,7 +143,7 @@ func TestScrapeQuiesce(t *testing.T) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 
-	ms.quiesce()
+	ms.Quiesce()
 	_ = idle.SetReadDeadline(time.Now().Add(testutil.Scaled(10 * time.Second)))
 	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("idle connection after quiesce: read %d, %v; want it closed", n, err)
@@ -160,7 +161,7 @@ func TestScrapeQuiesce(t *testing.T) {
 	if n, err := waiting.Read(make([]byte, 1)); n != 0 || !isTimeout(err) {
 		t.Fatalf("answered while quiesced: %d bytes, %v", n, err)
 	}
-	ms.resume()
+	ms.Resume()
 	_ = waiting.SetReadDeadline(time.Now().Add(testutil.Scaled(10 * time.Second)))
 	out, err := io.ReadAll(waiting)
 	if err != nil || !strings.HasPrefix(string(out), "HTTP/1.1 200 OK") {
