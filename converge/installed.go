@@ -188,6 +188,25 @@ func (in *Installed) HandoffFiles() (_ []handoff.NamedFile, err error) {
 	return files, nil
 }
 
+// HandoffCount is how many fds HandoffFiles makes.
+func (in *Installed) HandoffCount() int {
+	p, n := in.plan, 0
+	for _, name := range p.maps {
+		if p.mapCfg[name].Access != config.AccessNone {
+			n++
+		}
+	}
+	for _, name := range p.progList {
+		if p.progCfg[name].Handoff {
+			n++
+		}
+	}
+	if p.cfg.HandoffLinks {
+		n += len(in.links)
+	}
+	return n
+}
+
 // mapFD is a new fd of map name for the child, as its access says; -1
 // when it gets none. A read-only or write-only fd cannot be made from a
 // read-write one: it is opened from the pin.

@@ -202,6 +202,13 @@ func (s *supervisor) planOptions() converge.PlanOptions {
 // object's hand-off.
 func (s *supervisor) openFiles() error {
 	s.closeFiles()
+	handed := 0
+	for _, in := range s.objects {
+		handed += in.HandoffCount()
+	}
+	if err := ensureFDRoom(handed); err != nil {
+		return err
+	}
 	var files []handoff.NamedFile
 	for _, in := range s.objects {
 		fs, err := in.HandoffFiles()

@@ -330,9 +330,13 @@ type cfgFile struct {
 	Objects []cfgObject `toml:"object"`
 }
 type cfgObject struct {
-	Path   string      `toml:"path"`
-	Name   string      `toml:"name"`
-	Attach []cfgAttach `toml:"attach"`
+	Path   string            `toml:"path"`
+	Name   string            `toml:"name"`
+	Attach []cfgAttach       `toml:"attach"`
+	Maps   map[string]cfgMap `toml:"maps,omitempty"`
+}
+type cfgMap struct {
+	Access string `toml:"access"`
 }
 type cfgAttach struct {
 	Program string `toml:"program"`
