@@ -2,7 +2,6 @@ package bpffs
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -182,7 +181,8 @@ func ObjInfo(fd int, info unsafe.Pointer, size uintptr) error {
 // MapMemlock is the memory the kernel charges for the map fd, from
 // /proc/self/fdinfo; false where it does not say.
 func MapMemlock(fd int) (uint64, bool) {
-	data, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	var buf [1024]byte // a map's fdinfo is a few hundred bytes
+	data, err := readFDInfo(fd, buf[:])
 	if err != nil {
 		return 0, false
 	}

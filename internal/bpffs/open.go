@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"unsafe"
 
@@ -55,7 +54,7 @@ func OpenPin(path string) (fd int, kind string, err error) {
 // name of its anonymous inode for anything else. The name of the fd's
 // anonymous inode is the only thing that tells them apart.
 func FDKind(fd int) (string, error) {
-	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	target, err := fdTarget(fd)
 	if err != nil {
 		return "", err
 	}
