@@ -25,7 +25,8 @@ apt_suite() {
 	printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian %s main\n' "$1" >"$dir/sources.list"
 	APT_OPTS=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/nonexistent
 		-o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o "Dir::Cache::archives=$dir/archives"
-		-o Dir::State::status=/dev/null -o APT::Architecture=amd64)
+		-o Dir::State::status=/dev/null -o APT::Architecture=amd64
+		-o Acquire::Check-Valid-Until=false)
 	apt_updated=0
 	if [ -z "$(ls "$dir/lists" | grep -v partial || true)" ]; then
 		apt_update

@@ -20,6 +20,7 @@
 # maintainer scripts in a chroot, where no init runs, and systemd only ever
 # runs as PID 1 inside qemu.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 CACHE=${BPFSUP_SYSTEMD_CACHE:-/var/cache/bpfsup-systemd}
@@ -47,6 +48,9 @@ DPKGOPTS=(
 	--dpkgopt='path-exclude=/usr/share/locale/*'
 	--dpkgopt='path-exclude=/usr/share/zoneinfo/*'
 )
+# Acquire::Check-Valid-Until: the archive this machine reaches serves sid
+# with a Release file past its Valid-Until date (seen on 2026-12-06), which
+# apt refuses by default; its signature is still checked.
 ROOTFS_KEY="v1 minbase $PACKAGES ${DPKGOPTS[*]}"
 
 # rootfs SUITE: the suite's root file system as a cpio archive, made when
@@ -62,7 +66,7 @@ rootfs() {
 	rm -rf "$tree" "$dir/rootfs.cpio" "$dir/rootfs.key"
 	echo "systemd: mmdebstrap $suite (minbase + $PACKAGES)" >&2
 	mmdebstrap --quiet --variant=minbase --include="$PACKAGES" "${DPKGOPTS[@]}" \
-		--aptopt='Acquire::Retries "3"' "$suite" "$tree" "$MIRROR" >&2
+		--aptopt='Acquire::Retries "3"' --aptopt='Acquire::Check-Valid-Until "false"' "$suite" "$tree" "$MIRROR" >&2
 	# What a booted system does not need: apt's caches and lists.
 	rm -rf "$tree"/var/cache/apt/* "$tree"/var/lib/apt/lists/*
 	(cd "$tree" && find . -xdev -print0 | cpio --null --quiet -o -H newc) >"$dir/rootfs.cpio.tmp"
@@ -79,7 +83,7 @@ rootfs() {
 # and linux-base-* (config, modules.builtin), unpacked into one directory.
 kernel() {
 	local suite=$1 link="$CACHE/$1/kernel" pkgs=() p dir
-	if [ "$REFRESH" = 0 ] && [ -f "$link/.complete" ]; then
+	if [ "$REFRESH" = 0 ] && [ -f "$link/.complete-kernel" ]; then
 		readlink -f "$link"
 		return
 	fi
@@ -107,6 +111,7 @@ kernel() {
 	for p in "${pkgs[@]}"; do
 		fetch "$p" "$dir" >/dev/null
 	done
+	touch "$dir/.complete-kernel"
 	ln -sfn "$dir" "$link"
 	echo "$dir"
 }
