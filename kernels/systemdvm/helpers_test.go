@@ -126,7 +126,13 @@ hook = "xdp:%s"
 netns = %q
 `, strings.Join(quoted, ", "), extra, in.obj, in.object, in.rig.dst.Name, in.rig.dstNS.Path)
 	writeFile(t, in.config, text)
-	t.Cleanup(func() { in.down(t) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := run("journalctl", "--no-pager", "-o", "short-monotonic", "-n", "60", "-u", in.unit)
+			t.Logf("journal of %s:\n%s", in.unit, out)
+		}
+		in.down(t)
+	})
 	return in
 }
 
@@ -134,6 +140,9 @@ netns = %q
 func (in *instance) down(t testing.TB) {
 	_, _ = run("systemctl", "stop", in.unit)
 	_, _ = run("systemctl", "reset-failed", in.unit)
+	// A store kept across the stop (FileDescriptorStorePreserve=, 254 and
+	// later) holds the links: emptying it detaches those of pins = false.
+	_, _ = run("systemctl", "clean", "--what=fdstore", in.unit)
 	_, _ = run(bpfsupBin, "down", in.object)
 }
 
