@@ -44,6 +44,7 @@ func TestSystemd(t *testing.T) {
 	// Case 8: the hardened unit through cases 2 to 5, with bpfsup's own
 	// readiness (no notify = "child"): its STATUS= is what systemd shows.
 	h := newInstance(t, "bpfsup-hardened@", "h", "", "-ready-after", "-1s")
+	dropIn(t, h.unit, "[Service]\nWatchdogSec=8s\n")
 	flow(t, h, "8_hardened_", false)
 	t.Run("8_security_exposure", testExposure)
 
@@ -136,7 +137,7 @@ func flow(t *testing.T, in *instance, prefix string, childNotify bool) {
 		return
 	}
 	// Traffic from here to the end of the flow (Cleanup of t stops it).
-	in.rig.traffic(t)
+	in.traffic(t)
 	passed = in.rig.filtered(t, 0)
 	t.Run(prefix+"3_reload_in_place", func(t *testing.T) {
 		copyFile(t, objV2, in.obj)
@@ -226,8 +227,17 @@ func testStartLimit(t *testing.T) {
 	if n, burst := show(t, in.unit, "NRestarts"), show(t, in.unit, "StartLimitBurst"); n != burst {
 		t.Errorf("NRestarts=%s, want StartLimitBurst=%s", n, burst)
 	}
-	if out, code := run("systemctl", "start", in.unit); code == 0 || !strings.Contains(out, "too often") {
-		t.Errorf("systemctl start after the limit: exit %d, want systemd's refusal:\n%s", code, out)
+	// systemd refuses the next start too; 252 words its refusal after the
+	// unit's Result (exit-code), later versions say "too often".
+	lastPID := show(t, in.unit, "ExecMainPID")
+	if out, code := run("systemctl", "start", in.unit); code == 0 {
+		t.Errorf("systemctl start after the limit: exit 0, want systemd's refusal:\n%s", out)
+	}
+	if pid := show(t, in.unit, "ExecMainPID"); pid != lastPID {
+		t.Errorf("systemctl start after the limit ran bpfsup again (pid %s, was %s)", pid, lastPID)
+	}
+	if j, _ := run("journalctl", "--no-pager", "-o", "cat", "-u", in.unit); !strings.Contains(j, "Start request repeated too quickly") {
+		t.Errorf("no \"Start request repeated too quickly\" in the journal of %s", in.unit)
 	}
 	info("start limit: Result=%s NRestarts=%s", result, show(t, in.unit, "NRestarts"))
 	in.ids(t) // still attached

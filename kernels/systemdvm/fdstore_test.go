@@ -25,7 +25,7 @@ func testFDStoreRepin(t *testing.T) {
 	dropIn(t, in.unit, "[Service]\nRestartSec=5s\n")
 	must(t, "systemctl", "start", in.unit)
 	before := in.ids(t)
-	in.rig.traffic(t)
+	in.traffic(t)
 	passed := in.rig.filtered(t, 0)
 
 	pid := mainPID(t, in.unit)
@@ -68,7 +68,7 @@ func testNoPins(t *testing.T, version int) {
 	must(t, "systemctl", "start", in.unit)
 	noPins("start")
 	before := in.ids(t)
-	in.rig.traffic(t)
+	in.traffic(t)
 	passed := in.rig.filtered(t, 0)
 
 	copyFile(t, objV2, in.obj)

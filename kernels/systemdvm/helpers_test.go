@@ -182,6 +182,17 @@ func (in *instance) waitActive(t testing.TB, old int) int {
 	return pid
 }
 
+// traffic starts the rig's traffic once the application has put dropPort
+// into drop_ports (it does so after it starts, which is after READY=1
+// unless notify = "child").
+func (in *instance) traffic(t *testing.T) {
+	t.Helper()
+	testutil.WaitFor(t, waitLong, "the application to fill drop_ports", func() bool {
+		return e2e.FindMap(t, in.status(t), "drop_ports").Entries == 1
+	})
+	in.rig.traffic(t)
+}
+
 // rig is a pair of network namespaces joined by a veth pair: traffic goes
 // from src to dst, where the instance's filter sits on dst's end.
 type rig struct {

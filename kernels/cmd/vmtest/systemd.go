@@ -226,13 +226,13 @@ func systemdReport(w io.Writer, specs []systemdSpec, results []pkgResult, errs [
 		}
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-34s", "CASE")
+	fmt.Fprintf(w, "%-42s", "CASE")
 	for _, s := range specs {
 		fmt.Fprintf(w, " %-14s", s.label)
 	}
 	fmt.Fprintln(w)
 	for _, c := range order {
-		fmt.Fprintf(w, "%-34s", c)
+		fmt.Fprintf(w, "%-42s", c)
 		for i := range specs {
 			cell := cells[i][c]
 			if cell == "" {
@@ -242,7 +242,7 @@ func systemdReport(w io.Writer, specs []systemdSpec, results []pkgResult, errs [
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "%-34s", "(vm)")
+	fmt.Fprintf(w, "%-42s", "(vm)")
 	for i, res := range results {
 		status := fmt.Sprintf("%s %5.0fs", map[bool]string{true: "PASS", false: "FAIL"}[res.ok() && errs[i] == nil], res.seconds)
 		fmt.Fprintf(w, " %-14s", status)
