@@ -44,6 +44,11 @@ func testFDStoreRepin(t *testing.T) {
 	if after := in.ids(t); after != before {
 		t.Errorf("after kill -9 with the pins removed: %+v, want the same link, program and maps %+v", after, before)
 	}
+	// The fds systemd handed back are bpfsup's: the application gets its
+	// maps alone, its LISTEN_FDS and LISTEN_FDNAMES rewritten.
+	if fds := strings.TrimSpace(readFile(t, filepath.Join(in.state, "fds"))); fds != "2 fw_s/maps/drop_count:fw_s/maps/drop_ports" {
+		t.Errorf("the restarted application was handed %q, want its 2 maps only", fds)
+	}
 	for _, p := range []string{"links", "maps/drop_ports", "maps/drop_count"} {
 		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
 			t.Errorf("not pinned again: %v", err)
