@@ -41,7 +41,10 @@ func app(args []string) int {
 	terms := make(chan os.Signal, 4)
 	signal.Notify(terms, syscall.SIGTERM)
 	names := os.Getenv("LISTEN_FDNAMES")
-	_ = os.WriteFile(filepath.Join(*state, "fds"), []byte(os.Getenv("LISTEN_FDS")+" "+names+"\n"), 0o644)
+	fds := filepath.Join(*state, "fds")
+	if os.WriteFile(fds+".tmp", []byte(os.Getenv("LISTEN_FDS")+" "+names+"\n"), 0o644) == nil {
+		_ = os.Rename(fds+".tmp", fds)
+	}
 	for i, name := range strings.Split(names, ":") {
 		if !strings.HasSuffix(name, "/maps/drop_ports") {
 			continue

@@ -28,6 +28,10 @@ func testFDStoreRepin(t *testing.T) {
 	in.traffic(t)
 	passed := in.rig.filtered(t, 0)
 
+	fdsFile := filepath.Join(in.state, "fds")
+	if err := os.Remove(fdsFile); err != nil {
+		t.Fatal(err)
+	}
 	pid := mainPID(t, in.unit)
 	must(t, "kill", "-9", strconv.Itoa(pid))
 	testutil.WaitFor(t, waitLong, "systemd to see bpfsup die", func() bool {
@@ -46,7 +50,11 @@ func testFDStoreRepin(t *testing.T) {
 	}
 	// The fds systemd handed back are bpfsup's: the application gets its
 	// maps alone, its LISTEN_FDS and LISTEN_FDNAMES rewritten.
-	if fds := strings.TrimSpace(readFile(t, filepath.Join(in.state, "fds"))); fds != "2 fw_s/maps/drop_count:fw_s/maps/drop_ports" {
+	testutil.WaitFor(t, waitLong, "the restarted application", func() bool {
+		_, err := os.Stat(fdsFile)
+		return err == nil
+	})
+	if fds := strings.TrimSpace(readFile(t, fdsFile)); fds != "2 fw_s/maps/drop_count:fw_s/maps/drop_ports" {
 		t.Errorf("the restarted application was handed %q, want its 2 maps only", fds)
 	}
 	for _, p := range []string{"links", "maps/drop_ports", "maps/drop_count"} {
