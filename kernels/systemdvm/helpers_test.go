@@ -3,6 +3,7 @@
 package systemdvm
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -42,7 +43,7 @@ var env = &testutil.Env{Bin: bpfsupBin, PinRoot: pinRoot, StateDir: "/run/bpfsup
 func run(name string, args ...string) (string, int) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			return string(out), ee.ExitCode()
 		}
 		return string(out) + err.Error(), -1
