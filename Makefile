@@ -69,9 +69,12 @@ LINTDIR := $(HOME)/.cache/bpfsup/golangci-lint-$(GOLANGCI_LINT_VERSION)
 $(LINTDIR)/golangci-lint:
 	GOBIN=$(LINTDIR) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
+# make systemd's cases (kernels/systemdvm) build only with their tag.
 lint: $(LINTDIR)/golangci-lint
 	$(GO) vet ./...
 	$(LINTDIR)/golangci-lint run ./...
+	$(GO) vet -tags systemdvm ./kernels/systemdvm
+	$(LINTDIR)/golangci-lint run --build-tags systemdvm ./kernels/systemdvm/...
 
 clean:
 	rm -rf bin
