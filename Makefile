@@ -3,6 +3,7 @@ GO       ?= go
 BIN      := bin/bpfsup
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
+LINTIAN  ?= 1
 # The BPF tests need root, a kernel with BPF and bpffs; -p 1 keeps packages
 # that create namespaces and pins from racing each other for the 2 cores.
 TESTFLAGS ?= -count=1 -p 1 -timeout 40m
@@ -12,7 +13,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 50000x
 FUZZMINIMIZETIME ?= 2000x
 
-.PHONY: all build setup test fuzz bench demo lint clean kernels
+.PHONY: all build setup test fuzz bench demo lint clean kernels deb systemd
 
 all: build
 
@@ -45,6 +46,14 @@ fuzz:
 kernels:
 	./kernels/run.sh
 
+# A Debian package of bpfsup (packaging/deb/build.sh), checked by lintian.
+deb:
+	LINTIAN=$(LINTIAN) ./packaging/deb/build.sh
+
+# bpfsup under systemd as PID 1 (252 and 262), in VMs (kernels/systemd.sh).
+systemd:
+	./kernels/systemd.sh
+
 bench: setup build
 	./bench/run.sh
 
@@ -60,9 +69,12 @@ LINTDIR := $(HOME)/.cache/bpfsup/golangci-lint-$(GOLANGCI_LINT_VERSION)
 $(LINTDIR)/golangci-lint:
 	GOBIN=$(LINTDIR) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
+# make systemd's cases (kernels/systemdvm) build only with their tag.
 lint: $(LINTDIR)/golangci-lint
 	$(GO) vet ./...
 	$(LINTDIR)/golangci-lint run ./...
+	$(GO) vet -tags systemdvm ./kernels/systemdvm
+	$(LINTDIR)/golangci-lint run --build-tags systemdvm ./kernels/systemdvm/...
 
 clean:
 	rm -rf bin

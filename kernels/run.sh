@@ -17,58 +17,13 @@ cd "$(dirname "$0")/.."
 CACHE=${BPFSUP_KERNEL_CACHE:-/var/cache/bpfsup-kernels}
 SERIES=${KERNELS:-"6.1 6.12"}
 REFRESH=${KERNELS_REFRESH:-0}
-export DEBIAN_FRONTEND=noninteractive
 export PATH=/usr/local/go/bin:$PATH
-
-updated=0
-apt_update() {
-	if [ "$updated" = 0 ]; then
-		apt-get update -qq
-		updated=1
-	fi
-}
+. kernels/lib.sh
 
 # Tools: qemu for the VMs, xz for 6.12's compressed modules, iproute2 (with
 # its libraries) goes into the VMs.
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-command -v xz >/dev/null || need+=(xz-utils)
-command -v ip >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
-	apt_update
-	echo "kernels: installing ${need[*]}"
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
+need_tools qemu-system-x86_64=qemu-system-x86 xz=xz-utils ip=iproute2
 mkdir -p "$CACHE/debs" "$CACHE/unpacked"
-
-# newest_package PATTERN: the highest version of the packages whose names
-# match the extended regexp PATTERN.
-newest_package() {
-	local name
-	name=$(apt-cache pkgnames linux-image- 2>/dev/null | grep -E "$1" | sort -V | tail -1 || true)
-	if [ -z "$name" ]; then
-		apt_update
-		name=$(apt-cache pkgnames linux-image- | grep -E "$1" | sort -V | tail -1 || true)
-	fi
-	echo "$name"
-}
-
-# fetch PACKAGE: download and unpack it into the cache, once; prints the
-# directory it is unpacked in.
-fetch() {
-	local pkg=$1 dir="$CACHE/unpacked/$1"
-	if [ ! -f "$dir/.complete" ]; then
-		(cd "$CACHE/debs" && rm -f "${pkg}"_*.deb && apt-get download -qq "$pkg" 2>/dev/null) ||
-			{ apt_update; (cd "$CACHE/debs" && apt-get download -qq "$pkg"); }
-		rm -rf "$dir"
-		mkdir -p "$dir"
-		dpkg-deb -x "$CACHE/debs/${pkg}"_*.deb "$dir"
-		touch "$dir/.complete"
-		echo "kernels: fetched $pkg" >&2
-	fi
-	echo "$dir"
-}
 
 args=()
 for series in $SERIES; do

@@ -92,17 +92,7 @@ func build(repo, work string, pkgs []pkg) (*built, error) {
 		// Filled below.
 		prebuilt: map[string]string{},
 	}
-	goCmd := func(args ...string) error {
-		cmd := exec.Command("go", args...)
-		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
-		}
-		return nil
-	}
+	goCmd := func(args ...string) error { return goBuild(repo, args...) }
 	// -s -w: a smaller initramfs; the tables for stack traces stay.
 	if err := goCmd("build", "-ldflags", "-s -w", "-o", b.init, "./kernels/init"); err != nil {
 		return nil, err
@@ -140,6 +130,19 @@ func build(repo, work string, pkgs []pkg) (*built, error) {
 		b.prebuilt[name] = out
 	}
 	return b, nil
+}
+
+// goBuild runs the go command in repo, without cgo: static binaries.
+func goBuild(repo string, args ...string) error {
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return nil
 }
 
 // mainPackages lists the repository's commands other than bpfsup and this
