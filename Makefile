@@ -12,7 +12,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 50000x
 FUZZMINIMIZETIME ?= 2000x
 
-.PHONY: all build setup test fuzz bench demo lint clean kernels
+.PHONY: all build setup test fuzz bench demo lint clean kernels image
 
 all: build
 
@@ -23,6 +23,20 @@ build:
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/bpfsup
 
 include bpf/Makefile.inc
+
+# The OCI image (Containerfile): FROM scratch, static bpfsup as the entrypoint,
+# the xdp-counter example and the example objects. Built with Debian's podman
+# (scripts/setup.sh installs it) under scripts/containers.conf; the binaries
+# without symbols (-s -w: 20 MB of image instead of 28).
+IMAGE ?= localhost/bpfsup
+export CONTAINERS_CONF ?= $(CURDIR)/scripts/containers.conf
+
+image: setup
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/bpfsup ./cmd/bpfsup
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/image/xdp-counter ./examples/xdp-counter
+	podman build --pull=never --label org.opencontainers.image.version=$(VERSION) \
+		-f Containerfile -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+	@podman image inspect --format '$(IMAGE):$(VERSION) {{.Size}} bytes' $(IMAGE):$(VERSION)
 
 # Installs the Debian packages the tests and demo use; mounts bpffs, tracefs.
 setup:
