@@ -27,7 +27,7 @@ include bpf/Makefile.inc
 # The OCI image (Containerfile): FROM scratch, static bpfsup as the entrypoint,
 # the xdp-counter example and the example objects. Built with Debian's podman
 # (scripts/setup.sh installs it) under scripts/containers.conf; the binaries
-# without symbols (-s -w: 20 MB of image instead of 28).
+# without symbols (-s -w: 14 MB of image instead of 20).
 IMAGE ?= localhost/bpfsup
 export CONTAINERS_CONF ?= $(CURDIR)/scripts/containers.conf
 
