@@ -28,20 +28,23 @@ type Node struct {
 // profile, read-only root, privilege escalation, stop timeout (the pod's
 // grace period) and volume mounts with their propagation. What the kubelet
 // would do that this does not know (another kind of volume, a host PID
-// namespace, a pod without the host's network) is an error, not ignored.
+// namespace) is an error, not ignored.
 func PodmanRun(spec *corev1.PodSpec, container, name, image string, node Node) ([]string, error) {
 	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == container })
 	if i < 0 {
 		return nil, fmt.Errorf("no container %q in the pod template", container)
 	}
 	c := &spec.Containers[i]
-	if !spec.HostNetwork {
-		return nil, fmt.Errorf("container %s: the pod has no hostNetwork: a pod network is not modelled", container)
-	}
 	if spec.HostPID || spec.HostIPC || len(spec.InitContainers) > 0 {
 		return nil, fmt.Errorf("container %s: hostPID, hostIPC and init containers are not modelled", container)
 	}
-	args := []string{"--name", name, "--network", "ns:" + node.Netns}
+	// A pod network is not modelled: a pod without the host's network (the
+	// removal Job, which needs none) gets no network at all.
+	network := "none"
+	if spec.HostNetwork {
+		network = "ns:" + node.Netns
+	}
+	args := []string{"--name", name, "--network", network}
 	if spec.TerminationGracePeriodSeconds != nil {
 		args = append(args, "--stop-timeout", strconv.FormatInt(*spec.TerminationGracePeriodSeconds, 10))
 	}
