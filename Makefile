@@ -12,7 +12,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 50000x
 FUZZMINIMIZETIME ?= 2000x
 
-.PHONY: all build setup test fuzz bench demo lint clean kernels image
+.PHONY: all build setup test fuzz bench demo lint clean kernels image k8s
 
 all: build
 
@@ -58,6 +58,25 @@ fuzz:
 		echo "fuzz $$pkg $$t"; \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$pkg || exit 1; \
 	done
+
+# The kubelet tier: the DaemonSet's pod template as a static pod of a real
+# kubelet (k8s.io/kubernetes at the version examples/kubernetes/kubelet/go.mod
+# pins, built from the Go module proxy) and Debian's containerd, in network
+# namespaces of the test's making (examples/kubernetes/check/kubelet_test.go).
+# The kubelet is built once per content of that go.mod and go.sum into
+# $(K8S_CACHE), outside the checkout, with its own module and build caches.
+K8S_CACHE ?= /var/cache/bpfsup-k8s
+KUBELET := $(K8S_CACHE)/kubelet-$(shell cat examples/kubernetes/kubelet/go.mod examples/kubernetes/kubelet/go.sum | sha256sum | cut -c1-16)
+
+$(KUBELET):
+	mkdir -p $(K8S_CACHE)
+	cd examples/kubernetes/kubelet && GOMODCACHE=$(K8S_CACHE)/gomod GOCACHE=$(K8S_CACHE)/gocache \
+		GOFLAGS=-modcacherw CGO_ENABLED=0 nice $(GO) build -trimpath -o $@.tmp k8s.io/kubernetes/cmd/kubelet
+	mv $@.tmp $@
+
+k8s: setup image $(KUBELET)
+	cd examples/kubernetes/check && BPFSUP_IMAGE=$(IMAGE):$(VERSION) BPFSUP_KUBELET=$(KUBELET) \
+		$(GO) test $(TESTFLAGS) -run 'TestKubeletPod' -v ./...
 
 # The BPF test suite in VMs on Debian's 6.1 and 6.12 kernels (docs/kernels.md).
 kernels:

@@ -45,6 +45,8 @@ type rig struct {
 	toAllowed        *testutil.UDPSender
 	// startTraffic starts both streams, once the dropped port is in the map.
 	startTraffic func()
+	// images are those the test uses, for a kubelet's node to import.
+	images []string
 	// seq numbers the containers, for unique names.
 	seq  int
 	base string
