@@ -59,6 +59,7 @@ func startNode(t *testing.T, r *rig) *node {
 		}
 	}
 	restoreSysctls(t)
+	sharedBPFFS(t, testutil.MustBPFFS(t))
 	kdir := filepath.Join(testutil.RepoRoot(), "examples", "kubernetes", "kubelet")
 	n.template(t, filepath.Join(kdir, "containerd.toml"), "containerd/config.toml", filepath.Join(dir, "containerd"))
 	n.template(t, filepath.Join(kdir, "kubelet.yaml"), "kubelet/config.yaml", dir)
@@ -174,8 +175,14 @@ func (n *node) teardown(t *testing.T) {
 		n.kubelet.Kill(syscall.SIGTERM)
 		<-n.kubelet.Done()
 	}
-	for _, pid := range n.shims() {
-		syscall.Kill(pid, syscall.SIGKILL)
+	// What the kubelet did not stop: the containers' processes, children of
+	// their shims, first, then the shims.
+	for _, shim := range n.shims() {
+		for _, pid := range children(shim) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			testutil.WaitProcGone(t, pid, startTimeout)
+		}
+		_ = syscall.Kill(shim, syscall.SIGKILL)
 	}
 	if n.ctrd != nil {
 		n.ctrd.Kill(syscall.SIGTERM)
@@ -205,6 +212,65 @@ func (n *node) shims() []int {
 		}
 	}
 	return pids
+}
+
+// children lists the pids whose parent is pid.
+func children(pid int) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, err := parentPID(child); err == nil && ppid == pid {
+			pids = append(pids, child)
+		}
+	}
+	return pids
+}
+
+// parentPID reads the parent of pid from /proc/PID/status.
+func parentPID(pid int) (int, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("pid %d: no PPid", pid)
+}
+
+// sharedBPFFS makes the bpffs at path a shared mount, as systemd makes every
+// mount and as the runtime wants of a volume mounted with propagation, and
+// makes it private again when the test ends, if it was.
+func sharedBPFFS(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		before, _, ok := strings.Cut(line, " - ")
+		f := strings.Fields(before)
+		if !ok || len(f) < 6 || f[4] != path {
+			continue
+		}
+		if strings.Contains(before, " shared:") || strings.Contains(before, " master:") {
+			return
+		}
+	}
+	if err := syscall.Mount("", path, "", syscall.MS_SHARED, ""); err != nil {
+		t.Fatalf("make %s a shared mount: %v", path, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Mount("", path, "", syscall.MS_PRIVATE, ""); err != nil {
+			t.Errorf("make %s private again: %v", path, err)
+		}
+	})
 }
 
 // unmountUnder unmounts what is mounted under dir (containerd's rootfs and
