@@ -33,6 +33,22 @@ func TestKubeletPod(t *testing.T) {
 	tmpl := &r.ex.DaemonSet.Spec.Template
 	ns := r.ex.DaemonSet.Namespace
 
+	// Bidirectional propagation, which the issue asked for, is refused
+	// without privileged: true, by the kubelet as by the API server.
+	bidi := staticPod(t, podName+"-bidi", tmpl, ns, v1, r)
+	mode := corev1.MountPropagationBidirectional
+	for i, m := range bidi.Spec.Containers[0].VolumeMounts {
+		if m.MountPath == "/sys/fs/bpf" {
+			bidi.Spec.Containers[0].VolumeMounts[i].MountPropagation = &mode
+		}
+	}
+	n.put(t, podName+"-bidi", bidi)
+	const refused = "Bidirectional mount propagation is available only to privileged containers"
+	testutil.WaitFor(t, startTimeout, "the kubelet to refuse Bidirectional propagation", func() bool {
+		return strings.Contains(n.kubelet.Output(), refused)
+	})
+	n.remove(t, podName+"-bidi")
+
 	n.put(t, podName, staticPod(t, podName, tmpl, ns, v1, r))
 	first := n.ready(t, r, podName, v1, "")
 	e2e.PutPinned(t, filepath.Join(r.pins, "dropfilter/maps/drop_ports"), uint16(r.dropped.Port()), uint8(1))
