@@ -220,9 +220,9 @@ func baseImage(t *testing.T) string {
 
 // pinned is what the test reads of the pins between steps.
 type pinned struct {
-	link, prog, tcLink     uint32
-	dropPorts, dropCount   uint32
-	counters, droppedSoFar uint64
+	link, prog, tcLink   uint32
+	dropPorts, dropCount uint32
+	droppedSoFar         uint64
 }
 
 // read reads the kernel's view of the pins.
