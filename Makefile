@@ -27,13 +27,14 @@ include bpf/Makefile.inc
 # The OCI image (Containerfile): FROM scratch, static bpfsup as the entrypoint,
 # the xdp-counter example and the example objects. Built with Debian's podman
 # (scripts/setup.sh installs it) under scripts/containers.conf; the binaries
-# without symbols (-s -w: 14 MB of image instead of 20).
+# without symbols (-s -w: 14 MB of image instead of 20), built with the flags
+# of `make build` otherwise, so that they reuse its compiled packages.
 IMAGE ?= localhost/bpfsup
 export CONTAINERS_CONF ?= $(CURDIR)/scripts/containers.conf
 
 image: setup
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/bpfsup ./cmd/bpfsup
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/image/xdp-counter ./examples/xdp-counter
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w $(LDFLAGS)" -o bin/image/bpfsup ./cmd/bpfsup
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o bin/image/xdp-counter ./examples/xdp-counter
 	podman build --pull=never --label org.opencontainers.image.version=$(VERSION) \
 		-f Containerfile -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 	@podman image inspect --format '$(IMAGE):$(VERSION) {{.Size}} bytes' $(IMAGE):$(VERSION)
@@ -66,12 +67,15 @@ fuzz:
 # The kubelet is built once per content of that go.mod and go.sum into
 # $(K8S_CACHE), outside the checkout, with its own module and build caches.
 K8S_CACHE ?= /var/cache/bpfsup-k8s
-KUBELET := $(K8S_CACHE)/kubelet-$(shell cat examples/kubernetes/kubelet/go.mod examples/kubernetes/kubelet/go.sum | sha256sum | cut -c1-16)
+KUBELET_VERSION := $(shell sed -n 's|^require k8s.io/kubernetes ||p' examples/kubernetes/kubelet/go.mod)
+KUBELET_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBELET_VERSION) \
+	-X k8s.io/component-base/version.gitTreeState=clean
+KUBELET := $(K8S_CACHE)/kubelet-$(KUBELET_VERSION)-$(shell (cat examples/kubernetes/kubelet/go.mod examples/kubernetes/kubelet/go.sum; echo '$(KUBELET_LDFLAGS)') | sha256sum | cut -c1-16)
 
 $(KUBELET):
 	mkdir -p $(K8S_CACHE)
 	cd examples/kubernetes/kubelet && GOMODCACHE=$(K8S_CACHE)/gomod GOCACHE=$(K8S_CACHE)/gocache \
-		GOFLAGS=-modcacherw CGO_ENABLED=0 nice $(GO) build -trimpath -o $@.tmp k8s.io/kubernetes/cmd/kubelet
+		GOFLAGS=-modcacherw CGO_ENABLED=0 nice $(GO) build -trimpath -ldflags "$(KUBELET_LDFLAGS)" -o $@.tmp k8s.io/kubernetes/cmd/kubelet
 	mv $@.tmp $@
 
 k8s: setup image $(KUBELET)
