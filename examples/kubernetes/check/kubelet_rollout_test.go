@@ -24,12 +24,13 @@ const podName = "bpfsup-xdp"
 // reaches the dropped port until the removal, and the link, its maps and
 // their contents are kept throughout.
 func TestKubeletPod(t *testing.T) {
+	bin := kubeletBin(t)
 	r := newRig(t)
 	v1 := baseImage(t)
 	v2 := buildVariant(t, v1, "dropfilter_v2")
 	bad := buildVariant(t, v1, "dropfilter_bad")
 	r.images = []string{v1, v2, bad}
-	n := startNode(t, r)
+	n := startNode(t, r, bin)
 	tmpl := &r.ex.DaemonSet.Spec.Template
 	ns := r.ex.DaemonSet.Namespace
 

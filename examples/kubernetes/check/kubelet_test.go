@@ -36,7 +36,9 @@ type node struct {
 // the test's network namespace.
 const kubeletPort, kubeletReadOnlyPort = 10250, 10255
 
-func startNode(t *testing.T, r *rig) *node {
+// kubeletBin is the kubelet to run, $BPFSUP_KUBELET; the test skips
+// without it, or without containerd.
+func kubeletBin(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("BPFSUP_KUBELET")
 	if bin == "" {
@@ -44,9 +46,14 @@ func startNode(t *testing.T, r *rig) *node {
 	}
 	for _, tool := range []string{"containerd", "ctr", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("no container runtime for the kubelet: %s is not installed (make k8s installs containerd)", tool)
+			t.Skipf("no container runtime for the kubelet: %s is not installed (scripts/setup.sh installs containerd)", tool)
 		}
 	}
+	return bin
+}
+
+func startNode(t *testing.T, r *rig, bin string) *node {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "bpfsup-k8s-")
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +143,7 @@ func buildPause(t *testing.T) string {
 	if _, err := podman("build", "--pull=never", "--tag", tag, dir); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _, _ = podman("rmi", "--force", tag) })
 	return tag
 }
 
