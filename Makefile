@@ -2,6 +2,8 @@
 GO       ?= go
 BIN      := bin/bpfsup
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Expanded once: the image's tag and the tests that run it must agree.
+VERSION  := $(VERSION)
 LDFLAGS  := -X main.version=$(VERSION)
 # The BPF tests need root, a kernel with BPF and bpffs; -p 1 keeps packages
 # that create namespaces and pins from racing each other for the 2 cores.

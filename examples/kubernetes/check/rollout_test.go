@@ -1,7 +1,10 @@
 package check
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,4 +182,51 @@ func (r *rig) removed(t *testing.T, pod, image string, before pinned) {
 	t.Logf("the removal Job: %s", strings.TrimSpace(out))
 	testutil.WaitFor(t, startTimeout, "xdp_drop's link to go", func() bool { return e2e.LinkGone(link.ID(before.link)) })
 	r.dropped.WaitCount(t, 1, startTimeout)
+}
+
+// The DaemonSet's capabilities are the fewest that work: without any one of
+// them, the container fails to install its objects and leaves nothing
+// attached; with all of them, it is ready.
+func TestPodmanFewestCapabilities(t *testing.T) {
+	r := newRig(t)
+	image := baseImage(t)
+	spec := r.ex.DaemonSet.Spec.Template.Spec.DeepCopy()
+	caps := spec.Containers[0].SecurityContext.Capabilities.Add
+	if len(caps) == 0 {
+		t.Fatal("the DaemonSet's container adds no capabilities")
+	}
+	for i, c := range caps {
+		r.seq++
+		name := fmt.Sprintf("%s-%d", r.base, r.seq)
+		spec.Containers[0].SecurityContext.Capabilities.Add = slices.Delete(slices.Clone(caps), i, i+1)
+		args, err := PodmanRun(spec, containerName, name, image, r.node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = podman("rm", "--force", "--time", "0", name) })
+		if _, err := podman(append([]string{"run", "--detach"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+		if code := exitCode(t, name); code == 0 {
+			t.Errorf("without %s: the container exited 0", c)
+		}
+		logs, _ := podman("logs", name)
+		t.Logf("without %s: %s", c, lastLine(logs))
+		if _, err := os.Stat(filepath.Join(r.pins, "dropfilter/links/xdp_drop")); err == nil {
+			t.Fatalf("without %s: xdp_drop's link is pinned", c)
+		}
+	}
+	r.ready(t, r.start(t, image))
+}
+
+// lastLine is the last line of s in which bpfsup says why it failed
+// ("bpfsup: ..."), else its last line.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "bpfsup: ") {
+			return lines[i]
+		}
+	}
+	return lines[len(lines)-1]
 }
