@@ -234,7 +234,9 @@ func (r *reader) runtime(pid int) *pinstore.SupervisorRecord {
 	defer r.mu.Unlock()
 	rec, ok := r.runtimes[pid]
 	if !ok {
-		rec = r.store.ReadRuntime(pid)
+		if k, ok := pinstore.RuntimeKeyOf(pid); ok {
+			rec = r.store.ReadRuntime(k)
+		}
 		if r.runtimes == nil {
 			r.runtimes = map[int]*pinstore.SupervisorRecord{}
 		}
@@ -257,7 +259,7 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 	}
 	o.Supervisor = r.supervisorStatus(name, man, &o)
 	if man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
-		// A manifest of a bpfsup before supervisor.PID.json names the pid.
+		// A manifest of a bpfsup before supervisor.NS.PID.json names the pid.
 		if o.Supervisor == nil || (man.Supervisor.PID != 0 && o.Supervisor.PID != man.Supervisor.PID) {
 			o.problem("pins = false: nothing is pinned and no supervisor runs; the objects live in systemd's fd store alone until bpfsup starts again")
 			o.Healthy = false
@@ -301,7 +303,7 @@ func (r *reader) supervisorStatus(name string, man *pinstore.Manifest, o *Object
 	sup := &SupervisorStatus{PID: pid}
 	rec := r.runtime(pid)
 	if rec == nil && man != nil && man.Supervisor != nil && man.Supervisor.PID == pid {
-		rec = man.Supervisor // a bpfsup before supervisor.PID.json
+		rec = man.Supervisor // a bpfsup before supervisor.NS.PID.json
 	}
 	if rec != nil {
 		sup.Version, sup.Started, sup.Restarts, sup.ProgramStats = rec.Version, rec.Started, rec.Restarts, rec.ProgramStats

@@ -108,21 +108,25 @@ type supervisor struct {
 	objects []*converge.Installed
 	files   []handoff.NamedFile // BPF fds for the child, owned
 
-	child        *spawn.Process
-	released     bool         // releaseMemory ran after the first child start
-	childPID     atomic.Int32 // the child's pid for the notify socket; 0 while none runs
-	childStarted time.Time
-	lastExit     *os.ProcessState
-	restarts     int
-	backoff      *backoff
-	stopping     bool
-	stoppingSent bool // STOPPING=1 went to systemd
-	restartNow   bool // the child was stopped by a reload: start it again at once
-	ready        bool
-	restartTimer *time.Timer
-	killTimer    *time.Timer
-	metrics      *metrics
-	started      time.Time
+	child    *spawn.Process
+	released bool // releaseMemory ran after the first child start
+	// runtimeKey names the supervisor's record in the state directory
+	// (pinstore.WriteRuntime); runtimeWritten says there is one to remove.
+	runtimeKey     pinstore.RuntimeKey
+	runtimeWritten bool
+	childPID       atomic.Int32 // the child's pid for the notify socket; 0 while none runs
+	childStarted   time.Time
+	lastExit       *os.ProcessState
+	restarts       int
+	backoff        *backoff
+	stopping       bool
+	stoppingSent   bool // STOPPING=1 went to systemd
+	restartNow     bool // the child was stopped by a reload: start it again at once
+	ready          bool
+	restartTimer   *time.Timer
+	killTimer      *time.Timer
+	metrics        *metrics
+	started        time.Time
 
 	runtime atomic.Pointer[[]byte] // JSON of SupervisorRecord, for the control socket
 
@@ -167,18 +171,21 @@ func newSupervisor(opts Options) (*supervisor, error) {
 		opts.OnUpgrade.Action = config.UpgradeRestart
 	}
 	return &supervisor{
-		opts:      opts,
-		log:       opts.Logger,
-		backoff:   newBackoff(opts.Restart),
-		reloads:   make(chan reloadRequest),
-		childNote: make(chan notifyMsg, 16),
-		started:   time.Now(),
-		planKey:   converge.PlannerKey(opts.Version, opts.Netns),
+		opts:       opts,
+		log:        opts.Logger,
+		backoff:    newBackoff(opts.Restart),
+		reloads:    make(chan reloadRequest),
+		childNote:  make(chan notifyMsg, 16),
+		started:    time.Now(),
+		planKey:    converge.PlannerKey(opts.Version, opts.Netns),
+		runtimeKey: pinstore.SelfRuntimeKey(),
 	}, nil
 }
 
 func (s *supervisor) close() {
-	s.opts.Store.RemoveRuntime(os.Getpid())
+	if s.runtimeWritten {
+		s.opts.Store.RemoveRuntime(s.runtimeKey)
+	}
 	s.closeFiles()
 	for _, in := range s.objects {
 		in.Close()
@@ -329,7 +336,7 @@ func (s *supervisor) install() error {
 	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
 		return err
 	}
-	s.opts.Store.RemoveDeadRuntimes()
+	s.opts.Store.RemoveDeadRuntimes(s.runtimeKey)
 	if err := s.syncFDStore(); err != nil {
 		return err
 	}
@@ -785,8 +792,10 @@ func (s *supervisor) recordSupervisor() {
 	if b, err := json.Marshal(rec); err == nil {
 		s.runtime.Store(&b)
 	}
-	if err := s.opts.Store.WriteRuntime(rec); err != nil {
+	if err := s.opts.Store.WriteRuntime(s.runtimeKey, rec); err != nil {
 		s.log.Warn("could not write the supervisor's record", "err", err)
+	} else {
+		s.runtimeWritten = true
 	}
 	// What a manifest keeps says how the object is held, not by which
 	// process: a start of bpfsup that changed none of it writes nothing.
