@@ -54,6 +54,8 @@ type plannedLink struct {
 	name    string
 	program string
 	hook    hooks.Hook
+	// place is the link's place on an ordered hook (order.go).
+	place linkPlace
 }
 
 // PlanOptions is what plans depend on besides an object's configuration.
@@ -66,6 +68,12 @@ type PlanOptions struct {
 	Force bool
 	// Key is PlannerKey's: the manifest records it, for AdoptUnchanged.
 	Key string
+	// Store is where anchors of this configuration are pinned (the links
+	// of before = and after = that name an attachment of it).
+	Store pinstore.Store
+	// EnforceOrder moves links on ordered hooks back to their configured
+	// place when something else took it (CheckOrder).
+	EnforceOrder bool
 }
 
 // PlanObject reads the object file of cfg and checks the configuration
@@ -93,6 +101,9 @@ func PlanAll(cfgs []config.Object, opts PlanOptions) ([]*Plan, error) {
 		}
 		names[p.name] = c.Path
 		plans = append(plans, p)
+	}
+	if err := planOrder(plans, opts.Store); err != nil {
+		return nil, err
 	}
 	return plans, nil
 }
@@ -310,8 +321,12 @@ func (p *Plan) planAttachment(a config.Attach, once bool, defaultNetns string, s
 	if prev, dup := seen[lname]; dup {
 		return fmt.Errorf("object %s: attachments %s and %s would both pin link %q; give one a name", name, prev, hs, lname)
 	}
+	place, err := placeOf(a, h)
+	if err != nil {
+		return fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
+	}
 	seen[lname] = hs.String()
-	p.links = append(p.links, plannedLink{name: lname, program: a.Program, hook: h})
+	p.links = append(p.links, plannedLink{name: lname, program: a.Program, hook: h, place: place})
 	return nil
 }
 

@@ -65,6 +65,9 @@ type Options struct {
 	OnUpgrade config.OnUpgrade
 	// Force replaces foreign pins found at bpfsup's paths.
 	Force bool
+	// EnforceOrder moves links on ordered hooks (tcx, netkit) back to their
+	// configured place when something else took it.
+	EnforceOrder bool
 	// Watch reloads when an object file or the config changes.
 	Watch bool
 	// WatchFiles are extra files to watch (the config file).
@@ -186,7 +189,8 @@ func (s *supervisor) closeFiles() {
 
 // planOptions are what the plans of the run depend on besides the objects.
 func (s *supervisor) planOptions() converge.PlanOptions {
-	return converge.PlanOptions{Netns: s.opts.Netns, Force: s.opts.Force, Key: s.planKey}
+	return converge.PlanOptions{Netns: s.opts.Netns, Force: s.opts.Force, Key: s.planKey,
+		Store: s.opts.Store, EnforceOrder: s.opts.EnforceOrder}
 }
 
 // openFiles builds the child's fd list: inherited sockets, then every

@@ -30,6 +30,7 @@ type runFlags struct {
 	startLimitInterval, stopTimeout                 time.Duration
 	startLimit                                      int
 	watch, force, fdStore, pins                     bool
+	enforceOrder                                    bool
 }
 
 func (f *runFlags) add(c *cobra.Command) {
@@ -57,6 +58,7 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.onUpgrade, "on-upgrade", config.UpgradeRestart, "child on upgrade: restart, none or signal:NAME")
 	fl.BoolVar(&f.watch, "watch", false, "reload when an object file or the config changes")
 	fl.BoolVar(&f.force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
+	fl.BoolVar(&f.enforceOrder, "enforce-order", false, "move links on tcx and netkit hooks back to their configured place when another program took it (make-before-break)")
 	fl.BoolVar(&f.fdStore, "fd-store", false, "keep every map, program and link in systemd's fd store too (FileDescriptorStoreMax=)")
 	fl.BoolVar(&f.pins, "pins", true, "pin on the system's bpffs; --pins=false (with --fd-store) keeps the objects in the fd store alone")
 }
@@ -96,6 +98,7 @@ func (f *runFlags) merge(file *config.File, fl *pflag.FlagSet) {
 	}
 	f.watch = f.watch || file.Watch
 	f.force = f.force || file.Force
+	f.enforceOrder = f.enforceOrder || file.EnforceOrder
 	f.fdStore = f.fdStore || file.FDStore
 	if !fl.Changed("pins") && file.Pins != nil {
 		f.pins = *file.Pins
@@ -226,7 +229,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 		},
 		StopTimeout: f.stopTimeout, Credential: cred, NotifyChild: notify == config.NotifyChild, NotifyAccess: access,
 		MetricsAddr: f.metricsAddr, OnUpgrade: up, Watch: f.watch, Reconfigure: build, Inherited: inherited,
-		Logger: log, Version: bpfsupVersion(), Force: f.force,
+		Logger: log, Version: bpfsupVersion(), Force: f.force, EnforceOrder: f.enforceOrder,
 		FDStore: f.fdStore, PrivatePins: !f.pins,
 	}
 	if f.configPath != "" {
