@@ -145,7 +145,8 @@ func planOrder(plans []*Plan, store pinstore.Store) error {
 			case len(same) == 0:
 				return fmt.Errorf("%s: the anchor is on hook %s, not on %s: a link is placed only among the links of its own hook", what, all[0].pl.hook.Spec(), pl.hook.Spec())
 			case len(same) > 1:
-				return fmt.Errorf("%s: ambiguous anchor: objects %s and %s both attach %s there; write OBJECT/PROG", what, plans[same[0].plan].name, plans[same[1].plan].name, prog)
+				return fmt.Errorf("%s: ambiguous anchor: %s/%s and %s/%s are both attached there; write OBJECT/PROG, or name the links apart", what,
+					plans[same[0].plan].name, same[0].pl.name, plans[same[1].plan].name, same[1].pl.name)
 			case same[0].pl == pl:
 				return fmt.Errorf("%s: a link cannot be placed relative to itself", what)
 			case same[0].plan > i:
@@ -259,6 +260,12 @@ func (r *hookRevisions) chain(h hooks.Ordered) (hooks.Chain, error) {
 func (r *hookRevisions) changed(h hooks.Ordered, c hooks.Chain) {
 	if r == nil {
 		return
+	}
+	// What the hook runs now, with bpfsup's change; at the revision of
+	// that change alone, so that anyone else's since is still caught by
+	// the next attach.
+	if now, err := h.Chain(); err == nil {
+		c.Entries = now.Entries
 	}
 	c.Revision++
 	r.chains[hookKey(h.Spec())] = c
@@ -476,17 +483,26 @@ func ownLinkIDs(ins []*Installed) func(link.ID) bool {
 	return func(id link.ID) bool { return id != 0 && ids[id] }
 }
 
-// moveLink attaches pl's program anew at its place (naming the revision of
-// chain, as read for the check), pins the new link over the old, and then
-// detaches the old one: both run for an instant, never neither.
+// moveLink moves pl's link to its place, make-before-break: a hook runs a
+// program once at most, so a twin of the program (loaded again from the
+// object, with the object's maps) is attached at the place (naming the
+// revision of chain, as read for the check), pinned over the old link, the
+// old link detached, and then the new link swapped in place to the
+// program itself. Both run for an instant, never neither.
 func (in *Installed) moveLink(pl plannedLink, h hooks.Ordered, chain hooks.Chain, log *slog.Logger) error {
 	old := in.links[pl.name]
 	oldInfo, err := old.Info()
 	if err != nil {
 		return err
 	}
+	prog := in.progs[pl.program]
+	twin, err := in.loadTwin(pl.program)
+	if err != nil {
+		return fmt.Errorf("load program %s again to attach it beside itself: %w", pl.program, err)
+	}
+	defer twin.Close()
 	pl.place.revs = &hookRevisions{chains: map[string]hooks.Chain{hookKey(h.Spec()): chain}}
-	a, err := attachPlaced(h, pl, in.progs[pl.program], log)
+	a, err := attachPlaced(h, pl, twin, log)
 	if err != nil {
 		return err
 	}
@@ -502,6 +518,9 @@ func (in *Installed) moveLink(pl plannedLink, h hooks.Ordered, chain hooks.Chain
 	}
 	old.Close()
 	in.links[pl.name] = a
+	if err := a.Update(prog, twin); err != nil {
+		log.Error("the moved link runs a twin of its program: could not swap the program itself back in", "object", in.plan.name, "link", pl.name, "err", err)
+	}
 	after, _ := h.Chain()
 	newInfo, _ := a.Info()
 	var newID uint32
@@ -519,4 +538,45 @@ func (in *Installed) moveLink(pl plannedLink, h hooks.Ordered, chain hooks.Chain
 	}
 	in.manifest = m
 	return nil
+}
+
+// loadTwin loads the program name of the object again, from its file, with
+// the object's maps: a second program that does what the first does.
+func (in *Installed) loadTwin(name string) (*ebpf.Program, error) {
+	p := in.plan
+	spec := p.spec
+	if spec == nil {
+		data, err := ReadObject(p.cfg)
+		if err != nil {
+			return nil, err
+		}
+		if spec, err = loadSpec(p.cfg.Path, data); err != nil {
+			return nil, err
+		}
+		q := &Plan{cfg: p.cfg, name: p.name, spec: spec}
+		if err := q.setVariables(); err != nil {
+			return nil, err
+		}
+	}
+	spec = spec.Copy()
+	for n := range spec.Programs {
+		if n != name {
+			delete(spec.Programs, n)
+		}
+	}
+	if _, ok := spec.Programs[name]; !ok {
+		return nil, fmt.Errorf("program %s is not in %s", name, p.cfg.Path)
+	}
+	repl := map[string]*ebpf.Map{}
+	for n, m := range in.maps {
+		if _, ok := spec.Maps[n]; ok {
+			repl[n] = m
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return nil, err
+	}
+	defer coll.Close()
+	return coll.DetachProgram(name), nil
 }
