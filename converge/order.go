@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -279,8 +280,12 @@ func (r *hookRevisions) forget(h hooks.Hook) {
 }
 
 // position is where place puts a link on the hook h whose chain is c: the
-// anchor's link is opened by its pin and must sit on h.
-func (pl linkPlace) position(h hooks.Ordered, c hooks.Chain) (hooks.Position, error) {
+// anchor's link is opened by its pin and must sit on h. An anchor that is
+// not there (no link pinned at its path, or its link defunct: another
+// supervisor not started yet, or its interface being made again) puts
+// before's link first and after's last, which keeps the order once the
+// anchor is attached at a place of its own; the log says so.
+func (pl linkPlace) position(h hooks.Ordered, c hooks.Chain, log *slog.Logger) (hooks.Position, error) {
 	switch pl.where {
 	case "", hooks.Last:
 		return hooks.Position{Where: hooks.Last}, nil
@@ -288,19 +293,35 @@ func (pl linkPlace) position(h hooks.Ordered, c hooks.Chain) (hooks.Position, er
 		return hooks.Position{Where: hooks.First}, nil
 	}
 	id, err := anchorLinkID(h, pl, c)
+	if errors.Is(err, errAnchorAbsent) {
+		fallback := hooks.Position{Where: hooks.Last}
+		if pl.where == hooks.Before {
+			fallback.Where = hooks.First
+		}
+		log.Warn("the anchor's link is not on the hook; attaching at the place that keeps the order once it is", "hook", h.Spec().String(),
+			"place", pl.String(), "attached", string(fallback.Where), "why", err)
+		return fallback, nil
+	}
 	if err != nil {
 		return hooks.Position{}, err
 	}
 	return hooks.Position{Where: pl.where, Anchor: id}, nil
 }
 
+// errAnchorAbsent: no link is pinned for the anchor, or its link is on no
+// hook (its interface went away).
+var errAnchorAbsent = errors.New("the anchor's link is absent")
+
 // anchorLinkID is the id of the link pinned at the anchor's path, which
 // must be on h (in its chain c).
 func anchorLinkID(h hooks.Ordered, pl linkPlace, c hooks.Chain) (link.ID, error) {
 	what := fmt.Sprintf("%s %q", pl.where, pl.anchor)
 	a, err := hooks.LoadPinned(pl.anchorPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%s: no link pinned at %s: %w", what, pl.anchorPath, errAnchorAbsent)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("%s: no link pinned at %s: %w", what, pl.anchorPath, err)
+		return 0, fmt.Errorf("%s: %s: %w", what, pl.anchorPath, err)
 	}
 	defer a.Close()
 	info, err := a.Info()
@@ -310,11 +331,25 @@ func anchorLinkID(h hooks.Ordered, pl linkPlace, c hooks.Chain) (link.ID, error)
 	if info.Link == nil {
 		return 0, fmt.Errorf("%s: %s holds a %s, not a bpf_link", what, pl.anchorPath, info.TypeName())
 	}
-	if !h.LinkOn(info.Link) || c.Index(info.Link.ID) < 0 {
-		return 0, fmt.Errorf("%s: the anchor is on another hook: link %d at %s (%s) is not on %s (%s)", what, info.Link.ID, pl.anchorPath,
-			info.TypeName(), h.Spec(), c)
+	if h.LinkOn(info.Link) && c.Index(info.Link.ID) >= 0 {
+		return info.Link.ID, nil
 	}
-	return info.Link.ID, nil
+	if defunct(info.Link) {
+		return 0, fmt.Errorf("%s: link %d at %s is on no interface: %w", what, info.Link.ID, pl.anchorPath, errAnchorAbsent)
+	}
+	return 0, fmt.Errorf("%s: the anchor is on another hook: link %d at %s (%s) is not on %s (%s)", what, info.Link.ID, pl.anchorPath,
+		info.TypeName(), h.Spec(), c)
+}
+
+// defunct says that a tcx or netkit link is on no interface.
+func defunct(li *link.Info) bool {
+	if t := li.TCX(); t != nil {
+		return t.Ifindex == 0
+	}
+	if n := li.Netkit(); n != nil {
+		return n.Ifindex == 0
+	}
+	return false
 }
 
 // ErrHookChanging: an ordered hook kept changing under bpfsup's attaches.
@@ -330,7 +365,7 @@ func attachPlaced(h hooks.Ordered, pl plannedLink, prog *ebpf.Program, log *slog
 	}
 	var changes []string
 	for try := 1; ; try++ {
-		pos, err := pl.place.position(h, c)
+		pos, err := pl.place.position(h, c, log)
 		if err != nil {
 			return nil, fmt.Errorf("link %s: %w", pl.name, err)
 		}
@@ -449,11 +484,12 @@ func CheckOrder(ins []*Installed, enforce bool, log *slog.Logger) bool {
 			if err != nil {
 				continue
 			}
-			fine, why := Placement(chain, info.Link.ID, pl.place.where, AnchorID(pl.place.anchorPath), ours)
+			anchor := AnchorID(pl.place.anchorPath)
+			fine, why := Placement(chain, info.Link.ID, pl.place.where, anchor, ours)
 			if fine {
 				continue
 			}
-			if !enforce {
+			if !enforce || (pl.place.anchor != "" && chain.Index(anchor) < 0) {
 				log.Warn("link is not at its configured place (enforce_order = true would move it back)", "object", in.plan.name,
 					"link", pl.name, "hook", pl.hook.Spec().String(), "place", pl.place.String(), "why", why, "chain", chain.String())
 				continue
