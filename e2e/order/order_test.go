@@ -141,7 +141,9 @@ func (s *sup) kill(t *testing.T) {
 	<-s.proc.Done()
 }
 
-func (s *sup) linkPath() string { return filepath.Join(s.env.PinRoot, "dropfilter", "links", "tc_drop") }
+func (s *sup) linkPath() string {
+	return filepath.Join(s.env.PinRoot, "dropfilter", "links", "tc_drop")
+}
 
 func (s *sup) linkID(t *testing.T) link.ID {
 	t.Helper()
