@@ -382,3 +382,44 @@ func TestOrderRestartEnforceUpgrade(t *testing.T) {
 		t.Fatalf("the upgrade did not update the link in place:\n%s", e.logs)
 	}
 }
+
+// netkit hooks install at their places and upgrade in place, as tcx's do.
+func TestNetkitInstallOrder(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.MustNetns(t, "nkorder")
+	testutil.MustNetkitPair(t, ns, "nkp1", "nkq1")
+	h, err := hooks.New(hooks.Spec{Kind: "netkit", Variant: "primary", Target: "nkp1", Netns: ns.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _ := hooks.AsOrdered(h)
+	logs := &syncBuf{}
+	e := &orderEnv{store: pinstore.Store{Root: testutil.MustPinRoot(t), StateDir: testutil.MustStateDir(t)},
+		ns: ns, iface: "nkp1", hook: o, logs: logs, log: slog.New(slog.NewTextHandler(logs, nil))}
+	f1, f1path := e.foreign(t, "f1", hooks.Position{Where: hooks.Last})
+	cfgs := []config.Object{
+		objCfg("head", "counter", config.Attach{Program: "count_tc", Hook: "netkit/primary:nkp1", Order: "first"}),
+		objCfg("fw", "dropfilter", config.Attach{Program: "tc_drop", Hook: "netkit/primary:nkp1", Before: f1path}),
+	}
+	ins, err := e.install(t, cfgs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAll(ins)
+	head, fw := e.linkID(t, "head", "count_tc"), e.linkID(t, "fw", "tc_drop")
+	if got := e.links(t); !sameIDs(got, []link.ID{head, fw, f1}) {
+		t.Fatalf("chain %v, want head %d, fw %d, then the foreign %d", got, head, fw, f1)
+	}
+	cfgs[1].Path = testutil.BPFObject("dropfilter_v2")
+	ins, err = e.install(t, cfgs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAll(ins)
+	if got := e.links(t); !sameIDs(got, []link.ID{head, fw, f1}) {
+		t.Fatalf("chain %v after an upgrade, want it unchanged", got)
+	}
+	if !strings.Contains(logs.String(), "swapped program in place") {
+		t.Fatalf("the upgrade did not update in place:\n%s", logs)
+	}
+}
