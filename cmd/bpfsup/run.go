@@ -38,7 +38,7 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl := c.Flags()
 	fl.StringVarP(&f.configPath, "config", "c", "", "TOML configuration file")
 	fl.StringArrayVarP(&f.objects, "object", "o", nil, "BPF ELF object to install (repeatable)")
-	fl.StringArrayVarP(&f.attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET] (repeatable)")
+	fl.StringArrayVarP(&f.attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET][,first|,last|,before=X|,after=X] (repeatable)")
 	f.sf.add(c)
 	fl.StringVar(&f.netns, "netns", "", "network namespace (path) of network hooks' interfaces")
 	fl.StringVar(&f.restart, "restart", string(def.Mode), "restart policy: always, on-failure or never")
