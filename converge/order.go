@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -537,6 +539,12 @@ func (in *Installed) moveLink(pl plannedLink, h hooks.Ordered, chain hooks.Chain
 		return fmt.Errorf("load program %s again to attach it beside itself: %w", pl.program, err)
 	}
 	defer twin.Close()
+	// Write-ahead: a crash before the program itself is swapped back in
+	// leaves the pinned link running the twin, which the next start must
+	// know for bpfsup's.
+	if err := in.recordTwin(pl.program, twin); err != nil {
+		return err
+	}
 	pl.place.revs = &hookRevisions{chains: map[string]hooks.Chain{hookKey(h.Spec()): chain}}
 	a, err := attachPlaced(h, pl, twin, log)
 	if err != nil {
@@ -615,4 +623,26 @@ func (in *Installed) loadTwin(name string) (*ebpf.Program, error) {
 	}
 	defer coll.Close()
 	return coll.DetachProgram(name), nil
+}
+
+// recordTwin writes the manifest with the twin's id among the earlier ids
+// of program name.
+func (in *Installed) recordTwin(name string, twin *ebpf.Program) error {
+	if in.manifest == nil {
+		return nil
+	}
+	id, err := pinstore.ProgramID(twin)
+	if err != nil {
+		return err
+	}
+	m := *in.manifest
+	m.Programs = maps.Clone(in.manifest.Programs)
+	rec := m.Programs[name]
+	rec.PreviousIDs = append(slices.Clone(rec.PreviousIDs), uint32(id))
+	m.Programs[name] = rec
+	if err := in.obj.WriteManifest(&m); err != nil {
+		return fmt.Errorf("write manifest ahead of the move: %w", err)
+	}
+	in.manifest = &m
+	return nil
 }

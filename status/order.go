@@ -74,11 +74,12 @@ func linkOwners(store pinstore.Store) map[uint32][2]string {
 // checkOrder reads the chain of the ordered hook h that the link of ls
 // sits on, and says where it is and whether that is its configured place
 // (rec's); a link out of place is a problem.
-func (o *ObjectStatus) checkOrder(ls *LinkStatus, h hooks.Hook, rec pinstore.LinkRecord, owners map[uint32][2]string) {
+func (o *ObjectStatus) checkOrder(ls *LinkStatus, h hooks.Hook, rec pinstore.LinkRecord, readOwners func() map[uint32][2]string) {
 	oh, ok := hooks.AsOrdered(h)
 	if !ok || ls.State != "attached" {
 		return
 	}
+	owners := readOwners()
 	c, err := oh.Chain()
 	if err != nil {
 		o.problem("link %s: %v", ls.Name, err)

@@ -178,7 +178,8 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}, Healthy: true}
 	endBatch := hooks.Batch()
 	defer endBatch()
-	r := &reader{store: store, locks: pinstore.ReadLocks(), state: store.StateEntries(), owners: linkOwners(store)}
+	r := &reader{store: store, locks: pinstore.ReadLocks(), state: store.StateEntries(),
+		owners: sync.OnceValue(func() map[uint32][2]string { return linkOwners(store) })}
 	st.Objects = make([]ObjectStatus, len(names))
 	// The objects are read side by side: the work is system calls, a few
 	// per pin, which run on every CPU at once.
@@ -210,8 +211,8 @@ type reader struct {
 	locks *pinstore.Locks
 	state []string
 	// owners are the links every manifest records, by id (ordered hooks'
-	// chains name them).
-	owners map[uint32][2]string
+	// chains name them), read once and only when a chain is.
+	owners func() map[uint32][2]string
 }
 
 func (r *reader) objectStatus(name string) ObjectStatus {
@@ -346,7 +347,7 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 // readLinks reads the pinned links and asks the kernel where each one is:
 // on the hook the manifest records (in the network namespace now at its
 // path), and running the program bpfsup installed.
-func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]string, owners map[uint32][2]string) {
+func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]string, owners func() map[uint32][2]string) {
 	for _, ln := range pinNames(o.Dir, pinstore.Links) {
 		path := o.Dir + "/links/" + ln
 		ls := LinkStatus{Name: ln, State: "unknown"}
@@ -381,10 +382,12 @@ func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]st
 					ls.Ifindex = li.XDP().Ifindex
 				case li.TCX() != nil:
 					ls.Ifindex = li.TCX().Ifindex
+				case li.Netkit() != nil:
+					ls.Ifindex = li.Netkit().Ifindex
 				}
 				// The kernel keeps a link whose target went away, on none.
 				switch {
-				case (li.XDP() != nil || li.TCX() != nil) && ls.Ifindex == 0,
+				case (li.XDP() != nil || li.TCX() != nil || li.Netkit() != nil) && ls.Ifindex == 0,
 					li.Cgroup() != nil && li.Cgroup().CgroupId == 0,
 					li.NetNs() != nil && li.NetNs().NetnsInode == 0:
 					ls.State = "defunct"
