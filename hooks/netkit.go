@@ -72,6 +72,11 @@ func (h *netkitHook) LinkOn(info *link.Info) bool {
 	if info.Type != link.NetkitType || ni == nil || ebpf.AttachType(ni.AttachType) != h.attachType() {
 		return false
 	}
+	if h.spec.Variant == "peer" {
+		// The link is on the peer device, whose index is of the peer's
+		// namespace: the chain, read through the primary, says.
+		return ni.Ifindex != 0
+	}
 	idx, err := ifindex(h.spec.Netns, h.spec.Target)
 	return err == nil && idx == int(ni.Ifindex)
 }
@@ -85,8 +90,13 @@ func (h *netkitHook) Check(a Attachment) (State, error) {
 	if info.Type != link.NetkitType || ni == nil || ebpf.AttachType(ni.AttachType) != h.attachType() {
 		return Elsewhere, nil
 	}
-	st, err := ifaceState(h.spec, int(ni.Ifindex))
-	if err != nil || st != Attached {
+	if h.spec.Variant == "peer" {
+		// The kernel reports the peer device's index, of the peer's
+		// network namespace; the primary's chain says where it is.
+		if ni.Ifindex == 0 {
+			return Defunct, nil
+		}
+	} else if st, err := ifaceState(h.spec, int(ni.Ifindex)); err != nil || st != Attached {
 		return st, err
 	}
 	// Ifindexes repeat across network namespaces: the device itself must
