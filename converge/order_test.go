@@ -3,6 +3,7 @@ package converge
 import (
 	"bytes"
 	"errors"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -421,5 +422,27 @@ func TestNetkitInstallOrder(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "swapped program in place") {
 		t.Fatalf("the upgrade did not update in place:\n%s", logs)
+	}
+}
+
+// On a kernel without tcx, tcx hooks fall back to tc, which keeps no
+// order: a place there is an error of the plan that says so, and nothing is
+// attached.
+func TestOrderOnTCFallback(t *testing.T) {
+	testutil.RequireRoot(t)
+	if testutil.Missing(t, testutil.TCX) == "" {
+		t.Skipf("kernel %s has tcx: the tc fallback's refusal of a place runs on kernels without it (6.1 in make kernels)", testutil.KernelRelease())
+	}
+	ns := testutil.MustNetns(t, "fallback")
+	peer := testutil.MustNetns(t, "fallback")
+	ifA, _ := testutil.MustVethPair(t, ns, peer)
+	store := pinstore.Store{Root: testutil.MustPinRoot(t), StateDir: testutil.MustStateDir(t)}
+	cfgs := []config.Object{objCfg("a", "counter", config.Attach{Program: "count_tc", Hook: "tcx/ingress:" + ifA.Name, Order: "first"})}
+	_, err := Install(store, cfgs, PlanOptions{Netns: ns.Path, Key: "test"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "falls back to tc on this kernel") {
+		t.Fatalf("err = %v, want the place refused on the tc fallback", err)
+	}
+	if names, _ := store.Objects(); len(names) != 0 {
+		t.Fatalf("objects left pinned: %v", names)
 	}
 }
