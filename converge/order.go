@@ -354,7 +354,7 @@ func defunct(li *link.Info) bool {
 	return false
 }
 
-// ErrHookChanging: an ordered hook kept changing under bpfsup's attaches.
+// ErrHookChanging means an ordered hook kept changing under bpfsup's attaches.
 var ErrHookChanging = errors.New("the hook kept changing")
 
 // attachPlaced attaches prog for the link pl at its place, naming the

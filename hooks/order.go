@@ -127,7 +127,7 @@ type Ordered interface {
 	LinkOn(info *link.Info) bool
 }
 
-// ErrStale: the hook changed since its revision was read.
+// ErrStale means the hook changed since its revision was read.
 var ErrStale = errors.New("the hook's programs changed since they were read")
 
 // AsOrdered is h as an Ordered hook, or false when h runs one program, or

@@ -13,13 +13,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bpfsup/bpfsup/converge"
-	"github.com/bpfsup/bpfsup/internal/bpffs"
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/cilium/ebpf"
-
+	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
