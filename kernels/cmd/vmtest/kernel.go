@@ -30,6 +30,17 @@ type kernel struct {
 
 func findKernel(ks kernelSpec) (*kernel, error) {
 	matches, _ := filepath.Glob(filepath.Join(ks.dir, "boot", "vmlinuz-*"))
+	if len(matches) == 0 {
+		// Debian since 7.x (sid): the kernel, its config and modules.builtin
+		// sit beside the modules, in packages unpacked into one directory
+		// (linux-binary-unsigned-*, linux-modules-*, linux-base-*).
+		merged, _ := filepath.Glob(filepath.Join(ks.dir, "usr", "lib", "modules", "*", "vmlinuz*"))
+		if len(merged) == 1 {
+			modDir := filepath.Dir(merged[0])
+			return &kernel{kernelSpec: ks, vmlinuz: merged[0], release: filepath.Base(modDir),
+				config: filepath.Join(modDir, "config"), modDir: modDir}, nil
+		}
+	}
 	if len(matches) != 1 {
 		return nil, fmt.Errorf("kernel %s: want one boot/vmlinuz-* in %s, found %d", ks.label, ks.dir, len(matches))
 	}
