@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/handoff"
@@ -370,6 +371,19 @@ func checkHandoffNames(p *Plan) error {
 // once per process; every older type is there.
 const newestProgramTypes = ebpf.Netfilter
 
+// programSupport says whether the kernel can load programs like ps: its
+// type (probed for the types newer than 6.1) and, for XDP, multi-buffer
+// packets (xdp.frags, 5.18).
+func programSupport(ps *ebpf.ProgramSpec) error {
+	if ps.Type == ebpf.XDP && ps.Flags&unix.BPF_F_XDP_HAS_FRAGS != 0 {
+		return hooks.HaveXDPFrags()
+	}
+	if ps.Type < newestProgramTypes {
+		return nil
+	}
+	return features.HaveProgramType(ps.Type)
+}
+
 // skipUnsupported leaves out the programs nothing attaches whose type this
 // kernel does not have (SEC("netfilter") before 6.4): an object built for
 // several kernels still starts on the older ones, and the log says what was
@@ -383,11 +397,7 @@ func skipUnsupported(p *Plan) error {
 	kept := p.progList[:0]
 	for _, pname := range p.progList {
 		ps := p.spec.Programs[pname]
-		if ps.Type < newestProgramTypes {
-			kept = append(kept, pname)
-			continue
-		}
-		err := features.HaveProgramType(ps.Type)
+		err := programSupport(ps)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			kept = append(kept, pname)
 			continue

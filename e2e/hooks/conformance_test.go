@@ -64,6 +64,9 @@ func lackingTrampolines(t *testing.T) (string, string) {
 		return "this kernel refuses BPF trampolines: a trivial fentry program fails to load with EPERM while a socket filter loads",
 			"refuses BPF trampolines"
 	}
+	if why := testutil.Missing(t, testutil.TracingLinkInfo); why != "" {
+		return why, "do not say their target (Linux 5.13+)"
+	}
 	return "", ""
 }
 
