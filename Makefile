@@ -12,7 +12,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 50000x
 FUZZMINIMIZETIME ?= 2000x
 
-.PHONY: all build setup test fuzz bench demo lint clean kernels
+.PHONY: all build setup test fuzz bench demo lint clean kernels kernels-edges
 
 all: build
 
@@ -44,6 +44,12 @@ fuzz:
 # The BPF test suite in VMs on Debian's 6.1 and 6.12 kernels (docs/kernels.md).
 kernels:
 	./kernels/run.sh
+
+# The oldest and the newest kernels users run: bullseye's 5.10 and sid's
+# newest (7.2 in December 2026), both VMs at once. Opt-in: not part of
+# `make kernels` (docs/kernels.md has the times).
+kernels-edges:
+	KERNELS="5.10 sid" ./kernels/run.sh
 
 bench: setup build
 	./bench/run.sh
