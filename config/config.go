@@ -26,6 +26,29 @@ type Object struct {
 	Programs map[string]Program `toml:"programs" json:"programs,omitempty"`
 	// HandoffLinks hands the object's links to the child too.
 	HandoffLinks bool `toml:"handoff_links" json:"handoff_links,omitempty"`
+	// SHA256 is the digest, in hex, that the object file must have: it is
+	// checked before the file is parsed, at every start and reload.
+	SHA256 string `toml:"sha256" json:"sha256,omitempty"`
+	// Signature is the path of the object's detached SSH signature
+	// (ssh-keygen -Y sign -n bpfsup); the object's path with ".sig" when
+	// empty, checked when that file exists.
+	Signature string `toml:"signature" json:"signature,omitempty"`
+	// TrustedKeys and RequireSignature are the run's (File.TrustedKeys,
+	// File.RequireSignature), given to every object.
+	TrustedKeys      []string `toml:"-" json:"trusted_keys,omitempty"`
+	RequireSignature bool     `toml:"-" json:"require_signature,omitempty"`
+}
+
+// CheckSHA256 checks that s is a SHA-256 digest in hex, and returns it in
+// lower case.
+func CheckSHA256(s string) (string, error) {
+	if len(s) != 2*sha256.Size {
+		return "", fmt.Errorf("sha256 %q: %d characters, want %d hex digits", s, len(s), 2*sha256.Size)
+	}
+	if _, err := hex.DecodeString(s); err != nil {
+		return "", fmt.Errorf("sha256 %q: not hex digits: %w", s, err)
+	}
+	return strings.ToLower(s), nil
 }
 
 // Attach attaches one program to one hook.

@@ -72,6 +72,15 @@ type File struct {
 	// objects live in the fd store alone, and their pins in a bpffs of
 	// bpfsup's own that nothing else sees. nil is true.
 	Pins *bool `toml:"pins"`
+	// ProgramStats has the kernel count every program's runs and run time
+	// while bpfsup runs (BPF_ENABLE_STATS, held by bpfsup; the sysctl
+	// kernel.bpf_stats_enabled is left alone).
+	ProgramStats bool `toml:"program_stats"`
+	// TrustedKeys are files of SSH public keys (.pub files, or
+	// allowed_signers): an object's signature must be by one of them.
+	TrustedKeys []string `toml:"trusted_keys"`
+	// RequireSignature refuses an object that has no signature.
+	RequireSignature bool `toml:"require_signature"`
 
 	Objects []Object `toml:"object"`
 }
@@ -156,6 +165,13 @@ func (f *File) check() error {
 	for i, o := range f.Objects {
 		if o.Path == "" {
 			return fmt.Errorf("object %d has no path", i+1)
+		}
+		if o.SHA256 != "" {
+			sum, err := CheckSHA256(o.SHA256)
+			if err != nil {
+				return fmt.Errorf("object %s: %w", o.Path, err)
+			}
+			f.Objects[i].SHA256 = sum
 		}
 		for j, a := range o.Attach {
 			if a.Program == "" || a.Hook == "" {

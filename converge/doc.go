@@ -26,6 +26,13 @@
 // old state or the new one, plus debris the next start recognises as
 // bpfsup's and removes; the crash points of internal/crash mark each step.
 // Down tears objects down, touching only what their manifests record.
+// CheckObjects (check.go) says what a start or reload would decide without
+// making anything: the plan, each program through the verifier on maps of
+// its own, and the decisions an install takes of the pins there.
+//
+// An object file's bytes are verified (its digest, its signature:
+// internal/objsign) when they are read, before anything parses them, and
+// those bytes are what is parsed and loaded.
 //
 // There are no goroutines and no process state here: the supervisor owns
 // those. File descriptors: an Installed holds its object's lock and every

@@ -87,6 +87,16 @@ func (in *Installed) Hooks() []hooks.Spec {
 	return specs
 }
 
+// ProgramHooks are the hook specs each program is attached to, by program
+// name, in the plan's order; programs attached nowhere are absent.
+func (in *Installed) ProgramHooks() map[string][]string {
+	hooks := map[string][]string{}
+	for _, pl := range in.plan.links {
+		hooks[pl.program] = append(hooks[pl.program], pl.hook.Spec().String())
+	}
+	return hooks
+}
+
 // Counts says how many maps, programs and links the object has, and how
 // many programs were adopted and loaded.
 func (in *Installed) Counts() (maps, progs, links, adopted, loaded int) {
@@ -99,10 +109,21 @@ func (in *Installed) Times() (load, swap time.Duration, swapped time.Time) {
 	return in.loadTook, in.swapTook, in.swapped
 }
 
-// RecordSupervisor writes the supervisor's record into the manifest.
+// RecordSupervisor writes the supervisor's record into the manifest,
+// unless the manifest has it already.
 func (in *Installed) RecordSupervisor(rec *pinstore.SupervisorRecord) error {
-	in.manifest.Supervisor = rec
+	if old := in.manifest.Supervisor; old != nil && sameRecord(*old, *rec) {
+		return nil
+	}
+	cp := *rec
+	in.manifest.Supervisor = &cp
 	return in.obj.WriteManifest(in.manifest)
+}
+
+func sameRecord(a, b pinstore.SupervisorRecord) bool {
+	started := a.Started.Equal(b.Started)
+	a.Started, b.Started = time.Time{}, time.Time{}
+	return started && a == b
 }
 
 // undo is a stack of actions that roll back an install that failed half-way.
@@ -165,6 +186,25 @@ func (in *Installed) HandoffFiles() (_ []handoff.NamedFile, err error) {
 		}
 	}
 	return files, nil
+}
+
+// HandoffCount is how many fds HandoffFiles makes.
+func (in *Installed) HandoffCount() int {
+	p, n := in.plan, 0
+	for _, name := range p.maps {
+		if p.mapCfg[name].Access != config.AccessNone {
+			n++
+		}
+	}
+	for _, name := range p.progList {
+		if p.progCfg[name].Handoff {
+			n++
+		}
+	}
+	if p.cfg.HandoffLinks {
+		n += len(in.links)
+	}
+	return n
 }
 
 // mapFD is a new fd of map name for the child, as its access says; -1

@@ -218,7 +218,7 @@ func (r *linkReconcile) update(pinned hooks.Attachment, info *hooks.AttachmentIn
 	if err := checkLinkProgram(r.obj, pl.name, pl.program, info.Program, r.force); err != nil {
 		return err
 	}
-	oldProg, err := ebpf.NewProgramFromID(info.Program)
+	oldProg, err := openProgram(r.obj, info.Program)
 	if err != nil {
 		return fmt.Errorf("link %s: open its program %d: %w", pl.name, info.Program, err)
 	}
@@ -238,6 +238,32 @@ func (r *linkReconcile) update(pinned hooks.Attachment, info *hooks.AttachmentIn
 	})
 	r.log.Info("swapped program in place", "link", pl.name, "hook", r.spec.String(), "old_program", info.Program, "new_program", r.progID)
 	return nil
+}
+
+// openProgram opens program id: by its id, or, where that is refused (it
+// takes CAP_SYS_ADMIN, which a container given only CAP_BPF, CAP_PERFMON
+// and CAP_NET_ADMIN lacks), from one of obj's program pins that holds it,
+// which is where the program a link of bpfsup's runs is pinned.
+func openProgram(obj *pinstore.Object, id ebpf.ProgramID) (*ebpf.Program, error) {
+	p, err := ebpf.NewProgramFromID(id)
+	if err == nil || !errors.Is(err, unix.EPERM) {
+		return p, err
+	}
+	names, lerr := obj.Pins(pinstore.Programs)
+	if lerr != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		pinned, perr := ebpf.LoadPinnedProgram(obj.Path(pinstore.Programs, name), nil)
+		if perr != nil {
+			continue
+		}
+		if pid, ierr := pinstore.ProgramID(pinned); ierr == nil && pid == id {
+			return pinned, nil
+		}
+		pinned.Close()
+	}
+	return nil, fmt.Errorf("%w (and no program pin of object %s holds it)", err, obj.Name)
 }
 
 // replace attaches a new link make-before-break: the new one first, then

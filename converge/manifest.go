@@ -69,6 +69,7 @@ func newManifest(p *Plan, old *pinstore.Manifest, in *Installed) *pinstore.Manif
 	m := &pinstore.Manifest{
 		Source:       p.cfg.Path,
 		ObjectSHA256: p.sha256,
+		Signer:       p.signer,
 		ConfigHash:   p.cfg.Hash(),
 		Maps:         map[string]pinstore.MapRecord{},
 		Programs:     map[string]pinstore.ProgramRecord{},

@@ -590,9 +590,14 @@ func (in *Installed) loadTwin(name string) (*ebpf.Program, error) {
 	p := in.plan
 	spec := p.spec
 	if spec == nil {
+		// Read again (and verified as at install, where the configuration
+		// asks for a digest or signature): it must be the file installed.
 		data, err := ReadObject(p.cfg)
 		if err != nil {
 			return nil, err
+		}
+		if sha := ObjectSHA256(data); p.sha256 != "" && sha != p.sha256 {
+			return nil, fmt.Errorf("the object file %s changed since it was installed (sha256 %s, installed %s): reload first", p.cfg.Path, sha, p.sha256)
 		}
 		if spec, err = loadSpec(p.cfg.Path, data); err != nil {
 			return nil, err

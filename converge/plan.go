@@ -21,16 +21,19 @@ import (
 	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/objsign"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
 // Plan is an object's configuration checked against its ELF, before
 // anything is created: every error of the user's input shows up here.
 type Plan struct {
-	cfg      config.Object
-	name     string
-	spec     *ebpf.CollectionSpec
-	sha256   string
+	cfg    config.Object
+	name   string
+	spec   *ebpf.CollectionSpec
+	sha256 string
+	// signer names the key that signed the object file, "" when unsigned.
+	signer   string
 	maps     []string // non-internal maps, sorted
 	links    []plannedLink
 	mapCfg   map[string]config.Map
@@ -81,11 +84,11 @@ type PlanOptions struct {
 // against it: every error of the user's input shows up here, before
 // anything is made.
 func PlanObject(cfg config.Object, opts PlanOptions) (*Plan, error) {
-	data, err := ReadObject(cfg)
+	f, err := readObject(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return planObjectData(cfg, data, ObjectSHA256(data), opts)
+	return planObjectData(cfg, f, opts)
 }
 
 // PlanAll plans every object of cfgs; two of one name are an error.
@@ -119,16 +122,56 @@ func ObjectSHA256(data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// ReadObject reads the object file of cfg.
-func ReadObject(cfg config.Object) ([]byte, error) {
+// objectFile is an object file's content, verified as its configuration
+// says (see readObject): these bytes, not the file, are parsed and loaded.
+type objectFile struct {
+	data []byte
+	// sha is the content's SHA-256, when the verification computed it;
+	// signer names the key that signed it, "" when unsigned.
+	sha, signer string
+}
+
+// digest is the content's SHA-256.
+func (f *objectFile) digest() string {
+	if f.sha == "" {
+		f.sha = ObjectSHA256(f.data)
+	}
+	return f.sha
+}
+
+// readObject reads the object file of cfg and, before anything parses it,
+// checks its digest and signature as cfg says (cfg.SHA256, cfg.Signature,
+// cfg.TrustedKeys, cfg.RequireSignature; internal/objsign).
+func readObject(cfg config.Object) (objectFile, error) {
 	if cfg.Path == "" {
-		return nil, errors.New("object without a path")
+		return objectFile{}, errors.New("object without a path")
 	}
 	data, err := os.ReadFile(cfg.Path)
 	if err != nil {
-		return nil, fmt.Errorf("object %s: %w", cfg.Path, err)
+		return objectFile{}, fmt.Errorf("object %s: %w", cfg.Path, err)
 	}
-	return data, nil
+	f := objectFile{data: data}
+	if cfg.SHA256 == "" && cfg.Signature == "" && len(cfg.TrustedKeys) == 0 && !cfg.RequireSignature {
+		return f, nil
+	}
+	var keys *objsign.Keys
+	if len(cfg.TrustedKeys) > 0 {
+		if keys, err = objsign.LoadKeys(cfg.TrustedKeys); err != nil {
+			return objectFile{}, err
+		}
+	}
+	res, err := objsign.Verify(cfg.Path, data, objsign.Want{SHA256: cfg.SHA256, Signature: cfg.Signature, Keys: keys, Require: cfg.RequireSignature})
+	if err != nil {
+		return objectFile{}, err
+	}
+	f.sha, f.signer = res.SHA256, res.Signer
+	return f, nil
+}
+
+// ReadObject reads the object file of cfg, verified as readObject does.
+func ReadObject(cfg config.Object) ([]byte, error) {
+	f, err := readObject(cfg)
+	return f.data, err
 }
 
 // ObjectName is the name the object of cfg is pinned under.
@@ -139,18 +182,18 @@ func ObjectName(cfg config.Object) string {
 	return pinstore.ObjectName(cfg.Path)
 }
 
-// planObjectData is PlanObject of the object file's content, data, whose
-// SHA-256 is sha.
-func planObjectData(cfg config.Object, data []byte, sha string, opts PlanOptions) (*Plan, error) {
-	spec, err := loadSpec(cfg.Path, data)
+// planObjectData is PlanObject of the object file's content, f.
+func planObjectData(cfg config.Object, f objectFile, opts PlanOptions) (*Plan, error) {
+	spec, err := loadSpec(cfg.Path, f.data)
 	if err != nil {
 		return nil, err
 	}
+	sha := f.digest()
 	name := ObjectName(cfg)
 	if err := pinstore.CheckName("object", name); err != nil {
 		return nil, fmt.Errorf("object %s: %w (set a name for it)", cfg.Path, err)
 	}
-	p := &Plan{cfg: cfg, name: name, spec: spec, sha256: sha, mapCfg: cfg.Maps, progCfg: cfg.Programs, force: opts.Force, key: opts.Key}
+	p := &Plan{cfg: cfg, name: name, spec: spec, sha256: sha, signer: f.signer, mapCfg: cfg.Maps, progCfg: cfg.Programs, force: opts.Force, key: opts.Key}
 	if err := p.setVariables(); err != nil {
 		return nil, err
 	}
@@ -532,18 +575,23 @@ type unattachedProgram struct{ program, why string }
 // made.
 func (p *Plan) Precheck(store pinstore.Store) error {
 	for _, pl := range p.links {
-		spec := pl.hook.Spec()
-		if !spec.IsNetwork() {
-			continue
-		}
-		if pinstore.Exists(filepath.Join(store.ObjectDir(p.name), string(pinstore.Links), pl.name)) {
-			continue
-		}
-		if err := hooks.CheckTarget(spec); err != nil {
+		if err := p.precheckLink(store, pl); err != nil {
 			return fmt.Errorf("object %s: program %s: %w", p.name, pl.program, err)
 		}
 	}
 	return nil
+}
+
+// precheckLink is Precheck of one link.
+func (p *Plan) precheckLink(store pinstore.Store, pl plannedLink) error {
+	spec := pl.hook.Spec()
+	if !spec.IsNetwork() {
+		return nil
+	}
+	if pinstore.Exists(filepath.Join(store.ObjectDir(p.name), string(pinstore.Links), pl.name)) {
+		return nil
+	}
+	return hooks.CheckTarget(spec)
 }
 
 func contains(list []string, s string) bool {

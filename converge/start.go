@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/hooks"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
 
@@ -61,9 +64,8 @@ type starting struct {
 	opts  PlanOptions
 	log   *slog.Logger
 
-	datas    [][]byte
+	files    []objectFile
 	readErrs []error
-	shas     []string
 	pins     []*Pins
 	// ready are the objects adopted unchanged; installs those installed
 	// from their plans.
@@ -76,7 +78,7 @@ type starting struct {
 // milliseconds), and adopts the objects nothing changed for.
 func (s *starting) read() error {
 	n := len(s.cfgs)
-	s.datas, s.readErrs, s.shas = make([][]byte, n), make([]error, n), make([]string, n)
+	s.files, s.readErrs = make([]objectFile, n), make([]error, n)
 	s.ready, s.installs, s.plans = make([]*Installed, n), make([]*Installed, n), make([]*Plan, n)
 	prefetched := make(chan []*Pins, 1)
 	go func() {
@@ -87,11 +89,15 @@ func (s *starting) read() error {
 		prefetched <- sets
 	}()
 	for i, c := range s.cfgs {
-		s.datas[i], s.readErrs[i] = ReadObject(c)
+		s.files[i], s.readErrs[i] = readObject(c)
 	}
 	s.pins = <-prefetched
 
+	// One rtnetlink socket per network namespace for every object's checks.
+	endBatch := hooks.Batch()
+	defer endBatch()
 	names := map[string]string{}
+	var todo []int
 	for i, c := range s.cfgs {
 		name := ObjectName(c)
 		if prev, ok := names[name]; ok {
@@ -101,15 +107,37 @@ func (s *starting) read() error {
 		if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
 			continue
 		}
-		s.shas[i] = ObjectSHA256(s.datas[i])
-		in, why := adoptUnchanged(s.store, c, s.shas[i], s.opts.Key, s.pins[i], s.log)
-		if in == nil {
-			s.log.Debug("planning the object from its file", "object", name, "why", why)
-			continue
-		}
-		s.ready[i] = in
+		todo = append(todo, i)
 	}
+	// The objects are independent (each its own lock, pins and manifest),
+	// and adopting one is a few dozen system calls: several at once keep
+	// the CPUs busy while others wait in the kernel.
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(len(todo), 2*runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for i := range work {
+				s.adopt(i)
+			}
+		})
+	}
+	for _, i := range todo {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
 	return nil
+}
+
+// adopt adopts object i unchanged when it can (adoptUnchanged).
+func (s *starting) adopt(i int) {
+	c := s.cfgs[i]
+	in, why := adoptUnchanged(s.store, c, s.files[i].digest(), s.opts.Key, s.pins[i], s.log)
+	if in == nil {
+		s.log.Debug("planning the object from its file", "object", ObjectName(c), "why", why)
+		return
+	}
+	s.ready[i] = in
 }
 
 // plan plans the objects not adopted unchanged, and checks every plan's
@@ -122,10 +150,7 @@ func (s *starting) plan() error {
 		if s.readErrs[i] != nil {
 			return s.readErrs[i]
 		}
-		if s.shas[i] == "" {
-			s.shas[i] = ObjectSHA256(s.datas[i])
-		}
-		p, err := planObjectData(c, s.datas[i], s.shas[i], s.opts)
+		p, err := planObjectData(c, s.files[i], s.opts)
 		if err != nil {
 			return err
 		}

@@ -408,6 +408,9 @@ func (tx *Tx) Commit() *Installed {
 		tx.log.Warn("could not write manifest", "object", p.name, "err", err)
 	}
 	in.manifest = man
+	// The object's parsed ELF (its instructions and BTF, often a few MiB)
+	// served the install; a reload parses the file again.
+	p.spec = nil
 	tx.finish()
 	return in
 }

@@ -233,7 +233,20 @@ func (k *Keeper) Sync(want []Entry) (stored, removed int, err error) {
 	return stored, removed, nil
 }
 
+// replace stores e's object in place of what the store holds under its
+// name, without a moment where the store holds neither: under the ".next"
+// name first, then, the old one removed, under its own name, then the
+// ".next" one removed. systemd ignores an fd whose file description it
+// already holds ("Suppressing duplicate fd" in service_add_fd_store), so the
+// second store sends a file description of its own, opened by the object's
+// id: with e.FD twice, the store would keep it only under the ".next" name,
+// which the last step removes, losing the object.
 func (k *Keeper) replace(e Entry) error {
+	fresh, err := bpffs.OpenByID(e.Info.Kind, e.Info.ID)
+	if err != nil {
+		return fmt.Errorf("fd store: %s: %w", e.Name, err)
+	}
+	defer unix.Close(fresh)
 	next := e.Name + nextSuffix
 	if err := k.n.Store(next, e.FD); err != nil {
 		return err
@@ -241,7 +254,7 @@ func (k *Keeper) replace(e Entry) error {
 	if err := k.n.Remove(e.Name); err != nil {
 		return err
 	}
-	if err := k.n.Store(e.Name, e.FD); err != nil {
+	if err := k.n.Store(e.Name, fresh); err != nil {
 		return err
 	}
 	return k.n.Remove(next)

@@ -153,24 +153,31 @@ func (f ifaceFacts) runsXDP(prog uint32, variant string) bool {
 // spent 24 ms of its start there).
 var batch struct {
 	sync.Mutex
-	open    bool
+	open    int // Batch calls not yet done: batches nest
 	sockets map[string]*rtnl
 }
 
 // Batch makes checks (Hook.Check) share one rtnetlink socket per network
 // namespace until the returned function is called, for a reconcile of many
 // links at once. Every check still asks the kernel: nothing is cached.
+// Batches nest: the sockets are closed when the outermost one is done.
 func Batch() (done func()) {
 	batch.Lock()
-	batch.open = true
+	batch.open++
 	batch.Unlock()
+	var once sync.Once
 	return func() {
-		batch.Lock()
-		defer batch.Unlock()
-		for _, s := range batch.sockets {
-			s.close()
-		}
-		batch.open, batch.sockets = false, nil
+		once.Do(func() {
+			batch.Lock()
+			defer batch.Unlock()
+			if batch.open--; batch.open > 0 {
+				return
+			}
+			for _, s := range batch.sockets {
+				s.close()
+			}
+			batch.sockets = nil
+		})
 	}
 }
 
@@ -216,7 +223,7 @@ func ifaceByName(netnsPath, name string) (ifaceFacts, error) {
 		if err != nil {
 			return ifaceFacts{}, err
 		}
-		if batch.open {
+		if batch.open > 0 {
 			if batch.sockets == nil {
 				batch.sockets = map[string]*rtnl{}
 			}

@@ -26,6 +26,9 @@ type Manifest struct {
 	// Source is the object file, ObjectSHA256 its content's hash.
 	Source       string `json:"source"`
 	ObjectSHA256 string `json:"object_sha256"`
+	// Signer names the key that signed the object file, when the
+	// configuration has it checked (internal/objsign).
+	Signer string `json:"signer,omitempty"`
 	// ConfigHash is a hash of the object's configuration.
 	ConfigHash string `json:"config_hash"`
 	// Generation counts installs that changed a program.
@@ -132,6 +135,9 @@ type SupervisorRecord struct {
 	PrivatePins bool `json:"private_pins,omitempty"`
 	// Unit is the systemd unit the supervisor runs in, if any.
 	Unit string `json:"unit,omitempty"`
+	// ProgramStats says that the supervisor has the kernel count its
+	// programs' runs and run time (program_stats = true).
+	ProgramStats bool `json:"program_stats,omitempty"`
 }
 
 // manifestTemp is where WriteManifest writes the manifest of object name

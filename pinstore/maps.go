@@ -81,8 +81,9 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 		}
 	}()
 
-	incompat := spec.Compatible(pinned)
-	if pol.Foreign {
+	action, incompat := DecideMap(spec, pinned, pol)
+	switch action {
+	case MapReplaceForeign:
 		fresh, err := ebpf.NewMap(spec)
 		if err != nil {
 			return nil, fmt.Errorf("create map %s: %w", name, err)
@@ -90,11 +91,9 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 		pinned.Close()
 		crash.At("maps/created")
 		return &MapResult{Map: fresh, Path: path, Replaced: "a map bpfsup did not make"}, nil
-	}
-	if incompat == nil {
+	case MapAdopt:
 		return &MapResult{Map: pinned, Path: path, Adopted: true}, nil
-	}
-	if !pol.Reset && pol.Migrate == "" {
+	case MapRefuse:
 		return nil, fmt.Errorf("map %s pinned at %s is incompatible with the object (%w); "+
 			"set reset = true or migrate = \"copy\" for this map to replace it", name, path, incompat)
 	}
@@ -105,7 +104,7 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 	}
 	crash.At("maps/created")
 	res := &MapResult{Map: fresh, Path: path, Replaced: incompat.Error()}
-	if pol.Migrate == "copy" && !pol.Reset {
+	if action == MapMigrate {
 		if _, err := copyEntries(pinned, fresh); err != nil {
 			fresh.Close()
 			return nil, fmt.Errorf("migrate map %s: %w", name, err)
@@ -116,6 +115,45 @@ func (o *Object) AdoptOrCreateMap(name string, spec *ebpf.MapSpec, pol MapPolicy
 	}
 	pinned.Close()
 	return res, nil
+}
+
+// MapAction is what an install does with a map of the object.
+type MapAction string
+
+// What an install does with a map: create it (nothing pinned), adopt the
+// pinned one with its contents, replace an incompatible pinned one by an
+// empty one (reset = true) or by a copy in the new shape (migrate =
+// "copy"), refuse an incompatible one, or replace one bpfsup did not make
+// (--force).
+const (
+	MapCreate         MapAction = "create"
+	MapAdopt          MapAction = "adopt"
+	MapReset          MapAction = "reset"
+	MapMigrate        MapAction = "migrate"
+	MapRefuse         MapAction = "refuse"
+	MapReplaceForeign MapAction = "replace-foreign"
+)
+
+// DecideMap says what an install does with the map pinned for spec (nil
+// when none is), under pol, and, for a pinned map it does not adopt, how
+// it is incompatible with spec. AdoptOrCreateMap does what it says;
+// `bpfsup check` reports it.
+func DecideMap(spec *ebpf.MapSpec, pinned *ebpf.Map, pol MapPolicy) (MapAction, error) {
+	if pinned == nil {
+		return MapCreate, nil
+	}
+	incompat := spec.Compatible(pinned)
+	switch {
+	case pol.Foreign:
+		return MapReplaceForeign, incompat
+	case incompat == nil:
+		return MapAdopt, nil
+	case !pol.Reset && pol.Migrate == "":
+		return MapRefuse, incompat
+	case pol.Migrate == "copy" && !pol.Reset:
+		return MapMigrate, incompat
+	}
+	return MapReset, incompat
 }
 
 // Reference is a slot of a prog array or map of maps that its declaration

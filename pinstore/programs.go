@@ -292,6 +292,13 @@ func programMismatch(ps *ebpf.ProgramSpec, pinned *ebpf.Program, ids map[ebpf.Ma
 	return info, "", nil
 }
 
+// ProgramMismatch says why AdoptOrLoadPrograms would not adopt pinned as
+// program name of spec, with the maps of ids, or "" when it would.
+func ProgramMismatch(spec *ebpf.CollectionSpec, name string, pinned *ebpf.Program, ids map[ebpf.MapID]bool, adopt Adoption) (string, error) {
+	_, mismatch, err := programMismatch(spec.Programs[name], pinned, ids, adopt.Want[name], adopt.Recorded, name)
+	return mismatch, err
+}
+
 func referencedMaps(ps *ebpf.ProgramSpec) map[string]bool {
 	refs := make(map[string]bool)
 	for _, ins := range ps.Instructions {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/bpfsup/bpfsup/internal/bpffs"
 
@@ -154,14 +155,25 @@ func (s Store) Open(name string) (_ *Object, err error) {
 		}
 	}
 	o.removeManifestDebris()
-	man, err := s.ReadManifest(name)
-	if err != nil {
-		man = nil // unreadable: nothing in staging is known to be bpfsup's
-	}
-	if _, err := o.ClearStaging(man, false); err != nil {
+	if s.HasStaged(name) { // the manifest is read only for debris
+		man, err := s.ReadManifest(name)
+		if err != nil {
+			man = nil // unreadable: nothing in staging is known to be bpfsup's
+		}
+		if _, err := o.ClearStaging(man, false); err != nil {
+			return nil, err
+		}
+	} else if err := o.CheckDir(); err != nil {
 		return nil, err
 	}
 	return o, nil
+}
+
+// Peek is object name's place in the store, neither locked nor made: to
+// read what is pinned there (`bpfsup check`), never to change it. Close
+// is a no-op.
+func (s Store) Peek(name string) *Object {
+	return &Object{Name: name, Dir: s.ObjectDir(name), store: s}
 }
 
 // Lock locks object name for this process without making anything: for
@@ -538,12 +550,35 @@ func (o *Object) restoreAside(path, rest string, man *Manifest, force bool) (*Le
 // 2026-12, which named them with a random suffix (".fw.json-123456").
 func (o *Object) removeManifestDebris() {
 	_ = os.Remove(o.store.manifestTemp(o.Name))
-	old, _ := filepath.Glob(filepath.Join(o.store.stateDir(), "."+o.Name+".json-*"))
-	for _, p := range old {
-		if suffix := strings.TrimPrefix(filepath.Base(p), "."+o.Name+".json-"); suffix != "" && strings.Trim(suffix, "0123456789") == "" {
-			_ = os.Remove(p)
+	for _, e := range legacyDebris(o.store.stateDir()) {
+		if suffix, ok := strings.CutPrefix(e, "."+o.Name+".json-"); ok && suffix != "" && strings.Trim(suffix, "0123456789") == "" {
+			_ = os.Remove(filepath.Join(o.store.stateDir(), e))
 		}
 	}
+}
+
+// legacyDirs holds, per state directory, the temporary manifest names of
+// bpfsup before 2026-12 found there (".NAME.json-DIGITS"): listed once per
+// process, not once per object (a start of a thousand objects would read
+// the directory a thousand times); this bpfsup never makes such names.
+var legacyDirs sync.Map
+
+func legacyDebris(dir string) []string {
+	if v, ok := legacyDirs.Load(dir); ok {
+		return v.([]string)
+	}
+	var found []string
+	if f, err := os.Open(dir); err == nil {
+		names, _ := f.Readdirnames(-1)
+		f.Close()
+		for _, e := range names {
+			if strings.HasPrefix(e, ".") && strings.Contains(e, ".json-") {
+				found = append(found, e)
+			}
+		}
+	}
+	v, _ := legacyDirs.LoadOrStore(dir, found)
+	return v.([]string)
 }
 
 // ManifestDebris lists the manifest's temporary files that a crash left in

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian machine, as root, for bpfsup's tests and demo:
-# installs the Debian packages they use and mounts bpffs and tracefs.
+# installs the Debian packages they use (podman, runc and containerd for `make image`
+# and the container tests) and mounts bpffs and tracefs.
 # Idempotent: it installs and mounts only what is missing.
 set -euo pipefail
 
@@ -11,7 +12,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in clang llvm libbpf-dev bpftool xdp-tools iproute2 iputils-ping python3-systemd systemd; do
+for pkg in clang llvm libbpf-dev bpftool xdp-tools iproute2 iputils-ping python3-systemd systemd openssh-client podman runc containerd; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

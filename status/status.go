@@ -44,7 +44,10 @@ type ObjectStatus struct {
 	Dir          string `json:"dir"`
 	Source       string `json:"source,omitempty"`
 	ObjectSHA256 string `json:"object_sha256,omitempty"`
-	Generation   uint64 `json:"generation"`
+	// Signer names the key that signed the object file, when the
+	// configuration had its signature checked.
+	Signer     string `json:"signer,omitempty"`
+	Generation uint64 `json:"generation"`
 	// PinsVia is where the pins are seen from here when the supervisor
 	// pins on a bpffs of its own (pins = false): "/proc/PID/root", which
 	// Dir and the paths below begin with.
@@ -76,6 +79,9 @@ type SupervisorStatus struct {
 	// Ready says that the application runs and is ready: started, or, with
 	// notify = "child", it said READY=1.
 	Ready bool `json:"ready"`
+	// ProgramStats says that the supervisor has the kernel count its
+	// programs' runs and run time (program_stats = true).
+	ProgramStats bool `json:"program_stats,omitempty"`
 }
 
 // MapStatus is one pinned map.
@@ -89,6 +95,9 @@ type MapStatus struct {
 	MaxEntries uint32 `json:"max_entries"`
 	// Entries in use, for hash-like maps up to 65536 (-1 when not counted).
 	Entries int `json:"entries"`
+	// MemoryBytes is the memory the kernel charges for the map (its
+	// fdinfo's memlock); 0 where it does not say.
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
 }
 
 // ProgramStatus is one pinned program.
@@ -98,6 +107,14 @@ type ProgramStatus struct {
 	Type     string    `json:"type"`
 	Tag      string    `json:"tag"`
 	LoadedAt time.Time `json:"loaded_at"`
+	// RunCount and RunTimeNs are the times the program ran and the time it
+	// took, counted by the kernel while run-time statistics are on (a
+	// supervisor with program_stats = true, or anyone else who asked);
+	// RecursionMisses the runs it missed because another BPF program ran
+	// on the CPU.
+	RunCount        uint64 `json:"run_count"`
+	RunTimeNs       uint64 `json:"run_time_ns"`
+	RecursionMisses uint64 `json:"recursion_misses"`
 }
 
 // LinkStatus is one pinned link.
@@ -212,6 +229,25 @@ type reader struct {
 	// owners are the links every manifest records, by id (ordered hooks'
 	// chains name them), read once and only when a chain is.
 	owners func() map[uint32][2]string
+
+	mu       sync.Mutex
+	runtimes map[int]*pinstore.SupervisorRecord // by pid, read once
+}
+
+// runtime is the record of the running supervisor pid (see
+// pinstore.WriteRuntime), nil when it has none.
+func (r *reader) runtime(pid int) *pinstore.SupervisorRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, ok := r.runtimes[pid]
+	if !ok {
+		rec = r.store.ReadRuntime(pid)
+		if r.runtimes == nil {
+			r.runtimes = map[int]*pinstore.SupervisorRecord{}
+		}
+		r.runtimes[pid] = rec
+	}
+	return rec
 }
 
 func (r *reader) objectStatus(name string) ObjectStatus {
@@ -224,11 +260,12 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 		o.problem("no manifest of bpfsup's in %s records this object: bpfsup did not make it, or its state directory is elsewhere", store.StateDirectory())
 	}
 	if man != nil {
-		o.Source, o.ObjectSHA256, o.Generation = man.Source, man.ObjectSHA256, man.Generation
+		o.Source, o.ObjectSHA256, o.Generation, o.Signer = man.Source, man.ObjectSHA256, man.Generation, man.Signer
 	}
 	o.Supervisor = r.supervisorStatus(name, man, &o)
 	if man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
-		if o.Supervisor == nil || o.Supervisor.PID != man.Supervisor.PID {
+		// A manifest of a bpfsup before supervisor.PID.json names the pid.
+		if o.Supervisor == nil || (man.Supervisor.PID != 0 && o.Supervisor.PID != man.Supervisor.PID) {
 			o.problem("pins = false: nothing is pinned and no supervisor runs; the objects live in systemd's fd store alone until bpfsup starts again")
 			o.Healthy = false
 			return o
@@ -269,9 +306,12 @@ func (r *reader) supervisorStatus(name string, man *pinstore.Manifest, o *Object
 		return nil
 	}
 	sup := &SupervisorStatus{PID: pid}
-	if man != nil && man.Supervisor != nil && man.Supervisor.PID == pid {
-		rec := man.Supervisor
-		sup.Version, sup.Started, sup.Restarts = rec.Version, rec.Started, rec.Restarts
+	rec := r.runtime(pid)
+	if rec == nil && man != nil && man.Supervisor != nil && man.Supervisor.PID == pid {
+		rec = man.Supervisor // a bpfsup before supervisor.PID.json
+	}
+	if rec != nil {
+		sup.Version, sup.Started, sup.Restarts, sup.ProgramStats = rec.Version, rec.Started, rec.Restarts, rec.ProgramStats
 		if processRuns(rec.ChildPID) {
 			sup.ChildPID, sup.Ready = rec.ChildPID, rec.Ready
 		}
@@ -290,7 +330,8 @@ func (o *ObjectStatus) readPrograms(man *pinstore.Manifest) map[uint32]string {
 			o.problem("program %s: %v", pn, err)
 			continue
 		}
-		ps := ProgramStatus{Name: pn, ID: f.ID, Type: ebpf.ProgramType(f.Type).String(), Tag: hex.EncodeToString(f.Tag[:])}
+		ps := ProgramStatus{Name: pn, ID: f.ID, Type: ebpf.ProgramType(f.Type).String(), Tag: hex.EncodeToString(f.Tag[:]),
+			RunCount: f.RunCount, RunTimeNs: f.RunTimeNs, RecursionMisses: f.RecursionMisses}
 		if f.LoadTime != 0 {
 			ps.LoadedAt = pinstore.WallTime(time.Duration(f.LoadTime))
 		}
@@ -583,6 +624,7 @@ func readMap(name, path string) (MapStatus, error) {
 	}
 	typ := ebpf.MapType(f.Type)
 	ms := MapStatus{Name: name, Path: path, ID: f.ID, Type: typ.String(), KeySize: f.KeySize, ValueSize: f.ValueSize, MaxEntries: f.MaxEntries, Entries: -1}
+	ms.MemoryBytes, _ = bpffs.MapMemlock(fd)
 	switch typ {
 	case ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.LRUCPUHash, ebpf.LPMTrie:
 		m, err := ebpf.NewMapFromFD(fd) // takes fd
@@ -625,6 +667,13 @@ func (st *Status) Render() string {
 	}
 	for _, o := range st.Objects {
 		fmt.Fprintf(&b, "object %s (%s) generation %d\n", o.Name, o.Dir, o.Generation)
+		if o.ObjectSHA256 != "" {
+			fmt.Fprintf(&b, "  file    %s sha256 %s", o.Source, o.ObjectSHA256)
+			if o.Signer != "" {
+				fmt.Fprintf(&b, " signed by %s", o.Signer)
+			}
+			b.WriteString("\n")
+		}
 		if sup := o.Supervisor; sup != nil {
 			fmt.Fprintf(&b, "  supervisor pid %d", sup.PID)
 			if sup.Version != "" {
@@ -634,6 +683,9 @@ func (st *Status) Render() string {
 				fmt.Fprintf(&b, ", child pid %d", sup.ChildPID)
 			}
 			fmt.Fprintf(&b, ", restarts %d", sup.Restarts)
+			if sup.ProgramStats {
+				b.WriteString(", program stats on")
+			}
 			if sup.Ready {
 				b.WriteString(", ready")
 			}
@@ -646,10 +698,17 @@ func (st *Status) Render() string {
 			if m.Entries >= 0 {
 				entries = fmt.Sprintf(" entries %d", m.Entries)
 			}
+			if m.MemoryBytes > 0 {
+				entries += fmt.Sprintf(" memory %d", m.MemoryBytes)
+			}
 			fmt.Fprintf(&b, "  map     %-20s id %-6d %s key %d value %d max %d%s\n", m.Name, m.ID, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, entries)
 		}
 		for _, p := range o.Programs {
-			fmt.Fprintf(&b, "  program %-20s id %-6d %s tag %s loaded %s\n", p.Name, p.ID, p.Type, p.Tag, p.LoadedAt.Format(time.RFC3339))
+			fmt.Fprintf(&b, "  program %-20s id %-6d %s tag %s loaded %s", p.Name, p.ID, p.Type, p.Tag, p.LoadedAt.Format(time.RFC3339))
+			if p.RunCount > 0 {
+				fmt.Fprintf(&b, " runs %d, %d ns/run", p.RunCount, p.RunTimeNs/p.RunCount)
+			}
+			b.WriteString("\n")
 		}
 		for _, l := range o.Links {
 			fmt.Fprintf(&b, "  link    %-20s id %-6d %s program %d hook %s %s", l.Name, l.ID, l.Type, l.ProgramID, l.Hook, l.State)

@@ -14,14 +14,15 @@ import (
 	"time"
 
 	"github.com/bpfsup/bpfsup/control"
+	"github.com/bpfsup/bpfsup/internal/quiesce"
 )
 
 type controlServer struct {
-	l       *pausableListener
+	l       *quiesce.Listener
 	path    string
 	reloads chan<- reloadRequest
 	status  func() []byte
-	busy    *busyConns
+	busy    *quiesce.Busy
 	// quiet is closed while the control socket is handed over (quiesce):
 	// a reload waiting for the loop then gets an error instead.
 	mu    sync.Mutex
@@ -29,7 +30,7 @@ type controlServer struct {
 }
 
 func newControl(l *net.UnixListener, path string, reloads chan<- reloadRequest, status func() []byte) *controlServer {
-	return &controlServer{l: newPausableListener(l), path: path, reloads: reloads, status: status, busy: newBusyConns(), quiet: make(chan struct{})}
+	return &controlServer{l: quiesce.NewListener(l), path: path, reloads: reloads, status: status, busy: quiesce.NewBusy(), quiet: make(chan struct{})}
 }
 
 // listenControl listens on the control socket, or serves the listener
@@ -90,7 +91,7 @@ func (c *controlServer) serve() error {
 			}
 			return err
 		}
-		c.busy.mark(conn, true)
+		c.busy.Mark(conn, true)
 		go c.handle(conn.(*net.UnixConn))
 	}
 }
@@ -102,8 +103,8 @@ func (c *controlServer) quiesce() {
 	c.mu.Lock()
 	close(c.quiet)
 	c.mu.Unlock()
-	c.l.pause(quiesceTimeout)
-	c.busy.wait(quiesceTimeout)
+	c.l.Pause(quiesce.Timeout)
+	c.busy.Wait(quiesce.Timeout)
 }
 
 // resume takes requests again after a re-exec that did not happen.
@@ -111,7 +112,7 @@ func (c *controlServer) resume() {
 	c.mu.Lock()
 	c.quiet = make(chan struct{})
 	c.mu.Unlock()
-	c.l.resume()
+	c.l.Resume()
 }
 
 func (c *controlServer) quieted() <-chan struct{} {
@@ -121,7 +122,7 @@ func (c *controlServer) quieted() <-chan struct{} {
 }
 
 func (c *controlServer) handle(conn *net.UnixConn) {
-	defer c.busy.mark(conn, false)
+	defer c.busy.Mark(conn, false)
 	defer conn.Close()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(conn).ReadString('\n')

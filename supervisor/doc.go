@@ -15,12 +15,15 @@
 // every object, the lock of every object, one duplicate per fd handed to the
 // child, the control socket, the notify socket when --notify=child, and one
 // rtnetlink socket per network namespace of the network hooks (to re-attach
-// defunct links when their interface is back, see ifaces.go).
+// defunct links when their interface is back, see ifaces.go), and, with
+// program_stats, a BPF_ENABLE_STATS fd: the kernel counts programs' run
+// time while it is open, and closes it with bpfsup however bpfsup dies
+// (stats.go; it is not handed across a re-exec, which opens its own).
 //
 // What survives a restart of the process: the pins and the manifests, so the
 // next run adopts everything without reloading; the child does not (it dies
 // with bpfsup by its parent-death signal). A self-upgrade (SIGUSR2, see
 // reexec.go) is no restart: the pid, the child, the object locks and the
-// listening sockets (control, notify, metrics; see quiesce.go) survive the
+// listening sockets (control, notify, metrics; see internal/quiesce) survive the
 // exec.
 package supervisor

@@ -2,12 +2,11 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/promtext"
@@ -32,6 +31,8 @@ type metrics struct {
 	reloadsOK      *promtext.Value
 	reloadsFailed  *promtext.Value
 	tally          reloadTally
+	// targets are the programs and maps a scrape reads (stats.go).
+	targets atomic.Pointer[statsTargets]
 }
 
 // reloadTally is what the reload metrics say, handed over across a re-exec
@@ -44,8 +45,8 @@ type reloadTally struct {
 }
 
 // newMetrics makes the metrics, the reload metrics going on from carried
-// when it is not nil.
-func newMetrics(carried *reloadTally) *metrics {
+// when it is not nil; programStats adds each program's run statistics.
+func newMetrics(carried *reloadTally, programStats bool) *metrics {
 	m := &metrics{}
 	r := &m.reg
 	m.childUp = r.Gauge("bpfsup_child_up", "1 while the child runs.")
@@ -69,6 +70,7 @@ func newMetrics(carried *reloadTally) *metrics {
 	m.reloadsFailed.Set(m.tally.Failure)
 	m.lastReload.Set(m.tally.Last)
 	m.lastReloadTime.Set(m.tally.LastTime)
+	r.Collect(collectStats(&m.targets, programStats))
 	return m
 }
 
@@ -101,12 +103,9 @@ func (s *supervisor) updateMetrics() {
 	s.metrics.links.Set(float64(links))
 	s.metrics.adopted.Set(float64(adopted))
 	s.metrics.loaded.Set(float64(loaded))
-}
-
-type metricsServer struct {
-	l    *pausableListener
-	srv  *http.Server
-	busy *busyConns
+	if s.opts.MetricsAddr != "" {
+		s.metrics.targets.Store(s.statsTargetsOf())
+	}
 }
 
 // listenMetrics listens on addr, or takes the listener inherited across a
@@ -123,36 +122,6 @@ func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
 		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
 	}
 	return l, nil
-}
-
-// serveOn makes the metrics server that will serve on l.
-func (m *metrics) serveOn(l net.Listener) *metricsServer {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_ = m.reg.Write(w)
-	})
-	ms := &metricsServer{l: newPausableListener(l.(*net.TCPListener)), busy: newBusyConns()}
-	// A connection is busy from its accept until it goes idle between
-	// requests, or closes.
-	ms.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnState: func(c net.Conn, st http.ConnState) {
-		ms.busy.mark(c, st == http.StateNew || st == http.StateActive)
-	}}
-	return ms
-}
-
-// quiesce stops taking scrapes, closes idle connections and waits until the
-// scrapes taken are answered, for a re-exec.
-func (ms *metricsServer) quiesce() {
-	ms.l.pause(quiesceTimeout)
-	ms.srv.SetKeepAlivesEnabled(false)
-	ms.busy.wait(quiesceTimeout)
-}
-
-// resume serves again after a re-exec that did not happen.
-func (ms *metricsServer) resume() {
-	ms.srv.SetKeepAlivesEnabled(true)
-	ms.l.resume()
 }
 
 func inheritedTCP(addr string, f *os.File) net.Listener {
@@ -196,20 +165,4 @@ func hostIs(host string, ip net.IP) bool {
 		}
 	}
 	return false
-}
-
-func (ms *metricsServer) addr() string { return ms.l.Addr().String() }
-
-func (ms *metricsServer) serve() error {
-	err := ms.srv.Serve(ms.l)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
-}
-
-func (ms *metricsServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = ms.srv.Shutdown(ctx)
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/quiesce"
 )
 
 // notifyReloading tells systemd a reload started (Type=notify-reload's
@@ -53,7 +55,7 @@ func (s *supervisor) notifyReady() {
 type notifySocket struct {
 	path string // NOTIFY_SOCKET for the child
 	conn *net.UnixConn
-	p    *pauser // holds serve across a re-exec
+	p    *quiesce.Pauser // holds serve across a re-exec
 	out  chan<- notifyMsg
 	uids []uint32 // senders' users accepted
 	// allow says whether the process pid may notify.
@@ -114,7 +116,7 @@ func listenNotify(out chan<- notifyMsg, childUID *uint32, allow func(pid int32) 
 	if childUID != nil {
 		uids = append(uids, *childUID)
 	}
-	return &notifySocket{path: path, conn: conn, p: newPauser(conn.SetReadDeadline), out: out, uids: uids, allow: allow, log: log}, nil
+	return &notifySocket{path: path, conn: conn, p: quiesce.NewPauser(conn.SetReadDeadline), out: out, uids: uids, allow: allow, log: log}, nil
 }
 
 const notifyPrefix = "bpfsup-notify-"
@@ -144,7 +146,7 @@ func (n *notifySocket) serve() error {
 	for {
 		k, ok, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
-			if n.p.hold(err) {
+			if n.p.Hold(err) {
 				continue
 			}
 			if errors.Is(err, net.ErrClosed) {

@@ -40,9 +40,7 @@ func TestControlQuiesce(t *testing.T) {
 	}
 	reload := ask("reload")
 	testutil.WaitFor(t, 10*time.Second, "the reload request in the control socket's hands", func() bool {
-		c.busy.mu.Lock()
-		defer c.busy.mu.Unlock()
-		return len(c.busy.conns) == 1
+		return c.busy.Len() == 1
 	})
 
 	c.quiesce()

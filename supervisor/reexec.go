@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/environ"
+	"github.com/bpfsup/bpfsup/internal/quiesce"
 	"github.com/bpfsup/bpfsup/supervisor/spawn"
 
 	"github.com/oklog/run"
@@ -426,7 +427,7 @@ func (s *supervisor) quiesceSockets() {
 	if s.notify != nil {
 		held := make(chan struct{})
 		go func() {
-			s.notify.p.pause(quiesceTimeout)
+			s.notify.p.Pause(quiesce.Timeout)
 			close(held)
 		}()
 		for held != nil {
@@ -450,7 +451,7 @@ func (s *supervisor) quiesceSockets() {
 		s.ctl.quiesce()
 	}
 	if s.metricsSrv != nil {
-		s.metricsSrv.quiesce()
+		s.metricsSrv.Quiesce()
 	}
 }
 
@@ -460,10 +461,10 @@ func (s *supervisor) resumeSockets() {
 		s.ctl.resume()
 	}
 	if s.metricsSrv != nil {
-		s.metricsSrv.resume()
+		s.metricsSrv.Resume()
 	}
 	if s.notify != nil {
-		s.notify.p.resume()
+		s.notify.p.Resume()
 	}
 }
 
@@ -483,13 +484,13 @@ func (s *supervisor) listeningSockets() map[string]int {
 		_ = raw.Control(func(fd uintptr) { socks[name] = int(fd) })
 	}
 	if s.ctl != nil {
-		add(sockControl, s.ctl.l.deadlineListener)
+		add(sockControl, s.ctl.l.DeadlineListener)
 	}
 	if s.notify != nil {
 		add(sockNotify, s.notify.conn)
 	}
 	if s.metricsSrv != nil {
-		add(sockMetrics, s.metricsSrv.l.deadlineListener)
+		add(sockMetrics, s.metricsSrv.Listener())
 	}
 	return socks
 }

@@ -54,6 +54,7 @@ func (s *supervisor) reload(reason string) (*control.ReloadReport, error) {
 	if err != nil {
 		return fail(err)
 	}
+	defer s.releaseMemory()
 	rep := &control.ReloadReport{Child: "unchanged"}
 	changed := false
 	for i, in := range ins {

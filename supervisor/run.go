@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,20 +20,18 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/bpfsup/bpfsup/internal/environ"
-	"github.com/bpfsup/bpfsup/supervisor/spawn"
-
-	"github.com/bpfsup/bpfsup/control"
-
-	"github.com/bpfsup/bpfsup/config"
-	"github.com/bpfsup/bpfsup/converge"
-
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/config"
+	"github.com/bpfsup/bpfsup/control"
+	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/handoff"
+	"github.com/bpfsup/bpfsup/internal/environ"
+	"github.com/bpfsup/bpfsup/internal/scrape"
 	"github.com/bpfsup/bpfsup/pinstore"
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // Options is everything a run needs.
@@ -86,6 +86,11 @@ type Options struct {
 	// mount namespace of its own (pins = false; see EnterPrivateBPFFS): the
 	// objects outlive bpfsup in the fd store alone.
 	PrivatePins bool
+	// ProgramStats holds a BPF_ENABLE_STATS fd (run time) for as long as
+	// bpfsup runs: the kernel counts every program's runs and run time
+	// while it is open, and stops when bpfsup exits, however it exits. The
+	// metrics then carry each program's statistics.
+	ProgramStats bool
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
 	// Version of bpfsup, for status.
@@ -107,6 +112,7 @@ type supervisor struct {
 	files   []handoff.NamedFile // BPF fds for the child, owned
 
 	child        *spawn.Process
+	released     bool         // releaseMemory ran after the first child start
 	childPID     atomic.Int32 // the child's pid for the notify socket; 0 while none runs
 	childStarted time.Time
 	lastExit     *os.ProcessState
@@ -127,13 +133,15 @@ type supervisor struct {
 	childNote  chan notifyMsg
 	notify     *notifySocket
 	ctl        *controlServer
-	metricsSrv *metricsServer
-	fdStore    *fdStore
-	unit       string         // the systemd unit bpfsup runs in, if any
-	ifaces     *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
-	cgroups    *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
-	mounts     *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
-	up         upgrade        // reloads and self-upgrades; see reexec.go
+	metricsSrv *scrape.Server
+	// stats is the BPF_ENABLE_STATS fd (Options.ProgramStats); see stats.go.
+	stats   io.Closer
+	fdStore *fdStore
+	unit    string         // the systemd unit bpfsup runs in, if any
+	ifaces  *ifaceWatcher  // re-attaches hooks whose interface came back; see ifaces.go
+	cgroups *cgroupWatcher // re-attaches defunct cgroup links; see cgroups.go
+	mounts  *mountWatcher  // network namespaces made again, bpffs unmounted; see mounts.go
+	up      upgrade        // reloads and self-upgrades; see reexec.go
 }
 
 type reloadRequest struct {
@@ -173,6 +181,7 @@ func newSupervisor(opts Options) (*supervisor, error) {
 }
 
 func (s *supervisor) close() {
+	s.opts.Store.RemoveRuntime(os.Getpid())
 	s.closeFiles()
 	for _, in := range s.objects {
 		in.Close()
@@ -197,6 +206,13 @@ func (s *supervisor) planOptions() converge.PlanOptions {
 // object's hand-off.
 func (s *supervisor) openFiles() error {
 	s.closeFiles()
+	handed := 0
+	for _, in := range s.objects {
+		handed += in.HandoffCount()
+	}
+	if err := ensureFDRoom(handed); err != nil {
+		return err
+	}
 	var files []handoff.NamedFile
 	for _, in := range s.objects {
 		fs, err := in.HandoffFiles()
@@ -251,6 +267,10 @@ func Run(ctx context.Context, opts Options) (int, error) {
 	if err := s.openFDStore(); err != nil {
 		return 2, err
 	}
+	if err := s.enableStats(); err != nil {
+		return 1, err
+	}
+	defer s.closeStats()
 	metricsL, err := s.metricsListener()
 	if err != nil {
 		return 2, err
@@ -313,6 +333,7 @@ func (s *supervisor) install() error {
 	if s.objects, err = converge.Install(s.opts.Store, s.opts.Objects, s.planOptions(), s.log); err != nil {
 		return err
 	}
+	s.opts.Store.RemoveDeadRuntimes()
 	if err := s.syncFDStore(); err != nil {
 		return err
 	}
@@ -323,7 +344,7 @@ func (s *supervisor) install() error {
 	if s.up.resumed != nil {
 		carried = s.up.resumed.Reloads
 	}
-	s.metrics = newMetrics(carried)
+	s.metrics = newMetrics(carried, s.stats != nil)
 	s.metrics.restarts.Add(float64(s.restarts)) // those before a re-exec
 	s.updateMetrics()
 	return nil
@@ -350,10 +371,10 @@ func (s *supervisor) addActors(g *run.Group, metricsL net.Listener) error {
 		g.Add(ns.serve, func(error) { ns.close() })
 	}
 	if metricsL != nil {
-		srv := s.metrics.serveOn(metricsL)
+		srv := scrape.New(&s.metrics.reg, metricsL.(*net.TCPListener))
 		s.metricsSrv = srv
-		g.Add(srv.serve, func(error) { srv.close() })
-		s.log.Info("serving metrics", "addr", srv.addr())
+		g.Add(srv.Serve, func(error) { srv.Close() })
+		s.log.Info("serving metrics", "addr", srv.Addr())
 	}
 	ctl, err := listenControl(opts.Store.StateDirectory(), s.reloads, s.statusJSON, s.inheritedSocket(sockControl))
 	if err != nil {
@@ -701,7 +722,20 @@ func (s *supervisor) startChild() error {
 		_, _ = daemon.SdNotify(false, "READY=1")
 	}
 	s.recordSupervisor()
+	if !s.released {
+		s.released = true
+		s.releaseMemory()
+	}
 	return nil
+}
+
+// releaseMemory gives back, in the background, what the install that the
+// child now runs with needed and a supervisor that waits does not: the heap
+// that parsing objects and the kernel's BTF left, which Go's scavenger
+// would return only over minutes, and the kernel's BTF mapping, which
+// cilium/ebpf unmaps once a collection finds it unreachable.
+func (s *supervisor) releaseMemory() {
+	go debug.FreeOSMemory()
 }
 
 // childNotified handles a datagram from the child's notify socket, and
@@ -742,18 +776,28 @@ func (s *supervisor) notifyStatus() {
 }
 
 // recordSupervisor writes the supervisor's pid, the child's pid and the
-// restart count into every object's manifest, for status.
+// restart count into the supervisor's record in the state directory, for
+// status; into the manifest of each object only how it is held (version,
+// fd store, private pins, unit, statistics), when that changed: a restart
+// of the child, or of bpfsup, writes one file, not one per object.
 func (s *supervisor) recordSupervisor() {
 	rec := &pinstore.SupervisorRecord{PID: os.Getpid(), Version: s.opts.Version, Started: s.started.UTC(), Restarts: s.restarts, Ready: s.ready && s.child != nil,
-		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit}
+		FDStore: s.opts.FDStore, PrivatePins: s.opts.PrivatePins, Unit: s.unit, ProgramStats: s.stats != nil}
 	if s.child != nil {
 		rec.ChildPID = s.child.Pid
 	}
 	if b, err := json.Marshal(rec); err == nil {
 		s.runtime.Store(&b)
 	}
+	if err := s.opts.Store.WriteRuntime(rec); err != nil {
+		s.log.Warn("could not write the supervisor's record", "err", err)
+	}
+	// What a manifest keeps says how the object is held, not by which
+	// process: a start of bpfsup that changed none of it writes nothing.
+	lasting := pinstore.SupervisorRecord{Version: rec.Version, FDStore: rec.FDStore, PrivatePins: rec.PrivatePins,
+		Unit: rec.Unit, ProgramStats: rec.ProgramStats}
 	for _, in := range s.objects {
-		if err := in.RecordSupervisor(rec); err != nil {
+		if err := in.RecordSupervisor(&lasting); err != nil {
 			s.log.Warn("could not write manifest", "object", in.Name(), "err", err)
 		}
 	}

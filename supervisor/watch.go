@@ -35,6 +35,13 @@ func (s *supervisor) watchedFiles() []string {
 	var files []string
 	for _, o := range s.opts.Objects {
 		files = append(files, o.Path)
+		// A signature that comes after its object reloads again.
+		switch {
+		case o.Signature != "":
+			files = append(files, o.Signature)
+		case len(o.TrustedKeys) > 0 || o.RequireSignature:
+			files = append(files, o.Path+".sig")
+		}
 	}
 	return append(files, s.opts.WatchFiles...)
 }

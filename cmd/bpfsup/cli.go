@@ -70,7 +70,7 @@ func execute(args []string) (int, error) {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(runCmd(&code), statusCmd(), downCmd(), reloadCmd(), inspectCmd(), debugCmd(), versionCmd())
+	root.AddCommand(runCmd(&code), checkCmd(), statusCmd(), downCmd(), reloadCmd(), inspectCmd(), debugCmd(), versionCmd())
 	root.SetArgs(args)
 	err := root.Execute()
 	if err != nil && strings.HasPrefix(err.Error(), "unknown command") {
@@ -116,6 +116,15 @@ func cutPlace(hook string) (string, config.Attach, error) {
 	}
 	place, err := config.ParsePlace(hook[at+1:])
 	return hook[:at], place, err
+}
+
+// withSigning gives every object the run's trusted keys and whether a
+// signature is required.
+func withSigning(objs []config.Object, keys []string, require bool) []config.Object {
+	for i := range objs {
+		objs[i].TrustedKeys, objs[i].RequireSignature = keys, require
+	}
+	return objs
 }
 
 // applyFlags adds -a and --map-access to the objects.

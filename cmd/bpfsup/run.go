@@ -25,12 +25,12 @@ type runFlags struct {
 	configPath, netns, restart, userName, groupName string
 	notify, notifyAccess, logFormat, metricsAddr    string
 	onUpgrade                                       string
-	objects, attaches, mapAccess                    []string
+	objects, attaches, mapAccess, trustedKeys       []string
 	restartDelay, restartMaxDelay, stableAfter      time.Duration
 	startLimitInterval, stopTimeout                 time.Duration
 	startLimit                                      int
-	watch, force, fdStore, pins                     bool
-	enforceOrder                                    bool
+	watch, force, fdStore, pins, programStats       bool
+	requireSignature, enforceOrder                  bool
 }
 
 func (f *runFlags) add(c *cobra.Command) {
@@ -60,6 +60,9 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl.BoolVar(&f.force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
 	fl.BoolVar(&f.enforceOrder, "enforce-order", false, "move links on tcx and netkit hooks back to their configured place when another program took it (make-before-break)")
 	fl.BoolVar(&f.fdStore, "fd-store", false, "keep every map, program and link in systemd's fd store too (FileDescriptorStoreMax=)")
+	fl.StringArrayVar(&f.trustedKeys, "trusted-key", nil, "file of SSH public keys an object's signature (OBJECT.sig, ssh-keygen -Y sign -n bpfsup) must be by (repeatable)")
+	fl.BoolVar(&f.requireSignature, "require-signature", false, "refuse an object that has no signature")
+	fl.BoolVar(&f.programStats, "program-stats", false, "have the kernel count each program's runs and run time while bpfsup runs (BPF_ENABLE_STATS)")
 	fl.BoolVar(&f.pins, "pins", true, "pin on the system's bpffs; --pins=false (with --fd-store) keeps the objects in the fd store alone")
 }
 
@@ -100,6 +103,11 @@ func (f *runFlags) merge(file *config.File, fl *pflag.FlagSet) {
 	f.force = f.force || file.Force
 	f.enforceOrder = f.enforceOrder || file.EnforceOrder
 	f.fdStore = f.fdStore || file.FDStore
+	f.programStats = f.programStats || file.ProgramStats
+	f.requireSignature = f.requireSignature || file.RequireSignature
+	if !fl.Changed("trusted-key") {
+		f.trustedKeys = file.TrustedKeys
+	}
 	if !fl.Changed("pins") && file.Pins != nil {
 		f.pins = *file.Pins
 	}
@@ -178,7 +186,10 @@ func (f *runFlags) objectsBuilder(file *config.File, log *slog.Logger) func() ([
 		for _, o := range f.objects {
 			objs = append(objs, config.Object{Path: o})
 		}
-		return applyFlags(objs, f.attaches, f.mapAccess)
+		// trusted_keys and require_signature as bpfsup started with them
+		// (a reload applies the objects only); the key files are read
+		// again at every reload.
+		return applyFlags(withSigning(objs, f.trustedKeys, f.requireSignature), f.attaches, f.mapAccess)
 	}
 }
 
@@ -230,7 +241,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 		StopTimeout: f.stopTimeout, Credential: cred, NotifyChild: notify == config.NotifyChild, NotifyAccess: access,
 		MetricsAddr: f.metricsAddr, OnUpgrade: up, Watch: f.watch, Reconfigure: build, Inherited: inherited,
 		Logger: log, Version: bpfsupVersion(), Force: f.force, EnforceOrder: f.enforceOrder,
-		FDStore: f.fdStore, PrivatePins: !f.pins,
+		FDStore: f.fdStore, PrivatePins: !f.pins, ProgramStats: f.programStats,
 	}
 	if f.configPath != "" {
 		opts.WatchFiles = []string{f.configPath}

@@ -52,7 +52,13 @@ func TestStatus(t *testing.T) {
 		}
 	}
 
-	// A restart of the child shows in status with its count, at once.
+	// A restart of the child shows in status with its count, at once, from
+	// the supervisor's record; the manifest is not written again.
+	manifest := filepath.Join(r.env.StateDir, objName+".json")
+	before, err := os.Stat(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +70,12 @@ func TestStatus(t *testing.T) {
 		t.Error("status after one restart of the child names no supervisor")
 	} else if s.Restarts != 1 {
 		t.Errorf("status after one restart of the child: restarts %d, want 1", s.Restarts)
+	}
+	if after, err := os.Stat(manifest); err != nil || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("manifest written again by a restart of the child (%v -> %v, %v)", before.ModTime(), after.ModTime(), err)
+	}
+	if _, err := os.Stat(filepath.Join(r.env.StateDir, fmt.Sprintf("supervisor.%d.json", sup.Pid()))); err != nil {
+		t.Errorf("the running supervisor's record: %v", err)
 	}
 
 	// An upgrade raises the generation.

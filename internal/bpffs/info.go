@@ -3,6 +3,8 @@ package bpffs
 import (
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -74,6 +76,26 @@ type (
 		mapIDs          uint64 // __aligned_u64: a pointer
 	}
 	linkInfoHead struct{ typ, id, progID uint32 }
+	// progInfoStats is struct bpf_prog_info up to verified_insns (Linux
+	// 5.16; an older kernel takes the longer struct, its tail zero). The
+	// counts and pointers of the arrays between stay 0: nothing is copied.
+	progInfoStats struct {
+		progInfoHead
+		name                                    [16]byte
+		ifindex, gplCompatible                  uint32
+		netnsDev, netnsIno                      uint64
+		nrJitedKsyms, nrJitedFuncLens           uint32
+		jitedKsyms, jitedFuncLens               uint64
+		btfID, funcInfoRecSize                  uint32
+		funcInfo                                uint64
+		nrFuncInfo, nrLineInfo                  uint32
+		lineInfo, jitedLineInfo                 uint64
+		nrJitedLineInfo, lineInfoRecSize        uint32
+		jitedLineInfoRecSize, nrProgTags        uint32
+		progTags                                uint64
+		runTimeNs, runCnt, recursionMisses      uint64
+		verifiedInsns, attachBTFObjID, attachID uint32
+	}
 )
 
 // MapFacts are what the kernel says of a map in one BPF_OBJ_GET_INFO_BY_FD.
@@ -99,6 +121,14 @@ type ProgFacts struct {
 	LoadTime uint64
 	// MapIDs are the maps it uses, when asked for.
 	MapIDs []uint32
+	// RunTimeNs and RunCount are the time it ran and the times it ran,
+	// counted while the kernel's run-time statistics are on;
+	// RecursionMisses the times it did not run because another program
+	// ran on the CPU.
+	RunTimeNs, RunCount, RecursionMisses uint64
+	// XlatedLen is the size of its instructions after the verifier, in
+	// bytes; JitedLen that of its machine code.
+	XlatedLen, JitedLen uint32
 }
 
 // ProgInfo asks the kernel about the program fd, and for the ids of the
@@ -109,11 +139,13 @@ func ProgInfo(fd int, withMaps bool) (ProgFacts, error) {
 		ids = make([]uint32, 16)
 	}
 	for {
-		h := progInfoHead{nrMapIDs: uint32(len(ids))}
+		var info progInfoStats
+		h := &info.progInfoHead
+		h.nrMapIDs = uint32(len(ids))
 		if len(ids) > 0 {
 			h.mapIDs = uint64(uintptr(unsafe.Pointer(&ids[0])))
 		}
-		err := ObjInfo(fd, unsafe.Pointer(&h), unsafe.Sizeof(h))
+		err := ObjInfo(fd, unsafe.Pointer(&info), unsafe.Sizeof(info))
 		runtime.KeepAlive(ids)
 		if err != nil {
 			return ProgFacts{}, fmt.Errorf("program info: %w", err)
@@ -122,7 +154,9 @@ func ProgInfo(fd int, withMaps bool) (ProgFacts, error) {
 			ids = make([]uint32, h.nrMapIDs)
 			continue
 		}
-		f := ProgFacts{Type: h.typ, ID: h.id, Tag: h.tag, LoadTime: h.loadTime}
+		f := ProgFacts{Type: h.typ, ID: h.id, Tag: h.tag, LoadTime: h.loadTime,
+			RunTimeNs: info.runTimeNs, RunCount: info.runCnt, RecursionMisses: info.recursionMisses,
+			XlatedLen: h.xlatedProgLen, JitedLen: h.jitedProgLen}
 		if withMaps {
 			f.MapIDs = ids[:h.nrMapIDs]
 		}
@@ -142,4 +176,21 @@ func ObjInfo(fd int, info unsafe.Pointer, size uintptr) error {
 		return errno
 	}
 	return nil
+}
+
+// MapMemlock is the memory the kernel charges for the map fd, from
+// /proc/self/fdinfo; false where it does not say.
+func MapMemlock(fd int) (uint64, bool) {
+	var buf [1024]byte // a map's fdinfo is a few hundred bytes
+	data, err := readFDInfo(fd, buf[:])
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "memlock:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
 }

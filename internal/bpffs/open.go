@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"unsafe"
 
@@ -55,7 +54,7 @@ func OpenPin(path string) (fd int, kind string, err error) {
 // name of its anonymous inode for anything else. The name of the fd's
 // anonymous inode is the only thing that tells them apart.
 func FDKind(fd int) (string, error) {
-	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	target, err := fdTarget(fd)
 	if err != nil {
 		return "", err
 	}
@@ -82,4 +81,34 @@ func PinKind(path string) (string, error) {
 	}
 	unix.Close(fd)
 	return kind, nil
+}
+
+// OpenByID opens the map, program or link (kind: Map, Program, Link) with
+// the given id anew (BPF_*_GET_FD_BY_ID, read-write): a file description of
+// its own, which systemd's fd store, for one, does not take for a
+// duplicate of another fd of the object. The caller owns fd, which is
+// close-on-exec.
+func OpenByID(kind string, id uint32) (fd int, err error) {
+	var cmd uintptr
+	switch kind {
+	case Map:
+		cmd = unix.BPF_MAP_GET_FD_BY_ID
+	case Program:
+		cmd = unix.BPF_PROG_GET_FD_BY_ID
+	case Link:
+		cmd = unix.BPF_LINK_GET_FD_BY_ID
+	default:
+		return -1, fmt.Errorf("open BPF object id %d: kind %q is not a map, program or link", id, kind)
+	}
+	// union bpf_attr for BPF_*_GET_FD_BY_ID: the id, next_id, open_flags.
+	attr := struct {
+		id        uint32
+		nextID    uint32
+		openFlags uint32
+	}{id: id}
+	r, _, errno := unix.Syscall(unix.SYS_BPF, cmd, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	if errno != 0 {
+		return -1, fmt.Errorf("open %s id %d: %w", kind, id, errno)
+	}
+	return int(r), nil
 }

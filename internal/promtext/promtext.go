@@ -30,8 +30,20 @@ import (
 // each family's series in the order of their labels, as the Prometheus
 // client writes them.
 type Registry struct {
-	mu       sync.Mutex
-	families []*family
+	mu         sync.Mutex
+	families   []*family
+	collectors []func(*Registry)
+}
+
+// Collect adds fn to what a scrape runs: fn sets series of its own in a
+// registry made for the scrape, written with r's. Its series are those of
+// the moment, gone at the next scrape when fn no longer sets them (a
+// program replaced by a reload). A family is either r's or the
+// collectors'.
+func (r *Registry) Collect(fn func(*Registry)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.collectors = append(r.collectors, fn)
 }
 
 type family struct {
@@ -147,8 +159,17 @@ func escape(s string, quote bool) string {
 // Write writes every family, then the process's and the runtime's metrics.
 func (r *Registry) Write(w io.Writer) error {
 	r.mu.Lock()
+	collectors := slices.Clone(r.collectors)
+	r.mu.Unlock()
+	var scraped Registry
+	for _, fn := range collectors {
+		fn(&scraped)
+	}
+	r.mu.Lock()
+	families := append(slices.Clone(r.families), scraped.families...)
+	slices.SortStableFunc(families, func(a, b *family) int { return strings.Compare(a.name, b.name) })
 	var b strings.Builder
-	for _, f := range r.families {
+	for _, f := range families {
 		writeFamily(&b, f.name, f.help, f.typ)
 		for _, v := range f.series {
 			writeSample(&b, f.name, v.labels, v.Get())

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -68,4 +69,41 @@ func TestMixedTypesPanic(t *testing.T) {
 		}
 	}()
 	r.Counter("x", "")
+}
+
+// A collector's series are those it sets at each scrape, written in order
+// with the registry's own, and gone when it no longer sets them.
+func TestCollect(t *testing.T) {
+	var r Registry
+	r.Gauge("bpfsup_objects", "Objects.").Set(1)
+	programs := []string{"a", "b"}
+	r.Collect(func(s *Registry) {
+		for i, p := range programs {
+			s.Counter("bpfsup_program_runs_total", "Runs.", "program", p).Set(float64(10 * (i + 1)))
+		}
+	})
+	scrape := func() map[string]*dto.MetricFamily {
+		t.Helper()
+		var b strings.Builder
+		if err := r.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+		parser := expfmt.NewTextParser(model.LegacyValidation)
+		fams, err := parser.TextToMetricFamilies(strings.NewReader(b.String()))
+		if err != nil {
+			t.Fatalf("Prometheus cannot parse it: %v\n%s", err, b.String())
+		}
+		return fams
+	}
+	fams := scrape()
+	if f := fams["bpfsup_program_runs_total"]; f == nil || len(f.Metric) != 2 || f.Metric[1].GetCounter().GetValue() != 20 {
+		t.Fatalf("bpfsup_program_runs_total: %v", f)
+	}
+	if fams["bpfsup_objects"] == nil {
+		t.Fatal("the registry's own series are gone")
+	}
+	programs = programs[:1]
+	if f := scrape()["bpfsup_program_runs_total"]; f == nil || len(f.Metric) != 1 {
+		t.Fatalf("after b went: %v", f)
+	}
 }

@@ -196,6 +196,7 @@ func (p *Proc) Done() <-chan struct{} { return p.done }
 // status (128+signal when killed by a signal).
 func (p *Proc) Wait(tb testing.TB, timeout time.Duration) int {
 	tb.Helper()
+	timeout = Scaled(timeout)
 	select {
 	case <-p.done:
 	case <-time.After(timeout):
@@ -211,6 +212,7 @@ func (p *Proc) Wait(tb testing.TB, timeout time.Duration) int {
 // WaitOutput waits until the process's output contains s.
 func (p *Proc) WaitOutput(tb testing.TB, s string, timeout time.Duration) {
 	tb.Helper()
+	timeout = Scaled(timeout)
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(p.Output(), s) {
 		select {

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/bpfsup/bpfsup/internal/bpffs"
 )
 
 // OpenFD is one open file descriptor of this process.
@@ -111,6 +113,8 @@ func checkNoFDLeaks(run func() int, w io.Writer, grace time.Duration) int {
 		fmt.Fprintf(w, "fd leak check disabled: %v\n", err)
 		return run()
 	}
+	// The process keeps these for its life, as the netpoller's.
+	bpffs.OpenProcDirs()
 	before, err := SnapshotFDs()
 	if err != nil {
 		fmt.Fprintf(w, "fd leak check disabled: %v\n", err)

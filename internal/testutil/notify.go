@@ -112,6 +112,12 @@ func (n *NotifyListener) received(lines []string, files []*os.File) {
 	switch {
 	case vars["FDSTORE"] == "1":
 		for _, f := range files {
+			if n.holds(f) {
+				// systemd's service_add_fd_store: "Suppressing
+				// duplicate fd" of a file description it holds.
+				f.Close()
+				continue
+			}
 			n.store = append(n.store, StoredFD{Name: name, File: f})
 		}
 		return
@@ -127,6 +133,22 @@ func (n *NotifyListener) received(lines []string, files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// kcmpFile is KCMP_FILE of kcmp(2): do two fds share a file description?
+const kcmpFile = 0
+
+// holds says whether the store holds f's file description already, as
+// systemd's same_fd() tells with kcmp(2).
+func (n *NotifyListener) holds(f *os.File) bool {
+	pid := uintptr(os.Getpid())
+	for _, s := range n.store {
+		r, _, errno := unix.Syscall6(unix.SYS_KCMP, pid, pid, kcmpFile, s.File.Fd(), f.Fd(), 0)
+		if errno == 0 && r == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Stored is what the store holds, in the order it was stored, as systemd

@@ -1,6 +1,9 @@
 package testutil
 
 import (
+	"os"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -8,6 +11,25 @@ import (
 // pollInterval is how often the Wait helpers re-check their condition: short
 // enough not to slow tests down, long enough not to burn a CPU.
 const pollInterval = 10 * time.Millisecond
+
+// timeoutScale multiplies every deadline of the Wait helpers: 1 on a real
+// machine; in the VMs of `make kernels` (BPFSUP_TEST_VM set), whose BPF work
+// runs 8-13x slower under emulation with two VMs sharing two cores, 4; and
+// BPFSUP_TEST_TIMEOUT_SCALE when set. The tests still wait for conditions; a
+// deadline only bounds how long a broken one is waited for.
+var timeoutScale = sync.OnceValue(func() time.Duration {
+	if v, err := strconv.Atoi(os.Getenv("BPFSUP_TEST_TIMEOUT_SCALE")); err == nil && v > 0 {
+		return time.Duration(v)
+	}
+	if os.Getenv("BPFSUP_TEST_VM") != "" {
+		return 4
+	}
+	return 1
+})
+
+// Scaled returns timeout as the Wait helpers apply it on this machine (see
+// timeoutScale), for a test's own deadlines.
+func Scaled(timeout time.Duration) time.Duration { return timeout * timeoutScale() }
 
 // WaitFor polls cond every few milliseconds until it returns true, and fails
 // the test with "timed out after <timeout> waiting for <what>" if it has not
@@ -17,6 +39,7 @@ const pollInterval = 10 * time.Millisecond
 func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
 	if !Poll(timeout, cond) {
+		timeout = Scaled(timeout)
 		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }
@@ -25,7 +48,7 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 // timeout, without failing the test: for a caller whose failure message
 // needs what cond saw last, or for which a timeout is no failure.
 func Poll(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(Scaled(timeout))
 	for {
 		if cond() {
 			return true

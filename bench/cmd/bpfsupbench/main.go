@@ -46,7 +46,7 @@ type bench struct {
 	scaleCounts          []int
 	ready                *readySock
 	rns                  *netns   // namespace of the ready, restart, footprint and scale sections
-	ifaces               []string // 100 veth ends in rns
+	ifaces               []string // veth ends in rns: 100, or one per scaled object
 	objs                 map[string]map[int]string
 	scaleObj             string
 	res                  *Results
@@ -65,7 +65,7 @@ func main() {
 	flag.IntVar(&b.reps, "reps", 5, "repetitions of each comparison")
 	flag.IntVar(&b.restarts, "restarts", 1000, "child restarts measured")
 	flag.IntVar(&b.rate, "rate", 20000, "UDP packets per second during the upgrade test")
-	flag.StringVar(&sections, "sections", "ready,upgrade,restart,footprint,scale", "sections to run")
+	flag.StringVar(&sections, "sections", "ready,upgrade,restart,footprint,scale,stats,check", "sections to run")
 	flag.BoolVar(&quick, "quick", false, "a short run for development: 3 repetitions, fewer programs and restarts")
 	flag.DurationVar(&readyCaseBudget, "case-budget", readyCaseBudget, "restart-to-ready: after 3 repetitions and this long, only adopt repeats")
 	flag.DurationVar(&settleMax, "settle", settleMax, "at most this long, wait for the CPU pressure to fall before measuring")
@@ -83,7 +83,7 @@ func main() {
 		}
 		b.counts, b.scaleCounts = []int{1, 10}, []int{1, 10}
 	} else {
-		b.counts, b.scaleCounts = []int{1, 10, 100}, []int{1, 10, 50, 100}
+		b.counts, b.scaleCounts = []int{1, 10, 100}, []int{1, 10, 100, 1000}
 	}
 
 	sigc := make(chan os.Signal, 1)
@@ -156,7 +156,13 @@ func (b *bench) main(sections []string) error {
 	if b.rns, err = newNetns(b.id, "ready"); err != nil {
 		return err
 	}
-	if b.ifaces, err = b.rns.vethPairs("r", 50); err != nil {
+	// One interface end per scaled object (each runs its XDP program), at
+	// least the 100 the ready section attaches to.
+	pairs := 50
+	for _, k := range b.scaleCounts {
+		pairs = max(pairs, (k+1)/2)
+	}
+	if b.ifaces, err = b.rns.vethPairs("r", pairs); err != nil {
 		return err
 	}
 
@@ -164,7 +170,7 @@ func (b *bench) main(sections []string) error {
 	for _, s := range sections {
 		fn := map[string]func() error{
 			"ready": b.readySection, "upgrade": b.upgradeSection, "restart": b.restartSection,
-			"footprint": b.footprintSection, "scale": b.scaleSection,
+			"footprint": b.footprintSection, "scale": b.scaleSection, "stats": b.statsSection, "check": b.checkSection,
 		}[s]
 		if fn == nil {
 			return fmt.Errorf("unknown section %q", s)
@@ -324,9 +330,13 @@ type cfgFile struct {
 	Objects []cfgObject `toml:"object"`
 }
 type cfgObject struct {
-	Path   string      `toml:"path"`
-	Name   string      `toml:"name"`
-	Attach []cfgAttach `toml:"attach"`
+	Path   string            `toml:"path"`
+	Name   string            `toml:"name"`
+	Attach []cfgAttach       `toml:"attach"`
+	Maps   map[string]cfgMap `toml:"maps,omitempty"`
+}
+type cfgMap struct {
+	Access string `toml:"access"`
 }
 type cfgAttach struct {
 	Program string `toml:"program"`

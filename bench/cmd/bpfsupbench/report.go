@@ -154,12 +154,18 @@ func (b *bench) report() string {
 		p("The child reports its death just before `exit(1)` and each new child its start (after checking its fds); the ")
 		p("latency is the next start minus the death, both clocks read inside the children. bpfsup: `bpfsup run --restart always ")
 		p("--restart-delay 0 --start-limit 0` with the small object attached (the child gets the map's fd, through bpfsup's ")
-		p("exec helper, /bin/sh). fork+exec: the benchmark's own loop of `exec.Cmd` Start and Wait, no fds. %d restarts each, in %d blocks taking turns.\n\n",
+		p("exec helper, /bin/sh). fork+exec: the benchmark's own loop of `exec.Cmd` Start and Wait, no fds; through the helper: the same loop starting ")
+		p("the child through `/bin/sh -c 'exec \"$@\"'` as bpfsup does, the floor of bpfsup's way of starting it. %d restarts each, in %d blocks taking turns.\n\n",
 			rs.Restarts, restartBlocks)
 		p("| | median ms | p90 ms | p99 ms | min – max ms |\n|---|---:|---:|---:|---:|\n")
 		p("| bpfsup | %s | %s | %s | %s |\n", fmtMs(rs.BpfsupS.Median), fmtMs(rs.BpfsupS.P90), fmtMs(rs.BpfsupS.P99), spread(rs.BpfsupS))
 		p("| bare fork+exec | %s | %s | %s | %s |\n", fmtMs(rs.ForkExecS.Median), fmtMs(rs.ForkExecS.P90), fmtMs(rs.ForkExecS.P99), spread(rs.ForkExecS))
-		p("| bpfsup above the floor | %s | | %s | |\n\n", fmtMs(rs.BpfsupS.Median-rs.ForkExecS.Median), fmtMs(rs.BpfsupS.P99-rs.ForkExecS.P99))
+		if rs.HelperS.N > 0 {
+			p("| fork+exec through the helper | %s | %s | %s | %s |\n", fmtMs(rs.HelperS.Median), fmtMs(rs.HelperS.P90), fmtMs(rs.HelperS.P99), spread(rs.HelperS))
+			p("| the helper's own cost | %s | | %s | |\n", fmtMs(rs.HelperS.Median-rs.ForkExecS.Median), fmtMs(rs.HelperS.P99-rs.ForkExecS.P99))
+			p("| bpfsup above fork+exec through the helper | %s | | %s | |\n", fmtMs(rs.BpfsupS.Median-rs.HelperS.Median), fmtMs(rs.BpfsupS.P99-rs.HelperS.P99))
+		}
+		p("| bpfsup above bare fork+exec | %s | | %s | |\n\n", fmtMs(rs.BpfsupS.Median-rs.ForkExecS.Median), fmtMs(rs.BpfsupS.P99-rs.ForkExecS.P99))
 	} else {
 		p("Not measured.\n\n")
 	}
@@ -177,13 +183,42 @@ func (b *bench) report() string {
 	p("## 5. Scale\n\n")
 	p("K objects of %d maps (array, hash, per-CPU and LRU kinds) and one XDP program each, every program attached to its own ", scaleMaps)
 	p("interface. *Load*: `bpfsup run` from nothing; *adopt*: `bpfsup run` with the pins in place; both to the child running with ")
-	p("all K×%d map fds. *Status*: `bpfsup status` with no supervisor running (pins, manifests and the kernel's view of each).\n\n", scaleMaps)
-	p("| objects | maps | load median ms | adopt median ms | adopt spread ms | adopt per object ms | status median ms | status spread ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("all K×%d map fds. *Status*: `bpfsup status` with no supervisor running (pins, manifests and the kernel's view of each); ", scaleMaps)
+	p("*--json*: `bpfsup status --json`, the same reading as one JSON document. Above %d objects the child is handed no map ", scaleHandedMax)
+	p("(access = \"none\"; *handed* says how many map fds it got): bpfsup holds each map's fd and a duplicate of each it hands, ")
+	p("which at 1000 objects is over the 20000 fds of RLIMIT_NOFILE this VM gives root without CAP_SYS_RESOURCE.\n\n")
+	p("| objects | maps | handed | load median ms | adopt median ms | adopt spread ms | adopt per object ms | status median ms | status spread ms | --json median ms | --json spread ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scale {
-		p("| %d | %d | %s | %s | %s | %s | %s | %s |\n", s.Objects, s.Maps, fmtMs(s.Load.Median), fmtMs(s.Adopt.Median), spread(s.Adopt),
-			fmtMs(s.Adopt.Median/float64(s.Objects)), fmtMs(s.Status.Median), spread(s.Status))
+		p("| %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Objects, s.Maps, s.Handed, fmtMs(s.Load.Median), fmtMs(s.Adopt.Median), spread(s.Adopt),
+			fmtMs(s.Adopt.Median/float64(s.Objects)), fmtMs(s.Status.Median), spread(s.Status), fmtMs(s.JSON.Median), spread(s.JSON))
 	}
 	p("\n")
+
+	p("## 6. Program statistics\n\n")
+	if ps := r.ProgramStats; ps != nil {
+		p("dropfilter's `xdp_drop` pinned by bpfsup, run %d times per sample by `BPF_PROG_TEST_RUN` on a UDP packet it drops, ", ps.Repeat)
+		p("in %d blocks that take turns: bpfsup without `--program-stats`, then with it (the kernel counting while bpfsup holds its ", statsBlocks)
+		p("`BPF_ENABLE_STATS` fd). The kernel's time per run, in ns:\n\n")
+		p("| | median | p10 | p90 | samples |\n|---|---:|---:|---:|---:|\n")
+		p("| statistics off | %.1f | %.1f | %.1f | %d |\n", ps.Off.Median, ps.Off.P10, ps.Off.P90, ps.Off.N)
+		p("| statistics on | %.1f | %.1f | %.1f | %d |\n", ps.On.Median, ps.On.P10, ps.On.P90, ps.On.N)
+		p("| cost per packet | %.1f | | | |\n\n", ps.On.Median-ps.Off.Median)
+		p("With statistics on, the kernel's own count says %.1f ns per run (`run_time_ns / run_cnt`).\n\n", ps.KernelNs)
+	} else {
+		p("Not measured.\n\n")
+	}
+
+	p("## 7. Preflight check\n\n")
+	if c := r.Check; c != nil {
+		p("`bpfsup check` of the object with one verifier-heavy program (%d instructions processed), fork to exit, ", r.HeavyInsns)
+		p("beside `bpfsup run` loading it from nothing, fork to the child running; taking turns, %d times each, in ms:\n\n", c.CheckS.N)
+		p("| | median | min | max |\n|---|---:|---:|---:|\n")
+		p("| check | %s | %s | %s |\n", fmtMs(c.CheckS.Median), fmtMs(c.CheckS.Min), fmtMs(c.CheckS.Max))
+		p("| load (run) | %s | %s | %s |\n", fmtMs(c.LoadS.Median), fmtMs(c.LoadS.Min), fmtMs(c.LoadS.Max))
+		p("| load, bpfsup's install step | %s | | |\n\n", fmtMs(summarize(c.Install).Median))
+	} else {
+		p("Not measured.\n\n")
+	}
 	return w.String()
 }
 

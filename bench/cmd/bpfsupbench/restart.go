@@ -8,6 +8,8 @@ import (
 	"sort"
 	"syscall"
 	"time"
+
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // Child restart: benchchild in "crash" mode reports its start (CLOCK_MONOTONIC
@@ -22,6 +24,10 @@ import (
 //	           the map fd
 //	fork+exec  the benchmark's own loop: exec.Cmd Start, Wait, Start ...,
 //	           no fds: the floor any supervisor stands on
+//	helper     the same loop through bpfsup's exec helper (/bin/sh -c
+//	           'exec "$@"'): the floor of a supervisor starting its child
+//	           the way bpfsup does, so that the helper's own cost is shown
+//	           apart from bpfsup's
 //
 // The restarts run in blocks, the two sides taking turns, so that a change
 // of the machine's load touches both alike.
@@ -33,6 +39,10 @@ type RestartResult struct {
 	ForkExec  []float64 `json:"forkexec_ms"`
 	BpfsupS   Stats     `json:"bpfsup_stats_ms"`
 	ForkExecS Stats     `json:"forkexec_stats_ms"`
+	// Helper is fork+exec of the child through bpfsup's exec helper
+	// (/bin/sh), as bpfsup starts it: the honest floor for bpfsup's restart.
+	Helper  []float64 `json:"helper_ms"`
+	HelperS Stats     `json:"helper_stats_ms"`
 }
 
 const restartBlocks = 4
@@ -69,47 +79,64 @@ func (b *bench) restartSection() error {
 		}
 		res.Bpfsup = append(res.Bpfsup, lat[:per]...)
 
-		// fork+exec
-		b.ready.drain()
-		done := make(chan error, 1)
-		go func() {
-			for i := 0; i <= per; i++ {
-				c := exec.Command(b.childBin, "crash")
-				c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
-				c.Stdout, c.Stderr = os.Stdout, os.Stderr
-				c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-				if err := c.Start(); err != nil {
-					done <- err
-					return
-				}
-				_ = c.Wait() // exit status 1 is the crash
-			}
-			done <- nil
-		}()
-		if err := <-done; err != nil {
-			return fmt.Errorf("fork+exec: %w", err)
-		}
-		evs, err = b.collect(per+1, nil)
+		lat, err = b.forkExecRestarts(per, b.childBin, "crash")
 		if err != nil {
 			return fmt.Errorf("fork+exec: %w", err)
 		}
-		if lat, err = restartLatencies(evs, 0); err != nil {
-			return fmt.Errorf("fork+exec: %w", err)
+		res.ForkExec = append(res.ForkExec, lat...)
+		lat, err = b.forkExecRestarts(per, spawn.ShellHelper, "-c", spawn.ShellScript, "bpfsup exec", b.childBin, "crash")
+		if err != nil {
+			return fmt.Errorf("fork+exec through %s: %w", spawn.ShellHelper, err)
 		}
-		if len(lat) < per {
-			return fmt.Errorf("fork+exec: %d restarts measured, want %d", len(lat), per)
-		}
-		res.ForkExec = append(res.ForkExec, lat[:per]...)
+		res.Helper = append(res.Helper, lat...)
 	}
 	if err := e.down(); err != nil {
 		return err
 	}
 	res.Restarts = len(res.Bpfsup)
-	res.BpfsupS, res.ForkExecS = summarize(res.Bpfsup), summarize(res.ForkExec)
+	res.BpfsupS, res.ForkExecS, res.HelperS = summarize(res.Bpfsup), summarize(res.ForkExec), summarize(res.Helper)
 	b.res.Restart = res
 	logf("restart bpfsup    median %.3f ms p99 %.3f ms (n=%d)", res.BpfsupS.Median, res.BpfsupS.P99, res.BpfsupS.N)
 	logf("restart fork+exec median %.3f ms p99 %.3f ms (n=%d)", res.ForkExecS.Median, res.ForkExecS.P99, res.ForkExecS.N)
+	logf("restart helper    median %.3f ms p99 %.3f ms (n=%d)", res.HelperS.Median, res.HelperS.P99, res.HelperS.N)
 	return nil
+}
+
+// forkExecRestarts runs argv per+1 times one after another, as a supervisor
+// that does nothing else would (exec.Cmd Start, Wait, Start ...; no fds), and
+// returns the per restart latencies the children reported.
+func (b *bench) forkExecRestarts(per int, argv ...string) ([]float64, error) {
+	b.ready.drain()
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i <= per; i++ {
+			c := exec.Command(argv[0], argv[1:]...)
+			c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
+			c.Stdout, c.Stderr = os.Stdout, os.Stderr
+			c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if err := c.Start(); err != nil {
+				done <- err
+				return
+			}
+			_ = c.Wait() // exit status 1 is the crash
+		}
+		done <- nil
+	}()
+	if err := <-done; err != nil {
+		return nil, err
+	}
+	evs, err := b.collect(per+1, nil)
+	if err != nil {
+		return nil, err
+	}
+	lat, err := restartLatencies(evs, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(lat) < per {
+		return nil, fmt.Errorf("%d restarts measured, want %d", len(lat), per)
+	}
+	return lat[:per], nil
 }
 
 // collect gathers the reports of starts children: every start and death.

@@ -92,17 +92,7 @@ func build(repo, work string, pkgs []pkg) (*built, error) {
 		// Filled below.
 		prebuilt: map[string]string{},
 	}
-	goCmd := func(args ...string) error {
-		cmd := exec.Command("go", args...)
-		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
-		}
-		return nil
-	}
+	goCmd := func(args ...string) error { return goBuild(repo, args...) }
 	// -s -w: a smaller initramfs; the tables for stack traces stay.
 	if err := goCmd("build", "-ldflags", "-s -w", "-o", b.init, "./kernels/init"); err != nil {
 		return nil, err
@@ -140,6 +130,19 @@ func build(repo, work string, pkgs []pkg) (*built, error) {
 		b.prebuilt[name] = out
 	}
 	return b, nil
+}
+
+// goBuild runs the go command in repo, without cgo: static binaries.
+func goBuild(repo string, args ...string) error {
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return nil
 }
 
 // mainPackages lists the repository's commands other than bpfsup and this
@@ -196,12 +199,13 @@ func commonFiles(repo string, b *built, o options) (*initramfs, error) {
 	// and sed; iproute2's ip and tc for the namespace and veth helpers;
 	// bpftool where tests look at what is attached; iputils' ping, whose
 	// output tests read; systemd-notify and systemd-socket-activate, which
-	// work without systemd running; getent, bpfsup's way to NSS users.
+	// work without systemd running; getent, bpfsup's way to NSS users;
+	// ssh-keygen, which makes the keys and signatures of signed objects.
 	var programs []string
 	for _, pkg := range []string{"coreutils", "dash", "bash", "grep", "sed"} {
 		programs = append(programs, packagePrograms(pkg)...)
 	}
-	for _, tool := range []string{"sh", "ip", "tc", "bpftool", "ping", "systemd-notify", "systemd-socket-activate", "getent"} {
+	for _, tool := range []string{"sh", "ip", "tc", "bpftool", "ping", "systemd-notify", "systemd-socket-activate", "getent", "ssh-keygen"} {
 		if path, err := exec.LookPath(tool); err == nil {
 			programs = append(programs, path)
 		} else if tool == "ip" {

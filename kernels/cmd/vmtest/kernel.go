@@ -28,26 +28,25 @@ type kernel struct {
 	modDir  string
 }
 
+// findKernel finds the kernel in ks.dir: an unpacked linux-image package
+// (boot/vmlinuz-REL, lib/modules/REL), or the packages sid splits a kernel
+// into, unpacked into one directory (usr/lib/modules/REL/vmlinuz.unsigned,
+// config and modules beside it).
 func findKernel(ks kernelSpec) (*kernel, error) {
-	matches, _ := filepath.Glob(filepath.Join(ks.dir, "boot", "vmlinuz-*"))
-	if len(matches) == 0 {
-		// Debian since 7.x (sid): the kernel, its config and modules.builtin
-		// sit beside the modules, in packages unpacked into one directory
-		// (linux-binary-unsigned-*, linux-modules-*, linux-base-*).
-		merged, _ := filepath.Glob(filepath.Join(ks.dir, "usr", "lib", "modules", "*", "vmlinuz*"))
-		if len(merged) == 1 {
-			modDir := filepath.Dir(merged[0])
-			return &kernel{kernelSpec: ks, vmlinuz: merged[0], release: filepath.Base(modDir),
-				config: filepath.Join(modDir, "config"), modDir: modDir}, nil
-		}
+	k := &kernel{kernelSpec: ks}
+	if matches, _ := filepath.Glob(filepath.Join(ks.dir, "boot", "vmlinuz-*")); len(matches) == 1 {
+		k.vmlinuz = matches[0]
+		k.release = strings.TrimPrefix(filepath.Base(k.vmlinuz), "vmlinuz-")
+		k.config = filepath.Join(ks.dir, "boot", "config-"+k.release)
+		k.modDir = filepath.Join(ks.dir, "lib", "modules", k.release)
+	} else if matches, _ := filepath.Glob(filepath.Join(ks.dir, "usr", "lib", "modules", "*", "vmlinuz*")); len(matches) == 1 {
+		k.vmlinuz = matches[0]
+		k.modDir = filepath.Dir(k.vmlinuz)
+		k.release = filepath.Base(k.modDir)
+		k.config = filepath.Join(k.modDir, "config")
+	} else {
+		return nil, fmt.Errorf("kernel %s: want one boot/vmlinuz-* or usr/lib/modules/*/vmlinuz* in %s", ks.label, ks.dir)
 	}
-	if len(matches) != 1 {
-		return nil, fmt.Errorf("kernel %s: want one boot/vmlinuz-* in %s, found %d", ks.label, ks.dir, len(matches))
-	}
-	k := &kernel{kernelSpec: ks, vmlinuz: matches[0]}
-	k.release = strings.TrimPrefix(filepath.Base(k.vmlinuz), "vmlinuz-")
-	k.config = filepath.Join(ks.dir, "boot", "config-"+k.release)
-	k.modDir = filepath.Join(ks.dir, "lib", "modules", k.release)
 	if _, err := os.Stat(k.modDir); err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", ks.label, err)
 	}

@@ -52,8 +52,12 @@ func main() {
 	var (
 		o       options
 		kernels kernelFlag
+		systemd kernelFlag
+		deb     string
 		args    string
 	)
+	flag.Var(&systemd, "systemd", "LABEL=KERNELDIR=ROOTFS: boot ROOTFS (a cpio archive) with systemd as PID 1 and run kernels/systemdvm's cases (repeatable; kernels/systemd.sh)")
+	flag.StringVar(&deb, "deb", "", "with -systemd: the bpfsup .deb the VMs install")
 	flag.Var(&kernels, "kernel", "LABEL=DIR: a kernel to test on, DIR an unpacked linux-image .deb (repeatable)")
 	flag.StringVar(&o.busybox, "busybox", "", "a static busybox, for the shell tools tests use (sh, sleep, ...)")
 	flag.StringVar(&o.run, "run", "", "run only the tests matching this regexp (-test.run)")
@@ -80,11 +84,25 @@ func main() {
 		}
 		o.kernels = append(o.kernels, kernelSpec{label: label, dir: dir})
 	}
-	if len(o.kernels) == 0 {
-		fatalf("no -kernel given")
-	}
 	if runtime.GOARCH != "amd64" {
 		fatalf("vmtest runs amd64 kernels with the amd64 qemu; this is %s", runtime.GOARCH)
+	}
+	if len(systemd) > 0 {
+		var specs []systemdSpec
+		for _, s := range systemd {
+			f := strings.SplitN(s, "=", 3)
+			if len(f) != 3 || f[0] == "" || f[1] == "" || f[2] == "" {
+				fatalf("-systemd %q: want LABEL=KERNELDIR=ROOTFS", s)
+			}
+			specs = append(specs, systemdSpec{kernelSpec: kernelSpec{label: f[0], dir: f[1]}, rootfs: f[2]})
+		}
+		if deb == "" {
+			fatalf("-systemd needs -deb")
+		}
+		os.Exit(runSystemd(o, specs, deb))
+	}
+	if len(o.kernels) == 0 {
+		fatalf("no -kernel given")
 	}
 	os.Exit(run(o))
 }
