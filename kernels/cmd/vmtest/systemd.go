@@ -90,7 +90,7 @@ func runSystemd(o options, specs []systemdSpec, deb string) int {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			results[i], errs[i] = runSystemdVM(spec, repo, work, bin, deb, o)
+			results[i], errs[i] = runSystemdVM(spec, sdRun{repo: repo, work: work, bin: bin, deb: deb, o: o})
 		}()
 	}
 	wg.Wait()
@@ -102,12 +102,20 @@ func runSystemd(o options, specs []systemdSpec, deb string) int {
 	return 0
 }
 
-func runSystemdVM(spec systemdSpec, repo, work, bin, deb string, o options) (pkgResult, error) {
+// sdRun is what every VM of a systemd run shares: the checkout, the work
+// directory, the cases' test binary, the package and the options.
+type sdRun struct {
+	repo, work, bin, deb string
+	o                    options
+}
+
+func runSystemdVM(spec systemdSpec, r sdRun) (pkgResult, error) {
+	o := r.o
 	k, err := findKernel(spec.kernelSpec)
 	if err != nil {
 		return pkgResult{}, err
 	}
-	initrd, err := systemdInitramfs(k, spec.rootfs, repo, work, bin, deb, o)
+	initrd, err := systemdInitramfs(k, spec.rootfs, r)
 	if err != nil {
 		return pkgResult{}, err
 	}
@@ -125,7 +133,8 @@ func runSystemdVM(spec systemdSpec, repo, work, bin, deb string, o options) (pkg
 // followed by a second archive (the kernel unpacks one after the other) with
 // what this run adds: the .deb, the cases, the test objects, the modules and
 // the unit that runs the cases.
-func systemdInitramfs(k *kernel, rootfs, repo, work, bin, deb string, o options) (string, error) {
+func systemdInitramfs(k *kernel, rootfs string, sr sdRun) (string, error) {
+	repo, work, bin, deb, o := sr.repo, sr.work, sr.bin, sr.deb, sr.o
 	r := newInitramfs()
 	r.file(sdBin, bin, 0o755)
 	r.file(sdDeb, deb, 0o644)
