@@ -488,10 +488,16 @@ func CheckOrder(ins []*Installed, enforce bool, log *slog.Logger) bool {
 			}
 			anchor := AnchorID(pl.place.anchorPath)
 			fine, why := Placement(chain, info.Link.ID, pl.place.where, anchor, ours)
+			said := in.orderSaid[pl.name]
 			if fine {
+				delete(in.orderSaid, pl.name)
 				continue
 			}
 			if !enforce || (pl.place.anchor != "" && chain.Index(anchor) < 0) {
+				if said == why {
+					continue // said already: a periodic check repeats nothing
+				}
+				in.orderSaid[pl.name] = why
 				log.Warn("link is not at its configured place (enforce_order = true would move it back)", "object", in.plan.name,
 					"link", pl.name, "hook", pl.hook.Spec().String(), "place", pl.place.String(), "why", why, "chain", chain.String())
 				continue
@@ -502,10 +508,22 @@ func CheckOrder(ins []*Installed, enforce bool, log *slog.Logger) bool {
 				log.Error("could not move the link back to its place", "object", in.plan.name, "link", pl.name, "err", err)
 				continue
 			}
+			delete(in.orderSaid, pl.name)
 			moved = true
 		}
 	}
 	return moved
+}
+
+// Placed reports whether a link of the object has a place on an ordered
+// hook (order, before or after), which CheckOrder checks.
+func (in *Installed) Placed() bool {
+	for _, pl := range in.plan.links {
+		if _, ok := hooks.AsOrdered(pl.hook); ok && pl.place.where != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // ownLinkIDs says which link ids are those of ins.

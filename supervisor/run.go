@@ -445,6 +445,9 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 		watchdog = t.C
 	}
 
+	orderTick, stopOrderTick := s.orderChecks()
+	defer stopOrderTick()
+
 	if !s.resumeChild() {
 		if s.stoppedDuringInstall(sigc) {
 			return 0, errLoopDone
@@ -518,6 +521,11 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 		case <-s.mountEvents():
 			s.checkMounts()
 			s.logSyncFDStore()
+
+		case <-orderTick:
+			if converge.CheckOrder(s.objects, true, s.log) {
+				s.logSyncFDStore()
+			}
 
 		case msg := <-s.childNote:
 			s.childNotified(msg)
@@ -836,4 +844,25 @@ func siginfoPID(info *unix.Siginfo) int {
 	}
 	raw := (*[unsafe.Sizeof(unix.Siginfo{})]byte)(unsafe.Pointer(info))
 	return int(int32(binary.NativeEndian.Uint32(raw[off : off+4])))
+}
+
+// orderCheckInterval is how often a supervisor with enforce_order checks
+// the places of its links: one query of each ordered hook.
+const orderCheckInterval = time.Second
+
+// orderChecks ticks every orderCheckInterval while enforce_order is on and
+// a link has a place, so that a program put in front of bpfsup's while it
+// runs is moved past within that time, not only at the next reload or
+// restart; nil (never ticks) otherwise.
+func (s *supervisor) orderChecks() (<-chan time.Time, func()) {
+	if !s.opts.EnforceOrder {
+		return nil, func() {}
+	}
+	for _, in := range s.objects {
+		if in.Placed() {
+			t := time.NewTicker(orderCheckInterval)
+			return t.C, t.Stop
+		}
+	}
+	return nil, func() {}
 }

@@ -346,3 +346,32 @@ func TestEnforceOrderAfterKill(t *testing.T) {
 	r.stopTraffic()
 	t.Logf("dropped %d, received on the dropped port %d, on the passing port %d", s.dropped(t), r.drop1.Count(), r.ok.Count())
 }
+
+// A foreign program put before a "first" link while bpfsup runs with
+// --enforce-order: bpfsup finds it within its periodic check and moves its
+// link back in front, make-before-break, with no datagram to the dropped
+// port let through.
+func TestEnforceOrderWhileRunning(t *testing.T) {
+	r := newRig(t)
+	r.one = true
+	s := newSup(t, r, "first", "--enforce-order")
+	s.start(t)
+	s.dropPort(t, r.drop1.Port())
+	r.startTraffic(t)
+	r.waitPassing(t, 50)
+	old := s.linkID(t)
+	intruder := foreignFirst(t, r)
+	s.proc.WaitOutput(t, "moved link back to its configured place, make-before-break", waitTimeout)
+	moved := s.linkID(t)
+	if moved == old {
+		t.Fatalf("the log says moved, the pin holds the old link %d:\n%s", old, s.proc.Output())
+	}
+	wantChain(t, r, "after the periodic check", moved, intruder)
+	r.waitPassing(t, 50)
+	r.noLeak(t, "after the move")
+	if st := e2e.Status(t, s.env); !st.Healthy {
+		t.Fatalf("not healthy after the move: %+v", st.Objects[0].Problems)
+	}
+	r.stopTraffic()
+	t.Logf("dropped %d, received on the dropped port %d, on the passing port %d", s.dropped(t), r.drop1.Count(), r.ok.Count())
+}
