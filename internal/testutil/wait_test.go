@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -26,7 +27,7 @@ func TestWaitForTimesOut(t *testing.T) {
 		})
 		tb.Errorf("WaitFor returned after timing out")
 	})
-	wantFailure(t, f, "timed out after 50ms waiting for the moon")
+	wantFailure(t, f, fmt.Sprintf("timed out after %v waiting for the moon", Scaled(50*time.Millisecond)))
 	if elapsed := time.Since(start); elapsed < 50*time.Millisecond {
 		t.Errorf("gave up after %v, before the timeout", elapsed)
 	}
