@@ -15,7 +15,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 40m
 FUZZTIME ?= 50000x
 FUZZMINIMIZETIME ?= 2000x
 
-.PHONY: all build setup test fuzz bench demo lint clean kernels deb systemd image k8s
+.PHONY: all build setup test fuzz bench demo lint clean kernels kernels-edges kernels-edges-core deb systemd image k8s
 
 all: build
 
@@ -88,6 +88,19 @@ k8s: setup image $(KUBELET)
 # The BPF test suite in VMs on Debian's 6.1 and 6.12 kernels (docs/kernels.md).
 kernels:
 	./kernels/run.sh
+
+# The oldest and the newest kernels users run: bullseye's 5.10 and sid's
+# newest (7.2 in December 2026), both VMs at once. Opt-in: not part of
+# `make kernels` (docs/kernels.md has the times).
+kernels-edges:
+	KERNELS="5.10 sid" ./kernels/run.sh
+
+# A core of the suite on the edges, small enough for CI: the hooks and their
+# probes, the transaction and the order, the pin store, the tcx/tc drop
+# filter end to end and the order end to end.
+EDGES_CORE := ./hooks ./converge ./pinstore ./e2e/kernels ./e2e/order ./internal/testutil
+kernels-edges-core:
+	KERNELS="5.10 sid" ./kernels/run.sh $(EDGES_CORE)
 
 # A Debian package of bpfsup (packaging/deb/build.sh), checked by lintian.
 deb:

@@ -62,6 +62,55 @@ type Attach struct {
 	Netns string `toml:"netns" json:"netns,omitempty"`
 	// Name overrides the link's pin name.
 	Name string `toml:"name" json:"name,omitempty"`
+	// Order places the link on a hook that runs several programs in order
+	// (tcx, netkit): "first" or "last" (the default). At most one of
+	// Order, Before and After.
+	Order string `toml:"order" json:"order,omitempty"`
+	// Before places the link just before another: an attachment of this
+	// configuration, "[OBJECT/]PROG", or the absolute path of a pinned link.
+	Before string `toml:"before" json:"before,omitempty"`
+	// After places the link just after another, named as Before's.
+	After string `toml:"after" json:"after,omitempty"`
+}
+
+// Place is the attachment's place on its hook, checked: where ("first",
+// "last", "before", "after"; "" when the configuration says nothing) and
+// the anchor of before and after.
+func (a Attach) Place() (where, anchor string, err error) {
+	n := 0
+	for _, s := range []string{a.Order, a.Before, a.After} {
+		if s != "" {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return "", "", fmt.Errorf("attachment %s@%s: give one of order, before and after", a.Program, a.Hook)
+	case a.Before != "":
+		return "before", a.Before, nil
+	case a.After != "":
+		return "after", a.After, nil
+	case a.Order == "" || a.Order == "first" || a.Order == "last":
+		return a.Order, "", nil
+	}
+	return "", "", fmt.Errorf("attachment %s@%s: order %q: want \"first\" or \"last\" (or before = / after = another attachment)", a.Program, a.Hook, a.Order)
+}
+
+// ParsePlace parses the command line's form of a place, the suffix of
+// -a PROG@HOOK,PLACE: "first", "last", "before=X" or "after=X".
+func ParsePlace(s string) (Attach, error) {
+	var a Attach
+	switch {
+	case s == "first" || s == "last":
+		a.Order = s
+	case strings.HasPrefix(s, "before=") && len(s) > len("before="):
+		a.Before = strings.TrimPrefix(s, "before=")
+	case strings.HasPrefix(s, "after=") && len(s) > len("after="):
+		a.After = strings.TrimPrefix(s, "after=")
+	default:
+		return a, fmt.Errorf("place %q: want first, last, before=X or after=X", s)
+	}
+	return a, nil
 }
 
 // Map configures one map.

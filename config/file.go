@@ -60,6 +60,10 @@ type File struct {
 	OnUpgrade OnUpgrade `toml:"on_upgrade"`
 	Watch     bool      `toml:"watch"`
 	Force     bool      `toml:"force"`
+	// EnforceOrder moves bpfsup's links on ordered hooks (tcx, netkit)
+	// back to their configured place when something else took it
+	// (make-before-break), instead of only saying so.
+	EnforceOrder bool `toml:"enforce_order"`
 	// FDStore keeps every map, program and link in systemd's file
 	// descriptor store too, so that a restart of bpfsup adopts them even
 	// where their pins were removed.
@@ -172,6 +176,9 @@ func (f *File) check() error {
 		for j, a := range o.Attach {
 			if a.Program == "" || a.Hook == "" {
 				return fmt.Errorf("object %s: attach %d needs program and hook", o.Path, j+1)
+			}
+			if _, _, err := a.Place(); err != nil {
+				return fmt.Errorf("object %s: %w", o.Path, err)
 			}
 		}
 		for name, m := range o.Maps {

@@ -34,6 +34,8 @@ type Installed struct {
 	linkIDs map[string]uint32
 	// made names the maps this install created (rather than adopted).
 	made map[string]bool
+	// orderSaid is, per link, why CheckOrder last said it is out of place.
+	orderSaid map[string]string
 	// pinsLost says that the pin directory went with its bpffs (CheckPins).
 	pinsLost bool
 	adopted  int // programs adopted without loading
@@ -47,7 +49,8 @@ type Installed struct {
 func newInstalled(p *Plan, obj *pinstore.Object) *Installed {
 	return &Installed{plan: p, obj: obj, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{},
 		links: map[string]hooks.Attachment{}, defunct: map[string]bool{},
-		briefs: map[string]pinstore.ProgramBrief{}, linkIDs: map[string]uint32{}, made: map[string]bool{}}
+		briefs: map[string]pinstore.ProgramBrief{}, linkIDs: map[string]uint32{}, made: map[string]bool{},
+		orderSaid: map[string]string{}}
 }
 
 // Close releases every fd of the object and its lock. The pins stay.

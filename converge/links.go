@@ -80,6 +80,8 @@ func reconcileLink(obj *pinstore.Object, pl plannedLink, prog *ebpf.Program, rec
 	pins := newPins()
 	defer pins.close()
 	pins.manifest, pins.manifestRead = recorded, true
+	// The hook is read again for the attach: what the plan read is old.
+	pl.place.revs = nil
 	rl := linkReconcile{obj: obj, pl: pl, prog: prog, pins: pins, rollback: &rollback, release: &release, log: log}
 	res, err := rl.run()
 	return res.a, err
@@ -150,7 +152,7 @@ func (r *linkReconcile) run() (linkResult, error) {
 
 // attach attaches a new link and pins it.
 func (r *linkReconcile) attach() (hooks.Attachment, error) {
-	a, err := r.pl.hook.Attach(r.prog)
+	a, err := attachLink(r.pl, r.prog, r.log)
 	if err != nil {
 		return nil, fmt.Errorf("program %s: %w", r.pl.program, err)
 	}
@@ -226,6 +228,7 @@ func (r *linkReconcile) update(pinned hooks.Attachment, info *hooks.AttachmentIn
 		return err
 	}
 	crash.At("links/updated")
+	updated(pl)
 	r.release.push(func() { oldProg.Close() })
 	prog, log := r.prog, r.log
 	r.rollback.push(func() {
@@ -269,7 +272,7 @@ func openProgram(obj *pinstore.Object, id ebpf.ProgramID) (*ebpf.Program, error)
 // reload's old state holds it that long anyway): a rollback pins it back,
 // and the new one goes.
 func (r *linkReconcile) replace(pinned hooks.Attachment, info *hooks.AttachmentInfo, was hooks.State) (hooks.Attachment, error) {
-	a, err := r.pl.hook.Attach(r.prog)
+	a, err := attachLink(r.pl, r.prog, r.log)
 	if err != nil {
 		return nil, fmt.Errorf("program %s: %w", r.pl.program, err)
 	}

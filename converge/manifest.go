@@ -127,7 +127,8 @@ func newManifest(p *Plan, old *pinstore.Manifest, in *Installed) *pinstore.Manif
 	for _, pl := range p.links {
 		spec := pl.hook.Spec()
 		rec := pinstore.LinkRecord{Program: pl.program, Hook: spec.String(), Netns: spec.Netns,
-			Mechanism: pl.hook.Mechanism(), Updatable: pl.hook.Updatable()}
+			Mechanism: pl.hook.Mechanism(), Updatable: pl.hook.Updatable(),
+			Place: string(pl.place.where), Anchor: pl.place.anchor, AnchorPath: pl.place.anchorPath}
 		if spec.IsNetwork() {
 			rec.NetnsInode = netnsInodes.of(spec.Netns)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/handoff"
@@ -57,6 +58,8 @@ type plannedLink struct {
 	name    string
 	program string
 	hook    hooks.Hook
+	// place is the link's place on an ordered hook (order.go).
+	place linkPlace
 }
 
 // PlanOptions is what plans depend on besides an object's configuration.
@@ -69,6 +72,12 @@ type PlanOptions struct {
 	Force bool
 	// Key is PlannerKey's: the manifest records it, for AdoptUnchanged.
 	Key string
+	// Store is where anchors of this configuration are pinned (the links
+	// of before = and after = that name an attachment of it).
+	Store pinstore.Store
+	// EnforceOrder moves links on ordered hooks back to their configured
+	// place when something else took it (CheckOrder).
+	EnforceOrder bool
 }
 
 // PlanObject reads the object file of cfg and checks the configuration
@@ -96,6 +105,9 @@ func PlanAll(cfgs []config.Object, opts PlanOptions) ([]*Plan, error) {
 		}
 		names[p.name] = c.Path
 		plans = append(plans, p)
+	}
+	if err := planOrder(plans, opts.Store); err != nil {
+		return nil, err
 	}
 	return plans, nil
 }
@@ -353,8 +365,12 @@ func (p *Plan) planAttachment(a config.Attach, once bool, defaultNetns string, s
 	if prev, dup := seen[lname]; dup {
 		return fmt.Errorf("object %s: attachments %s and %s would both pin link %q; give one a name", name, prev, hs, lname)
 	}
+	place, err := placeOf(a, h)
+	if err != nil {
+		return fmt.Errorf("object %s: program %s: %w", name, a.Program, err)
+	}
 	seen[lname] = hs.String()
-	p.links = append(p.links, plannedLink{name: lname, program: a.Program, hook: h})
+	p.links = append(p.links, plannedLink{name: lname, program: a.Program, hook: h, place: place})
 	return nil
 }
 
@@ -398,6 +414,19 @@ func checkHandoffNames(p *Plan) error {
 // once per process; every older type is there.
 const newestProgramTypes = ebpf.Netfilter
 
+// programSupport says whether the kernel can load programs like ps: its
+// type (probed for the types newer than 6.1) and, for XDP, multi-buffer
+// packets (xdp.frags, 5.18).
+func programSupport(ps *ebpf.ProgramSpec) error {
+	if ps.Type == ebpf.XDP && ps.Flags&unix.BPF_F_XDP_HAS_FRAGS != 0 {
+		return hooks.HaveXDPFrags()
+	}
+	if ps.Type < newestProgramTypes {
+		return nil
+	}
+	return features.HaveProgramType(ps.Type)
+}
+
 // skipUnsupported leaves out the programs nothing attaches whose type this
 // kernel does not have (SEC("netfilter") before 6.4): an object built for
 // several kernels still starts on the older ones, and the log says what was
@@ -411,11 +440,7 @@ func skipUnsupported(p *Plan) error {
 	kept := p.progList[:0]
 	for _, pname := range p.progList {
 		ps := p.spec.Programs[pname]
-		if ps.Type < newestProgramTypes {
-			kept = append(kept, pname)
-			continue
-		}
-		err := features.HaveProgramType(ps.Type)
+		err := programSupport(ps)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			kept = append(kept, pname)
 			continue

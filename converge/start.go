@@ -30,6 +30,7 @@ func Install(store pinstore.Store, cfgs []config.Object, opts PlanOptions, log *
 	} else if mounted {
 		log.Info("mounted bpffs", "path", pinstore.DefaultBPFFS)
 	}
+	opts.Store = store
 	s := &starting{store: store, cfgs: cfgs, opts: opts, log: log}
 	defer s.close()
 	if err := s.read(); err != nil {
@@ -42,6 +43,7 @@ func Install(store pinstore.Store, cfgs []config.Object, opts PlanOptions, log *
 		return nil, err
 	}
 	ins := s.result()
+	CheckOrder(ins, opts.EnforceOrder, log)
 	adopted, loaded := 0, 0
 	for _, in := range ins {
 		adopted += in.adopted
@@ -153,6 +155,16 @@ func (s *starting) plan() error {
 			return err
 		}
 		s.plans[i] = p
+	}
+	// Anchors may name the links of objects adopted unchanged.
+	all := make([]*Plan, len(s.cfgs))
+	for i := range s.cfgs {
+		if all[i] = s.plans[i]; all[i] == nil {
+			all[i] = s.ready[i].plan
+		}
+	}
+	if err := planOrder(all, s.store); err != nil {
+		return err
 	}
 	for _, p := range s.plans {
 		if p == nil {

@@ -167,7 +167,8 @@ func planFromManifest(cfg config.Object, sha, key string, m *pinstore.Manifest) 
 		if hooks.NeedsSpec(h) {
 			return nil, "hook " + spec.String() + " is set up from its program's spec"
 		}
-		p.links = append(p.links, plannedLink{name: lname, program: rec.Program, hook: h})
+		place := linkPlace{where: hooks.Where(rec.Place), anchor: rec.Anchor, anchorPath: rec.AnchorPath}
+		p.links = append(p.links, plannedLink{name: lname, program: rec.Program, hook: h, place: place})
 	}
 	return p, ""
 }

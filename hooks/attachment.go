@@ -165,6 +165,8 @@ func LinkTypeName(t link.Type) string {
 		return "xdp"
 	case link.TCXType:
 		return "tcx"
+	case link.NetkitType:
+		return "netkit"
 	case link.CgroupType:
 		return "cgroup"
 	case link.RawTracepointType:

@@ -530,3 +530,18 @@ func mustIP(tb testing.TB, args ...string) string {
 	}
 	return string(out)
 }
+
+// refusedWithout checks, on a kernel that lacks f, that attaching prog to
+// h is refused with an error that names what it needs (want), and skips
+// the test; on a kernel with f it does nothing.
+func refusedWithout(t *testing.T, f *testutil.Feature, h Hook, prog *ebpf.Program, want string) {
+	t.Helper()
+	why := testutil.Missing(t, f)
+	if why == "" {
+		return
+	}
+	if err := attachErr(h, prog); !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("attach %s on a kernel without %s: %v, want ErrNotSupported saying %q", h.Spec(), f.Name, err, want)
+	}
+	t.Skipf("%s: checked that the hook says so", why)
+}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/testutil"
 )
 
 func TestParseKprobe(t *testing.T) {
@@ -48,6 +50,7 @@ func TestKprobeHook(t *testing.T) {
 		t.Fatalf("Prepare: %v", err)
 	}
 	countOwnEvents(t, maps)
+	refusedWithout(t, testutil.PerfLink, h, prog, "no perf_event bpf_link (Linux 5.15+)")
 	l := mustAttach(t, h, prog)
 	wantState(t, h, l, Attached)
 	wantState(t, mustHook(t, "kretprobe:__task_pid_nr_ns", ""), l, Elsewhere)

@@ -55,6 +55,9 @@ func (h *lsmHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, trampolineError(err))
 	}
+	if err := mustSayTarget(l); err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
+	}
 	return attached(l), nil
 }
 

@@ -85,6 +85,7 @@ func TestLSMHook(t *testing.T) {
 	if err := maps["config"].Put(uint32(0), uint32(unix.Getpid())); err != nil {
 		t.Fatal(err)
 	}
+	refusedWithout(t, testutil.TracingLinkInfo, h, prog, "(Linux 5.13+)")
 	l := mustAttach(t, h, prog)
 	wantState(t, h, l, Attached)
 	wantState(t, mustHook(t, "lsm:file_permission", ""), l, Elsewhere)

@@ -58,6 +58,8 @@ var sectionWhole = map[string]Spec{
 	"tcx/egress":         {Kind: "tcx", Variant: "egress"},
 	"tc/ingress":         {Kind: "tcx", Variant: "ingress"},
 	"tc/egress":          {Kind: "tcx", Variant: "egress"},
+	"netkit/primary":     {Kind: "netkit", Variant: "primary"},
+	"netkit/peer":        {Kind: "netkit", Variant: "peer"},
 	"cgroup_skb/ingress": {Kind: "cgroup", Variant: "ingress"},
 	"cgroup_skb/egress":  {Kind: "cgroup", Variant: "egress"},
 	"cgroup/sock":        {Kind: "cgroup", Variant: "sock_create"},

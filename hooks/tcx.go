@@ -1,8 +1,6 @@
 package hooks
 
 import (
-	"fmt"
-
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
@@ -32,22 +30,46 @@ func (h *tcxHook) attachType() ebpf.AttachType {
 }
 
 func (h *tcxHook) Attach(prog *ebpf.Program) (Attachment, error) {
+	return h.AttachAt(prog, Position{Where: Last}, 0)
+}
+
+// AttachAt attaches prog at pos, if the hook is at revision (0: any).
+func (h *tcxHook) AttachAt(prog *ebpf.Program, pos Position, revision uint64) (Attachment, error) {
 	if err := checkType(h.spec, prog, ebpf.SchedCLS); err != nil {
 		return nil, err
 	}
+	anchor, err := anchorOf(pos)
+	if err != nil {
+		return nil, err
+	}
 	var l link.Link
-	err := InNetns(h.spec.Netns, func() error {
+	err = InNetns(h.spec.Netns, func() error {
 		idx, err := ifindexHere(h.spec.Netns, h.spec.Target)
 		if err != nil {
 			return err
 		}
-		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: idx, Attach: h.attachType()})
+		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: idx, Attach: h.attachType(),
+			Anchor: anchor, ExpectedRevision: revision})
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
+		return nil, attachError(h.spec, pos, err)
 	}
 	return attached(l), nil
+}
+
+// Chain reads the programs on the hook, in order, and its revision.
+func (h *tcxHook) Chain() (Chain, error) { return queryChain(h.spec, h.attachType()) }
+
+// LinkOn reports whether the link of info is a tcx link of this hook's
+// direction on its interface.
+func (h *tcxHook) LinkOn(info *link.Info) bool {
+	ti := info.TCX()
+	if info.Type != link.TCXType || ti == nil || ebpf.AttachType(ti.AttachType) != h.attachType() {
+		return false
+	}
+	idx, err := ifindex(h.spec.Netns, h.spec.Target)
+	return err == nil && idx == int(ti.Ifindex)
 }
 
 func (h *tcxHook) Check(a Attachment) (State, error) {

@@ -55,6 +55,7 @@ func TestTracepointHook(t *testing.T) {
 	prog, maps := mustProgramWithMaps(t, "hooks", "tp_count")
 	countOwnEvents(t, maps)
 	h := mustHook(t, "tracepoint:syscalls/sys_enter_getppid", "")
+	refusedWithout(t, testutil.PerfLink, h, prog, "no perf_event bpf_link (Linux 5.15+)")
 	l := mustAttach(t, h, prog)
 	wantState(t, h, l, Attached)
 	wantState(t, mustHook(t, "tracepoint:syscalls/sys_enter_getpid", ""), l, Elsewhere)

@@ -107,7 +107,25 @@ func (h *tracingHook) Attach(prog *ebpf.Program) (Attachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", h.spec, trampolineError(err))
 	}
+	if err := mustSayTarget(l); err != nil {
+		return nil, fmt.Errorf("attach %s: %w", h.spec, err)
+	}
 	return attached(l), nil
+}
+
+// mustSayTarget closes l and returns an error when its info names no
+// target: before Linux 5.13 a tracing link does not say what it is
+// attached to, so a pinned one could be neither checked nor adopted (and
+// its pinned program not attached again).
+func mustSayTarget(l link.Link) error {
+	info, err := l.Info()
+	if err == nil {
+		if ti := info.Tracing(); ti != nil && ti.TargetBtfId != 0 {
+			return nil
+		}
+	}
+	l.Close()
+	return fmt.Errorf("the kernel's tracing links do not say their target (Linux 5.13+), which checking and adopting a pinned one needs: %w", ErrNotSupported)
 }
 
 func (h *tracingHook) Check(a Attachment) (State, error) {

@@ -99,6 +99,7 @@ func TestTracingHooks(t *testing.T) {
 			if err := maps["config"].Put(uint32(0), uint32(unix.Getpid())); err != nil {
 				t.Fatal(err)
 			}
+			refusedWithout(t, testutil.TracingLinkInfo, h, prog, "(Linux 5.13+)")
 			l := mustAttach(t, h, prog)
 			wantState(t, h, l, Attached)
 			wantState(t, mustHook(t, tc.other, ""), l, Elsewhere)

@@ -77,6 +77,7 @@ func TestUprobeHook(t *testing.T) {
 	if err := Prepare(h, "uprobe_count", &ebpf.ProgramSpec{SectionName: "uprobe", Type: ebpf.Kprobe}); err != nil {
 		t.Fatalf("Prepare: %v", err)
 	}
+	refusedWithout(t, testutil.PerfLink, h, prog, "no perf_event bpf_link (Linux 5.15+)")
 	l := mustAttach(t, h, prog)
 	wantState(t, h, l, Attached)
 	wantState(t, mustHook(t, "uprobe:"+lib+":getppid", ""), l, Elsewhere)

@@ -3,8 +3,10 @@ package hooks
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -156,3 +158,18 @@ func ifaceState(spec Spec, linkIfindex int) (State, error) {
 	}
 	return Attached, nil
 }
+
+// HaveXDPFrags reports whether the kernel loads XDP programs for
+// multi-buffer packets (SEC("xdp.frags"), BPF_F_XDP_HAS_FRAGS, Linux 5.18):
+// nil, or an error wrapping ErrNotSupported. The answer is cached.
+var HaveXDPFrags = sync.OnceValue(func() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Flags: unix.BPF_F_XDP_HAS_FRAGS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("XDP programs for multi-buffer packets (xdp.frags, Linux 5.18+): %w", ErrNotSupported)
+	}
+	if err == nil {
+		prog.Close()
+	}
+	return nil
+})

@@ -108,6 +108,14 @@ type LinkRecord struct {
 	// Updatable says whether the link's program can be swapped in place.
 	Updatable   bool     `json:"updatable"`
 	PreviousIDs []uint32 `json:"previous_ids,omitempty"`
+	// Place is the link's configured place on an ordered hook (tcx,
+	// netkit): "first", "last", "before" or "after"; "" when the
+	// configuration gives none (attached last, not held there).
+	Place string `json:"place,omitempty"`
+	// Anchor is the configured anchor of before and after ("[OBJECT/]PROG"
+	// or a pin path), and AnchorPath the pin of its link.
+	Anchor     string `json:"anchor,omitempty"`
+	AnchorPath string `json:"anchor_path,omitempty"`
 }
 
 // SupervisorRecord describes the supervisor that manages the object.

@@ -145,6 +145,9 @@ type LinkStatus struct {
 	Mechanism string `json:"mechanism,omitempty"`
 	// Upgrade is "in-place" or "make-before-break".
 	Upgrade string `json:"upgrade,omitempty"`
+	// Order is the link's place on a hook that runs several programs in
+	// order (tcx, netkit); nil on other hooks.
+	Order *LinkOrder `json:"order,omitempty"`
 }
 
 // ReadStatus reads the status of every object under the store's pin root,
@@ -191,7 +194,8 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}, Healthy: true}
 	endBatch := hooks.Batch()
 	defer endBatch()
-	r := &reader{store: store, locks: pinstore.ReadLocks(), state: store.StateEntries()}
+	r := &reader{store: store, locks: pinstore.ReadLocks(), state: store.StateEntries(),
+		owners: sync.OnceValue(func() map[uint32][2]string { return linkOwners(store) })}
 	st.Objects = make([]ObjectStatus, len(names))
 	// The objects are read side by side: the work is system calls, a few
 	// per pin, which run on every CPU at once.
@@ -222,6 +226,9 @@ type reader struct {
 	store pinstore.Store
 	locks *pinstore.Locks
 	state []string
+	// owners are the links every manifest records, by id (ordered hooks'
+	// chains name them), read once and only when a chain is.
+	owners func() map[uint32][2]string
 
 	mu       sync.Mutex
 	runtimes map[int]*pinstore.SupervisorRecord // by pid, read once
@@ -271,7 +278,7 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 	}
 	progNames := o.readPrograms(man)
 	o.readMaps(man)
-	o.readLinks(man, progNames)
+	o.readLinks(man, progNames, r.owners)
 	o.readMissing(man)
 	sort.Strings(o.Problems)
 	o.readDebris(r, man)
@@ -382,7 +389,7 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 // readLinks reads the pinned links and asks the kernel where each one is:
 // on the hook the manifest records (in the network namespace now at its
 // path), and running the program bpfsup installed.
-func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]string) {
+func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]string, owners func() map[uint32][2]string) {
 	for _, ln := range pinNames(o.Dir, pinstore.Links) {
 		path := o.Dir + "/links/" + ln
 		ls := LinkStatus{Name: ln, State: "unknown"}
@@ -417,17 +424,21 @@ func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]st
 					ls.Ifindex = li.XDP().Ifindex
 				case li.TCX() != nil:
 					ls.Ifindex = li.TCX().Ifindex
+				case li.Netkit() != nil:
+					ls.Ifindex = li.Netkit().Ifindex
 				}
 				// The kernel keeps a link whose target went away, on none.
 				switch {
-				case (li.XDP() != nil || li.TCX() != nil) && ls.Ifindex == 0,
+				case (li.XDP() != nil || li.TCX() != nil || li.Netkit() != nil) && ls.Ifindex == 0,
 					li.Cgroup() != nil && li.Cgroup().CgroupId == 0,
 					li.NetNs() != nil && li.NetNs().NetnsInode == 0:
 					ls.State = "defunct"
 				}
 			}
 			if ls.State == "attached" && recorded {
-				o.checkLinkHook(&ls, l, path, man)
+				if h := o.checkLinkHook(&ls, l, path, man); h != nil {
+					o.checkOrder(&ls, h, rec, owners)
+				}
 			}
 			o.checkLinkProgram(&ls, rec, recorded, man)
 		}
@@ -438,21 +449,22 @@ func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]st
 
 // checkLinkHook asks the kernel whether the link sits on the hook the
 // manifest records: for a network hook, on the interface of that name in
-// the network namespace now at the recorded path.
-func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l hooks.Attachment, path string, man *pinstore.Manifest) {
+// the network namespace now at the recorded path. It returns the hook
+// (nil when the record names none bpfsup can make).
+func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l hooks.Attachment, path string, man *pinstore.Manifest) hooks.Hook {
 	spec, err := hooks.Parse(ls.Hook)
 	if err != nil {
-		return
+		return nil
 	}
 	spec.Netns = ls.Netns
 	h, err := hooks.New(spec)
 	if err != nil {
-		return
+		return nil
 	}
 	hooks.BindPin(h, path)
 	state, err := h.Check(l)
 	if err != nil {
-		return
+		return nil
 	}
 	if state == hooks.Unknown {
 		state = converge.RecordedState(man, ls.Name, spec)
@@ -462,7 +474,7 @@ func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l hooks.Attachment, path st
 			ls.State = state.String()
 			o.problem("link %s: not on its hook %s (%s)", ls.Name, ls.Hook, state)
 		}
-		return
+		return h
 	}
 	now, err := hooks.NetnsInode(spec.Netns)
 	switch {
@@ -479,6 +491,7 @@ func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l hooks.Attachment, path st
 		ls.State = "elsewhere"
 		o.problem("link %s: not on %s in %s", ls.Name, spec.Target, netnsName(spec.Netns))
 	}
+	return h
 }
 
 // netnsName names the network namespace at path for people.
@@ -712,6 +725,9 @@ func (st *Status) Render() string {
 				fmt.Fprintf(&b, " (%s, upgrade %s)", l.Mechanism, l.Upgrade)
 			}
 			b.WriteString("\n")
+			if l.Order != nil {
+				b.WriteString(orderLine(l))
+			}
 		}
 		for _, p := range o.Problems {
 			fmt.Fprintf(&b, "  problem: %s\n", p)

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfsup/bpfsup/converge"
 	"github.com/bpfsup/bpfsup/hooks"
 )
 
@@ -297,7 +298,11 @@ func (s *supervisor) logDefunct(match func(hooks.Spec) bool, why string) {
 // after install, which just checked the others) only those install kept
 // defunct. It runs in the loop's goroutine.
 func (s *supervisor) reattach(match func(hooks.Spec) bool, onlyDefunct bool) {
+	changed := false
 	for _, in := range s.objects {
-		in.Reattach(match, onlyDefunct, s.log)
+		changed = in.Reattach(match, onlyDefunct, s.log) || changed
+	}
+	if changed {
+		converge.CheckOrder(s.objects, s.opts.EnforceOrder, s.log)
 	}
 }

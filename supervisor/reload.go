@@ -74,6 +74,7 @@ func (s *supervisor) reload(reason string) (*control.ReloadReport, error) {
 		}
 	}
 	s.opts.Objects = cfgs
+	converge.CheckOrder(s.objects, s.opts.EnforceOrder, s.log)
 	if s.up.watch != nil {
 		if err := s.up.watch.setFiles(s.watchedFiles()); err != nil {
 			s.log.Warn("cannot watch the files of the new configuration", "err", err)

@@ -65,6 +65,9 @@ type Options struct {
 	OnUpgrade config.OnUpgrade
 	// Force replaces foreign pins found at bpfsup's paths.
 	Force bool
+	// EnforceOrder moves links on ordered hooks (tcx, netkit) back to their
+	// configured place when something else took it.
+	EnforceOrder bool
 	// Watch reloads when an object file or the config changes.
 	Watch bool
 	// WatchFiles are extra files to watch (the config file).
@@ -202,7 +205,8 @@ func (s *supervisor) closeFiles() {
 
 // planOptions are what the plans of the run depend on besides the objects.
 func (s *supervisor) planOptions() converge.PlanOptions {
-	return converge.PlanOptions{Netns: s.opts.Netns, Force: s.opts.Force, Key: s.planKey}
+	return converge.PlanOptions{Netns: s.opts.Netns, Force: s.opts.Force, Key: s.planKey,
+		Store: s.opts.Store, EnforceOrder: s.opts.EnforceOrder}
 }
 
 // openFiles builds the child's fd list: inherited sockets, then every
@@ -448,6 +452,9 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 		watchdog = t.C
 	}
 
+	orderTick, stopOrderTick := s.orderChecks()
+	defer stopOrderTick()
+
 	if !s.resumeChild() {
 		if s.stoppedDuringInstall(sigc) {
 			return 0, errLoopDone
@@ -521,6 +528,11 @@ func (s *supervisor) loop(ctx context.Context, sigc <-chan os.Signal) (int, erro
 		case <-s.mountEvents():
 			s.checkMounts()
 			s.logSyncFDStore()
+
+		case <-orderTick:
+			if converge.CheckOrder(s.objects, true, s.log) {
+				s.logSyncFDStore()
+			}
 
 		case msg := <-s.childNote:
 			s.childNotified(msg)
@@ -841,4 +853,25 @@ func siginfoPID(info *unix.Siginfo) int {
 	}
 	raw := (*[unsafe.Sizeof(unix.Siginfo{})]byte)(unsafe.Pointer(info))
 	return int(int32(binary.NativeEndian.Uint32(raw[off : off+4])))
+}
+
+// orderCheckInterval is how often a supervisor with enforce_order checks
+// the places of its links: one query of each ordered hook.
+const orderCheckInterval = time.Second
+
+// orderChecks ticks every orderCheckInterval while enforce_order is on and
+// a link has a place, so that a program put in front of bpfsup's while it
+// runs is moved past within that time, not only at the next reload or
+// restart; nil (never ticks) otherwise.
+func (s *supervisor) orderChecks() (<-chan time.Time, func()) {
+	if !s.opts.EnforceOrder {
+		return nil, func() {}
+	}
+	for _, in := range s.objects {
+		if in.Placed() {
+			t := time.NewTicker(orderCheckInterval)
+			return t.C, t.Stop
+		}
+	}
+	return nil, func() {}
 }

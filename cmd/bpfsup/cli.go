@@ -102,6 +102,22 @@ func newLogger(format string) (*slog.Logger, error) {
 	return nil, usageError{fmt.Errorf("--log-format %q: must be text or json", format)}
 }
 
+// cutPlace cuts the place off an -a hook, "tcx/ingress:eth0,before=fw/x":
+// the first of ",first", ",last", ",before=" and ",after=" starts it.
+func cutPlace(hook string) (string, config.Attach, error) {
+	at := -1
+	for _, p := range []string{",first", ",last", ",before=", ",after="} {
+		if i := strings.Index(hook, p); i >= 0 && (at < 0 || i < at) {
+			at = i
+		}
+	}
+	if at < 0 {
+		return hook, config.Attach{}, nil
+	}
+	place, err := config.ParsePlace(hook[at+1:])
+	return hook[:at], place, err
+}
+
 // withSigning gives every object the run's trusted keys and whether a
 // signature is required.
 func withSigning(objs []config.Object, keys []string, require bool) []config.Object {
@@ -116,7 +132,11 @@ func applyFlags(objs []config.Object, attaches, mapAccess []string) ([]config.Ob
 	for _, a := range attaches {
 		progPart, hook, ok := strings.Cut(a, "@")
 		if !ok || progPart == "" || hook == "" {
-			return nil, fmt.Errorf("-a %q: want [OBJECT/]PROG@HOOK[:TARGET]", a)
+			return nil, fmt.Errorf("-a %q: want [OBJECT/]PROG@HOOK[:TARGET][,first|,last|,before=X|,after=X]", a)
+		}
+		hook, place, err := cutPlace(hook)
+		if err != nil {
+			return nil, fmt.Errorf("-a %q: %w", a, err)
 		}
 		i, prog, err := findObject(objs, progPart, func(o config.Object, name string) bool {
 			return objectHasProgram(o.Path, name)
@@ -124,7 +144,8 @@ func applyFlags(objs []config.Object, attaches, mapAccess []string) ([]config.Ob
 		if err != nil {
 			return nil, fmt.Errorf("-a %q: %w", a, err)
 		}
-		objs[i].Attach = append(objs[i].Attach, config.Attach{Program: prog, Hook: hook})
+		place.Program, place.Hook = prog, hook
+		objs[i].Attach = append(objs[i].Attach, place)
 	}
 	for _, m := range mapAccess {
 		mapPart, access, ok := strings.Cut(m, "=")

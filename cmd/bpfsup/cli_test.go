@@ -53,3 +53,28 @@ func TestGetent(t *testing.T) {
 		t.Error("getent of an unknown user: no error")
 	}
 }
+
+func TestCutPlace(t *testing.T) {
+	for _, tc := range []struct {
+		in, hook, order, before, after, err string
+	}{
+		{in: "tcx/ingress:eth0", hook: "tcx/ingress:eth0"},
+		{in: "tcx/ingress:eth0,first", hook: "tcx/ingress:eth0", order: "first"},
+		{in: "tcx/egress:eth0,last", hook: "tcx/egress:eth0", order: "last"},
+		{in: "tcx/ingress:eth0,before=fw/tc_log", hook: "tcx/ingress:eth0", before: "fw/tc_log"},
+		{in: "netkit/peer:nk0,after=/sys/fs/bpf/x/links/y", hook: "netkit/peer:nk0", after: "/sys/fs/bpf/x/links/y"},
+		{in: "tcx/ingress:eth0,before=", err: `place "before="`},
+		{in: "tcx/ingress:eth0,firstly", err: `place "firstly"`},
+	} {
+		hook, place, err := cutPlace(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("cutPlace(%q): err = %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || hook != tc.hook || place.Order != tc.order || place.Before != tc.before || place.After != tc.after {
+			t.Errorf("cutPlace(%q) = %q, %+v, %v", tc.in, hook, place, err)
+		}
+	}
+}

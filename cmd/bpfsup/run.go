@@ -30,7 +30,7 @@ type runFlags struct {
 	startLimitInterval, stopTimeout                 time.Duration
 	startLimit                                      int
 	watch, force, fdStore, pins, programStats       bool
-	requireSignature                                bool
+	requireSignature, enforceOrder                  bool
 }
 
 func (f *runFlags) add(c *cobra.Command) {
@@ -38,7 +38,7 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl := c.Flags()
 	fl.StringVarP(&f.configPath, "config", "c", "", "TOML configuration file")
 	fl.StringArrayVarP(&f.objects, "object", "o", nil, "BPF ELF object to install (repeatable)")
-	fl.StringArrayVarP(&f.attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET] (repeatable)")
+	fl.StringArrayVarP(&f.attaches, "attach", "a", nil, "attach a program: [OBJECT/]PROG@HOOK[:TARGET][,first|,last|,before=X|,after=X] (repeatable)")
 	f.sf.add(c)
 	fl.StringVar(&f.netns, "netns", "", "network namespace (path) of network hooks' interfaces")
 	fl.StringVar(&f.restart, "restart", string(def.Mode), "restart policy: always, on-failure or never")
@@ -58,6 +58,7 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.onUpgrade, "on-upgrade", config.UpgradeRestart, "child on upgrade: restart, none or signal:NAME")
 	fl.BoolVar(&f.watch, "watch", false, "reload when an object file or the config changes")
 	fl.BoolVar(&f.force, "force", false, "replace foreign pins found at bpfsup's paths (make-before-break)")
+	fl.BoolVar(&f.enforceOrder, "enforce-order", false, "move links on tcx and netkit hooks back to their configured place when another program took it (make-before-break)")
 	fl.BoolVar(&f.fdStore, "fd-store", false, "keep every map, program and link in systemd's fd store too (FileDescriptorStoreMax=)")
 	fl.StringArrayVar(&f.trustedKeys, "trusted-key", nil, "file of SSH public keys an object's signature (OBJECT.sig, ssh-keygen -Y sign -n bpfsup) must be by (repeatable)")
 	fl.BoolVar(&f.requireSignature, "require-signature", false, "refuse an object that has no signature")
@@ -100,6 +101,7 @@ func (f *runFlags) merge(file *config.File, fl *pflag.FlagSet) {
 	}
 	f.watch = f.watch || file.Watch
 	f.force = f.force || file.Force
+	f.enforceOrder = f.enforceOrder || file.EnforceOrder
 	f.fdStore = f.fdStore || file.FDStore
 	f.programStats = f.programStats || file.ProgramStats
 	f.requireSignature = f.requireSignature || file.RequireSignature
@@ -238,7 +240,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 		},
 		StopTimeout: f.stopTimeout, Credential: cred, NotifyChild: notify == config.NotifyChild, NotifyAccess: access,
 		MetricsAddr: f.metricsAddr, OnUpgrade: up, Watch: f.watch, Reconfigure: build, Inherited: inherited,
-		Logger: log, Version: bpfsupVersion(), Force: f.force,
+		Logger: log, Version: bpfsupVersion(), Force: f.force, EnforceOrder: f.enforceOrder,
 		FDStore: f.fdStore, PrivatePins: !f.pins, ProgramStats: f.programStats,
 	}
 	if f.configPath != "" {

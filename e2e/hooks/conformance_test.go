@@ -64,6 +64,9 @@ func lackingTrampolines(t *testing.T) (string, string) {
 		return "this kernel refuses BPF trampolines: a trivial fentry program fails to load with EPERM while a socket filter loads",
 			"refuses BPF trampolines"
 	}
+	if why := testutil.Missing(t, testutil.TracingLinkInfo); why != "" {
+		return why, "do not say their target (Linux 5.13+)"
+	}
 	return "", ""
 }
 
@@ -79,6 +82,16 @@ func lackingLSM(t *testing.T) (string, string) {
 func lackingKprobes(t *testing.T) (string, string) {
 	if kprobesMissing() {
 		return "this kernel lacks kprobes: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES off)", "lacks kprobes"
+	}
+	return lackingPerfLink(t)
+}
+
+// lackingPerfLink: tracepoints, kprobes and uprobes are pinned as
+// perf_event bpf_links, which came in Linux 5.15; bpfsup refuses them
+// before.
+func lackingPerfLink(t *testing.T) (string, string) {
+	if why := testutil.Missing(t, testutil.PerfLink); why != "" {
+		return why, "no perf_event bpf_link (Linux 5.15+)"
 	}
 	return "", ""
 }
@@ -105,15 +118,16 @@ func hookCases() []hookCase {
 	}
 	fixed := func(s string) func(*targets) string { return func(*targets) string { return s } }
 	return []hookCase{
-		{name: "tracepoint", object: hooks, program: "tp_count", slot: 0, events: "getppid", hook: fixed("tracepoint:syscalls/sys_enter_getppid")},
+		{name: "tracepoint", object: hooks, program: "tp_count", slot: 0, events: "getppid", hook: fixed("tracepoint:syscalls/sys_enter_getppid"),
+			lacking: lackingPerfLink},
 		{name: "raw_tp", object: hooks, program: "raw_tp_count", slot: 1, events: "getppid", hook: fixed("raw_tp:sys_enter")},
 		{name: "tp_btf", object: "tpbtf", program: "tp_btf_count", slot: 12, events: "getppid", hook: fixed("tp_btf:sys_enter")},
 		{name: "uprobe", object: hooks, program: "uprobe_count", slot: 2, events: "call",
 			hook: func(tg *targets) string {
 				return "uprobe:" + tg.binary + ":" + tg.sym + ":" + itoa(tg.helper.pid())
-			}},
+			}, lacking: lackingPerfLink},
 		{name: "uretprobe", object: hooks, program: "uretprobe_count", slot: 3, events: "call",
-			hook: func(tg *targets) string { return "uretprobe:" + tg.binary + ":" + tg.sym }},
+			hook: func(tg *targets) string { return "uretprobe:" + tg.binary + ":" + tg.sym }, lacking: lackingPerfLink},
 		{name: "kprobe", object: hooks, program: "kprobe_count", slot: 4, events: "getppid", hook: fixed("kprobe:__task_pid_nr_ns"),
 			lacking: lackingKprobes},
 		{name: "kretprobe", object: hooks, program: "kretprobe_count", slot: 5, events: "getppid", hook: fixed("kretprobe:__task_pid_nr_ns"),
@@ -155,10 +169,15 @@ func testHook(t *testing.T, c hookCase) {
 	env := testutil.MustEnv(t)
 	obj := copyObject(t, t.TempDir(), c.object)
 
+	tg := &targets{}
 	if c.lacking != nil {
 		if why, refusal := c.lacking(t); why != "" {
+			if c.events == "call" { // a uprobe's hook names its target
+				tg.binary, tg.sym = uprobeSymbol(t)
+				tg.helper = startHelper(t, c.events, "", "")
+			}
 			args := []string{"-o", obj}
-			for _, a := range append([]string{c.program + "@" + c.hook(&targets{})}, c.also...) {
+			for _, a := range append([]string{c.program + "@" + c.hook(tg)}, c.also...) {
 				args = append(args, "-a", a)
 			}
 			out, code := env.Run(t, "run", append(args, "--", "true")...)
@@ -169,7 +188,6 @@ func testHook(t *testing.T, c hookCase) {
 		}
 	}
 
-	tg := &targets{}
 	switch c.events {
 	case "getppid", "call", "open":
 		tg.binary, tg.sym = uprobeSymbol(t)

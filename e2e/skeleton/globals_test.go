@@ -25,6 +25,7 @@ func TestGlobalsAndCORE(t *testing.T) {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		t.Skipf("this kernel has no BTF (/sys/kernel/btf/vmlinux: %v), which CO-RE needs", err)
 	}
+	testutil.SkipWithout(t, testutil.PerfLink) // the object's program is on a tracepoint
 	e := testutil.MustEnv(t)
 	obj := testutil.BPFObject("globals")
 	config := func(step int) string {

@@ -50,6 +50,9 @@ var reportRe = regexp.MustCompile(`report (\w+)=(\S*)`)
 // (--notify=child), though that socket is not its user's. --group replaces
 // the user's group.
 func TestUserNobody(t *testing.T) {
+	// Before 5.19, unprivileged_bpf_disabled refuses every bpf() of an
+	// unprivileged process, on handed fds too.
+	testutil.SkipWithout(t, testutil.UnprivilegedFDs)
 	child := copyExecutable(t)
 	for _, tt := range []struct {
 		name  string

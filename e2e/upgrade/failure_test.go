@@ -274,6 +274,7 @@ func loadForeignXDP(t *testing.T) *ebpf.Program {
 // link (which cannot swap its program in place) was replaced
 // make-before-break: the old program is attached again, and only it runs.
 func TestUpgradeRollbackMakeBeforeBreak(t *testing.T) {
+	testutil.SkipWithout(t, testutil.PerfLink) // its make-before-break hook is a tracepoint
 	e := testutil.MustEnv(t)
 	dir := t.TempDir()
 	obj := filepath.Join(dir, "hooks.bpf.o")

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -87,8 +88,102 @@ var (
 		probe: probeLSM}
 )
 
+// Features of the kernels between 5.10 (the oldest `make kernels` runs on,
+// KERNELS=5.10) and 6.1, which everything above that needs less than 6.1
+// takes for granted.
+var (
+	// PerfLink: tracepoints, kprobes and uprobes attached with a bpf_link
+	// (BPF_PERF_EVENT), which can be pinned; before it, only a perf event
+	// fd holds them.
+	PerfLink = &Feature{Name: "perf_event bpf_links", MinVersion: "5.15", probe: probePerfLink}
+	// TracingLinkInfo: a tracing link says what it is attached to
+	// (target_obj_id, target_btf_id), and a pinned tracing program can be
+	// attached again.
+	TracingLinkInfo = &Feature{Name: "tracing link info with its target", MinVersion: "5.13",
+		Config: Trampolines.Config, Refusable: true, probe: probeTracingLinkInfo}
+	// XDPFrags: XDP programs for multi-buffer packets (SEC("xdp.frags")).
+	XDPFrags = &Feature{Name: "XDP multi-buffer programs (xdp.frags)", MinVersion: "5.18", probe: probeXDPFrags}
+	// UnprivilegedFDs: an unprivileged process may use the BPF fds it was
+	// handed (read a map) while unprivileged_bpf_disabled is set; before
+	// 5.19 that sysctl blocks every bpf() of it.
+	UnprivilegedFDs = &Feature{Name: "bpf() on handed fds with unprivileged_bpf_disabled", MinVersion: "5.19", probe: probeUnprivilegedFDs}
+)
+
 // AllFeatures lists every feature, for the table test and the docs.
-var AllFeatures = []*Feature{TCX, TCClsact, Netkit, XDPLink, NetfilterLink, UprobeMulti, KprobeMulti, Kprobes, Trampolines, FmodRet, BPFLSM}
+var AllFeatures = []*Feature{TCX, TCClsact, Netkit, XDPLink, NetfilterLink, UprobeMulti, KprobeMulti, Kprobes, Trampolines, FmodRet, BPFLSM,
+	PerfLink, TracingLinkInfo, XDPFrags, UnprivilegedFDs}
+
+// probePerfLink asks BPF_LINK_CREATE for a perf_event link on fd 0, which
+// is no perf event: a kernel with such links answers EBADF, one without
+// EINVAL (cilium/ebpf's probe, which it keeps internal).
+func probePerfLink() error {
+	prog, err := trivialProgram(ebpf.Kprobe, 0, "")
+	if err != nil {
+		return err
+	}
+	defer prog.Close()
+	attr := struct{ progFD, targetFD, attachType, flags uint32 }{uint32(prog.FD()), 0, uint32(ebpf.AttachPerfEvent), 0}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_LINK_CREATE, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	switch errno {
+	case unix.EBADF:
+		return nil
+	case unix.EINVAL:
+		return fmt.Errorf("BPF_LINK_CREATE of a perf event: %w", ebpf.ErrNotSupported)
+	}
+	return fmt.Errorf("probe perf_event links: %w", errno)
+}
+
+// probeTracingLinkInfo attaches a trivial fentry program and asks its
+// link's info for the target.
+func probeTracingLinkInfo() error {
+	prog, err := trivialProgram(ebpf.Tracing, ebpf.AttachTraceFEntry, "bpf_fentry_test1")
+	if err != nil {
+		return fmt.Errorf("load fentry program: %w", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach fentry program: %w", err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return err
+	}
+	if ti := info.Tracing(); ti == nil || ti.TargetBtfId == 0 {
+		return fmt.Errorf("tracing link info names no target: %w", ebpf.ErrNotSupported)
+	}
+	return nil
+}
+
+// probeXDPFrags loads a trivial XDP program with BPF_F_XDP_HAS_FRAGS.
+func probeXDPFrags() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Flags: unix.BPF_F_XDP_HAS_FRAGS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("load an xdp.frags program: %w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
+}
+
+// probeUnprivilegedFDs: with unprivileged_bpf_disabled off, nothing is
+// blocked; with it on, kernels before 5.19 refuse every bpf() of an
+// unprivileged process (commit c8644cd0efe7 let the fds through). The
+// version is what tells: a probe would have to drop privileges.
+func probeUnprivilegedFDs() error {
+	b, err := os.ReadFile("/proc/sys/kernel/unprivileged_bpf_disabled")
+	if err != nil || strings.TrimSpace(string(b)) == "0" {
+		return nil
+	}
+	if !KernelAtLeast("5.19") {
+		return fmt.Errorf("unprivileged_bpf_disabled=%s blocks every bpf() of an unprivileged process before Linux 5.19: %w",
+			strings.TrimSpace(string(b)), ebpf.ErrNotSupported)
+	}
+	return nil
+}
 
 // errRefused marks a probe error that says "present but refused here".
 var errRefused = errors.New("refused by this kernel")

@@ -341,6 +341,9 @@ func TestStartHandsOver(t *testing.T) {
 // The application runs as nobody, without root's supplementary groups or
 // capabilities, and can still use the map fd it holds.
 func TestStartAsNobody(t *testing.T) {
+	// Before 5.19, unprivileged_bpf_disabled refuses every bpf() of an
+	// unprivileged process, on handed fds too.
+	testutil.SkipWithout(t, testutil.UnprivilegedFDs)
 	for _, hc := range helperCases(t) {
 		t.Run(hc.name, func(t *testing.T) {
 			helper := hc.path
