@@ -39,27 +39,10 @@ func (h *netkitHook) Attach(prog *ebpf.Program) (Attachment, error) {
 
 // AttachAt attaches prog at pos, if the hook is at revision (0: any).
 func (h *netkitHook) AttachAt(prog *ebpf.Program, pos Position, revision uint64) (Attachment, error) {
-	if err := checkType(h.spec, prog, ebpf.SchedCLS); err != nil {
-		return nil, err
-	}
-	anchor, err := anchorOf(pos)
-	if err != nil {
-		return nil, err
-	}
-	var l link.Link
-	err = InNetns(h.spec.Netns, func() error {
-		idx, err := ifindexHere(h.spec.Netns, h.spec.Target)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachNetkit(link.NetkitOptions{Program: prog, Interface: idx, Attach: h.attachType(),
+	return attachOrdered(h.spec, prog, pos, func(idx int, anchor link.Anchor) (link.Link, error) {
+		return link.AttachNetkit(link.NetkitOptions{Program: prog, Interface: idx, Attach: h.attachType(),
 			Anchor: anchor, ExpectedRevision: revision})
-		return err
 	})
-	if err != nil {
-		return nil, attachError(h.spec, pos, err)
-	}
-	return attached(l), nil
 }
 
 // Chain reads the programs on the hook, in order, and its revision.

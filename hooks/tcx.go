@@ -35,7 +35,17 @@ func (h *tcxHook) Attach(prog *ebpf.Program) (Attachment, error) {
 
 // AttachAt attaches prog at pos, if the hook is at revision (0: any).
 func (h *tcxHook) AttachAt(prog *ebpf.Program, pos Position, revision uint64) (Attachment, error) {
-	if err := checkType(h.spec, prog, ebpf.SchedCLS); err != nil {
+	return attachOrdered(h.spec, prog, pos, func(idx int, anchor link.Anchor) (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{Program: prog, Interface: idx, Attach: h.attachType(),
+			Anchor: anchor, ExpectedRevision: revision})
+	})
+}
+
+// attachOrdered attaches the SchedCLS program prog at pos on the interface
+// of spec through attach, in the interface's network namespace: the part
+// tcx and netkit share.
+func attachOrdered(spec Spec, prog *ebpf.Program, pos Position, attach func(ifindex int, anchor link.Anchor) (link.Link, error)) (Attachment, error) {
+	if err := checkType(spec, prog, ebpf.SchedCLS); err != nil {
 		return nil, err
 	}
 	anchor, err := anchorOf(pos)
@@ -43,17 +53,16 @@ func (h *tcxHook) AttachAt(prog *ebpf.Program, pos Position, revision uint64) (A
 		return nil, err
 	}
 	var l link.Link
-	err = InNetns(h.spec.Netns, func() error {
-		idx, err := ifindexHere(h.spec.Netns, h.spec.Target)
+	err = InNetns(spec.Netns, func() error {
+		idx, err := ifindexHere(spec.Netns, spec.Target)
 		if err != nil {
 			return err
 		}
-		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: idx, Attach: h.attachType(),
-			Anchor: anchor, ExpectedRevision: revision})
+		l, err = attach(idx, anchor)
 		return err
 	})
 	if err != nil {
-		return nil, attachError(h.spec, pos, err)
+		return nil, attachError(spec, pos, err)
 	}
 	return attached(l), nil
 }
