@@ -2,12 +2,9 @@ package operate
 
 import (
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,33 +69,6 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// scrape fetches url and returns its samples by series.
-func scrape(url string) (map[string]float64, error) {
-	client := http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	samples := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			return nil, fmt.Errorf("bad sample line %q", line)
-		}
-		samples[line[:i]] = v
-	}
-	return samples, nil
-}
-
 // programStatus is the status of program name of object.
 func programStatus(t *testing.T, e *testutil.Env, object, name string) status.ProgramStatus {
 	t.Helper()
@@ -147,7 +117,7 @@ func TestProgramStats(t *testing.T) {
 	var m map[string]float64
 	testutil.WaitFor(t, waitTimeout, series+" > 0 at "+url, func() bool {
 		var err error
-		m, err = scrape(url)
+		m, err = e2e.Scrape(url)
 		return err == nil && m[series] > 0
 	})
 	for _, s := range []string{

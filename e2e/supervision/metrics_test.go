@@ -3,10 +3,7 @@ package supervision
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,38 +12,6 @@ import (
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
-
-// scrape fetches url and returns its samples by series ("name" or
-// `name{label="value"}`).
-func scrape(tb testing.TB, url string) (map[string]float64, error) {
-	tb.Helper()
-	client := http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	samples := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			return nil, fmt.Errorf("bad sample line %q", line)
-		}
-		samples[line[:i]] = v
-	}
-	return samples, nil
-}
 
 // --metrics-addr serves Prometheus metrics whose values follow what
 // happened: programs adopted from pins (a second run), restarts of a child
@@ -71,7 +36,7 @@ func TestMetrics(t *testing.T) {
 	var m map[string]float64
 	testutil.WaitFor(t, 10*time.Second, "metrics at "+url, func() bool {
 		var err error
-		m, err = scrape(t, url)
+		m, err = e2e.Scrape(url)
 		return err == nil
 	})
 	want := map[string]float64{
@@ -101,7 +66,7 @@ func TestMetrics(t *testing.T) {
 	}
 	testutil.WaitFor(t, 10*time.Second, "the reload in the metrics", func() bool {
 		var err error
-		m, err = scrape(t, url)
+		m, err = e2e.Scrape(url)
 		return err == nil && m["bpfsup_last_reload_success"] == 1 && m["bpfsup_child_up"] == 1
 	})
 	check(map[string]float64{
