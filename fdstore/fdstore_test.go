@@ -162,7 +162,9 @@ func TestKeeperSync(t *testing.T) {
 	}
 	check(stored, removed, 2, 1, want)
 
-	// The same again: nothing to send.
+	// The same again: nothing to send. The listener reads the socket on
+	// its own goroutine: the first Sync's last message in first.
+	ln.WaitFor(t, "FDNAME=old/maps/gone")
 	before := len(ln.Lines())
 	if stored, removed, err = k.Sync(want); err != nil || stored+removed != 0 {
 		t.Errorf("Sync of what the store holds: stored %d, removed %d, %v", stored, removed, err)
