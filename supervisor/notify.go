@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -236,4 +237,44 @@ func mayNotify(pid, child int32, all bool) bool {
 
 func (n *notifySocket) close() {
 	n.conn.Close()
+}
+
+// childPIDs is the child's pid for the notify socket, 0 while none runs. A
+// child can say READY=1 before the fork has returned its pid to bpfsup: while
+// a start is under way (Starting), Load waits for its pid.
+type childPIDs struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	pid      int32
+	starting bool
+}
+
+// Starting says that a child is being started: Load waits for Store.
+func (c *childPIDs) Starting() {
+	c.mu.Lock()
+	c.starting = true
+	c.mu.Unlock()
+}
+
+// Store records the child's pid (0: none, or the start failed).
+func (c *childPIDs) Store(pid int32) {
+	c.mu.Lock()
+	c.pid, c.starting = pid, false
+	if c.cond != nil {
+		c.cond.Broadcast()
+	}
+	c.mu.Unlock()
+}
+
+// Load is the child's pid, once a start under way has stored it.
+func (c *childPIDs) Load() int32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cond == nil {
+		c.cond = sync.NewCond(&c.mu)
+	}
+	for c.starting {
+		c.cond.Wait()
+	}
+	return c.pid
 }

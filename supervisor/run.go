@@ -117,7 +117,7 @@ type supervisor struct {
 	// (pinstore.WriteRuntime); runtimeWritten says there is one to remove.
 	runtimeKey     pinstore.RuntimeKey
 	runtimeWritten bool
-	childPID       atomic.Int32 // the child's pid for the notify socket; 0 while none runs
+	childPID       childPIDs // the child's pid for the notify socket
 	childStarted   time.Time
 	lastExit       *os.ProcessState
 	restarts       int
@@ -724,8 +724,10 @@ func (s *supervisor) startChild() error {
 	if s.opts.ChildStderr != nil {
 		c.Stderr = s.opts.ChildStderr
 	}
+	s.childPID.Starting()
 	p, err := spawn.Start(c)
 	if err != nil {
+		s.childPID.Store(0)
 		return err
 	}
 	s.child, s.childStarted = p, now
