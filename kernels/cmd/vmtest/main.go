@@ -168,19 +168,29 @@ func run(o options) int {
 	fmt.Printf("vmtest: %d kernels, wall time %s\n", len(o.kernels), time.Since(began).Round(time.Second))
 	// The closing line in the form CI reads, counting top-level tests over
 	// every kernel; a package that did not finish counts as one failure.
+	// CI may show only the output's tail: the last line names what failed.
 	var pass, fail, skip int
-	for ki := range results {
+	var what []string
+	for ki, ks := range o.kernels {
 		if vmErrs[ki] != nil {
 			fail++
+			what = append(what, ks.label+" (vm)")
 		}
 		for _, res := range results[ki] {
 			pass, fail, skip = pass+res.pass, fail+res.fail, skip+res.skip
+			for _, name := range res.failed {
+				what = append(what, ks.label+" "+res.name+" "+name)
+			}
 			if !res.ok() && res.fail == 0 {
 				fail++
+				what = append(what, ks.label+" "+res.name)
 			}
 		}
 	}
 	fmt.Printf("kernels: %d passed, %d failed, %d skipped\n", pass, fail, skip)
+	if len(what) > 0 {
+		fmt.Printf("kernels: failed: %s\n", strings.Join(what, "; "))
+	}
 	if failed {
 		return 1
 	}
