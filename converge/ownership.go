@@ -192,10 +192,10 @@ func newPins() *Pins {
 	return &Pins{progs: map[string]*ebpf.Program{}, links: map[string]hooks.Attachment{}, linkInfos: map[string]*hooks.AttachmentInfo{}}
 }
 
-// Prefetch opens what is pinned for the object name before its plan is
-// made, while its ELF file is parsed (the two are independent; the parse of
-// a large object takes tens of milliseconds): the programs under programs/
-// and the links under links/, with their info, and the manifest. Nothing is
+// Prefetch opens what is pinned for the object name before anything is
+// decided about it (an adopt of the object unchanged, or its plan): the
+// programs under programs/ and the links under links/, with their info,
+// and the manifest. Nothing is
 // changed, so the object's lock is not needed yet; a pin of the wrong kind
 // is left for checkPinsBefore to find and report. After a crash that left
 // something in staging, opening the object may move a link into place: then

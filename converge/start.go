@@ -73,60 +73,54 @@ type starting struct {
 	plans           []*Plan
 }
 
-// read opens what is pinned for every object while the object files are
-// read (the two are independent; the parse of a large object takes tens of
-// milliseconds), and adopts the objects nothing changed for.
+// read reads every object's file and opens what is pinned for it, and
+// adopts the objects nothing changed for. The objects are independent
+// (each its own file, lock, pins and manifest), and each is a few dozen
+// system calls that mostly wait in the kernel: several at once keep the
+// CPUs busy.
 func (s *starting) read() error {
 	n := len(s.cfgs)
-	s.files, s.readErrs = make([]objectFile, n), make([]error, n)
+	s.files, s.readErrs, s.pins = make([]objectFile, n), make([]error, n), make([]*Pins, n)
 	s.ready, s.installs, s.plans = make([]*Installed, n), make([]*Installed, n), make([]*Plan, n)
-	prefetched := make(chan []*Pins, 1)
-	go func() {
-		sets := make([]*Pins, n)
-		for i, c := range s.cfgs {
-			sets[i] = Prefetch(s.store, ObjectName(c))
-		}
-		prefetched <- sets
-	}()
-	for i, c := range s.cfgs {
-		s.files[i], s.readErrs[i] = readObject(c)
-	}
-	s.pins = <-prefetched
-
-	// One rtnetlink socket per network namespace for every object's checks.
-	endBatch := hooks.Batch()
-	defer endBatch()
 	names := map[string]string{}
-	var todo []int
-	for i, c := range s.cfgs {
+	for _, c := range s.cfgs {
 		name := ObjectName(c)
 		if prev, ok := names[name]; ok {
 			return fmt.Errorf("objects %s and %s are both named %q; give one a name", prev, c.Path, name)
 		}
 		names[name] = c.Path
-		if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
-			continue
-		}
-		todo = append(todo, i)
 	}
-	// The objects are independent (each its own lock, pins and manifest),
-	// and adopting one is a few dozen system calls: several at once keep
-	// the CPUs busy while others wait in the kernel.
+	// One rtnetlink socket per network namespace for every object's checks.
+	endBatch := hooks.Batch()
+	defer endBatch()
 	work := make(chan int)
 	var wg sync.WaitGroup
-	for range min(len(todo), 2*runtime.GOMAXPROCS(0)) {
+	for range min(n, 2*runtime.GOMAXPROCS(0)) {
 		wg.Go(func() {
 			for i := range work {
-				s.adopt(i)
+				s.readOne(i)
 			}
 		})
 	}
-	for _, i := range todo {
+	for i := range n {
 		work <- i
 	}
 	close(work)
 	wg.Wait()
 	return nil
+}
+
+// readOne reads object i's file, opens its pins (Prefetch) and adopts it
+// unchanged when it can (adoptUnchanged).
+func (s *starting) readOne(i int) {
+	c := s.cfgs[i]
+	name := ObjectName(c)
+	s.pins[i] = Prefetch(s.store, name)
+	s.files[i], s.readErrs[i] = readObject(c)
+	if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
+		return
+	}
+	s.adopt(i)
 }
 
 // adopt adopts object i unchanged when it can (adoptUnchanged).
