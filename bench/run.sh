@@ -78,6 +78,7 @@ trap 'exit 130' INT TERM HUP
 echo "bench: building" >&2
 go build -o "$work/bpfsupbench" ./bench/cmd/bpfsupbench
 CGO_ENABLED=0 go build -o "$work/gohello" ./bench/cmd/gohello
+CGO_ENABLED=0 go build -o "$work/pinfloor" ./bench/cmd/pinfloor
 clang -O2 -Wall -o "$work/benchchild" bench/benchchild.c
 # A copy: a `make build` elsewhere must not swap the binary mid-run.
 cp bin/bpfsup "$work/bpfsup"
@@ -85,7 +86,8 @@ cp bin/bpfsup "$work/bpfsup"
 # In the background, so that a signal to this script reaches the trap at
 # once and is passed on.
 "$work/bpfsupbench" -id "$id" -work "$work" -out "$repo/bench/results" \
-	-bpfsup "$work/bpfsup" -child "$work/benchchild" -gohello "$work/gohello" "$@" &
+	-bpfsup "$work/bpfsup" -child "$work/benchchild" -gohello "$work/gohello" \
+	-pinfloor "$work/pinfloor" "$@" &
 pid=$!
 set +e
 wait "$pid"

@@ -3,8 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Scale: K objects of ten maps and one XDP program each (the generated
@@ -27,6 +30,12 @@ type ScaleRow struct {
 	Adopt    Stats     `json:"adopt_stats_ms"`
 	Status   Stats     `json:"status_stats_ms"`
 	JSON     Stats     `json:"status_json_stats_ms"`
+	// The floor (bench/cmd/pinfloor): every pin opened and read, no more;
+	// for adopt, the child started with the map fds.
+	FloorAdoptMs  []float64 `json:"floor_adopt_ms,omitempty"`
+	FloorStatusMs []float64 `json:"floor_status_ms,omitempty"`
+	FloorAdopt    Stats     `json:"floor_adopt_stats_ms"`
+	FloorStatus   Stats     `json:"floor_status_stats_ms"`
 }
 
 const (
@@ -104,6 +113,12 @@ func (b *bench) scaleSection() error {
 				return fmt.Errorf("%d objects: bpfsup status --json has %d objects (%v):\n%.2000s", k, len(doc.Objects), err, out)
 			}
 			row.JSONMs = append(row.JSONMs, ms(t1-t0))
+
+			if b.pinFloorBin != "" {
+				if err := b.scaleFloor(e, &row); err != nil {
+					return fmt.Errorf("%d objects: %w", k, err)
+				}
+			}
 		}
 		if err := e.down(); err != nil {
 			return err
@@ -112,8 +127,51 @@ func (b *bench) scaleSection() error {
 			return err
 		}
 		row.Load, row.Adopt, row.Status, row.JSON = summarize(row.LoadMs), summarize(row.AdoptMs), summarize(row.StatusMs), summarize(row.JSONMs)
+		row.FloorAdopt, row.FloorStatus = summarize(row.FloorAdoptMs), summarize(row.FloorStatusMs)
 		b.res.Scale = append(b.res.Scale, row)
 		logf("scale %4d objects: load %8.2f ms  adopt %7.2f ms  status %7.2f ms  --json %7.2f ms", k, row.Load.Median, row.Adopt.Median, row.Status.Median, row.JSON.Median)
 	}
+	return nil
+}
+
+// scaleFloor times pinfloor on e's pins, taking its turn with bpfsup in
+// the same repetition: fork to the child running with every map's fd
+// (adopt), and fork to exit (status).
+func (b *bench) scaleFloor(e *bpfsupEnv, row *ScaleRow) error {
+	args := []string{"adopt", e.pinRoot, b.childBin, "exit"}
+	if row.Handed == 0 {
+		args = []string{"adopt", "-no-maps", e.pinRoot, b.childBin, "exit"}
+	}
+	c := exec.Command(b.pinFloorBin, args...)
+	c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
+	b.ready.drain()
+	t0 := mono()
+	p, err := startProc("pinfloor adopt", c, "")
+	if err != nil {
+		return err
+	}
+	ev, err := b.ready.waitStart(p, readyTimeout)
+	if err != nil {
+		p.stop(5 * time.Second)
+		return fmt.Errorf("pinfloor adopt: %w", err)
+	}
+	if err := p.wait(time.Minute); err != nil {
+		return err
+	}
+	if ev.nfds != row.Handed {
+		return fmt.Errorf("pinfloor adopt: the child got %d fds, want %d", ev.nfds, row.Handed)
+	}
+	row.FloorAdoptMs = append(row.FloorAdoptMs, ms(ev.ts-t0))
+
+	t0 = mono()
+	out, err := runCmd(exec.Command(b.pinFloorBin, "status", e.pinRoot))
+	t1 := mono()
+	if err != nil {
+		return err
+	}
+	if n := strings.Count(out, " map id "); n != row.Maps {
+		return fmt.Errorf("pinfloor status read %d maps, want %d", n, row.Maps)
+	}
+	row.FloorStatusMs = append(row.FloorStatusMs, ms(t1-t0))
 	return nil
 }
