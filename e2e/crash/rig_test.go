@@ -80,7 +80,7 @@ type traffic struct {
 	send               *net.UDPConn
 	drop, pass         *net.UDPConn
 	dropPort, passPort int
-	seq                atomic.Uint64 // last number sent
+	seq                atomic.Uint64 // last number sent, or being sent
 	dropMax, passMax   atomic.Uint64 // highest number received
 	stop               chan struct{}
 	wg                 sync.WaitGroup
@@ -122,11 +122,15 @@ func startTraffic(t testing.TB, n *netRig) *traffic {
 		defer tick.Stop()
 		buf := make([]byte, 8)
 		for {
-			seq := tr.seq.Load() + 1
+			// Counted before it is sent: a sampler that sees the filter
+			// and then reads seq knows that every datagram above it
+			// was sent after the filter was on the hook. Counted after,
+			// a datagram sent just before the attach could carry the
+			// number after the one the sampler read, and arrive.
+			seq := tr.seq.Add(1)
 			binary.BigEndian.PutUint64(buf, seq)
 			_, _ = tr.send.WriteToUDP(buf, dst(tr.dropPort))
 			_, _ = tr.send.WriteToUDP(buf, dst(tr.passPort))
-			tr.seq.Store(seq)
 			select {
 			case <-tr.stop:
 				return
