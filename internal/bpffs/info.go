@@ -1,10 +1,10 @@
 package bpffs
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
 	"strconv"
-	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -186,11 +186,15 @@ func MapMemlock(fd int) (uint64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "memlock:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			return n, err == nil
-		}
+	// "memlock:\tN\n", found without splitting (status reads this for
+	// every map).
+	_, rest, ok := bytes.Cut(data, []byte("\nmemlock:"))
+	if !ok {
+		return 0, false
 	}
-	return 0, false
+	if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+		rest = rest[:i]
+	}
+	n, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 10, 64)
+	return n, err == nil
 }
