@@ -53,8 +53,9 @@ func TestVerify(t *testing.T) {
 	dir := t.TempDir()
 	ed := newKey(t, dir, "release", "ed25519")
 	rsa := newKey(t, dir, "legacy", "rsa")
+	ec := newKey(t, dir, "hsm", "ecdsa")
 	other := newKey(t, dir, "stranger", "ed25519")
-	keys, err := LoadKeys([]string{ed + ".pub", rsa + ".pub"})
+	keys, err := LoadKeys([]string{ed + ".pub", rsa + ".pub", ec + ".pub"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestVerify(t *testing.T) {
 	write(t, obj, content)
 	data := []byte(content)
 
-	for _, key := range []string{ed, rsa} {
+	for _, key := range []string{ed, rsa, ec} {
 		sign(t, key, Namespace, obj)
 		res, err := Verify(obj, data, Want{Keys: keys, Require: true})
 		if err != nil {
