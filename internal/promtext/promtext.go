@@ -17,7 +17,6 @@ import (
 	"math"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -235,11 +234,6 @@ func writeProcess(b *strings.Builder) {
 	gauge("go_memstats_sys_bytes", "Number of bytes obtained from system.", float64(ms.Sys))
 	writeFamily(b, "go_gc_cycles_total", "Number of completed GC cycles.", "counter")
 	writeSample(b, "go_gc_cycles_total", "", float64(ms.NumGC))
-	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(live)
-	if live[0].Value.Kind() == metrics.KindUint64 {
-		gauge("go_gc_heap_live_bytes", "Heap memory occupied by live objects that were marked by the previous GC.", float64(live[0].Value.Uint64()))
-	}
 }
 
 // procStat reads the resident and virtual sizes and the start time from
