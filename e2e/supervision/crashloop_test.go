@@ -80,8 +80,11 @@ func TestCrashLoopStaysFlat(t *testing.T) {
 	if atLast.threads > at100.threads+2 {
 		t.Errorf("bpfsup runs %d threads after %d restarts, %d after 100: a leak", atLast.threads, last, at100.threads)
 	}
-	// 200 KiB is what 200 restarts leaking 1 KiB each would keep.
-	if atLast.heapKB > at100.heapKB+200 {
+	// 512 KiB: a leak of 0.6 KiB a restart over the host's 900 restarts,
+	// of 2.5 KiB over the 200 of -short. Without one, the heap moved by
+	// +91 KiB over 900 on the host, by +179 and +197 KiB over 200 in the
+	// 6.1 and 6.12 VMs (at 200 ms a restart under emulation).
+	if atLast.heapKB > at100.heapKB+512 {
 		t.Errorf("bpfsup's Go heap is %d KiB after %d restarts, %d KiB after 100: a leak", atLast.heapKB, last, at100.heapKB)
 	}
 	p.Kill(15)
