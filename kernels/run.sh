@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# `make kernels`: the test suite in VMs on Debian's 6.1 and 6.12 kernels, and on
-# request (KERNELS="5.10 sid", `make kernels-edges`) bullseye's 5.10 and sid's
-# newest (see docs/kernels.md). Fetches what it needs from Debian's packages into a cache
-# that outlives the run, then hands over to kernels/cmd/vmtest, which builds
-# the static test binaries and the initramfs, boots the VMs and prints the
-# result table. Arguments go to vmtest, e.g.:
+# The test suite in VMs on Debian's kernels (docs/kernels.md): KERNELS names
+# the series, "6.1 6.12" (bookworm's, and 6.12 from bookworm-backports) by
+# default, or bullseye's 5.10 and sid's newest ("5.10 sid"). `make kernels`
+# runs every package on 5.10 and sid and a core on 6.1 and 6.12. Fetches what
+# it needs from Debian's packages into a cache that outlives the run, then
+# hands over to kernels/cmd/vmtest, which builds the static test binaries and
+# the initramfs, boots the VMs and prints the result table. Arguments go to
+# vmtest, e.g.:
 #
 #   ./kernels/run.sh -run 'TestTC' ./hooks        # a subset
 #   KERNELS=6.1 ./kernels/run.sh                  # one kernel
-#   KERNELS="5.10 sid" ./kernels/run.sh           # the opt-in oldest and newest
+#   KERNELS="5.10 sid" ./kernels/run.sh           # the oldest and newest
 #   KERNELS_REFRESH=1 ./kernels/run.sh            # fetch the newest kernels
 #
 # Kernel packages are only downloaded and unpacked (dpkg-deb -x), never
