@@ -298,22 +298,9 @@ func installed(log string) (adopted, loaded int, took float64, err error) {
 func (b *bench) readyRun(e *bpfsupEnv, cfg, want string, progs, nfds int) (float64, float64, error) {
 	c := e.cmd("run", "-c", cfg, "--netns", b.rns.path, "--restart", "never", "--", b.childBin, "exit")
 	log := filepath.Join(b.work, "bpfsup-"+e.name+".log")
-	b.ready.drain()
-	t0 := mono()
-	p, err := startProc("bpfsup run", c, log)
+	d, err := b.timeToChild("bpfsup run", c, log, nfds)
 	if err != nil {
 		return 0, 0, err
-	}
-	ev, err := b.ready.waitStart(p, readyTimeout)
-	if err != nil {
-		p.stop(5 * time.Second)
-		return 0, 0, err
-	}
-	if err := p.wait(time.Minute); err != nil {
-		return 0, 0, err
-	}
-	if ev.nfds != nfds {
-		return 0, 0, fmt.Errorf("child got %d fds, want %d", ev.nfds, nfds)
 	}
 	adopted, loaded, took, err := installed(log)
 	if err != nil {
@@ -324,7 +311,30 @@ func (b *bench) readyRun(e *bpfsupEnv, cfg, want string, progs, nfds int) (float
 		want == "loaded" && (loaded != progs || adopted != 0):
 		return 0, 0, fmt.Errorf("bpfsup adopted %d and loaded %d programs, want %d %s", adopted, loaded, progs, want)
 	}
-	return ms(ev.ts - t0), took, nil
+	return d, took, nil
+}
+
+// timeToChild runs c, whose child is benchchild and reports its start, to
+// its end: the ms from the fork of c to the child running with nfds fds.
+func (b *bench) timeToChild(name string, c *exec.Cmd, log string, nfds int) (float64, error) {
+	b.ready.drain()
+	t0 := mono()
+	p, err := startProc(name, c, log)
+	if err != nil {
+		return 0, err
+	}
+	ev, err := b.ready.waitStart(p, readyTimeout)
+	if err != nil {
+		p.stop(5 * time.Second)
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := p.wait(time.Minute); err != nil {
+		return 0, err
+	}
+	if ev.nfds != nfds {
+		return 0, fmt.Errorf("%s: the child got %d fds, want %d", name, ev.nfds, nfds)
+	}
+	return ms(ev.ts - t0), nil
 }
 
 // Config files for bpfsup, written as TOML.

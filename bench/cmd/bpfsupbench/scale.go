@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 // Scale: K objects of ten maps and one XDP program each (the generated
@@ -144,26 +143,13 @@ func (b *bench) scaleFloor(e *bpfsupEnv, row *ScaleRow) error {
 	}
 	c := exec.Command(b.pinFloorBin, args...)
 	c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
-	b.ready.drain()
-	t0 := mono()
-	p, err := startProc("pinfloor adopt", c, "")
+	d, err := b.timeToChild("pinfloor adopt", c, "", row.Handed)
 	if err != nil {
 		return err
 	}
-	ev, err := b.ready.waitStart(p, readyTimeout)
-	if err != nil {
-		p.stop(5 * time.Second)
-		return fmt.Errorf("pinfloor adopt: %w", err)
-	}
-	if err := p.wait(time.Minute); err != nil {
-		return err
-	}
-	if ev.nfds != row.Handed {
-		return fmt.Errorf("pinfloor adopt: the child got %d fds, want %d", ev.nfds, row.Handed)
-	}
-	row.FloorAdoptMs = append(row.FloorAdoptMs, ms(ev.ts-t0))
+	row.FloorAdoptMs = append(row.FloorAdoptMs, d)
 
-	t0 = mono()
+	t0 := mono()
 	out, err := runCmd(exec.Command(b.pinFloorBin, "status", e.pinRoot))
 	t1 := mono()
 	if err != nil {
