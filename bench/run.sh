@@ -78,6 +78,8 @@ trap 'exit 130' INT TERM HUP
 echo "bench: building" >&2
 go build -o "$work/bpfsupbench" ./bench/cmd/bpfsupbench
 CGO_ENABLED=0 go build -o "$work/gohello" ./bench/cmd/gohello
+# Built as bin/bpfsup is (make build): static, not stripped.
+CGO_ENABLED=0 go build -o "$work/depsfloor" ./bench/cmd/depsfloor
 CGO_ENABLED=0 go build -o "$work/pinfloor" ./bench/cmd/pinfloor
 clang -O2 -Wall -o "$work/benchchild" bench/benchchild.c
 # A copy: a `make build` elsewhere must not swap the binary mid-run.
@@ -87,7 +89,7 @@ cp bin/bpfsup "$work/bpfsup"
 # once and is passed on.
 "$work/bpfsupbench" -id "$id" -work "$work" -out "$repo/bench/results" \
 	-bpfsup "$work/bpfsup" -child "$work/benchchild" -gohello "$work/gohello" \
-	-pinfloor "$work/pinfloor" "$@" &
+	-depsfloor "$work/depsfloor" -pinfloor "$work/pinfloor" "$@" &
 pid=$!
 set +e
 wait "$pid"

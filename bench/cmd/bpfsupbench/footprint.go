@@ -28,14 +28,19 @@ const (
 
 // FootprintRun is one footprint measurement.
 type FootprintRun struct {
-	Name       string    `json:"name"`
-	RSSMiB     []float64 `json:"rss_mib"`
-	RSS        Stats     `json:"rss_stats_mib"`
-	HWMMiB     float64   `json:"hwm_mib"`
-	CPUPercent float64   `json:"cpu_percent_of_one_core"`
-	WindowS    float64   `json:"window_s"`
-	Scrapes    int       `json:"scrapes,omitempty"`
-	Threads    int64     `json:"threads"`
+	Name   string    `json:"name"`
+	RSSMiB []float64 `json:"rss_mib"`
+	RSS    Stats     `json:"rss_stats_mib"`
+	HWMMiB float64   `json:"hwm_mib"`
+	// RSS in its two parts (RssAnon, RssFile; medians): the heap, stacks
+	// and runtime's own memory, and the pages of the binary mapped in,
+	// clean and shared with every process that maps the same file.
+	AnonMiB    float64 `json:"rss_anon_mib"`
+	FileMiB    float64 `json:"rss_file_mib"`
+	CPUPercent float64 `json:"cpu_percent_of_one_core"`
+	WindowS    float64 `json:"window_s"`
+	Scrapes    int     `json:"scrapes,omitempty"`
+	Threads    int64   `json:"threads"`
 }
 
 func (b *bench) footprintSection() error {
@@ -84,6 +89,7 @@ func (b *bench) footprintSection() error {
 func (b *bench) footprint(pid int, name, addr string) (*FootprintRun, error) {
 	time.Sleep(footprintSettle) // start-up garbage is not the steady state
 	r := &FootprintRun{Name: name}
+	var anon, file []float64
 	client := &http.Client{Timeout: 5 * time.Second}
 	t0, err := procStat(pid)
 	if err != nil {
@@ -105,7 +111,18 @@ func (b *bench) footprint(pid int, name, addr string) (*FootprintRun, error) {
 			return nil, err
 		}
 		r.RSSMiB = append(r.RSSMiB, float64(rss)/(1<<20))
+		anonB, err := procStatus(pid, "RssAnon")
+		if err != nil {
+			return nil, err
+		}
+		fileB, err := procStatus(pid, "RssFile")
+		if err != nil {
+			return nil, err
+		}
+		anon = append(anon, float64(anonB)/(1<<20))
+		file = append(file, float64(fileB)/(1<<20))
 	}
+	r.AnonMiB, r.FileMiB = summarize(anon).Median, summarize(file).Median
 	t1, err := procStat(pid)
 	if err != nil {
 		return nil, err

@@ -39,6 +39,7 @@ type bench struct {
 	id, work, repo, out  string
 	bpfsupBin, childBin  string
 	goHelloBin           string // a Go program that does nothing; optional
+	depsFloorBin         string // bench/cmd/depsfloor; optional
 	pinFloorBin          string // bench/cmd/pinfloor; optional
 	pinBase              string
 	reps, restarts, rate int
@@ -63,6 +64,7 @@ func main() {
 	flag.StringVar(&b.bpfsupBin, "bpfsup", "bin/bpfsup", "bpfsup binary")
 	flag.StringVar(&b.childBin, "child", "", "benchchild binary")
 	flag.StringVar(&b.goHelloBin, "gohello", "", "a Go program that does nothing (bench/cmd/gohello): the start-up floor of Go")
+	flag.StringVar(&b.depsFloorBin, "depsfloor", "", "bench/cmd/depsfloor: an empty main linking bpfsup's libraries, their start-up floor")
 	flag.StringVar(&b.pinFloorBin, "pinfloor", "", "bench/cmd/pinfloor: the floor under adopt and status at scale")
 	flag.IntVar(&b.reps, "reps", 5, "repetitions of each comparison")
 	flag.IntVar(&b.restarts, "restarts", 1000, "child restarts measured")

@@ -76,6 +76,9 @@ func (b *bench) startupFloors() error {
 	if b.goHelloBin != "" {
 		floors = append(floors, floor{startupGo, []string{b.goHelloBin}})
 	}
+	if b.depsFloorBin != "" {
+		floors = append(floors, floor{startupDeps, []string{b.depsFloorBin}})
+	}
 	rows := make([]StartupRow, len(floors))
 	for r := 0; r < 11; r++ {
 		for i, f := range floors {
@@ -104,6 +107,7 @@ const (
 	startupBpfsup = "bpfsup version"
 	startupHelper = "sh -c 'exec benchchild' exit"
 	startupGo     = "gohello (a Go program that does nothing)"
+	startupDeps   = "depsfloor (an empty main linking bpfsup's libraries)"
 )
 
 func (b *bench) startupRow(label string) *StartupRow {

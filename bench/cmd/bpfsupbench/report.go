@@ -85,7 +85,8 @@ func (b *bench) report() string {
 	if len(r.Startup) > 0 {
 		p("For scale, the time each tool takes to start and exit doing nothing (fork to exit, 11 runs; bpfsup starts its ")
 		p("child through `/bin/sh` as its exec helper, timed here on its own; `gohello` is a Go program with an empty ")
-		p("`main`, the floor under any Go program on this machine):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
+		p("`main`, the floor under any Go program on this machine; `depsfloor` an empty `main` that links the libraries bpfsup ")
+		p("imports, whose package initialisation runs before any `main`, the floor under any program built on them):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
 		for _, s := range r.Startup {
 			p("| `%s` | %s | %s |\n", s.Command, fmtMs(s.Stats.Median), spread(s.Stats))
 		}
@@ -173,10 +174,12 @@ func (b *bench) report() string {
 	p("## 4. Footprint\n\n")
 	p("bpfsup supervising a waiting child with %d objects attached (the small object under ten names, one interface each). ", footprintObjects)
 	p("After %s of settling, CPU is utime+stime from `/proc/PID/stat` over %s, resident memory `VmRSS` from ", footprintSettle, footprintWindow)
-	p("`/proc/PID/status` once a second; bpfsup's process only, not the child.\n\n")
-	p("| | RSS median MiB | RSS max MiB | VmHWM MiB | CPU, %% of one core | threads |\n|---|---:|---:|---:|---:|---:|\n")
+	p("`/proc/PID/status` once a second; bpfsup's process only, not the child. RSS is the sum of *anon* (`RssAnon`: heap, ")
+	p("stacks, the runtime's own) and *file* (`RssFile`: the binary's pages mapped in, clean, shared by every process ")
+	p("that runs the same file, and given back by the kernel under memory pressure without a write).\n\n")
+	p("| | RSS median MiB | RSS max MiB | anon MiB | file MiB | VmHWM MiB | CPU, %% of one core | threads |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, f := range r.Footprint {
-		p("| %s | %.1f | %.1f | %.1f | %.2f | %d |\n", f.Name, f.RSS.Median, f.RSS.Max, f.HWMMiB, f.CPUPercent, f.Threads)
+		p("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %d |\n", f.Name, f.RSS.Median, f.RSS.Max, f.AnonMiB, f.FileMiB, f.HWMMiB, f.CPUPercent, f.Threads)
 	}
 	p("\n")
 
