@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -191,11 +190,6 @@ func verifyPrograms(p *Plan) []ProgramCheck {
 	return out
 }
 
-var (
-	processedRE = regexp.MustCompile(`processed (\d+) insns`)
-	verifTimeRE = regexp.MustCompile(`verification time (\d+) usec`)
-)
-
 // verifyProgram loads program name of cs alone, with maps for its maps.
 func verifyProgram(cs *ebpf.CollectionSpec, name string, maps map[string]*ebpf.Map, pc *ProgramCheck) {
 	one := &ebpf.CollectionSpec{Maps: cs.Maps, Programs: map[string]*ebpf.ProgramSpec{name: cs.Programs[name]},
@@ -225,15 +219,32 @@ func verifyProgram(cs *ebpf.CollectionSpec, name string, maps map[string]*ebpf.M
 	defer coll.Close()
 	prog := coll.Programs[name]
 	pc.Verified = true
-	if m := processedRE.FindStringSubmatch(prog.VerifierLog); m != nil {
-		pc.InsnsProcessed, _ = strconv.Atoi(m[1])
+	if n, ok := statNumber(prog.VerifierLog, "processed ", " insns"); ok {
+		pc.InsnsProcessed = int(n)
 	}
-	if m := verifTimeRE.FindStringSubmatch(prog.VerifierLog); m != nil {
-		pc.VerifyMicros, _ = strconv.ParseInt(m[1], 10, 64)
+	if n, ok := statNumber(prog.VerifierLog, "verification time ", " usec"); ok {
+		pc.VerifyMicros = n
 	}
 	if f, err := bpffs.ProgInfo(prog.FD(), false); err == nil {
 		pc.XlatedBytes, pc.JitedBytes = f.XlatedLen, f.JitedLen
 	}
+}
+
+// statNumber is the number between before and after in the verifier's
+// statistics ("processed 12 insns (limit 1000000) ...", "verification time
+// 34 usec"). Parsed by hand rather than with package-level regexps, whose
+// compilation every start of bpfsup would pay for a command few run.
+func statNumber(log, before, after string) (int64, bool) {
+	_, rest, ok := strings.Cut(log, before)
+	if !ok {
+		return 0, false
+	}
+	num, _, ok := strings.Cut(rest, after)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	return n, err == nil
 }
 
 func splitLines(s string) []string {

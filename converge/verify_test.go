@@ -56,3 +56,18 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return data
 }
+
+func TestStatNumber(t *testing.T) {
+	log := "func#0 @0\nprocessed 466805 insns (limit 1000000) max_states_per_insn 4 total_states 1 peak_states 1 mark_read 0\nverification time 61234 usec\nstack depth 0\n"
+	if n, ok := statNumber(log, "processed ", " insns"); !ok || n != 466805 {
+		t.Errorf("processed: %d, %v", n, ok)
+	}
+	if n, ok := statNumber(log, "verification time ", " usec"); !ok || n != 61234 {
+		t.Errorf("verification time: %d, %v", n, ok)
+	}
+	for _, bad := range []string{"", "processed insns", "processed x insns", "verification time 12"} {
+		if n, ok := statNumber(bad, "processed ", " insns"); ok {
+			t.Errorf("%q: %d, want none", bad, n)
+		}
+	}
+}
