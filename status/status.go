@@ -166,12 +166,17 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Objects of a supervisor with pins = false have nothing pinned here.
+	// Objects that a manifest of this pin root records and that have no
+	// directory under it: those of a supervisor with pins = false, which
+	// pins nothing here, and those whose pins were removed (by hand, or by
+	// another tool), whose links may be gone with them: shown, with what is
+	// missing as problems, rather than left out of a health check.
 	for _, name := range store.Manifested() {
-		if !slices.Contains(names, name) {
-			if man, err := store.ReadManifest(name); err == nil && man != nil && man.Supervisor != nil && man.Supervisor.PrivatePins {
-				names = append(names, name)
-			}
+		if slices.Contains(names, name) {
+			continue
+		}
+		if man, err := store.ReadManifest(name); err == nil && man != nil && man.PinRoot == store.RootDir() {
+			names = append(names, name)
 		}
 	}
 	sort.Strings(names)

@@ -325,6 +325,13 @@ func TestStatusTruth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, []string{"holds the pins, but its lock file", "no manifest of bpfsup's"}},
+		// The object's whole pin directory removed: listed from its
+		// manifest, not left out of the health check.
+		{"pin-dir-removed", func(t *testing.T, r *rig, st state) {
+			if err := os.RemoveAll(r.objDir()); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"link xdp_drop: bpfsup installed id", "nothing is pinned at"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, n)
