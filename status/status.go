@@ -469,6 +469,10 @@ func (o *ObjectStatus) checkLinkHook(ls *LinkStatus, l hooks.Attachment, path st
 	hooks.BindPin(h, path)
 	state, err := h.Check(l)
 	if err != nil {
+		// Not known to be on its hook is not healthy: a health check that
+		// could not look says so rather than passing.
+		ls.State = "unchecked"
+		o.problem("link %s: could not check its hook %s: %v", ls.Name, ls.Hook, err)
 		return nil
 	}
 	if state == hooks.Unknown {
