@@ -343,14 +343,21 @@ func downCmd() *cobra.Command {
 		Short: "Detach and unpin what bpfsup installed (every object when none is named), and nothing else",
 		Long: `Detach and unpin what bpfsup installed for the objects named, or for every
 object under the pin root when none is named. Only what an object's manifest
-in the state directory records as bpfsup's is removed: its links (which
-detaches their programs), programs and maps, its staging debris, and maps at
-pin paths of their own that bpfsup made and no other object uses. Everything
-else is left alone and listed: another tool's pins beside bpfsup's, a
-directory no manifest records, a map bpfsup adopted at a pin path. An
-object's directory goes only when nothing else is left in it. A pin root that
-is not on bpffs is refused. Exits 1 when something named is not bpfsup's, a
-supervisor holds an object, or a removal failed.`,
+in the state directory records as bpfsup's is removed:
+  - pins under links/, programs/ and maps/ holding the ids the manifest
+    records (unpinning a link detaches its program), and maps at pin paths of
+    their own that bpfsup made and no other object's manifest uses;
+  - pins under staging/ holding recorded ids (debris of a crashed upgrade);
+  - links/, programs/, maps/, staging/ and the object's directory, each only
+    when it is then empty;
+  - once every recorded pin is gone, in the state directory: OBJECT.json (the
+    manifest), OBJECT.lock, and the manifest's temporary files that kills
+    left (.OBJECT.json.tmp, .OBJECT.json-DIGITS).
+Everything else is left alone and listed: another tool's pins beside
+bpfsup's, a pin at a recorded name holding another id, a directory no
+manifest records, a map bpfsup adopted at a pin path. A pin root that is not
+on bpffs is refused and nothing is removed. Exits 1 when something named is
+not bpfsup's, a supervisor holds an object, or a removal failed.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rep, err := converge.Down(sf.store(), args)
 			fmt.Print(rep.String())
