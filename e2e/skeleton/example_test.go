@@ -3,8 +3,10 @@ package skeleton
 import (
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,9 +60,13 @@ func TestExampleXDPCounter(t *testing.T) {
 
 // The tools `make demo` checks for are all installed by scripts/setup.sh,
 // which `make demo` and `make test` run first: the README's first command
-// works on a fresh machine as written.
+// works on a fresh machine as written. Each tool's Debian package (as dpkg
+// knows it here) must be in setup.sh's list: that the tool is on this
+// machine proves nothing for a fresh one (ping was here, and setup.sh did
+// not install it).
 func TestDemoToolsInstalled(t *testing.T) {
-	script, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "examples/xdp-counter/demo.sh"))
+	root := testutil.RepoRoot()
+	script, err := os.ReadFile(filepath.Join(root, "examples/xdp-counter/demo.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,10 +74,51 @@ func TestDemoToolsInstalled(t *testing.T) {
 	if m == nil {
 		t.Fatal("demo.sh has no `for tool in ...; do` line listing the tools it needs")
 	}
+	setup, err := os.ReadFile(filepath.Join(root, "scripts/setup.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm := regexp.MustCompile(`(?m)^for pkg in ([^;]+); do`).FindSubmatch(setup)
+	if pm == nil {
+		t.Fatal("setup.sh has no `for pkg in ...; do` line listing the packages it installs")
+	}
+	installs := strings.Fields(string(pm[1]))
+	if _, err := exec.LookPath("dpkg-query"); err != nil {
+		t.Skip("no dpkg-query: not a Debian system, whose packages setup.sh installs (the kernels' VMs)")
+	}
 	for _, tool := range strings.Fields(string(m[1])) {
 		if strings.HasPrefix(strings.Trim(tool, `"`), "$") {
 			continue // Go, from the environment
 		}
 		testutil.RequireTool(t, tool)
+		pkg := debianPackageOf(t, tool)
+		if !slices.Contains(installs, pkg) {
+			t.Errorf("demo.sh needs %s, from Debian's %s, which scripts/setup.sh does not install (it installs %v)", tool, pkg, installs)
+		}
 	}
+}
+
+// debianPackageOf is the Debian package that installed the tool in PATH.
+// dpkg records paths as the package ships them: /bin/ping where the merged
+// /usr resolves it as /usr/bin/ping.
+func debianPackageOf(t *testing.T, tool string) string {
+	t.Helper()
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, _ := filepath.EvalSymlinks(path)
+	for _, p := range []string{path, strings.TrimPrefix(path, "/usr"), real, strings.TrimPrefix(real, "/usr")} {
+		out, err := exec.Command("dpkg-query", "-S", p).Output()
+		if err != nil {
+			continue
+		}
+		// "iputils-ping: /bin/ping", or "pkg:amd64: path".
+		pkg, _, _ := strings.Cut(strings.TrimSpace(string(out)), ": ")
+		pkg, _, _ = strings.Cut(pkg, ",")
+		pkg, _, _ = strings.Cut(pkg, ":")
+		return pkg
+	}
+	t.Fatalf("%s (%s): no Debian package of this machine ships it", tool, path)
+	return ""
 }
