@@ -1,10 +1,14 @@
 package crashtest
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
@@ -149,4 +153,92 @@ func TestRelinkLeavesForeignLink(t *testing.T) {
 		t.Errorf("status calls it healthy with another tool's link at bpfsup's path: %+v", o)
 	}
 	stop(t, sup)
+}
+
+// TestReattachLeavesForeignBeside: another tool's things beside bpfsup's
+// (its own directory under the pin root with an XDP link it pinned, on an
+// interface of its own; a map it pinned in bpfsup's maps directory under a
+// name the manifest does not record; a directory of its own in bpfsup's object
+// directory) come through a re-attachment as they were: bpfsup replaces its
+// own link pin and nothing else.
+func TestReattachLeavesForeignBeside(t *testing.T) {
+	n := newNetRig(t)
+	r := newRig(t, n)
+	r.seedDropPorts(t)
+	sup := r.startReady(t)
+	before := r.checkConverged(t)
+
+	ip(t, "-n", n.nsA.Name, "link", "del", n.ifA.Name)
+	sup.WaitOutput(t, "interface deleted", 5*time.Second)
+	intact := foreignBeside(t, r.env.PinRoot, r.objDir(), n.nsB)
+	recreate(t, n, before.progs["xdp_drop"])
+	testutil.WaitFor(t, 5*time.Second, "the re-attachment in the log", func() bool {
+		return strings.Contains(sup.Output(), "re-attached link")
+	})
+	intact("after the re-attachment")
+	o := r.status(t)
+	if len(o.Links) != 1 || o.Links[0].State != "attached" {
+		t.Errorf("bpfsup's link after the re-attachment: %+v", o.Links)
+	}
+	stop(t, sup)
+	intact("after bpfsup stopped")
+}
+
+// foreignBeside puts what another tool would keep beside bpfsup's object:
+// its own directory under pinRoot holding an XDP link it attached to an
+// interface of its own in ns and pinned; and, when objDir is not empty, a
+// map pinned in objDir's maps directory under a name no manifest records,
+// and a directory of its own in objDir. The returned check fails the test
+// when any of it changed.
+func foreignBeside(t *testing.T, pinRoot, objDir string, ns *testutil.Netns) (intact func(when string)) {
+	t.Helper()
+	prog, _ := foreignCounter(t)
+	theirs, _ := testutil.MustVethPair(t, ns, ns)
+	linkPin := filepath.Join(pinRoot, "othertool", "links", "fw")
+	linkID := attachXDP(t, ns, theirs.Name, prog, linkPin)
+	var mapPin, notes string
+	var mapID ebpf.MapID
+	if objDir != "" {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "theirs", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		mapPin = filepath.Join(objDir, "maps", "theirs")
+		if err := m.Pin(mapPin); err != nil {
+			t.Fatal(err)
+		}
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mapID, _ = info.ID()
+		// bpffs holds directories and pins, no files.
+		notes = filepath.Join(objDir, "notes", "2026")
+		if err := os.MkdirAll(notes, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func(when string) {
+		t.Helper()
+		if got := uint32(e2e.PinnedLinkInfo(t, linkPin).ID); got != linkID {
+			t.Errorf("%s: %s holds link %d, want the other tool's %d", when, linkPin, got, linkID)
+		}
+		if objDir == "" {
+			return
+		}
+		m, err := ebpf.LoadPinnedMap(mapPin, nil)
+		if err != nil {
+			t.Errorf("%s: the other tool's map at %s: %v", when, mapPin, err)
+		} else {
+			info, _ := m.Info()
+			if id, _ := info.ID(); id != mapID {
+				t.Errorf("%s: %s holds map %d, want the other tool's %d", when, mapPin, id, mapID)
+			}
+			m.Close()
+		}
+		if fi, err := os.Stat(notes); err != nil || !fi.IsDir() {
+			t.Errorf("%s: the other tool's directory %s: %v", when, notes, err)
+		}
+	}
 }

@@ -40,6 +40,9 @@ func TestNetnsRecreatedReattached(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldInode := x.Inode(t)
+	// Another tool's link beside bpfsup's, on an interface in a namespace
+	// that stays: the re-attachment in the new namespace leaves it be.
+	intact := foreignBeside(t, e.PinRoot, "", a)
 
 	// traffic sends to both ports of x's end until the returned stop, and
 	// counts what arrives.
@@ -89,6 +92,7 @@ func TestNetnsRecreatedReattached(t *testing.T) {
 	if n := dropped.Count(); n != 0 {
 		t.Errorf("%d datagrams to the dropped port arrived on the interface of the namespace made again", n)
 	}
+	intact("after the re-attachment in the new namespace")
 	t.Logf("re-attached in the new namespace (inode %d, was %d); %d datagrams to the open port, 0 to the dropped one",
 		newInode, oldInode, open.Count())
 	if strings.Count(sup.Output(), "child started") != 1 {
