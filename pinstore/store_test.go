@@ -2,6 +2,7 @@ package pinstore
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -316,5 +317,65 @@ func TestOpenRemovesStagingDebris(t *testing.T) {
 	}
 	if pins, _ := o.Pins(Maps); !slices.Equal(pins, []string{"kept"}) {
 		t.Fatalf("Pins(Maps) = %v", pins)
+	}
+}
+
+// A foreign pin that a start with --force moved aside (AsidePath) and did
+// not get to replace, because it died, goes back to its place at the next
+// start. When bpfsup's own pin holds the place by then, the foreign one
+// stays aside and is listed, unless force is set again. A name under
+// "foreign-" that bpfsup does not give is left alone.
+func TestClearStagingForeignAside(t *testing.T) {
+	s := mustStore(t)
+	o := mustOpen(t, s, "fw")
+	defer o.Close()
+	theirs, ours := mustArray(t), mustArray(t)
+	place := o.Path(Maps, "shared")
+	aside, err := o.AsidePath(place)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := theirs.Pin(aside); err != nil {
+		t.Fatal(err)
+	}
+	odd := filepath.Join(s.ObjectDir("fw"), "staging", "foreign-notes")
+	if err := os.Mkdir(odd, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	left, err := o.ClearStaging(nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := pinnedMapID(t, place), mapID(t, theirs); got != want || Exists(aside) {
+		t.Fatalf("%s holds map %d, want the foreign %d put back from %s (still there: %v)", place, got, want, aside, Exists(aside))
+	}
+	if len(left) != 1 || left[0].Path != odd || !Exists(odd) {
+		t.Fatalf("left %v, want only %s, kept", left, odd)
+	}
+
+	// Moved aside again, and bpfsup's own pin took the place.
+	if err := os.Rename(place, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Pin(Maps, place, ours); err != nil {
+		t.Fatal(err)
+	}
+	left, err = o.ClearStaging(nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := pinnedMapID(t, aside), mapID(t, theirs); got != want {
+		t.Fatalf("without force, %s holds map %d, want the foreign %d kept aside", aside, got, want)
+	}
+	if len(left) != 2 || !strings.Contains(fmt.Sprint(left), "did not finish") {
+		t.Fatalf("left %v, want the foreign pin aside listed, and %s", left, odd)
+	}
+	if _, err := o.ClearStaging(nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if Exists(aside) || pinnedMapID(t, place) != mapID(t, ours) || !Exists(odd) {
+		t.Fatalf("with force: aside %v (want gone), %s holds %d (want bpfsup's %d), %s kept %v",
+			Exists(aside), place, pinnedMapID(t, place), mapID(t, ours), odd, Exists(odd))
 	}
 }
