@@ -232,19 +232,22 @@ func verifyProgram(cs *ebpf.CollectionSpec, name string, maps map[string]*ebpf.M
 
 // statNumber is the number between before and after in the verifier's
 // statistics ("processed 12 insns (limit 1000000) ...", "verification time
-// 34 usec"). Parsed by hand rather than with package-level regexps, whose
+// 34 usec"): the first place where before is followed by digits and then
+// after. Parsed by hand rather than with package-level regexps, whose
 // compilation every start of bpfsup would pay for a command few run.
 func statNumber(log, before, after string) (int64, bool) {
-	_, rest, ok := strings.Cut(log, before)
-	if !ok {
-		return 0, false
+	for {
+		i := strings.Index(log, before)
+		if i < 0 {
+			return 0, false
+		}
+		log = log[i+len(before):]
+		digits := len(log) - len(strings.TrimLeft(log, "0123456789"))
+		if digits > 0 && strings.HasPrefix(log[digits:], after) {
+			n, err := strconv.ParseInt(log[:digits], 10, 64)
+			return n, err == nil
+		}
 	}
-	num, _, ok := strings.Cut(rest, after)
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	return n, err == nil
 }
 
 func splitLines(s string) []string {

@@ -65,7 +65,12 @@ func TestStatNumber(t *testing.T) {
 	if n, ok := statNumber(log, "verification time ", " usec"); !ok || n != 61234 {
 		t.Errorf("verification time: %d, %v", n, ok)
 	}
-	for _, bad := range []string{"", "processed insns", "processed x insns", "verification time 12"} {
+	// Where "processed " comes first in another sense, the statistics
+	// line is still found.
+	if n, ok := statNumber("0: R1 processed by func#1\nprocessed 58 insns (limit 1000000)\n", "processed ", " insns"); !ok || n != 58 {
+		t.Errorf("processed after another \"processed \": %d, %v", n, ok)
+	}
+	for _, bad := range []string{"", "processed insns", "processed x insns", "verification time 12", "processed 12 bytes"} {
 		if n, ok := statNumber(bad, "processed ", " insns"); ok {
 			t.Errorf("%q: %d, want none", bad, n)
 		}
