@@ -281,6 +281,9 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 		o.PinsVia = fmt.Sprintf("/proc/%d/root", o.Supervisor.PID)
 		o.Dir = o.PinsVia + o.Dir
 	}
+	if man != nil && !pinstore.Exists(o.Dir) {
+		o.problem("the object's pin directory %s is gone (removed by hand, or by another tool): the links are attached only while a process holds them, and the next start pins them again, or loads", o.Dir)
+	}
 	progNames := o.readPrograms(man)
 	o.readMaps(man)
 	o.readLinks(man, progNames, r.owners)

@@ -331,7 +331,7 @@ func TestStatusTruth(t *testing.T) {
 			if err := os.RemoveAll(r.objDir()); err != nil {
 				t.Fatal(err)
 			}
-		}, []string{"link xdp_drop: bpfsup installed id", "nothing is pinned at"}},
+		}, []string{"pin directory", "is gone", "link xdp_drop: bpfsup installed id", "nothing is pinned at"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, n)
