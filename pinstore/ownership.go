@@ -8,9 +8,9 @@ import (
 
 // What bpfsup made is what an object's manifest records: a pin is bpfsup's
 // when the manifest records its id, now or in an earlier generation that a
-// crash may have left pinned, or, for a link, when it runs a program the
-// manifest records (a link attached by an install that crashed before its
-// manifest was written). Every destructive path (teardown, removal of
+// crash may have left pinned, or, for a link under a name the manifest
+// records, when it runs a program the manifest records (a link attached by
+// an install that crashed before its manifest was written). Every destructive path (teardown, removal of
 // staging debris, removal of pins the configuration no longer has) removes
 // only such pins, and says what it left alone.
 
@@ -80,7 +80,12 @@ func (m *Manifest) Owns(kind Kind, name string, pi bpffs.PinInfo) bool {
 	case kind == Programs && pi.Kind == bpffs.Program:
 		return hasID(m.ProgramIDs(name), pi.ID)
 	case kind == Links && pi.Kind == bpffs.Link:
-		return hasID(m.LinkIDs(name), pi.ID) || m.OwnsProgramID(pi.Program)
+		// A link that an install which crashed pinned before its manifest
+		// came is under a name the write-ahead manifest records already
+		// (every planned link is in it, attached or not): a link pinned
+		// under any other name is another tool's, whatever it runs.
+		_, named := m.Links[name]
+		return hasID(m.LinkIDs(name), pi.ID) || (named && m.OwnsProgramID(pi.Program))
 	case kind == Links && pi.Kind == bpffs.Map:
 		// The record of a tc filter (hooks: tcx's fallback) stands where a
 		// link would, under the id the manifest records for the link.

@@ -193,8 +193,25 @@ func TestTeardownLeavesForeign(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fl.Close()
+	// Another tool's link that runs bpfsup's own program, on an interface
+	// of its own, pinned under a name bpfsup's manifest does not record.
+	ours, err := ebpf.LoadPinnedProgram(o.Path(Programs, "xdp_drop"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	borrowedIface, _ := testutil.MustVethPair(t, ns, ns)
+	var bl link.Link
+	if err := ns.Do(func() (err error) {
+		bl, err = link.AttachXDP(link.XDPOptions{Program: ours, Interface: borrowedIface.Index, Flags: link.XDPGenericMode})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
 	foreign := map[string]func(string) error{
 		o.Path(Links, "their_link"): fl.Pin,
+		o.Path(Links, "borrowed"):   bl.Pin,
 		o.Path(Maps, "their_map"):   mustArray(t).Pin,
 		// A name the manifest records, holding something else.
 		o.Path(Programs, "tc_drop"): foreignProg.Pin,
@@ -231,7 +248,7 @@ func TestTeardownLeavesForeign(t *testing.T) {
 	for _, l := range rep.Left {
 		leftPaths[l.Path] = l.Why
 	}
-	for _, p := range []string{o.Path(Links, "their_link"), o.Path(Maps, "their_map"), o.Path(Programs, "tc_drop"), notes, shared} {
+	for _, p := range []string{o.Path(Links, "their_link"), o.Path(Links, "borrowed"), o.Path(Maps, "their_map"), o.Path(Programs, "tc_drop"), notes, shared} {
 		if !Exists(p) {
 			t.Errorf("Teardown removed %s, which is not bpfsup's", p)
 		}

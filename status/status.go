@@ -522,9 +522,14 @@ func (o *ObjectStatus) checkLinkProgram(ls *LinkStatus, rec pinstore.LinkRecord,
 		return
 	}
 	if !recorded {
-		if !man.OwnsProgramID(ls.ProgramID) {
-			o.problem("link %s: not bpfsup's: the manifest records no link %s, and it runs program id %d, not one of bpfsup's", ls.Name, ls.Name, ls.ProgramID)
+		// Every link bpfsup pins is under a name its manifest records, the
+		// write-ahead one included: this one is another tool's, even when
+		// it runs one of bpfsup's programs.
+		runs := "not one of bpfsup's"
+		if man.OwnsProgramID(ls.ProgramID) {
+			runs = "one of bpfsup's programs, through a link bpfsup did not make"
 		}
+		o.problem("link %s: not bpfsup's: the manifest records no link %s; it runs program id %d, %s", ls.Name, ls.Name, ls.ProgramID, runs)
 		return
 	}
 	ids := man.ProgramIDs(rec.Program)

@@ -345,8 +345,10 @@ func downCmd() *cobra.Command {
 object under the pin root when none is named. Only what an object's manifest
 in the state directory records as bpfsup's is removed:
   - pins under links/, programs/ and maps/ holding the ids the manifest
-    records (unpinning a link detaches its program), and maps at pin paths of
-    their own that bpfsup made and no other object's manifest uses;
+    records (unpinning a link detaches its program; a link under a recorded
+    name that runs a recorded program is bpfsup's too: a crash kept an
+    install from recording it), and maps at pin paths of their own that
+    bpfsup made and no other object's manifest uses;
   - pins under staging/ holding recorded ids (debris of a crashed upgrade);
   - links/, programs/, maps/, staging/ and the object's directory, each only
     when it is then empty;
