@@ -2,13 +2,11 @@ package pinstore
 
 import (
 	"encoding/hex"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/bpffs"
 )
@@ -53,8 +51,7 @@ func MapID(m *ebpf.Map) (ebpf.MapID, error) {
 }
 
 // WallTime turns a time since boot (CLOCK_BOOTTIME, as the kernel says when
-// it loaded a program) into wall-clock time, from the boot time in
-// /proc/stat: every status of the same program says the same time.
+// it loaded a program) into wall-clock time, to the millisecond.
 func WallTime(sinceBoot time.Duration) time.Time {
 	boot, ok := bootTime()
 	if !ok {
@@ -63,20 +60,15 @@ func WallTime(sinceBoot time.Duration) time.Time {
 	return boot.Add(sinceBoot).UTC().Truncate(time.Millisecond)
 }
 
-// bootTime is when the machine booted, from /proc/stat, read once.
+// bootTime is when the machine booted, read once: the wall clock less the
+// time since boot, rounded to the millisecond so that every status of the
+// same program says the same time. /proc/stat's btime has whole seconds
+// only, which put times up to a second early.
 var bootTime = sync.OnceValues(func() (time.Time, bool) {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
+	var real, boot unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_REALTIME, &real) != nil || unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot) != nil {
 		return time.Time{}, false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			secs, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				return time.Time{}, false
-			}
-			return time.Unix(secs, 0), true
-		}
-	}
-	return time.Time{}, false
+	since := time.Duration(real.Nano() - boot.Nano())
+	return time.Unix(0, 0).Add(since.Round(time.Millisecond)), true
 })

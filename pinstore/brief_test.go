@@ -3,9 +3,11 @@ package pinstore
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
@@ -93,4 +95,17 @@ func mustProgramUsing(tb testing.TB, maps []*ebpf.Map) *ebpf.Program {
 		tb.Fatal(err)
 	}
 	return p
+}
+
+// WallTime of the time since boot now is now, to within a few milliseconds:
+// /proc/stat's whole-second btime put it up to a second early.
+func TestWallTime(t *testing.T) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		t.Fatal(err)
+	}
+	got, now := WallTime(time.Duration(ts.Nano())), time.Now()
+	if d := now.Sub(got); d < -5*time.Millisecond || d > 5*time.Millisecond {
+		t.Fatalf("WallTime of the time since boot now is %v, %v from now", got, d)
+	}
 }
