@@ -1,6 +1,7 @@
 package pinstore
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -143,6 +144,10 @@ func (s Store) Open(name string) (_ *Object, err error) {
 			o.Close()
 		}
 	}()
+	if other := s.otherPinRoot(name); other != "" {
+		return nil, fmt.Errorf("object %s: %w: %s records it under pin root %s; give this pin root a state directory of its own (--state-dir), or run `bpfsup down --pin-root %s --state-dir %s` first",
+			name, ErrOtherPinRoot, s.ManifestPath(name), other, other, s.stateDir())
+	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
 	}
@@ -167,6 +172,22 @@ func (s Store) Open(name string) (_ *Object, err error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+// otherPinRoot is the pin root that the manifest of object name in the
+// state directory records, when that is not this store's; "" otherwise.
+func (s Store) otherPinRoot(name string) string {
+	data, err := os.ReadFile(s.ManifestPath(name))
+	if err != nil {
+		return ""
+	}
+	var m struct {
+		PinRoot string `json:"pin_root"`
+	}
+	if json.Unmarshal(data, &m) != nil || m.PinRoot == "" || filepath.Clean(m.PinRoot) == s.root() {
+		return ""
+	}
+	return m.PinRoot
 }
 
 // Peek is object name's place in the store, neither locked nor made: to

@@ -195,3 +195,39 @@ func TestDownLeavesForeign(t *testing.T) {
 		return e2e.IPLinkXDP(t, r.ifB.Netns, r.ifB.Name) == 0
 	})
 }
+
+// Two pin roots with one state directory: a start under the second pin root
+// is refused, naming the first, and leaves the first's manifest and pins as
+// they were. Before, it overwrote the manifest, and the first root's
+// programs were left attached with nothing saying bpfsup made them (down
+// left them alone).
+func TestOneStateDirOnePinRoot(t *testing.T) {
+	a := testutil.MustEnv(t)
+	ns := testutil.MustNetns(t, "onestate")
+	v1, v2 := testutil.MustVethPair(t, ns, ns)
+	obj := testutil.BPFObject("counter")
+	if out, code := a.Run(t, "run", "--netns", ns.Path, "--restart", "never", "-o", obj, "-a", "count_packets@xdp:"+v1.Name, "--", "true"); code != 0 {
+		t.Fatalf("first start: exit %d\n%s", code, out)
+	}
+	manifest := filepath.Join(a.StateDir, "counter.json")
+	before, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	b := testutil.MustEnv(t)
+	b.StateDir = a.StateDir
+	out, code := b.Run(t, "run", "--netns", ns.Path, "--restart", "never", "-o", obj, "-a", "count_packets@xdp:"+v2.Name, "--", "true")
+	if code == 0 || !strings.Contains(out, "the state directory serves another pin root") || !strings.Contains(out, a.PinRoot) {
+		t.Fatalf("a start under another pin root with the same state directory: exit %d, want a refusal naming %s:\n%s", code, a.PinRoot, out)
+	}
+	if after, _ := os.ReadFile(manifest); string(after) != string(before) {
+		t.Errorf("the refused start changed %s", manifest)
+	}
+	if entries, _ := os.ReadDir(b.PinRoot); len(entries) != 0 {
+		t.Errorf("the refused start made %v under %s", entries, b.PinRoot)
+	}
+	if o := e2e.ObjectStatus(t, a, "counter"); !o.Healthy {
+		t.Errorf("the first pin root's object after the refused start: %+v", o.Problems)
+	}
+}
