@@ -179,6 +179,20 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 			names = append(names, name)
 		}
 	}
+	// Objects a live supervisor holds by their lock file in the state
+	// directory while neither their manifest nor their pins are there (both
+	// removed under it): shown, with that as a problem, rather than left
+	// out of the health check.
+	locks := pinstore.ReadLocks()
+	for _, e := range store.StateEntries() {
+		name, ok := strings.CutSuffix(e, ".lock")
+		if !ok || slices.Contains(names, name) || pinstore.CheckName("object", name) != nil {
+			continue
+		}
+		if _, held := locks.Holder(store.LockPath(name)); held {
+			names = append(names, name)
+		}
+	}
 	sort.Strings(names)
 	if len(only) > 0 {
 		for _, name := range only {
@@ -199,7 +213,7 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}, Healthy: true}
 	endBatch := hooks.Batch()
 	defer endBatch()
-	r := &reader{store: store, locks: pinstore.ReadLocks(), state: store.StateEntries(),
+	r := &reader{store: store, locks: locks, state: store.StateEntries(),
 		owners: sync.OnceValue(func() map[uint32][2]string { return linkOwners(store) })}
 	st.Objects = make([]ObjectStatus, len(names))
 	// The objects are read side by side: the work is system calls, a few

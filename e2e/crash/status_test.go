@@ -332,6 +332,14 @@ func TestStatusTruth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, []string{"pin directory", "is gone", "link xdp_drop: bpfsup installed id", "nothing is pinned at"}},
+		// The pins and the manifest removed under the running supervisor,
+		// which still holds the object's lock file.
+		{"pins-and-manifest-removed", func(t *testing.T, r *rig, st state) {
+			if err := os.RemoveAll(r.objDir()); err != nil {
+				t.Fatal(err)
+			}
+			remove(t, filepath.Join(r.env.StateDir, objName+".json"))
+		}, []string{"no manifest of bpfsup's"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, n)
