@@ -79,14 +79,7 @@ func installDropfilter(t *testing.T, o *Object, ns *testutil.Netns, ifindex int,
 		progIDs = append(progIDs, progID(t, r.Program))
 		man.Programs[name] = ProgramRecord{ID: uint32(progID(t, r.Program))}
 	}
-	var l link.Link
-	err = ns.Do(func() (err error) {
-		l, err = link.AttachXDP(link.XDPOptions{Program: progs["xdp_drop"].Program, Interface: ifindex, Flags: link.XDPGenericMode})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("attach xdp: %v", err)
-	}
+	l := attachXDP(t, ns, progs["xdp_drop"].Program, ifindex)
 	defer l.Close()
 	if err := o.Pin(Links, o.Path(Links, "xdp_drop"), l); err != nil {
 		t.Fatal(err)
@@ -185,13 +178,7 @@ func TestTeardownLeavesForeign(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer foreignProg.Close()
-	var fl link.Link
-	if err := ns.Do(func() (err error) {
-		fl, err = link.AttachXDP(link.XDPOptions{Program: foreignProg, Interface: theirs.Index, Flags: link.XDPGenericMode})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	fl := attachXDP(t, ns, foreignProg, theirs.Index)
 	defer fl.Close()
 	// Another tool's link that runs bpfsup's own program, on an interface
 	// of its own, pinned under a name bpfsup's manifest does not record.
@@ -201,13 +188,7 @@ func TestTeardownLeavesForeign(t *testing.T) {
 	}
 	defer ours.Close()
 	borrowedIface, _ := testutil.MustVethPair(t, ns, ns)
-	var bl link.Link
-	if err := ns.Do(func() (err error) {
-		bl, err = link.AttachXDP(link.XDPOptions{Program: ours, Interface: borrowedIface.Index, Flags: link.XDPGenericMode})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	bl := attachXDP(t, ns, ours, borrowedIface.Index)
 	defer bl.Close()
 	foreign := map[string]func(string) error{
 		o.Path(Links, "their_link"): fl.Pin,
@@ -322,4 +303,19 @@ func TestRemoveIfEmpty(t *testing.T) {
 	if !Exists(o.Path(Maps, "m")) || !Exists(s.LockPath("fw")) {
 		t.Fatal("RemoveIfEmpty of a non-empty object removed something")
 	}
+}
+
+// attachXDP attaches prog to interface ifindex in ns (generic mode). The
+// caller closes the link: a pinned one stays attached only while its pin
+// or an fd holds it, which is what these tests look at.
+func attachXDP(t *testing.T, ns *testutil.Netns, prog *ebpf.Program, ifindex int) link.Link {
+	t.Helper()
+	var l link.Link
+	if err := ns.Do(func() (err error) {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
+		return err
+	}); err != nil {
+		t.Fatalf("attach xdp: %v", err)
+	}
+	return l
 }

@@ -65,28 +65,12 @@ func TestExampleXDPCounter(t *testing.T) {
 // machine proves nothing for a fresh one (ping was here, and setup.sh did
 // not install it).
 func TestDemoToolsInstalled(t *testing.T) {
-	root := testutil.RepoRoot()
-	script, err := os.ReadFile(filepath.Join(root, "examples/xdp-counter/demo.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`(?m)^for tool in ([^;]+); do`).FindSubmatch(script)
-	if m == nil {
-		t.Fatal("demo.sh has no `for tool in ...; do` line listing the tools it needs")
-	}
-	setup, err := os.ReadFile(filepath.Join(root, "scripts/setup.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pm := regexp.MustCompile(`(?m)^for pkg in ([^;]+); do`).FindSubmatch(setup)
-	if pm == nil {
-		t.Fatal("setup.sh has no `for pkg in ...; do` line listing the packages it installs")
-	}
-	installs := strings.Fields(string(pm[1]))
+	tools := forList(t, "examples/xdp-counter/demo.sh", "tool")
+	installs := forList(t, "scripts/setup.sh", "pkg")
 	if _, err := exec.LookPath("dpkg-query"); err != nil {
 		t.Skip("no dpkg-query: not a Debian system, whose packages setup.sh installs (the kernels' VMs)")
 	}
-	for _, tool := range strings.Fields(string(m[1])) {
+	for _, tool := range tools {
 		if strings.HasPrefix(strings.Trim(tool, `"`), "$") {
 			continue // Go, from the environment
 		}
@@ -96,6 +80,21 @@ func TestDemoToolsInstalled(t *testing.T) {
 			t.Errorf("demo.sh needs %s, from Debian's %s, which scripts/setup.sh does not install (it installs %v)", tool, pkg, installs)
 		}
 	}
+}
+
+// forList is the words of the `for VAR in WORDS; do` line of the script at
+// path (from the repository's root).
+func forList(t *testing.T, path, variable string) []string {
+	t.Helper()
+	script, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^for ` + variable + ` in ([^;]+); do`).FindSubmatch(script)
+	if m == nil {
+		t.Fatalf("%s has no `for %s in ...; do` line", path, variable)
+	}
+	return strings.Fields(string(m[1]))
 }
 
 // debianPackageOf is the Debian package that installed the tool in PATH.
