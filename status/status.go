@@ -183,8 +183,8 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	// directory while neither their manifest nor their pins are there (both
 	// removed under it): shown, with that as a problem, rather than left
 	// out of the health check.
-	locks := pinstore.ReadLocks()
-	for _, e := range store.StateEntries() {
+	locks, state := pinstore.ReadLocks(), store.StateEntries()
+	for _, e := range state {
 		name, ok := strings.CutSuffix(e, ".lock")
 		if !ok || slices.Contains(names, name) || pinstore.CheckName("object", name) != nil {
 			continue
@@ -213,7 +213,7 @@ func ReadStatus(store pinstore.Store, only ...string) (*Status, error) {
 	st := &Status{Schema: StatusSchema, PinRoot: store.RootDir(), StateDir: store.StateDirectory(), Objects: []ObjectStatus{}, Healthy: true}
 	endBatch := hooks.Batch()
 	defer endBatch()
-	r := &reader{store: store, locks: locks, state: store.StateEntries(),
+	r := &reader{store: store, locks: locks, state: state,
 		owners: sync.OnceValue(func() map[uint32][2]string { return linkOwners(store) })}
 	st.Objects = make([]ObjectStatus, len(names))
 	// The objects are read side by side: the work is system calls, a few
