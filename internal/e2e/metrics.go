@@ -12,7 +12,9 @@ import (
 // Scrape fetches a metrics endpoint at url and returns its samples by
 // series ("name" or `name{label="value"}`).
 func Scrape(url string) (map[string]float64, error) {
-	client := http.Client{Timeout: 5 * time.Second}
+	// No keep-alive: a test that counts bpfsup's fds must not find the
+	// connection of its own last scrape among them.
+	client := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := client.Get(url)
 	if err != nil {
 		return nil, err
