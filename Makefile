@@ -27,6 +27,19 @@ build:
 
 include bpf/Makefile.inc
 
+# The native exec helper (supervisor/spawn/nativehelper/helper.c), committed as the
+# binary bpfsup embeds, as the BPF objects are: `make exec-helper` rebuilds it.
+# Without libc, static, without build id or symbols, so that a rebuild with
+# the same clang is byte-identical (TestNativeHelperBuilt checks it).
+EXEC_HELPER_CFLAGS := -O2 -Wall -Werror -static -nostdlib -ffreestanding -fno-builtin \
+	-fno-stack-protector -fno-asynchronous-unwind-tables -fno-ident -fno-pie \
+	-Wl,--build-id=none -Wl,-z,norelro -Wl,-z,noexecstack -Wl,-s
+EXEC_HELPER ?= supervisor/spawn/nativehelper/helper_amd64.bin
+.PHONY: exec-helper
+exec-helper: $(EXEC_HELPER)
+$(EXEC_HELPER): supervisor/spawn/nativehelper/helper.c
+	$(CLANG) -target x86_64-linux-gnu $(EXEC_HELPER_CFLAGS) -o $@ $<
+
 # The OCI image (Containerfile): FROM scratch, static bpfsup as the entrypoint,
 # the xdp-counter example and the example objects. Built with Debian's podman
 # (scripts/setup.sh installs it) under scripts/containers.conf; the binaries

@@ -4,9 +4,12 @@
 // that sets LISTEN_PID to the child's own pid, changes user when asked, and
 // execs the application in place.
 //
-// The helper is /bin/sh with a fixed script when there is one (ShellHelper),
-// else bpfsup itself with ExecArg first (internal/exechelper). The fork runs
-// on an OS thread that stays locked for the child's life, so that the
-// child's parent-death signal fires when bpfsup dies and not before;
-// Process.OnForkThread lets a re-exec of bpfsup run on that thread.
+// The helper is, by default, the native one that bpfsup carries (NativeHelper:
+// a static program of a few kilobytes, executed from a sealed memfd) on
+// x86-64; elsewhere, or where the kernel will not execute it, /bin/sh with a
+// fixed script (ShellHelper); without a shell, bpfsup itself with ExecArg
+// first (internal/exechelper). The fork runs on an OS thread that stays
+// locked for the child's life, so that the child's parent-death signal fires
+// when bpfsup dies and not before; Process.OnForkThread lets a re-exec of
+// bpfsup run on that thread.
 package spawn

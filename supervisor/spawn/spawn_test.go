@@ -225,11 +225,16 @@ func mustWorldExecutable(tb testing.TB) string {
 
 type helperCase struct{ name, path string }
 
-// helperCases are the exec helpers Start can use: the shell (the default),
-// and a freshly built bpfsup (where there is no shell).
+// helperCases are the exec helpers Start can use: the native one (the
+// default where there is one), the shell (the default elsewhere), and a
+// freshly built bpfsup (where there is no shell).
 func helperCases(t *testing.T) []helperCase {
 	testutil.RequireRoot(t)
-	return []helperCase{{"shell", ShellHelper}, {"bpfsup", testutil.BuildBpfsup(t)}}
+	cases := []helperCase{{"shell", ShellHelper}, {"bpfsup", testutil.BuildBpfsup(t)}}
+	if NativeHelperImage() != nil {
+		cases = append([]helperCase{{"native", NativeHelper}}, cases...)
+	}
+	return cases
 }
 
 // End to end through each exec helper: the child

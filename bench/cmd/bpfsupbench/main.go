@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
+
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -41,6 +43,7 @@ type bench struct {
 	goHelloBin           string // a Go program that does nothing; optional
 	depsFloorBin         string // bench/cmd/depsfloor; optional
 	pinFloorBin          string // bench/cmd/pinfloor; optional
+	nativeHelper         string // bpfsup's native exec helper, as a file; "" where there is none
 	pinBase              string
 	reps, restarts, rate int
 	keep                 bool
@@ -126,6 +129,12 @@ func (b *bench) main(sections []string) error {
 			cleanups.add(func() { os.RemoveAll(b.work) })
 		} else {
 			logf("work directory %s is kept", b.work)
+		}
+	}
+	if img := spawn.NativeHelperImage(); img != nil {
+		b.nativeHelper = filepath.Join(b.work, "bpfsup-exec")
+		if err := os.WriteFile(b.nativeHelper, img, 0o755); err != nil {
+			return err
 		}
 	}
 	for _, p := range []*string{&b.bpfsupBin, &b.childBin} {
@@ -400,4 +409,18 @@ func (b *bench) startChild(mode string) (readyEvent, error) {
 		return ev, err
 	}
 	return ev, p.wait(time.Minute)
+}
+
+// throughHelper is argv run through the exec helper bpfsup starts its child
+// with by default: the native one where bpfsup has it, else the shell.
+func (b *bench) throughHelper(argv ...string) []string {
+	if b.nativeHelper != "" {
+		return append([]string{b.nativeHelper}, argv...)
+	}
+	return throughShell(argv...)
+}
+
+// throughShell is argv run through the shell helper.
+func throughShell(argv ...string) []string {
+	return append([]string{spawn.ShellHelper, "-c", spawn.ShellScript, "bpfsup exec"}, argv...)
 }

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // Restart-to-ready. "Ready" is: every program attached and the application
@@ -18,8 +16,8 @@ import (
 // command to that report. The peers have no application of their own, so
 // their script starts the same child once the loader has returned: the
 // child's own start-up is in every figure. bpfsup starts it through its exec
-// helper (/bin/sh, which sets LISTEN_PID and execs it), and that is in
-// bpfsup's figures.
+// helper (the native one, or /bin/sh; it sets LISTEN_PID and execs it), and
+// that is in bpfsup's figures.
 //
 //	bpfsup-adopt  bpfsup run with every pin in place (a restart of bpfsup)
 //	bpfsup-load   bpfsup run with nothing pinned (first start, or a loader
@@ -71,7 +69,10 @@ func (b *bench) startupFloors() error {
 		{"xdp-loader help", []string{"xdp-loader", "help"}},
 		{"benchchild exit", []string{b.childBin, "exit"}},
 		// How bpfsup starts its child: through its exec helper.
-		{startupHelper, []string{spawn.ShellHelper, "-c", spawn.ShellScript, "bpfsup exec", b.childBin, "exit"}},
+		{startupHelper, b.throughHelper(b.childBin, "exit")},
+	}
+	if b.nativeHelper != "" {
+		floors = append(floors, floor{startupShell, throughShell(b.childBin, "exit")})
 	}
 	if b.goHelloBin != "" {
 		floors = append(floors, floor{startupGo, []string{b.goHelloBin}})
@@ -105,7 +106,8 @@ func (b *bench) startupFloors() error {
 // Labels of the start-up rows the targets read.
 const (
 	startupBpfsup = "bpfsup version"
-	startupHelper = "sh -c 'exec benchchild' exit"
+	startupHelper = "bpfsup's exec helper, then benchchild exit"
+	startupShell  = "sh -c 'exec benchchild' exit"
 	startupGo     = "gohello (a Go program that does nothing)"
 	startupDeps   = "depsfloor (an empty main linking bpfsup's libraries)"
 )

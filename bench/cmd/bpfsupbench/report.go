@@ -84,7 +84,8 @@ func (b *bench) report() string {
 	p("dispatcher first, which this kernel refuses (no freplace), and falls back to a single program.\n\n")
 	if len(r.Startup) > 0 {
 		p("For scale, the time each tool takes to start and exit doing nothing (fork to exit, 11 runs; bpfsup starts its ")
-		p("child through `/bin/sh` as its exec helper, timed here on its own; `gohello` is a Go program with an empty ")
+		p("child through its exec helper, timed here on its own: the native one, a static program of a few kilobytes that bpfsup ")
+		p("carries, where there is one, and `/bin/sh` beside it for comparison; `gohello` is a Go program with an empty ")
 		p("`main`, the floor under any Go program on this machine; `depsfloor` an empty `main` that links the libraries bpfsup ")
 		p("imports, whose package initialisation runs before any `main`, the floor under any program built on them):\n\n| command | median ms | spread ms |\n|---|---:|---:|\n")
 		for _, s := range r.Startup {
@@ -155,8 +156,8 @@ func (b *bench) report() string {
 		p("The child reports its death just before `exit(1)` and each new child its start (after checking its fds); the ")
 		p("latency is the next start minus the death, both clocks read inside the children. bpfsup: `bpfsup run --restart always ")
 		p("--restart-delay 0 --start-limit 0` with the small object attached (the child gets the map's fd, through bpfsup's ")
-		p("exec helper, /bin/sh). fork+exec: the benchmark's own loop of `exec.Cmd` Start and Wait, no fds; through the helper: the same loop starting ")
-		p("the child through `/bin/sh -c 'exec \"$@\"'` as bpfsup does, the floor of bpfsup's way of starting it. %d restarts each, in %d blocks taking turns.\n\n",
+		p("exec helper). fork+exec: the benchmark's own loop of `exec.Cmd` Start and Wait, no fds; through the helper: the same loop starting ")
+		p("the child through bpfsup's exec helper as bpfsup does, the floor of bpfsup's way of starting it. %d restarts each, in %d blocks taking turns.\n\n",
 			rs.Restarts, restartBlocks)
 		p("| | median ms | p90 ms | p99 ms | min – max ms |\n|---|---:|---:|---:|---:|\n")
 		p("| bpfsup | %s | %s | %s | %s |\n", fmtMs(rs.BpfsupS.Median), fmtMs(rs.BpfsupS.P90), fmtMs(rs.BpfsupS.P99), spread(rs.BpfsupS))
@@ -192,7 +193,7 @@ func (b *bench) report() string {
 	p("which at 1000 objects is over the 20000 fds of RLIMIT_NOFILE this VM gives root without CAP_SYS_RESOURCE. ")
 	p("*Floor*: `pinfloor` (bench/cmd/pinfloor), taking turns with bpfsup in each repetition, does only what no adopt or status ")
 	p("can skip: one walk of the pin root, every pin opened with its kind and the kernel's info, on as many goroutines as CPUs; ")
-	p("for adopt, the child started through `/bin/sh` with the same map fds; for status, each map's memory read from its fdinfo. ")
+	p("for adopt, the child started through bpfsup's exec helper with the same map fds; for status, each map's memory read from its fdinfo. ")
 	p("No lock, manifest or hook is checked: the floor of any Go program on this machine, not a program that would be correct.\n\n")
 	p("| objects | maps | handed | load median ms | adopt median ms | adopt spread ms | adopt floor ms | adopt per object ms | status median ms | status spread ms | status floor ms | --json median ms | --json spread ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scale {

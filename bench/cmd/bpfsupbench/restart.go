@@ -8,8 +8,6 @@ import (
 	"sort"
 	"syscall"
 	"time"
-
-	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // Child restart: benchchild in "crash" mode reports its start (CLOCK_MONOTONIC
@@ -20,14 +18,13 @@ import (
 //
 //	bpfsup     bpfsup run --restart always --restart-delay 0 --start-limit 0
 //	           with the small object attached: bpfsup reaps the child, and
-//	           starts the next one through its exec helper (/bin/sh), with
-//	           the map fd
+//	           starts the next one through its exec helper (the native
+//	           one, /bin/sh where there is none), with the map fd
 //	fork+exec  the benchmark's own loop: exec.Cmd Start, Wait, Start ...,
 //	           no fds: the floor any supervisor stands on
-//	helper     the same loop through bpfsup's exec helper (/bin/sh -c
-//	           'exec "$@"'): the floor of a supervisor starting its child
-//	           the way bpfsup does, so that the helper's own cost is shown
-//	           apart from bpfsup's
+//	helper     the same loop through bpfsup's exec helper: the floor of a
+//	           supervisor starting its child the way bpfsup does, so that
+//	           the helper's own cost is shown apart from bpfsup's
 //
 // The restarts run in blocks, the two sides taking turns, so that a change
 // of the machine's load touches both alike.
@@ -39,8 +36,8 @@ type RestartResult struct {
 	ForkExec  []float64 `json:"forkexec_ms"`
 	BpfsupS   Stats     `json:"bpfsup_stats_ms"`
 	ForkExecS Stats     `json:"forkexec_stats_ms"`
-	// Helper is fork+exec of the child through bpfsup's exec helper
-	// (/bin/sh), as bpfsup starts it: the honest floor for bpfsup's restart.
+	// Helper is fork+exec of the child through bpfsup's exec helper, as
+	// bpfsup starts it: the honest floor for bpfsup's restart.
 	Helper  []float64 `json:"helper_ms"`
 	HelperS Stats     `json:"helper_stats_ms"`
 }
@@ -84,9 +81,9 @@ func (b *bench) restartSection() error {
 			return fmt.Errorf("fork+exec: %w", err)
 		}
 		res.ForkExec = append(res.ForkExec, lat...)
-		lat, err = b.forkExecRestarts(per, spawn.ShellHelper, "-c", spawn.ShellScript, "bpfsup exec", b.childBin, "crash")
+		lat, err = b.forkExecRestarts(per, b.throughHelper(b.childBin, "crash")...)
 		if err != nil {
-			return fmt.Errorf("fork+exec through %s: %w", spawn.ShellHelper, err)
+			return fmt.Errorf("fork+exec through the exec helper: %w", err)
 		}
 		res.Helper = append(res.Helper, lat...)
 	}

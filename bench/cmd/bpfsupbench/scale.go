@@ -142,7 +142,7 @@ func (b *bench) scaleFloor(e *bpfsupEnv, row *ScaleRow) error {
 		args = []string{"adopt", "-no-maps", e.pinRoot, b.childBin, "exit"}
 	}
 	c := exec.Command(b.pinFloorBin, args...)
-	c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path)
+	c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path, "PINFLOOR_HELPER="+b.nativeHelper)
 	d, err := b.timeToChild("pinfloor adopt", c, "", row.Handed)
 	if err != nil {
 		return err

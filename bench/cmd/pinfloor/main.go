@@ -10,7 +10,8 @@
 //
 //	pinfloor adopt [-no-maps] ROOT CMD [ARG...]
 //	    starts CMD with every map's fd (LISTEN_FDS; none with -no-maps),
-//	    through /bin/sh as bpfsup's exec helper, and waits for it;
+//	    through bpfsup's exec helper, and waits for it: the file that
+//	    PINFLOOR_HELPER names (the native helper), else /bin/sh;
 //	pinfloor status ROOT
 //	    also reads each map's memory from its fdinfo, as bpfsup status
 //	    does, and prints one line per pin.
@@ -74,6 +75,9 @@ func main() {
 		}
 	}
 	c := exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec "$@"`, "sh"}, args[1:]...)...)
+	if helper := os.Getenv("PINFLOOR_HELPER"); helper != "" {
+		c = exec.Command(helper, args[1:]...)
+	}
 	c.Env = append(os.Environ(), "LISTEN_FDS="+strconv.Itoa(len(files)))
 	c.ExtraFiles = files
 	c.Stdout, c.Stderr = os.Stdout, os.Stderr
