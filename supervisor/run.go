@@ -750,10 +750,16 @@ func (s *supervisor) startChild() error {
 // child now runs with needed and a supervisor that waits does not: the heap
 // that parsing objects and the kernel's BTF left, which Go's scavenger
 // would return only over minutes, and the kernel's BTF mapping, which
-// cilium/ebpf unmaps once a collection finds it unreachable.
+// cilium/ebpf unmaps once a collection finds it unreachable. A second
+// later: the forced collection takes every CPU it can, which the child's
+// own start, just begun, needs more.
 func (s *supervisor) releaseMemory() {
-	go debug.FreeOSMemory()
+	time.AfterFunc(releaseMemoryAfter, debug.FreeOSMemory)
 }
+
+// releaseMemoryAfter is how long after the first start of the child
+// releaseMemory gives memory back.
+const releaseMemoryAfter = time.Second
 
 // childNotified handles a datagram from the child's notify socket, and
 // closes the fds that came with it (see notifyMsg).

@@ -180,6 +180,12 @@ func findObject(objs []config.Object, ref string, has func(config.Object, string
 	if len(objs) == 0 {
 		return 0, "", errors.New("no object given (-o OBJECT)")
 	}
+	if !qualified && len(objs) == 1 {
+		// Whatever the object has, the name is its: the install says
+		// so when it has not. Reading its ELF here would parse it on
+		// every start, adopting too.
+		return 0, name, nil
+	}
 	var found []int
 	for i, o := range objs {
 		n := o.Name
