@@ -120,8 +120,12 @@ func At(name string) {
 	killHit, stopHit := kill.reached(name), stop.reached(name)
 	mu.Unlock()
 	if stopHit {
-		// Every thread stops; At returns once the test sends SIGCONT.
-		_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+		// Every thread stops; At returns once the test sends SIGCONT. To
+		// this thread: one sent to the process is taken by whichever
+		// thread the kernel picks (the main one, often asleep), and this
+		// one runs on until that one has woken and stopped the others,
+		// past the stop point by a link swap or two on a busy machine.
+		_ = syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGSTOP)
 	}
 	if killHit {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
