@@ -1,10 +1,13 @@
 package status
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"slices"
@@ -691,31 +694,33 @@ func countEntries(m *ebpf.Map, limit int) int {
 	return n
 }
 
-// Render prints st for people.
-func (st *Status) Render() string {
-	var b strings.Builder
+// Render writes st to w for people, an object at a time: the text of a
+// thousand objects is over a megabyte, which a string built whole would
+// first have the process allocate, page by page, several times over.
+func (st *Status) Render(w io.Writer) error {
+	b := bufio.NewWriterSize(w, 32<<10)
 	if len(st.Objects) == 0 {
-		fmt.Fprintf(&b, "no objects under %s\n", st.PinRoot)
-		return b.String()
+		fmt.Fprintf(b, "no objects under %s\n", st.PinRoot)
+		return b.Flush()
 	}
 	for _, o := range st.Objects {
-		fmt.Fprintf(&b, "object %s (%s) generation %d\n", o.Name, o.Dir, o.Generation)
+		fmt.Fprintf(b, "object %s (%s) generation %d\n", o.Name, o.Dir, o.Generation)
 		if o.ObjectSHA256 != "" {
-			fmt.Fprintf(&b, "  file    %s sha256 %s", o.Source, o.ObjectSHA256)
+			fmt.Fprintf(b, "  file    %s sha256 %s", o.Source, o.ObjectSHA256)
 			if o.Signer != "" {
-				fmt.Fprintf(&b, " signed by %s", o.Signer)
+				fmt.Fprintf(b, " signed by %s", o.Signer)
 			}
 			b.WriteString("\n")
 		}
 		if sup := o.Supervisor; sup != nil {
-			fmt.Fprintf(&b, "  supervisor pid %d", sup.PID)
+			fmt.Fprintf(b, "  supervisor pid %d", sup.PID)
 			if sup.Version != "" {
-				fmt.Fprintf(&b, " version %s", sup.Version)
+				fmt.Fprintf(b, " version %s", sup.Version)
 			}
 			if sup.ChildPID != 0 {
-				fmt.Fprintf(&b, ", child pid %d", sup.ChildPID)
+				fmt.Fprintf(b, ", child pid %d", sup.ChildPID)
 			}
-			fmt.Fprintf(&b, ", restarts %d", sup.Restarts)
+			fmt.Fprintf(b, ", restarts %d", sup.Restarts)
 			if sup.ProgramStats {
 				b.WriteString(", program stats on")
 			}
@@ -724,7 +729,7 @@ func (st *Status) Render() string {
 			}
 			b.WriteString("\n")
 		} else {
-			fmt.Fprintf(&b, "  supervisor: none running\n")
+			fmt.Fprintf(b, "  supervisor: none running\n")
 		}
 		for _, m := range o.Maps {
 			entries := ""
@@ -734,26 +739,26 @@ func (st *Status) Render() string {
 			if m.MemoryBytes > 0 {
 				entries += fmt.Sprintf(" memory %d", m.MemoryBytes)
 			}
-			fmt.Fprintf(&b, "  map     %-20s id %-6d %s key %d value %d max %d%s\n", m.Name, m.ID, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, entries)
+			fmt.Fprintf(b, "  map     %-20s id %-6d %s key %d value %d max %d%s\n", m.Name, m.ID, m.Type, m.KeySize, m.ValueSize, m.MaxEntries, entries)
 		}
 		for _, p := range o.Programs {
-			fmt.Fprintf(&b, "  program %-20s id %-6d %s tag %s loaded %s", p.Name, p.ID, p.Type, p.Tag, p.LoadedAt.Format(time.RFC3339))
+			fmt.Fprintf(b, "  program %-20s id %-6d %s tag %s loaded %s", p.Name, p.ID, p.Type, p.Tag, p.LoadedAt.Format(time.RFC3339))
 			if p.RunCount > 0 {
-				fmt.Fprintf(&b, " runs %d, %d ns/run", p.RunCount, p.RunTimeNs/p.RunCount)
+				fmt.Fprintf(b, " runs %d, %d ns/run", p.RunCount, p.RunTimeNs/p.RunCount)
 			}
 			b.WriteString("\n")
 		}
 		for _, l := range o.Links {
-			fmt.Fprintf(&b, "  link    %-20s id %-6d %s program %d hook %s %s", l.Name, l.ID, l.Type, l.ProgramID, l.Hook, l.State)
+			fmt.Fprintf(b, "  link    %-20s id %-6d %s program %d hook %s %s", l.Name, l.ID, l.Type, l.ProgramID, l.Hook, l.State)
 			if l.NetnsInode != 0 {
 				where := "own netns"
 				if l.Netns != "" {
 					where = "netns " + l.Netns
 				}
-				fmt.Fprintf(&b, " in %s (inode %d)", where, l.NetnsInode)
+				fmt.Fprintf(b, " in %s (inode %d)", where, l.NetnsInode)
 			}
 			if l.Upgrade != "" {
-				fmt.Fprintf(&b, " (%s, upgrade %s)", l.Mechanism, l.Upgrade)
+				fmt.Fprintf(b, " (%s, upgrade %s)", l.Mechanism, l.Upgrade)
 			}
 			b.WriteString("\n")
 			if l.Order != nil {
@@ -761,13 +766,13 @@ func (st *Status) Render() string {
 			}
 		}
 		for _, p := range o.Problems {
-			fmt.Fprintf(&b, "  problem: %s\n", p)
+			fmt.Fprintf(b, "  problem: %s\n", p)
 		}
 		if !o.Healthy {
 			b.WriteString("  NOT HEALTHY\n")
 		}
 	}
-	return b.String()
+	return b.Flush()
 }
 
 // Ready says why st is not ready, or nil when every object is healthy and
@@ -800,9 +805,43 @@ func (st *Status) Ready() error {
 	return nil
 }
 
-// JSON is st as `bpfsup status --json` prints it.
-func (st *Status) JSON() ([]byte, error) {
-	return json.MarshalIndent(st, "", "  ")
+// WriteJSON writes st to w as `bpfsup status --json` prints it: the bytes of
+// json.MarshalIndent(st, "", "  ") and a newline, marshalled an object at a
+// time (see Render).
+func (st *Status) WriteJSON(w io.Writer) error {
+	head := *st
+	head.Objects = []ObjectStatus{}
+	top, err := json.MarshalIndent(&head, "", "  ")
+	if err != nil {
+		return err
+	}
+	// Objects is the last field: the objects go where its [] is.
+	const empty = "[]\n}"
+	if !bytes.HasSuffix(top, []byte(empty)) {
+		return fmt.Errorf("status JSON: objects are not the last field: %s", top)
+	}
+	b := bufio.NewWriterSize(w, 32<<10)
+	b.Write(top[:len(top)-len(empty)])
+	if len(st.Objects) == 0 {
+		b.WriteString(empty)
+	} else {
+		b.WriteString("[\n")
+		for i := range st.Objects {
+			o, err := json.MarshalIndent(&st.Objects[i], "    ", "  ")
+			if err != nil {
+				return err
+			}
+			b.WriteString("    ")
+			b.Write(o)
+			if i < len(st.Objects)-1 {
+				b.WriteString(",")
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("  ]\n}")
+	}
+	b.WriteString("\n")
+	return b.Flush()
 }
 
 func programIDs(m *pinstore.Manifest) map[string]uint32 {

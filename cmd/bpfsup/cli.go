@@ -324,15 +324,9 @@ application ready: a readiness probe. Otherwise it says why and exits 1.`,
 			case ready:
 				return st.Ready()
 			case asJSON:
-				b, err := st.JSON()
-				if err != nil {
-					return err
-				}
-				fmt.Println(string(b))
-				return nil
+				return st.WriteJSON(os.Stdout)
 			}
-			fmt.Print(st.Render())
-			return nil
+			return st.Render(os.Stdout)
 		},
 	}
 	sf.add(c)
