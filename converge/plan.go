@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -21,6 +20,7 @@ import (
 	"github.com/bpfsup/bpfsup/config"
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/hooks"
+	"github.com/bpfsup/bpfsup/internal/fastio"
 	"github.com/bpfsup/bpfsup/internal/objsign"
 	"github.com/bpfsup/bpfsup/pinstore"
 )
@@ -146,7 +146,7 @@ func readObject(cfg config.Object) (objectFile, error) {
 	if cfg.Path == "" {
 		return objectFile{}, errors.New("object without a path")
 	}
-	data, err := os.ReadFile(cfg.Path)
+	data, err := fastio.ReadFile(cfg.Path)
 	if err != nil {
 		return objectFile{}, fmt.Errorf("object %s: %w", cfg.Path, err)
 	}

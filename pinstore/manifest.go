@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
+	"github.com/bpfsup/bpfsup/internal/fastio"
 )
 
 // ManifestVersion is the schema version of Manifest; it changes only when a
@@ -149,7 +150,7 @@ func (s Store) manifestTemp(name string) string {
 // ReadManifest reads the manifest of object name. A missing manifest is
 // (nil, nil).
 func (s Store) ReadManifest(name string) (*Manifest, error) {
-	data, err := os.ReadFile(s.ManifestPath(name))
+	data, err := fastio.ReadFile(s.ManifestPath(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/bpfsup/bpfsup/internal/bpffs"
+	"github.com/bpfsup/bpfsup/internal/fastio"
 
 	"golang.org/x/sys/unix"
 
@@ -177,7 +178,7 @@ func (s Store) Open(name string) (_ *Object, err error) {
 // otherPinRoot is the pin root that the manifest of object name in the
 // state directory records, when that is not this store's; "" otherwise.
 func (s Store) otherPinRoot(name string) string {
-	data, err := os.ReadFile(s.ManifestPath(name))
+	data, err := fastio.ReadFile(s.ManifestPath(name))
 	if err != nil {
 		return ""
 	}

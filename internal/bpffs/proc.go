@@ -69,16 +69,20 @@ func readFDInfo(fd int, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.Close(f)
+	// An fdinfo file is one record of the kernel's seq_file: a read with
+	// room for it returns all of it, and one that returns less than it had
+	// room for is the whole file, without the read of its end (status
+	// reads this for every map).
 	n := 0
 	for n < len(buf) {
 		m, err := unix.Read(f, buf[n:])
 		if err != nil {
 			return nil, err
 		}
-		if m == 0 {
+		n += m
+		if m == 0 || n < len(buf) {
 			break
 		}
-		n += m
 	}
 	return buf[:n], nil
 }
