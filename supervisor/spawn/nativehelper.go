@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NativeHelper, as Child.Helper, is the native exec helper: a static
+// NativeHelper is the native exec helper, as Child.Helper: a static
 // program of a few kilobytes, without libc, that bpfsup carries in its
 // binary (nativehelper/helper.c, built into nativehelper/helper_amd64.bin). It does what
 // ShellScript does, LISTEN_PID and the exec of the application looked up in
