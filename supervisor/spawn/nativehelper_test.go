@@ -8,9 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/bpfsup/bpfsup/internal/testutil"
 )
@@ -95,17 +93,7 @@ func TestNativeHelperLikeShell(t *testing.T) {
 				env = append(env, "PATH="+tc.path)
 			}
 			var out bytes.Buffer
-			p, err := Start(Child{Helper: NativeHelper, Args: []string{tc.cmd, "arg"}, Env: env, Stdout: &out, Stderr: &out})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var st *os.ProcessState
-			select {
-			case st = <-p.Done:
-			case <-time.After(20 * time.Second):
-				syscall.Kill(p.Pid, syscall.SIGKILL)
-				t.Fatal("the child did not exit")
-			}
+			p, st := runToExit(t, Child{Helper: NativeHelper, Args: []string{tc.cmd, "arg"}, Env: env, Stdout: &out, Stderr: &out})
 			want := tc.out
 			if tc.status == 0 {
 				want += " " + strconv.Itoa(p.Pid) + " " + strconv.Itoa(p.Pid)

@@ -449,21 +449,28 @@ func TestStartCommandNotFound(t *testing.T) {
 		for _, cmd := range []string{"/nonexistent/bpfsup-no-such-command", "bpfsup-no-such-command"} {
 			t.Run(hc.name+"/"+cmd, func(t *testing.T) {
 				var stderr bytes.Buffer
-				p, err := Start(Child{Helper: hc.path, Args: []string{cmd}, Stderr: &stderr})
-				if err != nil {
-					t.Fatal(err)
-				}
-				var st *os.ProcessState
-				select {
-				case st = <-p.Done:
-				case <-time.After(20 * time.Second):
-					syscall.Kill(p.Pid, syscall.SIGKILL)
-					t.Fatal("the child did not exit")
-				}
+				_, st := runToExit(t, Child{Helper: hc.path, Args: []string{cmd}, Stderr: &stderr})
 				if st.ExitCode() != 127 || !strings.Contains(stderr.String(), "bpfsup") || !strings.Contains(stderr.String(), cmd) {
 					t.Fatalf("exit %d, stderr %q; want 127 and a message naming bpfsup and %s", st.ExitCode(), stderr.String(), cmd)
 				}
 			})
 		}
+	}
+}
+
+// runToExit starts c and waits for it to exit.
+func runToExit(t *testing.T, c Child) (*Process, *os.ProcessState) {
+	t.Helper()
+	p, err := Start(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-p.Done:
+		return p, st
+	case <-time.After(20 * time.Second):
+		syscall.Kill(p.Pid, syscall.SIGKILL)
+		t.Fatal("the child did not exit")
+		return nil, nil
 	}
 }
