@@ -44,6 +44,9 @@ type Options struct {
 	Netns string
 	// Command is the application; required.
 	Command []string
+	// ExecHelper starts the application (spawn.Child.Helper): "", the
+	// default, lets spawn choose.
+	ExecHelper string
 	// Restart is the restart policy; see DefaultRestartPolicy.
 	Restart RestartPolicy
 	// StopTimeout is how long a stopping child has between the stop signal
@@ -712,6 +715,7 @@ func (s *supervisor) startChild() error {
 		env = append(env, "NOTIFY_SOCKET="+s.notify.path)
 	}
 	c := spawn.Child{
+		Helper:     s.opts.ExecHelper,
 		Args:       s.opts.Command,
 		Env:        env,
 		Files:      files,
@@ -733,7 +737,7 @@ func (s *supervisor) startChild() error {
 	s.child, s.childStarted = p, now
 	s.childPID.Store(int32(p.Pid))
 	s.metrics.childUp.Set(1)
-	s.log.Info("child started", "pid", p.Pid, "command", s.opts.Command[0], "fds", len(files))
+	s.log.Info("child started", "pid", p.Pid, "command", s.opts.Command[0], "fds", len(files), "exec_helper", p.Helper)
 	if !s.ready && s.notify == nil {
 		s.ready = true
 		_, _ = daemon.SdNotify(false, "READY=1")

@@ -24,7 +24,7 @@ type runFlags struct {
 	sf                                              storeFlags
 	configPath, netns, restart, userName, groupName string
 	notify, notifyAccess, logFormat, metricsAddr    string
-	onUpgrade                                       string
+	onUpgrade, execHelper                           string
 	objects, attaches, mapAccess, trustedKeys       []string
 	restartDelay, restartMaxDelay, stableAfter      time.Duration
 	startLimitInterval, stopTimeout                 time.Duration
@@ -53,6 +53,7 @@ func (f *runFlags) add(c *cobra.Command) {
 	fl.StringArrayVar(&f.mapAccess, "map-access", nil, "hand a map to the child as [OBJECT/]MAP=rw|ro|wo|none (repeatable)")
 	fl.StringVar(&f.notify, "notify", "", "child: systemd READY=1 waits for the child's own READY=1")
 	fl.StringVar(&f.notifyAccess, "notify-access", string(config.NotifyAccessMain), "with --notify=child, whose messages count: main (the child alone) or all (and its descendants)")
+	fl.StringVar(&f.execHelper, "exec-helper", "", "what starts the child and sets its LISTEN_PID: native (a 9 KB program bpfsup carries, run from a memfd; the default on x86-64), shell (/bin/sh; the default elsewhere) or bpfsup (bpfsup itself)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on HOST:PORT")
 	fl.StringVar(&f.onUpgrade, "on-upgrade", config.UpgradeRestart, "child on upgrade: restart, none or signal:NAME")
@@ -222,6 +223,10 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 			return supervisor.Options{}, err
 		}
 	}
+	helper, err := spawn.HelperNamed(f.execHelper)
+	if err != nil {
+		return supervisor.Options{}, usageError{fmt.Errorf("--exec-helper %w", err)}
+	}
 	var cred *spawn.Credential
 	if f.userName != "" || f.groupName != "" {
 		if cred, err = lookupCredential(f.userName, f.groupName); err != nil {
@@ -233,7 +238,7 @@ func (f *runFlags) options(file *config.File, args []string, log *slog.Logger) (
 		return supervisor.Options{}, err
 	}
 	opts := supervisor.Options{
-		Store: f.sf.store(), Objects: objs, Netns: f.netns, Command: command,
+		Store: f.sf.store(), Objects: objs, Netns: f.netns, Command: command, ExecHelper: helper,
 		Restart: supervisor.RestartPolicy{
 			Mode: mode, Delay: f.restartDelay, MaxDelay: f.restartMaxDelay, StableAfter: f.stableAfter,
 			StartLimit: f.startLimit, StartLimitInterval: f.startLimitInterval,

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/bpfsup/bpfsup/internal/e2e"
 	"github.com/bpfsup/bpfsup/internal/testutil"
+	"github.com/bpfsup/bpfsup/supervisor/spawn"
 )
 
 // systemPython has python3-systemd; the python3 on PATH may not.
@@ -153,8 +155,20 @@ func fdsOf(t *testing.T, pid int) map[int]string {
 
 // The hand-off leaks nothing: the child holds fds 0, 1 and 2 and the handed
 // ones, in the order LISTEN_FDNAMES names them, and no other; not even an fd
-// that bpfsup itself inherited without being told to pass it on.
+// that bpfsup itself inherited without being told to pass it on. So through
+// each exec helper --exec-helper names.
 func TestHandoffLeaksNothing(t *testing.T) {
+	for _, helper := range spawn.HelperNames {
+		t.Run(helper, func(t *testing.T) {
+			if helper == "native" && spawn.NativeHelperImage() == nil {
+				t.Skipf("no native exec helper on %s", runtime.GOARCH)
+			}
+			handoffLeaksNothing(t, helper)
+		})
+	}
+}
+
+func handoffLeaksNothing(t *testing.T, helper string) {
 	env := testutil.MustEnv(t)
 	a, b := testutil.MustNetns(t, "fd-a"), testutil.MustNetns(t, "fd-b")
 	_, ifB := testutil.MustVethPair(t, a, b)
@@ -180,11 +194,14 @@ handoff = true
 	const strayFD = 20
 	// The child is a program that opens no fd of its own: what it holds
 	// is what it was given.
-	cmd := exec.Command(env.Bin, env.Args("run", "-c", cfg, "--", "/bin/sleep", "3600")...)
+	cmd := exec.Command(env.Bin, env.Args("run", "-c", cfg, "--exec-helper", helper, "--", "/bin/sleep", "3600")...)
 	cmd.ExtraFiles = make([]*os.File, strayFD-2)
 	cmd.ExtraFiles[strayFD-3] = stray
 	sup := testutil.StartProc(t, cmd)
 	sup.WaitOutput(t, `msg="child started"`, startTimeout)
+	if !strings.Contains(sup.Output(), "exec_helper="+helper) {
+		t.Fatalf("--exec-helper %s: the child was started otherwise:\n%s", helper, sup.Output())
+	}
 	pid := 0
 	testutil.WaitFor(t, waitTimeout, "the child's pid in status", func() bool {
 		o := objectStatus(t, env, "dropfilter")

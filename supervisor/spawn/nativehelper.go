@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 
@@ -74,4 +75,42 @@ func openNativeHelper(minFD int) (*os.File, string, error) {
 		return nil, "", fmt.Errorf("%w: fd above %d: %w", errNativeSetup, minFD, err)
 	}
 	return os.NewFile(uintptr(high), "bpfsup-exec"), "/proc/self/fd/" + strconv.Itoa(high), nil
+}
+
+// HelperNames are the exec helpers `bpfsup run --exec-helper` names.
+var HelperNames = []string{"native", "shell", "bpfsup"}
+
+// HelperNamed is the Child.Helper that name stands for: "" (Start's
+// choice) for "", NativeHelper for "native", ShellHelper for "shell", the
+// running executable for "bpfsup". A helper this machine does not have is
+// an error that says so.
+func HelperNamed(name string) (string, error) {
+	switch name {
+	case "":
+		return "", nil
+	case "native":
+		if len(nativeImage) == 0 {
+			return "", fmt.Errorf("no native exec helper for %s: use shell or bpfsup", runtime.GOARCH)
+		}
+		return NativeHelper, nil
+	case "shell":
+		if err := unix.Access(ShellHelper, unix.X_OK); err != nil {
+			return "", fmt.Errorf("%s: %w", ShellHelper, err)
+		}
+		return ShellHelper, nil
+	case "bpfsup":
+		return os.Executable()
+	}
+	return "", fmt.Errorf("%q: must be native, shell or bpfsup", name)
+}
+
+// helperName is the name HelperNamed takes for helper.
+func helperName(helper string) string {
+	switch helper {
+	case NativeHelper:
+		return "native"
+	case ShellHelper:
+		return "shell"
+	}
+	return "bpfsup"
 }

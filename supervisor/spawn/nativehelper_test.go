@@ -24,8 +24,8 @@ func TestDefaultHelperIsNative(t *testing.T) {
 		t.Fatalf("default helper %q, %v; want the native one", got, err)
 	}
 	c := mustStart(t, Child{Args: []string{testExe(t)}, Env: append(os.Environ(), childEnv+"=report")})
-	if r := c.report(t); r.ListenPID != strconv.Itoa(c.Pid) {
-		t.Fatalf("LISTEN_PID=%q, child is %d", r.ListenPID, c.Pid)
+	if r := c.report(t); r.ListenPID != strconv.Itoa(c.Pid) || c.Helper != "native" {
+		t.Fatalf("LISTEN_PID=%q, child is %d, started by the %s helper", r.ListenPID, c.Pid, c.Helper)
 	}
 }
 
@@ -46,8 +46,8 @@ func TestNativeHelperRefused(t *testing.T) {
 	if r := c.report(t); r.ListenPID != strconv.Itoa(c.Pid) {
 		t.Fatalf("LISTEN_PID=%q, child is %d", r.ListenPID, c.Pid)
 	}
-	if !nativeRefused.Load() {
-		t.Fatal("the refused native helper is still the default")
+	if !nativeRefused.Load() || c.Helper != "shell" {
+		t.Fatalf("started by the %s helper; the refused native helper is still the default: %v", c.Helper, !nativeRefused.Load())
 	}
 	if got, _ := (Child{}).helper(); got != ShellHelper {
 		t.Fatalf("default helper after the refusal %q, want %s", got, ShellHelper)
@@ -127,5 +127,39 @@ func TestNativeHelperBuilt(t *testing.T) {
 	}
 	if !bytes.Equal(got, NativeHelperImage()) {
 		t.Fatalf("nativehelper/helper_amd64.bin (%d bytes) is not what nativehelper/helper.c builds to (%d bytes): run make exec-helper", len(NativeHelperImage()), len(got))
+	}
+}
+
+// --exec-helper's names stand for the helpers, and name the one a process
+// was started by.
+func TestHelperNamed(t *testing.T) {
+	for name, want := range map[string]string{"": "", "shell": ShellHelper} {
+		if got, err := HelperNamed(name); err != nil || got != want {
+			t.Errorf("%q: %q, %v; want %q", name, got, err, want)
+		}
+	}
+	if exe, _ := os.Executable(); exe == "" {
+		t.Fatal("no executable")
+	} else if got, err := HelperNamed("bpfsup"); err != nil || got != exe {
+		t.Errorf("bpfsup: %q, %v; want %q", got, err, exe)
+	}
+	got, err := HelperNamed("native")
+	if NativeHelperImage() != nil && (err != nil || got != NativeHelper) {
+		t.Errorf("native: %q, %v", got, err)
+	}
+	if NativeHelperImage() == nil && (err == nil || !strings.Contains(err.Error(), runtime.GOARCH)) {
+		t.Errorf("native without a native helper: %q, %v; want an error naming %s", got, err, runtime.GOARCH)
+	}
+	if _, err := HelperNamed("sh"); err == nil || !strings.Contains(err.Error(), "must be native, shell or bpfsup") {
+		t.Errorf("sh: %v, want an error listing the names", err)
+	}
+	for _, name := range HelperNames {
+		h, err := HelperNamed(name)
+		if err != nil {
+			continue
+		}
+		if helperName(h) != name {
+			t.Errorf("%s: started processes would say %q", name, helperName(h))
+		}
 	}
 }

@@ -87,6 +87,9 @@ type Child struct {
 type Process struct {
 	// Pid is the child's pid (the helper's, which becomes the application).
 	Pid int
+	// Helper names the exec helper that started it: "native", "shell" or
+	// "bpfsup" (see HelperNamed).
+	Helper string
 	// Done receives the child's wait status once, when it has exited and been
 	// reaped.
 	Done <-chan *os.ProcessState
@@ -150,6 +153,7 @@ func Start(c Child) (*Process, error) {
 				if !errors.Is(err, errNativeSetup) {
 					nativeRefused.Store(true)
 				}
+				p.Helper = helperName(next)
 				return p, nil
 			}
 		}
@@ -157,6 +161,7 @@ func Start(c Child) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
 	}
+	p.Helper = helperName(helper)
 	return p, nil
 }
 
