@@ -63,12 +63,25 @@ func WallTime(sinceBoot time.Duration) time.Time {
 // bootTime is when the machine booted, read once: the wall clock less the
 // time since boot, rounded to the millisecond so that every status of the
 // same program says the same time. /proc/stat's btime has whole seconds
-// only, which put times up to a second early.
+// only, which put times up to a second early. The wall clock is read
+// between two reads of the time since boot, and the narrowest of a few
+// tries is taken: a thread preempted between two reads (an emulated VM
+// does that for milliseconds) would put the boot that much early.
 var bootTime = sync.OnceValues(func() (time.Time, bool) {
-	var real, boot unix.Timespec
-	if unix.ClockGettime(unix.CLOCK_REALTIME, &real) != nil || unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot) != nil {
-		return time.Time{}, false
+	best, bestWindow := time.Duration(0), time.Duration(-1)
+	for range 5 {
+		var b1, real, b2 unix.Timespec
+		if unix.ClockGettime(unix.CLOCK_BOOTTIME, &b1) != nil || unix.ClockGettime(unix.CLOCK_REALTIME, &real) != nil ||
+			unix.ClockGettime(unix.CLOCK_BOOTTIME, &b2) != nil {
+			return time.Time{}, false
+		}
+		window := time.Duration(b2.Nano() - b1.Nano())
+		if bestWindow < 0 || window < bestWindow {
+			best, bestWindow = time.Duration(real.Nano()-(b1.Nano()+b2.Nano())/2), window
+		}
+		if window < 100*time.Microsecond {
+			break
+		}
 	}
-	since := time.Duration(real.Nano() - boot.Nano())
-	return time.Unix(0, 0).Add(since.Round(time.Millisecond)), true
+	return time.Unix(0, 0).Add(best.Round(time.Millisecond)), true
 })

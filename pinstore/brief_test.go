@@ -100,12 +100,18 @@ func mustProgramUsing(tb testing.TB, maps []*ebpf.Map) *ebpf.Program {
 // WallTime of the time since boot now is now, to within a few milliseconds:
 // /proc/stat's whole-second btime put it up to a second early.
 func TestWallTime(t *testing.T) {
+	// The wall clock read just before and just after the time since boot
+	// brackets it, however long the reads took (an emulated VM may stop
+	// the thread between them); WallTime rounds the boot and truncates to
+	// the millisecond.
+	before := time.Now()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		t.Fatal(err)
 	}
-	got, now := WallTime(time.Duration(ts.Nano())), time.Now()
-	if d := now.Sub(got); d < -5*time.Millisecond || d > 5*time.Millisecond {
-		t.Fatalf("WallTime of the time since boot now is %v, %v from now", got, d)
+	after := time.Now()
+	got := WallTime(time.Duration(ts.Nano()))
+	if got.Before(before.Add(-2*time.Millisecond)) || got.After(after.Add(2*time.Millisecond)) {
+		t.Fatalf("WallTime of the time since boot is %v, read between %v and %v", got, before.UTC(), after.UTC())
 	}
 }
