@@ -54,8 +54,8 @@ func TestNativeHelperRefused(t *testing.T) {
 	}
 	// Named explicitly, it is an error that says so.
 	_, err := Start(Child{Helper: NativeHelper, Args: []string{"true"}})
-	if err == nil || !strings.Contains(err.Error(), "exec format error") {
-		t.Fatalf("start through the refused native helper: %v, want exec format error", err)
+	if err == nil || !strings.Contains(err.Error(), "exec format error") || !strings.Contains(err.Error(), "--exec-helper shell") {
+		t.Fatalf("start through the refused native helper: %v, want exec format error and the way around it", err)
 	}
 }
 

@@ -158,6 +158,9 @@ func Start(c Child) (*Process, error) {
 			}
 		}
 	}
+	if err != nil && helper == NativeHelper && !errors.Is(err, errNativeSetup) {
+		err = fmt.Errorf("%w (the native exec helper, run from a memfd: does vm.memfd_noexec, a security module or a missing /proc refuse it? --exec-helper shell starts the child through /bin/sh)", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
 	}
