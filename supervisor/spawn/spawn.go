@@ -34,7 +34,7 @@ const (
 // NativeHelper): a POSIX shell that exports its own pid as LISTEN_PID and
 // execs the application, so that the application keeps the pid. On every
 // start of the child it adds about 1.5-2.5 ms to the exec (the native helper
-// about 0.2 ms), where re-executing bpfsup, a Go binary of 12 MB (its
+// about 0.5 ms), where re-executing bpfsup, a Go binary of 12 MB (its
 // runtime, its threads, its pages), adds about 10-16 ms (idle 2-core VM).
 // The rest of the helper's work is done by the forked child before it runs
 // the shell: the change of user and the parent-death signal (Go's
