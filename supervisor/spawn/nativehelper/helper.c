@@ -5,7 +5,7 @@
 // as LISTEN_PID (the pid the application keeps across exec) and execs CMD,
 // looked up in PATH as `exec "$@"` in sh(1) looks it up. It is all the
 // child runs between the fork and the application, so it is built without
-// libc, statically, and small: its exec costs about a tenth of a shell's
+// libc, statically, and small: its exec costs about a fifth of a shell's
 // (see the bench's child restart). Everything else is done by the forked
 // child before it execs this: the change of user, the parent-death signal,
 // the handed fds in place.
