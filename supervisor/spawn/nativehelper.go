@@ -38,6 +38,15 @@ var nativeRefused atomic.Bool
 // for a start, as opposed to one the kernel refused to execute.
 var errNativeSetup = errors.New("native exec helper")
 
+// nativeShort says that err is a native helper's that could not be set up
+// for want of fds or memory (the fd above the handed ones is over
+// RLIMIT_NOFILE: EINVAL), which the next start may have; any other
+// failure, memfd_noexec's EACCES among them, is the kernel's refusal.
+func nativeShort(err error) bool {
+	return errors.Is(err, errNativeSetup) &&
+		(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EINVAL))
+}
+
 // nativeUsable says whether the default helper is the native one.
 func nativeUsable() bool { return len(nativeImage) > 0 && !nativeRefused.Load() }
 

@@ -147,10 +147,10 @@ func Start(c Child) (*Process, error) {
 		// The kernel would not execute the native helper (no /proc, a
 		// memfd_noexec policy, a security module): the next helper, and
 		// that one from now on if it works. When the helper could not
-		// even be set up (no fd left), only this time.
+		// be set up for want of fds or memory, only this time.
 		if next, nerr := fallbackHelper(); nerr == nil {
 			if p, nerr := c.startThrough(next); nerr == nil {
-				if !errors.Is(err, errNativeSetup) {
+				if !nativeShort(err) {
 					nativeRefused.Store(true)
 				}
 				p.Helper = helperName(next)
@@ -158,7 +158,7 @@ func Start(c Child) (*Process, error) {
 			}
 		}
 	}
-	if err != nil && helper == NativeHelper && !errors.Is(err, errNativeSetup) {
+	if err != nil && helper == NativeHelper && !nativeShort(err) {
 		err = fmt.Errorf("%w (the native exec helper, run from a memfd: does vm.memfd_noexec, a security module or a missing /proc refuse it? --exec-helper shell starts the child through /bin/sh)", err)
 	}
 	if err != nil {
