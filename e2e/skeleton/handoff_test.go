@@ -285,3 +285,39 @@ func fdProblems(fds, want map[int]string) []string {
 	slices.Sort(problems)
 	return problems
 }
+
+// Where the kernel refuses executable memfds (vm.memfd_noexec=2, set here
+// in a pid namespace of the test's own, where it stays), the child starts
+// through the shell, with its own pid as LISTEN_PID, and the log says so;
+// --exec-helper native fails saying what to do instead.
+func TestMemfdNoexecStartsThroughShell(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/vm/memfd_noexec"); err != nil {
+		t.Skipf("no vm.memfd_noexec on this kernel (Linux 6.3): %v", err)
+	}
+	if spawn.NativeHelperImage() == nil {
+		t.Skipf("no native exec helper on %s", runtime.GOARCH)
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1)")
+	}
+	env := testutil.MustEnv(t)
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command("unshare", append([]string{"--pid", "--fork", "--mount-proc", "sh", "-c",
+			`echo 2 > /proc/sys/vm/memfd_noexec && exec "$@"`, "sh", env.Bin}, env.Args("run", args...)...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("-o", testutil.BPFObject("counter"), "--restart", "never", "--",
+		"sh", "-c", `echo "LISTEN_PID=$LISTEN_PID pid=$$"`)
+	if err != nil {
+		t.Fatalf("bpfsup run: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`LISTEN_PID=(\d+) pid=(\d+)`).FindStringSubmatch(out)
+	if m == nil || m[1] != m[2] || !strings.Contains(out, "exec_helper=shell") {
+		t.Fatalf("want the child started through the shell with its own pid as LISTEN_PID:\n%s", out)
+	}
+	out, err = run("-o", testutil.BPFObject("counter"), "--restart", "never", "--exec-helper", "native", "--", "true")
+	if err == nil || !strings.Contains(out, "memfd_create: permission denied") || !strings.Contains(out, "--exec-helper shell") {
+		t.Fatalf("--exec-helper native under vm.memfd_noexec=2: %v, want a refusal naming --exec-helper shell:\n%s", err, out)
+	}
+}
