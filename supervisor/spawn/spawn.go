@@ -11,8 +11,6 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/bpfsup/bpfsup/handoff"
 	"github.com/bpfsup/bpfsup/internal/environ"
 	"github.com/bpfsup/bpfsup/internal/exechelper"
@@ -193,10 +191,10 @@ func (c Child) helper() (string, error) {
 // fallbackHelper is the helper where the native one is not: the shell when
 // there is one, else bpfsup's own executable.
 func fallbackHelper() (string, error) {
-	if unix.Access(ShellHelper, unix.X_OK) == nil {
-		return ShellHelper, nil
+	if shell, err := HelperNamed("shell"); err == nil {
+		return shell, nil
 	}
-	exe, err := os.Executable()
+	exe, err := HelperNamed("bpfsup")
 	if err != nil {
 		return "", fmt.Errorf("no %s, and cannot find own executable: %w", ShellHelper, err)
 	}
