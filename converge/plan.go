@@ -143,10 +143,15 @@ func (f *objectFile) digest() string {
 // checks its digest and signature as cfg says (cfg.SHA256, cfg.Signature,
 // cfg.TrustedKeys, cfg.RequireSignature; internal/objsign).
 func readObject(cfg config.Object) (objectFile, error) {
+	return readObjectInto(cfg, nil)
+}
+
+// readObjectInto is readObject into buf's memory (fastio.ReadFileInto).
+func readObjectInto(cfg config.Object, buf []byte) (objectFile, error) {
 	if cfg.Path == "" {
 		return objectFile{}, errors.New("object without a path")
 	}
-	data, err := fastio.ReadFile(cfg.Path)
+	data, err := fastio.ReadFileInto(cfg.Path, buf)
 	if err != nil {
 		return objectFile{}, fmt.Errorf("object %s: %w", cfg.Path, err)
 	}

@@ -97,8 +97,9 @@ func (s *starting) read() error {
 	var wg sync.WaitGroup
 	for range min(n, 2*runtime.GOMAXPROCS(0)) {
 		wg.Go(func() {
+			var buf []byte
 			for i := range work {
-				s.readOne(i)
+				buf = s.readOne(i, buf)
 			}
 		})
 	}
@@ -111,16 +112,24 @@ func (s *starting) read() error {
 }
 
 // readOne reads object i's file, opens its pins (Prefetch) and adopts it
-// unchanged when it can (adoptUnchanged).
-func (s *starting) readOne(i int) {
+// unchanged when it can (adoptUnchanged). The file is read into buf's
+// memory; it returns the memory for the worker's next object, or nil when
+// the object's plan keeps it (the object was not adopted unchanged).
+func (s *starting) readOne(i int, buf []byte) []byte {
 	c := s.cfgs[i]
 	name := ObjectName(c)
 	s.pins[i] = Prefetch(s.store, name)
-	s.files[i], s.readErrs[i] = readObject(c)
+	s.files[i], s.readErrs[i] = readObjectInto(c, buf)
 	if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
-		return
+		return nil
 	}
-	s.adopt(i)
+	if s.adopt(i); s.ready[i] == nil {
+		return nil
+	}
+	// Adopted: nothing parses the bytes, only their digest was wanted.
+	data := s.files[i].data
+	s.files[i].data = nil
+	return data[:0]
 }
 
 // adopt adopts object i unchanged when it can (adoptUnchanged).

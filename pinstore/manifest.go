@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/crash"
@@ -150,16 +151,16 @@ func (s Store) manifestTemp(name string) string {
 // ReadManifest reads the manifest of object name. A missing manifest is
 // (nil, nil).
 func (s Store) ReadManifest(name string) (*Manifest, error) {
-	data, err := fastio.ReadFile(s.ManifestPath(name))
+	var m Manifest
+	err, decodeErr := decodeFile(s.ManifestPath(name), &m)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read manifest of %s: %w", name, err)
 	}
-	var m Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", s.ManifestPath(name), err)
+	if decodeErr != nil {
+		return nil, fmt.Errorf("manifest %s: %w", s.ManifestPath(name), decodeErr)
 	}
 	if m.PinRoot != "" && m.PinRoot != s.root() {
 		// A manifest of a same-named object under another pin root.
@@ -215,4 +216,30 @@ func (o *Object) WriteManifest(m *Manifest) error {
 	}
 	crash.At("manifest/after-write")
 	return nil
+}
+
+// fileBufs lends the memory decodeFile reads a file into. json.Unmarshal
+// copies what it keeps, so the memory goes back once the file is decoded;
+// a start or a status of a hundred objects reads two hundred manifests into
+// the same few buffers instead of touching fresh memory for each. Buffers
+// larger than fileBufMax are left to the collector.
+var fileBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const fileBufMax = 64 << 10
+
+// decodeFile reads the JSON file at path into v: readErr is the read's
+// error (os.ErrNotExist and all), decodeErr the decoder's.
+func decodeFile(path string, v any) (readErr, decodeErr error) {
+	bp := fileBufs.Get().(*[]byte)
+	data, err := fastio.ReadFileInto(path, *bp)
+	if err != nil {
+		fileBufs.Put(bp)
+		return err, nil
+	}
+	decodeErr = json.Unmarshal(data, v)
+	if cap(data) <= fileBufMax {
+		*bp = data[:0]
+		fileBufs.Put(bp)
+	}
+	return nil, decodeErr
 }

@@ -1,7 +1,6 @@
 package pinstore
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/bpfsup/bpfsup/internal/bpffs"
-	"github.com/bpfsup/bpfsup/internal/fastio"
 
 	"golang.org/x/sys/unix"
 
@@ -178,14 +176,10 @@ func (s Store) Open(name string) (_ *Object, err error) {
 // otherPinRoot is the pin root that the manifest of object name in the
 // state directory records, when that is not this store's; "" otherwise.
 func (s Store) otherPinRoot(name string) string {
-	data, err := fastio.ReadFile(s.ManifestPath(name))
-	if err != nil {
-		return ""
-	}
 	var m struct {
 		PinRoot string `json:"pin_root"`
 	}
-	if json.Unmarshal(data, &m) != nil || m.PinRoot == "" || filepath.Clean(m.PinRoot) == s.root() {
+	if err, decodeErr := decodeFile(s.ManifestPath(name), &m); err != nil || decodeErr != nil || m.PinRoot == "" || filepath.Clean(m.PinRoot) == s.root() {
 		return ""
 	}
 	return m.PinRoot

@@ -38,3 +38,30 @@ func TestReadFile(t *testing.T) {
 		t.Fatalf("directory: %v, os.ReadFile says %v", err, osErr)
 	}
 }
+
+// TestReadFileInto: one buffer passed from read to read, through files
+// smaller and larger than it, holds each file's content and no more, and is
+// reused in place when the file fits.
+func TestReadFileInto(t *testing.T) {
+	dir := t.TempDir()
+	var buf []byte
+	for _, size := range []int{4096, 10, 0, 100000, 3, 100000, 513} {
+		path := filepath.Join(dir, "f")
+		want := bytes.Repeat([]byte{byte('a' + size%26)}, size)
+		if err := os.WriteFile(path, want, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before := cap(buf)
+		got, err := ReadFileInto(path, buf)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes after a buffer of %d: got %d bytes, %v", size, before, len(got), err)
+		}
+		if size < before && cap(got) != before {
+			t.Errorf("%d bytes into a buffer of %d: a new buffer of %d", size, before, cap(got))
+		}
+		buf = got
+	}
+	if got, err := ReadFileInto("/proc/self/status", make([]byte, 0, 8)); err != nil || !bytes.Contains(got, []byte("\nPid:")) {
+		t.Fatalf("/proc/self/status into 8 bytes: %q, %v", got, err)
+	}
+}
