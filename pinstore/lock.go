@@ -3,6 +3,7 @@ package pinstore
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -57,7 +58,7 @@ func lockFile(path string) (*os.File, error) {
 		// Taking it again would succeed (the lock is the process's).
 		return nil, fmt.Errorf("lock %s: held by pid %d (this process): %w", path, os.Getpid(), ErrLocked)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openFile(path, unix.O_RDWR|unix.O_CREAT, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
@@ -100,6 +101,22 @@ func lockFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// openFile opens path as os.OpenFile does, close-on-exec, without offering
+// the fd to the netpoller: os.OpenFile asks it to poll the file, which it
+// refuses for a regular file or a directory, and sets it blocking again,
+// four system calls more for each of the two locks of each object a start
+// takes.
+func openFile(path string, flags int, perm uint32) (*os.File, error) {
+	fd, err := unix.Open(path, flags|unix.O_CLOEXEC, perm)
+	for err == unix.EINTR {
+		fd, err = unix.Open(path, flags|unix.O_CLOEXEC, perm)
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
 // statID is the device and inode of the file at path.
 func statID(path string) (fileID, bool) {
 	var st unix.Stat_t
@@ -139,7 +156,7 @@ const dirLockWait = 5 * time.Second
 // process that took it is gone, it waits up to dirLockWait for the copy of
 // the fd that still holds it to close.
 func lockDir(path string) (*os.File, error) {
-	f, err := os.Open(path)
+	f, err := openFile(path, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s to lock it: %w", path, err)
 	}
