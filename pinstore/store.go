@@ -565,10 +565,12 @@ func (o *Object) restoreAside(path, rest string, man *Manifest, force bool) (*Le
 // crash while writing it leaves behind, and those of bpfsup before
 // 2026-12, which named them with a random suffix (".fw.json-123456").
 func (o *Object) removeManifestDebris() {
-	_ = os.Remove(o.store.manifestTemp(o.Name))
+	// Unlink alone: bpfsup writes a file there, and a directory of that
+	// name is not its own (os.Remove would take an empty one too).
+	_ = unix.Unlink(o.store.manifestTemp(o.Name))
 	for _, e := range legacyDebris(o.store.stateDir()) {
 		if suffix, ok := strings.CutPrefix(e, "."+o.Name+".json-"); ok && suffix != "" && strings.Trim(suffix, "0123456789") == "" {
-			_ = os.Remove(filepath.Join(o.store.stateDir(), e))
+			_ = unix.Unlink(filepath.Join(o.store.stateDir(), e))
 		}
 	}
 }

@@ -3,6 +3,7 @@ package pinstore
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,9 +133,11 @@ func (o *Object) Teardown(man *Manifest, unpinLink func(path string) error, shar
 	rep.Gone = gone
 	// Every pin the manifest records is gone: so is the object, as far as
 	// bpfsup knows it, whatever else stays in its directory.
+	// Files only: a directory under one of these names is not bpfsup's
+	// (os.Remove would take an empty one).
 	for _, p := range append([]string{o.store.ManifestPath(o.Name), o.store.LockPath(o.Name)}, o.store.ManifestDebris(o.Name)...) {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		if err := unix.Unlink(p); err != nil && err != unix.ENOENT && err != unix.EISDIR {
+			errs = append(errs, &fs.PathError{Op: "remove", Path: p, Err: err})
 		}
 	}
 	return rep, errors.Join(errs...)

@@ -398,9 +398,14 @@ func TestManifestDebris(t *testing.T) {
 			}
 		}
 	}
-	// Not ours: left alone by everything.
+	// Not ours: left alone by everything. A directory under a name of
+	// debris is not bpfsup's either: it writes files there.
 	other := filepath.Join(r.env.StateDir, "."+objName+".json-notes")
 	if err := os.WriteFile(other, []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	otherDir := filepath.Join(r.env.StateDir, "."+objName+".json-42")
+	if err := os.Mkdir(otherDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	plant()
@@ -431,5 +436,8 @@ func TestManifestDebris(t *testing.T) {
 	}
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("a file that only looks like debris was removed: %v", err)
+	}
+	if _, err := os.Stat(otherDir); err != nil {
+		t.Errorf("a directory named like debris was removed: %v", err)
 	}
 }
