@@ -216,14 +216,7 @@ func Prefetch(store pinstore.Store, name string) *Pins {
 				continue
 			}
 			path := filepath.Join(dir, string(kind), e.Name())
-			fd, k, err := bpffs.OpenPin(path)
-			if err != nil || k != want {
-				if err == nil {
-					unix.Close(fd)
-				}
-				continue
-			}
-			if ps.keep(path, fd, k) != nil {
+			if !ps.open(path, want) {
 				continue
 			}
 			if l := ps.links[path]; l != nil {
@@ -236,6 +229,20 @@ func Prefetch(store pinstore.Store, name string) *Pins {
 	ps.manifest, ps.manifestErr = store.ReadManifest(name)
 	ps.manifestRead = true
 	return ps
+}
+
+// open opens the pin at path into the set when it holds a want (a program
+// or a link), and reports whether it did.
+func (ps *Pins) open(path, want string) bool {
+	fd, k, err := bpffs.OpenPin(path)
+	if err != nil {
+		return false
+	}
+	if k != want {
+		unix.Close(fd)
+		return false
+	}
+	return ps.keep(path, fd, k) == nil
 }
 
 // keep wraps fd, opened from the pin at path and holding a program or a

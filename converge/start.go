@@ -111,31 +111,32 @@ func (s *starting) read() error {
 	return nil
 }
 
-// readOne reads object i's file, opens its pins (Prefetch) and adopts it
-// unchanged when it can (adoptUnchanged). The file is read into buf's
+// readOne reads object i's file and adopts it unchanged when it can
+// (adoptUnchanged), or else opens its pins for its plan (Prefetch; the
+// plan reads the file's bytes, the adopt only their digest). The file is read into buf's
 // memory; it returns the memory for the worker's next object, or nil when
 // the object's plan keeps it (the object was not adopted unchanged).
 func (s *starting) readOne(i int, buf []byte) []byte {
 	c := s.cfgs[i]
 	name := ObjectName(c)
-	s.pins[i] = Prefetch(s.store, name)
 	s.files[i], s.readErrs[i] = readObjectInto(c, buf)
-	if s.readErrs[i] != nil || s.opts.Force || pinstore.CheckName("object", name) != nil {
-		return nil
+	if s.readErrs[i] == nil && !s.opts.Force && pinstore.CheckName("object", name) == nil {
+		if s.adopt(i); s.ready[i] != nil {
+			// Adopted: nothing parses the bytes, only their digest was
+			// wanted.
+			data := s.files[i].data
+			s.files[i].data = nil
+			return data[:0]
+		}
 	}
-	if s.adopt(i); s.ready[i] == nil {
-		return nil
-	}
-	// Adopted: nothing parses the bytes, only their digest was wanted.
-	data := s.files[i].data
-	s.files[i].data = nil
-	return data[:0]
+	s.pins[i] = Prefetch(s.store, name)
+	return nil
 }
 
 // adopt adopts object i unchanged when it can (adoptUnchanged).
 func (s *starting) adopt(i int) {
 	c := s.cfgs[i]
-	in, why := adoptUnchanged(s.store, c, s.files[i].digest(), s.opts.Key, s.pins[i], s.log)
+	in, why := adoptUnchanged(s.store, c, s.files[i].digest(), s.opts.Key, s.log)
 	if in == nil {
 		s.log.Debug("planning the object from its file", "object", ObjectName(c), "why", why)
 		return

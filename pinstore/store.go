@@ -123,19 +123,32 @@ type Object struct {
 // holds the object, and with ErrNotBPFFS when the pin root is not on bpffs:
 // nothing is made there. Debris of an earlier crash that the manifest says
 // is bpfsup's is removed (ClearStaging).
-func (s Store) Open(name string) (_ *Object, err error) {
+func (s Store) Open(name string) (*Object, error) {
+	o, _, err := s.open(name, false)
+	return o, err
+}
+
+// OpenRead is Open, and the object's manifest as ReadManifest reads it,
+// read once under the lock: Open reads it anyway for the pin root it
+// records. The manifest is nil when there is none, or when it cannot be
+// read or decoded (ReadManifest says why).
+func (s Store) OpenRead(name string) (*Object, *Manifest, error) {
+	return s.open(name, true)
+}
+
+func (s Store) open(name string, read bool) (_ *Object, man *Manifest, err error) {
 	if err := CheckName("object", name); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := s.requireBPFFS(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := os.MkdirAll(s.stateDir(), 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+		return nil, nil, fmt.Errorf("create state directory: %w", err)
 	}
 	lock, err := lockFile(s.LockPath(name))
 	if err != nil {
-		return nil, fmt.Errorf("object %s: %w", name, err)
+		return nil, nil, fmt.Errorf("object %s: %w", name, err)
 	}
 	o := &Object{Name: name, Dir: s.ObjectDir(name), store: s, lock: lock}
 	defer func() {
@@ -143,34 +156,43 @@ func (s Store) Open(name string) (_ *Object, err error) {
 			o.Close()
 		}
 	}()
-	if other := s.otherPinRoot(name); other != "" {
-		return nil, fmt.Errorf("object %s: %w: %s records it under pin root %s; give this pin root a state directory of its own (--state-dir), or run `bpfsup down --pin-root %s --state-dir %s` first",
+	other := ""
+	if read {
+		man, other = s.manifestUnderLock(name)
+	} else {
+		other = s.otherPinRoot(name)
+	}
+	if other != "" {
+		return nil, nil, fmt.Errorf("object %s: %w: %s records it under pin root %s; give this pin root a state directory of its own (--state-dir), or run `bpfsup down --pin-root %s --state-dir %s` first",
 			name, ErrOtherPinRoot, s.ManifestPath(name), other, other, s.stateDir())
 	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
+		return nil, nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
 	}
 	if err := o.lockDir(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, d := range []string{string(Maps), string(Programs), string(Links), stagingDir} {
 		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
+			return nil, nil, fmt.Errorf("object %s: create pin directory: %w", name, err)
 		}
 	}
 	o.removeManifestDebris()
 	if s.HasStaged(name) { // the manifest is read only for debris
-		man, err := s.ReadManifest(name)
-		if err != nil {
-			man = nil // unreadable: nothing in staging is known to be bpfsup's
+		debrisMan := man
+		if !read {
+			var rerr error
+			if debrisMan, rerr = s.ReadManifest(name); rerr != nil {
+				debrisMan = nil // unreadable: nothing in staging is known to be bpfsup's
+			}
 		}
-		if _, err := o.ClearStaging(man, false); err != nil {
-			return nil, err
+		if _, err := o.ClearStaging(debrisMan, false); err != nil {
+			return nil, nil, err
 		}
 	} else if err := o.CheckDir(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return o, nil
+	return o, man, nil
 }
 
 // otherPinRoot is the pin root that the manifest of object name in the
@@ -183,6 +205,20 @@ func (s Store) otherPinRoot(name string) string {
 		return ""
 	}
 	return m.PinRoot
+}
+
+// manifestUnderLock reads the manifest of object name for OpenRead: the
+// manifest, nil when there is none or it cannot be read; or the other pin
+// root it records (otherPinRoot).
+func (s Store) manifestUnderLock(name string) (*Manifest, string) {
+	var m Manifest
+	if err, decodeErr := decodeFile(s.ManifestPath(name), &m); err != nil || decodeErr != nil {
+		return nil, ""
+	}
+	if m.PinRoot != "" && filepath.Clean(m.PinRoot) != s.root() {
+		return nil, m.PinRoot
+	}
+	return &m, ""
 }
 
 // Peek is object name's place in the store, neither locked nor made: to
