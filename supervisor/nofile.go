@@ -1,10 +1,14 @@
 package supervisor
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfsup/bpfsup/internal/fastio"
 )
 
 // ensureFDRoom raises the limit on open fds (RLIMIT_NOFILE) when the fds
@@ -19,6 +23,16 @@ func ensureFDRoom(extra int) error {
 	if extra < 256 {
 		return nil // under any limit a system starts bpfsup with
 	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return nil
+	}
+	// The size of the fd table bounds the number of open fds from above:
+	// when even that leaves room, they need not be counted (a listing of
+	// thousands of fds, a millisecond before the child's start).
+	if size, ok := fdTableSize(); ok && lim.Cur >= uint64(size+extra+256) {
+		return nil
+	}
 	// Names only: a DirEntry for each of thousands of fds costs twice the
 	// time, before the child's start.
 	dir, err := os.Open("/proc/self/fd")
@@ -31,8 +45,7 @@ func ensureFDRoom(extra int) error {
 		return nil
 	}
 	need := uint64(len(entries) + extra + 256)
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur >= need {
+	if lim.Cur >= need {
 		return nil
 	}
 	want := unix.Rlimit{Cur: need, Max: max(lim.Max, need)}
@@ -45,4 +58,20 @@ func ensureFDRoom(extra int) error {
 	}
 	return fmt.Errorf("the objects need about %d open fds (%d open, %d to hand to the child) and RLIMIT_NOFILE allows %d (hard %d), which bpfsup may not raise: raise it (LimitNOFILE= in the unit, ulimit -n)",
 		need, len(entries), extra, lim.Cur, lim.Max)
+}
+
+// fdTableSize is the size of this process's fd table (FDSize in
+// /proc/self/status): every open fd is below it.
+func fdTableSize() (int, bool) {
+	data, err := fastio.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	_, rest, ok := bytes.Cut(data, []byte("\nFDSize:"))
+	if !ok {
+		return 0, false
+	}
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	n, err := strconv.Atoi(string(bytes.TrimSpace(line)))
+	return n, err == nil && n > 0
 }

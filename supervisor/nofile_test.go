@@ -44,3 +44,30 @@ func TestEnsureFDRoom(t *testing.T) {
 		t.Fatalf("10000 fds under a hard limit of 4096: %v, want an error naming the limit", err)
 	}
 }
+
+// TestFDTableSize: the size ensureFDRoom bounds the open fds with is above
+// every open fd, also after the table grew for hundreds more.
+func TestFDTableSize(t *testing.T) {
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for range 300 {
+		fd, err := unix.Dup(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	size, ok := fdTableSize()
+	if !ok {
+		t.Fatal("no FDSize in /proc/self/status")
+	}
+	for _, fd := range fds {
+		if fd >= size {
+			t.Fatalf("fd %d is open and the table size read is %d", fd, size)
+		}
+	}
+}
