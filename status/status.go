@@ -301,10 +301,13 @@ func (r *reader) objectStatus(name string) ObjectStatus {
 	if man != nil && !pinstore.Exists(o.Dir) {
 		o.problem("the object's pin directory %s is gone (removed by hand, or by another tool): the links are attached only while a process holds them, and the next start pins them again, or loads", o.Dir)
 	}
-	progNames := o.readPrograms(man)
+	// Each directory is listed once: the programs and links found are
+	// also what readMissing compares with the manifest.
+	progs, links := pinNames(o.Dir, pinstore.Programs), pinNames(o.Dir, pinstore.Links)
+	progNames := o.readPrograms(man, progs)
 	o.readMaps(man)
-	o.readLinks(man, progNames, r.owners)
-	o.readMissing(man)
+	o.readLinks(man, links, progNames, r.owners)
+	o.readMissing(man, progs, links)
 	sort.Strings(o.Problems)
 	o.readDebris(r, man)
 	o.Healthy = len(o.Problems) == 0
@@ -347,9 +350,9 @@ func (r *reader) supervisorStatus(name string, man *pinstore.Manifest, o *Object
 }
 
 // readPrograms reads the pinned programs; it returns their names by id.
-func (o *ObjectStatus) readPrograms(man *pinstore.Manifest) map[uint32]string {
+func (o *ObjectStatus) readPrograms(man *pinstore.Manifest, pinned []string) map[uint32]string {
 	progNames := map[uint32]string{}
-	for _, pn := range pinNames(o.Dir, pinstore.Programs) {
+	for _, pn := range pinned {
 		// One BPF_OBJ_GET and one BPF_OBJ_GET_INFO_BY_FD: status reads
 		// every pin of every object, hundreds of them.
 		f, err := readPinned(o.Dir+"/programs/"+pn, bpffs.Program, func(fd int) (bpffs.ProgFacts, error) { return bpffs.ProgInfo(fd, false) })
@@ -414,8 +417,8 @@ func (o *ObjectStatus) readMaps(man *pinstore.Manifest) {
 // readLinks reads the pinned links and asks the kernel where each one is:
 // on the hook the manifest records (in the network namespace now at its
 // path), and running the program bpfsup installed.
-func (o *ObjectStatus) readLinks(man *pinstore.Manifest, progNames map[uint32]string, owners func() map[uint32][2]string) {
-	for _, ln := range pinNames(o.Dir, pinstore.Links) {
+func (o *ObjectStatus) readLinks(man *pinstore.Manifest, pinned []string, progNames map[uint32]string, owners func() map[uint32][2]string) {
+	for _, ln := range pinned {
 		path := o.Dir + "/links/" + ln
 		ls := LinkStatus{Name: ln, State: "unknown"}
 		var rec pinstore.LinkRecord
@@ -563,17 +566,17 @@ func (o *ObjectStatus) checkLinkProgram(ls *LinkStatus, rec pinstore.LinkRecord,
 
 // readMissing reports what the manifest says bpfsup pinned and is not there
 // (removed by hand, or by a `bpfsup down` that took the pins from under it).
-func (o *ObjectStatus) readMissing(man *pinstore.Manifest) {
+func (o *ObjectStatus) readMissing(man *pinstore.Manifest, progs, links []string) {
 	if man == nil {
 		return
 	}
 	for _, k := range []struct {
 		kind pinstore.Kind
 		recs map[string]uint32
-	}{{pinstore.Programs, programIDs(man)}, {pinstore.Links, linkIDs(man)}} {
-		have := pinNames(o.Dir, k.kind)
+		have []string
+	}{{pinstore.Programs, programIDs(man), progs}, {pinstore.Links, linkIDs(man), links}} {
 		for n, id := range k.recs {
-			if !slices.Contains(have, n) {
+			if !slices.Contains(k.have, n) {
 				o.problem("%s %s: bpfsup installed id %d, and nothing is pinned at %s/%s/%s",
 					strings.TrimSuffix(string(k.kind), "s"), n, id, o.Dir, k.kind, n)
 			}
