@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strconv"
 	"syscall"
 
 	"github.com/bpfsup/bpfsup/config"
@@ -56,7 +57,10 @@ func PlannerKey(version, defaultNetns string) string {
 // by their paths: no listing of the pin directories, no second read of the
 // manifest, which at a hundred objects were a fifth of the start's system
 // calls. Where no manifest or no pin directory exists (a first install)
-// it makes nothing and takes no lock.
+// it makes nothing and takes no lock. Where they exist and the object
+// changed, the lock and what Open does with it (bpfsup's own crash debris
+// cleared, ClearStaging) come before the object is planned, and the lock is
+// taken again for the install.
 func adoptUnchanged(store pinstore.Store, cfg config.Object, sha, key string, log *slog.Logger) (_ *Installed, why string) {
 	name := ObjectName(cfg)
 	if !pinstore.Exists(store.ManifestPath(name)) {
@@ -114,6 +118,9 @@ func adoptUnchanged(store pinstore.Store, cfg config.Object, sha, key string, lo
 
 	progIDs := map[string]uint32{}
 	for pname, rec := range m.Programs {
+		if pinstore.CheckName("program", pname) != nil {
+			return nil, "the manifest records a program named " + strconv.Quote(pname) // never a path of its own
+		}
 		path := obj.Path(pinstore.Programs, pname)
 		pins.open(path, bpffs.Program)
 		pr := pins.takeProgram(path)
@@ -174,6 +181,9 @@ func planFromManifest(cfg config.Object, sha, key string, m *pinstore.Manifest) 
 		rec, ok := m.Links[lname]
 		if !ok {
 			return nil, "the manifest's links and plan differ"
+		}
+		if pinstore.CheckName("link", lname) != nil {
+			return nil, "the manifest records a link named " + strconv.Quote(lname)
 		}
 		spec, err := hooks.Parse(rec.Hook)
 		if err != nil {

@@ -1,6 +1,7 @@
 package pinstore
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -148,5 +149,50 @@ func TestWriteManifestUnlessSame(t *testing.T) {
 	}
 	if got, _ := s.ReadManifest("fw"); got == nil || got.Links["p"].ID != 4 {
 		t.Fatalf("after the write: %+v", got)
+	}
+}
+
+// TestOpenRead: OpenRead returns the manifest Open reads under the lock,
+// nil for one it cannot decode, and refuses, as Open does, one that names
+// another pin root, also when a field of it does not decode: nothing is
+// made then.
+func TestOpenRead(t *testing.T) {
+	s := mustPlainStore(t)
+	o := mustOpen(t, s, "fw")
+	if err := o.WriteManifest(&Manifest{Generation: 7}); err != nil {
+		t.Fatal(err)
+	}
+	o.Close()
+	o, m, err := s.OpenRead("fw")
+	if err != nil || m == nil || m.Generation != 7 {
+		t.Fatalf("OpenRead = %+v, %v; want the manifest of generation 7", m, err)
+	}
+	o.Close()
+
+	if err := os.WriteFile(s.ManifestPath("fw"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, m, err = s.OpenRead("fw")
+	if err != nil || m != nil {
+		t.Fatalf("OpenRead of a corrupt manifest = %+v, %v; want no manifest and the object open", m, err)
+	}
+	o.Close()
+
+	for _, doc := range []string{
+		`{"version": 1, "object": "gw", "pin_root": "/sys/fs/bpf/elsewhere", "generation": 3}`,
+		`{"version": 1, "object": "gw", "pin_root": "/sys/fs/bpf/elsewhere", "generation": "three"}`,
+	} {
+		if err := os.WriteFile(s.ManifestPath("gw"), []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if o, m, err := s.OpenRead("gw"); !errors.Is(err, ErrOtherPinRoot) || m != nil {
+			if o != nil {
+				o.Close()
+			}
+			t.Fatalf("OpenRead of %s = %+v, %v; want ErrOtherPinRoot", doc, m, err)
+		}
+		if _, err := os.Lstat(s.ObjectDir("gw")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("a refused OpenRead made %s: %v", s.ObjectDir("gw"), err)
+		}
 	}
 }

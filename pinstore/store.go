@@ -212,11 +212,18 @@ func (s Store) otherPinRoot(name string) string {
 // root it records (otherPinRoot).
 func (s Store) manifestUnderLock(name string) (*Manifest, string) {
 	var m Manifest
-	if err, decodeErr := decodeFile(s.ManifestPath(name), &m); err != nil || decodeErr != nil {
+	err, decodeErr := decodeFile(s.ManifestPath(name), &m)
+	switch {
+	case err != nil:
 		return nil, ""
-	}
-	if m.PinRoot != "" && filepath.Clean(m.PinRoot) != s.root() {
+	case decodeErr != nil:
+		// Not a manifest this bpfsup reads whole: still refused when it
+		// names another pin root, as Open refuses it.
+		return nil, s.otherPinRoot(name)
+	case m.PinRoot != "" && filepath.Clean(m.PinRoot) != s.root():
 		return nil, m.PinRoot
+	case m.PinRoot != "" && m.PinRoot != s.root():
+		return nil, "" // as ReadManifest: recorded under another spelling
 	}
 	return &m, ""
 }

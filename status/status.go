@@ -609,6 +609,11 @@ func (o *ObjectStatus) readDebris(r *reader, man *pinstore.Manifest) {
 		return
 	}
 	for _, p := range store.ManifestDebrisIn(r.state, o.Name) {
+		if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+			// bpfsup writes files there; a start leaves a directory alone.
+			o.problem("%s: a directory named like manifest debris, not bpfsup's (left alone)", p)
+			continue
+		}
 		o.problem("manifest debris %s (a write cut short; the next start removes it)", p)
 	}
 }

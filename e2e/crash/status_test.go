@@ -415,6 +415,9 @@ func TestManifestDebris(t *testing.T) {
 			t.Errorf("status does not report %s:\n%s", p, problems)
 		}
 	}
+	if !strings.Contains(problems, otherDir+": a directory named like manifest debris, not bpfsup's (left alone)") {
+		t.Errorf("status does not report %s as not bpfsup's:\n%s", otherDir, problems)
+	}
 	sup = r.startReady(t)
 	// The supervisor writes its manifest through the temporary name too:
 	// what is there may be its own write under way, gone a moment later.
