@@ -1,6 +1,7 @@
 package skeleton
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -114,5 +115,70 @@ name = "aa_second"
 	}
 	if _, loaded := e2e.InstallCounts(t, out, "fw"); loaded == 0 {
 		t.Errorf("restart with another object: loaded no program\n%s", out)
+	}
+}
+
+// A manifest whose program names are paths (edited by hand, or by another
+// tool) is not adopted as unchanged, even where the path leads to the pin
+// it records and the link names the same path: the start plans from the
+// object, and the manifest it writes names the program again.
+func TestRestartUnchangedManifestNames(t *testing.T) {
+	env := testutil.MustEnv(t)
+	a, b := testutil.MustNetns(t, "unchn-a"), testutil.MustNetns(t, "unchn-b")
+	_, ifc := testutil.MustVethPair(t, a, b)
+	obj := filepath.Join(t.TempDir(), "fw.bpf.o")
+	e2e.PutObject(t, obj, "dropfilter")
+	cfg := e2e.WriteConfig(t, fmt.Sprintf(`
+netns = %q
+[[object]]
+path = %q
+[[object.attach]]
+program = "xdp_drop"
+hook = "xdp:%s"
+`, b.Path, obj, ifc.Name))
+	run := func() string {
+		t.Helper()
+		out, code := env.Run(t, "run", "-c", cfg, "--restart", "never", "--", "true")
+		if code != 0 {
+			t.Fatalf("bpfsup run: exit %d\n%s", code, out)
+		}
+		return out
+	}
+	run()
+	if out := run(); !strings.Contains(out, unchangedMsg) {
+		t.Fatalf("a restart with nothing changed planned from the object:\n%s", out)
+	}
+
+	path := filepath.Join(env.StateDir, "fw.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	const evil = "../programs/xdp_drop"
+	progs := m["programs"].(map[string]any)
+	progs[evil] = progs["xdp_drop"]
+	delete(progs, "xdp_drop")
+	for _, l := range m["links"].(map[string]any) {
+		l.(map[string]any)["program"] = evil
+	}
+	if data, err = json.MarshalIndent(m, "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	if out := run(); strings.Contains(out, unchangedMsg) {
+		t.Fatalf("a manifest naming a program %q was adopted as unchanged:\n%s", evil, out)
+	}
+	if data, err = os.ReadFile(path); err != nil || strings.Contains(string(data), evil) {
+		t.Fatalf("the manifest still names %q after the start (%v):\n%s", evil, err, data)
+	}
+	if out := run(); !strings.Contains(out, unchangedMsg) {
+		t.Errorf("the restart after it planned from the object:\n%s", out)
 	}
 }
