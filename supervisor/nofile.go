@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -63,15 +62,10 @@ func ensureFDRoom(extra int) error {
 // fdTableSize is the size of this process's fd table (FDSize in
 // /proc/self/status): every open fd is below it.
 func fdTableSize() (int, bool) {
-	data, err := fastio.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, false
-	}
-	_, rest, ok := bytes.Cut(data, []byte("\nFDSize:"))
+	v, ok := fastio.StatusField("self", "FDSize")
 	if !ok {
 		return 0, false
 	}
-	line, _, _ := bytes.Cut(rest, []byte("\n"))
-	n, err := strconv.Atoi(string(bytes.TrimSpace(line)))
+	n, err := strconv.Atoi(v)
 	return n, err == nil && n > 0
 }

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/bpfsup/bpfsup/internal/environ"
+	"github.com/bpfsup/bpfsup/internal/fastio"
 	"github.com/bpfsup/bpfsup/internal/quiesce"
 	"github.com/bpfsup/bpfsup/supervisor/spawn"
 
@@ -291,17 +292,12 @@ func (s *supervisor) resumeChild() bool {
 
 // procPPid reads the parent pid of pid, false when pid is gone.
 func procPPid(pid int) (int, bool) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
+	v, ok := fastio.StatusField(strconv.Itoa(pid), "PPid")
+	if !ok {
 		return 0, false
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			return n, err == nil
-		}
-	}
-	return 0, false
+	n, err := strconv.Atoi(v)
+	return n, err == nil
 }
 
 // runGroup runs g, serving the main thread meanwhile when an adopted child

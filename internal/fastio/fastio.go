@@ -7,9 +7,42 @@ package fastio
 
 import (
 	"io/fs"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
+
+// Open opens path with flags and perm as os.OpenFile does, close-on-exec,
+// again when a signal interrupts it, with its errors, and returns the fd:
+// without the os.File, which offers the fd to the netpoller (refused for a
+// regular file or a directory) and sets it blocking again, four system
+// calls more.
+func Open(path string, flags int, perm uint32) (int, error) {
+	fd, err := unix.Open(path, flags|unix.O_CLOEXEC, perm)
+	for err == unix.EINTR {
+		fd, err = unix.Open(path, flags|unix.O_CLOEXEC, perm)
+	}
+	if err != nil {
+		return -1, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return fd, nil
+}
+
+// StatusField is the value of field ("PPid", "FDSize") in
+// /proc/PROC/status, PROC a pid or "self", without the blanks around it;
+// false when the file or the field is not there.
+func StatusField(proc, field string) (string, bool) {
+	data, err := ReadFile("/proc/" + proc + "/status")
+	if err != nil {
+		return "", false
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v), true
+		}
+	}
+	return "", false
+}
 
 // ReadFile reads the whole file at path, as os.ReadFile, with its errors.
 func ReadFile(path string) ([]byte, error) {
@@ -23,12 +56,9 @@ func ReadFile(path string) ([]byte, error) {
 // no fresh memory for each: on a virtual machine every first touch of a page
 // is a fault that costs tens of microseconds.
 func ReadFileInto(path string, buf []byte) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	for err == unix.EINTR {
-		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	}
+	fd, err := Open(path, unix.O_RDONLY, 0)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
 	defer unix.Close(fd)
 	size, regular := 512, false

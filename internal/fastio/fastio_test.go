@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -63,5 +64,20 @@ func TestReadFileInto(t *testing.T) {
 	}
 	if got, err := ReadFileInto("/proc/self/status", make([]byte, 0, 8)); err != nil || !bytes.Contains(got, []byte("\nPid:")) {
 		t.Fatalf("/proc/self/status into 8 bytes: %q, %v", got, err)
+	}
+}
+
+// TestStatusField: a field of /proc/self/status as the kernel says it, and
+// false for a field or a process that is not there.
+func TestStatusField(t *testing.T) {
+	v, ok := StatusField("self", "PPid")
+	if !ok || v != strconv.Itoa(os.Getppid()) {
+		t.Fatalf("PPid of self = %q, %v; want %d", v, ok, os.Getppid())
+	}
+	if v, ok := StatusField("self", "NoSuchField"); ok {
+		t.Fatalf("NoSuchField of self = %q, true", v)
+	}
+	if v, ok := StatusField("0", "PPid"); ok {
+		t.Fatalf("PPid of pid 0 = %q, true", v)
 	}
 }
