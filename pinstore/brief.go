@@ -51,22 +51,26 @@ func MapID(m *ebpf.Map) (ebpf.MapID, error) {
 }
 
 // WallTime turns a time since boot (CLOCK_BOOTTIME, as the kernel says when
-// it loaded a program) into wall-clock time, to the millisecond.
+// it loaded a program) into wall-clock time, to the second, as bpftool
+// prints it. The boot time behind it is an estimate that two processes make
+// a few microseconds apart (bootTime); cut to the millisecond, as it was,
+// two statuses of one program could say times a millisecond apart, about
+// once in a few hundred boots, where the offset lies near a millisecond's
+// edge. To the second, that is a thousand times rarer.
 func WallTime(sinceBoot time.Duration) time.Time {
 	boot, ok := bootTime()
 	if !ok {
 		return time.Time{}
 	}
-	return boot.Add(sinceBoot).UTC().Truncate(time.Millisecond)
+	return boot.Add(sinceBoot).UTC().Truncate(time.Second)
 }
 
 // bootTime is when the machine booted, read once: the wall clock less the
-// time since boot, rounded to the millisecond so that every status of the
-// same program says the same time. /proc/stat's btime has whole seconds
-// only, which put times up to a second early. The wall clock is read
-// between two reads of the time since boot, and the narrowest of a few
-// tries is taken: a thread preempted between two reads (an emulated VM
-// does that for milliseconds) would put the boot that much early.
+// time since boot. /proc/stat's btime has whole seconds only, which put
+// times up to a second early. The wall clock is read between two reads of
+// the time since boot, and the narrowest of five tries is taken: a thread
+// preempted between two reads (an emulated VM does that for milliseconds)
+// would put the boot that much early.
 var bootTime = sync.OnceValues(func() (time.Time, bool) {
 	best, bestWindow := time.Duration(0), time.Duration(-1)
 	for range 5 {
@@ -79,9 +83,6 @@ var bootTime = sync.OnceValues(func() (time.Time, bool) {
 		if bestWindow < 0 || window < bestWindow {
 			best, bestWindow = time.Duration(real.Nano()-(b1.Nano()+b2.Nano())/2), window
 		}
-		if window < 100*time.Microsecond {
-			break
-		}
 	}
-	return time.Unix(0, 0).Add(best.Round(time.Millisecond)), true
+	return time.Unix(0, int64(best)), true
 })

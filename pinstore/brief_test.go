@@ -97,21 +97,28 @@ func mustProgramUsing(tb testing.TB, maps []*ebpf.Map) *ebpf.Program {
 	return p
 }
 
-// WallTime of the time since boot now is now, to within a few milliseconds:
-// /proc/stat's whole-second btime put it up to a second early.
+// WallTime of the time since boot now is now, to the second; the boot time
+// under it is right to within a millisecond, where /proc/stat's
+// whole-second btime put it up to a second early.
 func TestWallTime(t *testing.T) {
 	// The wall clock read just before and just after the time since boot
 	// brackets it, however long the reads took (an emulated VM may stop
-	// the thread between them); WallTime rounds the boot and truncates to
-	// the millisecond.
+	// the thread between them).
 	before := time.Now()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		t.Fatal(err)
 	}
 	after := time.Now()
-	got := WallTime(time.Duration(ts.Nano()))
-	if got.Before(before.Add(-2*time.Millisecond)) || got.After(after.Add(2*time.Millisecond)) {
-		t.Fatalf("WallTime of the time since boot is %v, read between %v and %v", got, before.UTC(), after.UTC())
+	boot, ok := bootTime()
+	if !ok {
+		t.Fatal("no boot time")
+	}
+	now := boot.Add(time.Duration(ts.Nano()))
+	if now.Before(before.Add(-time.Millisecond)) || now.After(after.Add(time.Millisecond)) {
+		t.Fatalf("the boot time plus the time since boot is %v, read between %v and %v", now.UTC(), before.UTC(), after.UTC())
+	}
+	if got, want := WallTime(time.Duration(ts.Nano())), now.UTC().Truncate(time.Second); !got.Equal(want) {
+		t.Errorf("WallTime of the time since boot is %v, want %v", got, want)
 	}
 }
