@@ -187,6 +187,15 @@ func run(o options) int {
 			}
 		}
 	}
+	// What CI shows may be only the tail: the messages of each failed test
+	// come last but one, shortened, so that a failure can be read there.
+	for ki, ks := range o.kernels {
+		for _, res := range results[ki] {
+			for _, l := range failureMessages(res, 4, 300) {
+				fmt.Printf("kernels: %s %s\n", ks.label, l)
+			}
+		}
+	}
 	fmt.Printf("kernels: %d passed, %d failed, %d skipped\n", pass, fail, skip)
 	if len(what) > 0 {
 		fmt.Printf("kernels: failed: %s\n", strings.Join(what, "; "))

@@ -322,25 +322,54 @@ func report(w io.Writer, kernels []kernelSpec, pkgs []pkg, results [][]pkgResult
 	return failed
 }
 
+// failureMessages gives, for each failed test of res, the last n lines its
+// test functions printed (file_test.go:LINE: ...), each cut to width: the
+// messages of its t.Error and t.Fatal are among them.
+func failureMessages(res pkgResult, n, width int) []string {
+	var out []string
+	for _, name := range res.failed {
+		var msgs []string
+		for _, l := range testBlock(res.lines, name) {
+			if t := strings.TrimSpace(l); testMessage.MatchString(t) {
+				if len(t) > width {
+					t = t[:width] + "..."
+				}
+				msgs = append(msgs, name+": "+t)
+			}
+		}
+		out = append(out, msgs[max(len(msgs)-n, 0):]...)
+	}
+	return out
+}
+
+// testMessage matches a line a test function printed: "x_test.go:12: ...".
+var testMessage = regexp.MustCompile(`^[\w.-]+_test\.go:\d+: `)
+
+// testBlock is name's output, from its "=== RUN" to its "--- FAIL", or
+// nothing when the two are not both there.
+func testBlock(lines []string, name string) []string {
+	start, end := -1, -1
+	for i, l := range lines {
+		if start < 0 && strings.HasPrefix(l, "=== RUN") && strings.TrimSpace(strings.TrimPrefix(l, "=== RUN")) == name {
+			start = i
+		}
+		if strings.HasPrefix(l, "--- FAIL: "+name+" ") {
+			end = i
+		}
+	}
+	if start < 0 || end < start {
+		return nil
+	}
+	return lines[start : end+1]
+}
+
 // failureOutput picks the lines that tell why a package failed: each failed
 // test's output from its "=== RUN" to its "--- FAIL", else (a panic, a
 // timeout, a VM that died) the output's tail.
 func failureOutput(res pkgResult) []string {
 	var out []string
 	for _, name := range res.failed {
-		start, end := -1, -1
-		for i, l := range res.lines {
-			if start < 0 && strings.TrimSpace(strings.TrimPrefix(l, "=== RUN")) == name && strings.HasPrefix(l, "=== RUN") {
-				start = i
-			}
-			if strings.HasPrefix(l, "--- FAIL: "+name+" ") {
-				end = i
-			}
-		}
-		if start < 0 || end < start {
-			continue
-		}
-		block := res.lines[start : end+1]
+		block := testBlock(res.lines, name)
 		if len(block) > 250 {
 			block = append(append(append([]string{}, block[:50]...), fmt.Sprintf("... %d lines left out; the console log has them", len(block)-250)), block[len(block)-200:]...)
 		}

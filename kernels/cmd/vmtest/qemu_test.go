@@ -51,6 +51,9 @@ VMTEST-END e2e/kernels exit=0 seconds=1.0 leaks=1
 	if out := failureOutput(h); len(out) != 3 || !strings.Contains(out[1], "boom") {
 		t.Errorf("failure output %q", out)
 	}
+	if got := failureMessages(h, 4, 14); len(got) != 1 || got[0] != "TestD: d_test.go:9: b..." {
+		t.Errorf("failure messages %q, want the one line, cut to 14 characters", got)
+	}
 	if k := res[1]; k.leaks != 1 || k.ok() || len(k.leakLines) != 1 {
 		t.Errorf("e2e/kernels: %+v", k)
 	}
