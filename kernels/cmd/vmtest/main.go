@@ -192,7 +192,7 @@ func run(o options) int {
 	for ki, ks := range o.kernels {
 		for _, res := range results[ki] {
 			for _, l := range failureMessages(res, 4, 300) {
-				fmt.Printf("kernels: %s %s\n", ks.label, l)
+				fmt.Printf("kernels: %s %s %s\n", ks.label, res.name, l)
 			}
 		}
 	}
