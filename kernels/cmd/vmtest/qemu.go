@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -322,15 +323,23 @@ func report(w io.Writer, kernels []kernelSpec, pkgs []pkg, results [][]pkgResult
 	return failed
 }
 
-// failureMessages gives, for each failed test of res, the last n lines its
-// test functions printed (file_test.go:LINE: ...), each cut to width: the
-// messages of its t.Error and t.Fatal are among them.
+// failureMessages gives, for each failed test of res, the last n lines it
+// printed itself (file_test.go:LINE: ...), each cut to width: the messages
+// of its t.Error and t.Fatal are among them. A test with failed subtests
+// gives theirs: the innermost that failed.
 func failureMessages(res pkgResult, n, width int) []string {
 	var out []string
-	for _, name := range res.failed {
+	for _, name := range failedLeaves(res.lines, res.failed) {
 		var msgs []string
-		for _, l := range testBlock(res.lines, name) {
-			if t := strings.TrimSpace(l); testMessage.MatchString(t) {
+		in := false
+		for _, l := range res.lines {
+			t := strings.TrimSpace(l)
+			switch m := runLine.FindStringSubmatch(l); {
+			case m != nil:
+				in = m[1] == name // a test's output follows its RUN, CONT or NAME line
+			case strings.HasPrefix(t, "--- "):
+				in = false
+			case in && testMessage.MatchString(t):
 				if len(t) > width {
 					t = t[:width] + "..."
 				}
@@ -342,8 +351,34 @@ func failureMessages(res pkgResult, n, width int) []string {
 	return out
 }
 
-// testMessage matches a line a test function printed: "x_test.go:12: ...".
-var testMessage = regexp.MustCompile(`^[\w.-]+_test\.go:\d+: `)
+// failedLeaves are the tests and subtests under the failed top-level tests
+// that failed while none of their own subtests did.
+func failedLeaves(lines, failed []string) []string {
+	top := map[string]bool{}
+	for _, f := range failed {
+		top[f] = true
+	}
+	var all []string
+	for _, l := range lines {
+		if m := anyFailLine.FindStringSubmatch(l); m != nil && top[strings.SplitN(m[1], "/", 2)[0]] {
+			all = append(all, m[1])
+		}
+	}
+	var leaves []string
+	for _, a := range all {
+		if !slices.ContainsFunc(all, func(b string) bool { return strings.HasPrefix(b, a+"/") }) {
+			leaves = append(leaves, a)
+		}
+	}
+	return leaves
+}
+
+var (
+	// testMessage matches a line a test printed: "x_test.go:12: ...".
+	testMessage = regexp.MustCompile(`^[\w.-]+_test\.go:\d+: `)
+	// anyFailLine is the result line of a failed test or subtest.
+	anyFailLine = regexp.MustCompile(`^\s*--- FAIL: (\S+)`)
+)
 
 // testBlock is name's output, from its "=== RUN" to its "--- FAIL", or
 // nothing when the two are not both there.

@@ -61,3 +61,22 @@ VMTEST-END e2e/kernels exit=0 seconds=1.0 leaks=1
 		t.Errorf("never: %+v", n)
 	}
 }
+
+// The messages of a failed subtest, not the logs of the subtests that ran
+// after it and passed.
+func TestFailureMessagesSubtests(t *testing.T) {
+	res := pkgResult{failed: []string{"TestSystemd"}, lines: strings.Split(`=== RUN   TestSystemd
+=== RUN   TestSystemd/stop
+    cases_test.go:40: started
+    cases_test.go:41: the link is gone
+=== RUN   TestSystemd/start
+    cases_test.go:50: a log of a case that passed
+--- FAIL: TestSystemd (3.00s)
+    --- FAIL: TestSystemd/stop (1.00s)
+    --- PASS: TestSystemd/start (2.00s)`, "\n")}
+	got := failureMessages(res, 4, 300)
+	want := []string{"TestSystemd/stop: cases_test.go:40: started", "TestSystemd/stop: cases_test.go:41: the link is gone"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("failure messages %q, want %q", got, want)
+	}
+}

@@ -263,5 +263,11 @@ func systemdReport(w io.Writer, specs []systemdSpec, results []pkgResult, errs [
 			fmt.Fprintf(w, "%s: %v\n", specs[i].label, err)
 		}
 	}
+	// Last, for CI that shows only the tail: why each failed case failed.
+	for i, res := range results {
+		for _, l := range failureMessages(res, 4, 300) {
+			fmt.Fprintf(w, "systemd: %s %s\n", specs[i].label, l)
+		}
+	}
 	return failed
 }
