@@ -374,8 +374,9 @@ func failedLeaves(lines, failed []string) []string {
 }
 
 var (
-	// testMessage matches a line a test printed: "x_test.go:12: ...".
-	testMessage = regexp.MustCompile(`^[\w.-]+_test\.go:\d+: `)
+	// testMessage matches a line a test printed: "x_test.go:12: ...", or
+	// "helper.go:40: ..." from a helper that is not marked t.Helper.
+	testMessage = regexp.MustCompile(`^[\w.-]+\.go:\d+: `)
 	// anyFailLine is the result line of a failed test or subtest.
 	anyFailLine = regexp.MustCompile(`^\s*--- FAIL: (\S+)`)
 )
