@@ -98,7 +98,8 @@ func mustProgramUsing(tb testing.TB, maps []*ebpf.Map) *ebpf.Program {
 }
 
 // WallTime of the time since boot now is now, to the second; the boot time
-// under it is right to within a millisecond, where /proc/stat's
+// under it is right to within a few milliseconds (an emulated VM may stop
+// the thread between the clock reads of all five tries), where /proc/stat's
 // whole-second btime put it up to a second early.
 func TestWallTime(t *testing.T) {
 	// The wall clock read just before and just after the time since boot
@@ -115,7 +116,7 @@ func TestWallTime(t *testing.T) {
 		t.Fatal("no boot time")
 	}
 	now := boot.Add(time.Duration(ts.Nano()))
-	if now.Before(before.Add(-time.Millisecond)) || now.After(after.Add(time.Millisecond)) {
+	if now.Before(before.Add(-5*time.Millisecond)) || now.After(after.Add(5*time.Millisecond)) {
 		t.Fatalf("the boot time plus the time since boot is %v, read between %v and %v", now.UTC(), before.UTC(), after.UTC())
 	}
 	if got, want := WallTime(time.Duration(ts.Nano())), now.UTC().Truncate(time.Second); !got.Equal(want) {
