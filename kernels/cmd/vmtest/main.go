@@ -188,7 +188,8 @@ func run(o options) int {
 		}
 	}
 	// What CI shows may be only the tail: the messages of each failed test
-	// come last but one, shortened, so that a failure can be read there.
+	// come just before the two closing lines, shortened, so that a failure
+	// can be read there.
 	for ki, ks := range o.kernels {
 		for _, res := range results[ki] {
 			for _, l := range failureMessages(res, 4, 300) {

@@ -324,7 +324,7 @@ func report(w io.Writer, kernels []kernelSpec, pkgs []pkg, results [][]pkgResult
 }
 
 // failureMessages gives, for each failed test of res, the last n lines it
-// printed itself (file_test.go:LINE: ...), each cut to width: the messages
+// printed itself (file.go:LINE: ...), each cut to width: the messages
 // of its t.Error and t.Fatal are among them. A test with failed subtests
 // gives theirs: the innermost that failed.
 func failureMessages(res pkgResult, n, width int) []string {
@@ -386,8 +386,8 @@ var (
 func testBlock(lines []string, name string) []string {
 	start, end := -1, -1
 	for i, l := range lines {
-		if start < 0 && strings.HasPrefix(l, "=== RUN") && strings.TrimSpace(strings.TrimPrefix(l, "=== RUN")) == name {
-			start = i
+		if m := runLine.FindStringSubmatch(l); start < 0 && m != nil && m[1] == name {
+			start = i // the first of its lines is its RUN
 		}
 		if strings.HasPrefix(l, "--- FAIL: "+name+" ") {
 			end = i
