@@ -1,10 +1,13 @@
 package main
 
 import (
+	"debug/elf"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -15,7 +18,8 @@ import (
 // footprintSettle, /proc/PID/stat (utime+stime) is read at the start and end
 // of a footprintWindow, and VmRSS once a second in between. Two runs: idle,
 // and with --metrics-addr scraped once a second. Only bpfsup's own process is
-// counted, not the child.
+// counted, not the child. Then the floor, measured the same way: depsfloor
+// asleep, a program that links bpfsup's libraries and does nothing else.
 
 const (
 	footprintObjects = 10
@@ -41,7 +45,14 @@ type FootprintRun struct {
 	WindowS    float64 `json:"window_s"`
 	Scrapes    int     `json:"scrapes,omitempty"`
 	Threads    int64   `json:"threads"`
+	// CodeMiB is the size of the binary's code and read-only data (its
+	// loadable segments that are not writable): what RssFile grows
+	// towards as the process runs more of its code.
+	CodeMiB float64 `json:"code_mib"`
 }
+
+// footprintFloor names the floor's row.
+const footprintFloor = "floor: depsfloor asleep (bpfsup's libraries, nothing done)"
 
 func (b *bench) footprintSection() error {
 	e := b.newBpfsupEnv("footprint")
@@ -83,7 +94,44 @@ func (b *bench) footprintSection() error {
 		b.res.Footprint = append(b.res.Footprint, *run)
 		logf("footprint %-30s RSS median %.1f MiB max %.1f MiB, CPU %.2f%% of a core", name, run.RSS.Median, run.RSS.Max, run.CPUPercent)
 	}
-	return e.down()
+	if err := e.down(); err != nil {
+		return err
+	}
+	if b.depsFloorBin == "" {
+		return nil
+	}
+	c := exec.Command(b.depsFloorBin)
+	c.Env = append(os.Environ(), "DEPSFLOOR_IDLE=1")
+	p, err := startProc("depsfloor", c, "")
+	if err != nil {
+		return err
+	}
+	defer p.stop(10 * time.Second)
+	run, err := b.footprint(p.pid(), footprintFloor, "")
+	if err != nil {
+		return err
+	}
+	b.res.Footprint = append(b.res.Footprint, *run)
+	logf("footprint %-30s RSS median %.1f MiB", footprintFloor, run.RSS.Median)
+	return nil
+}
+
+// codeSize is the size of the executable's loadable segments that are not
+// writable: its code and read-only data, which the kernel maps in from the
+// file as the process touches them.
+func codeSize(pid int) (int64, error) {
+	f, err := elf.Open(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var n int64
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_W == 0 {
+			n += int64(p.Memsz)
+		}
+	}
+	return n, nil
 }
 
 func (b *bench) footprint(pid int, name, addr string) (*FootprintRun, error) {
@@ -136,6 +184,11 @@ func (b *bench) footprint(pid int, name, addr string) (*FootprintRun, error) {
 	r.HWMMiB = float64(hwm) / (1 << 20)
 	r.RSS = summarize(r.RSSMiB)
 	r.Threads, _ = procThreads(pid)
+	code, err := codeSize(pid)
+	if err != nil {
+		return nil, err
+	}
+	r.CodeMiB = float64(code) / (1 << 20)
 	return r, nil
 }
 

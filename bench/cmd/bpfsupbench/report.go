@@ -177,10 +177,13 @@ func (b *bench) report() string {
 	p("After %s of settling, CPU is utime+stime from `/proc/PID/stat` over %s, resident memory `VmRSS` from ", footprintSettle, footprintWindow)
 	p("`/proc/PID/status` once a second; bpfsup's process only, not the child. RSS is the sum of *anon* (`RssAnon`: heap, ")
 	p("stacks, the runtime's own) and *file* (`RssFile`: the binary's pages mapped in, clean, shared by every process ")
-	p("that runs the same file, and given back by the kernel under memory pressure without a write).\n\n")
-	p("| | RSS median MiB | RSS max MiB | anon MiB | file MiB | VmHWM MiB | CPU, %% of one core | threads |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("that runs the same file, and given back by the kernel under memory pressure without a write). *Code* is the size of the ")
+	p("binary's code and read-only data (its loadable segments that are not writable), which *file* grows towards: the kernel ")
+	p("maps the file in around each page the process touches (64 KiB at a time by default). The floor is `depsfloor` asleep, ")
+	p("an empty `main` linking bpfsup's libraries, measured the same way after bpfsup.\n\n")
+	p("| | RSS median MiB | RSS max MiB | anon MiB | file MiB | code MiB | VmHWM MiB | CPU, %% of one core | threads |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, f := range r.Footprint {
-		p("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %d |\n", f.Name, f.RSS.Median, f.RSS.Max, f.AnonMiB, f.FileMiB, f.HWMMiB, f.CPUPercent, f.Threads)
+		p("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %d |\n", f.Name, f.RSS.Median, f.RSS.Max, f.AnonMiB, f.FileMiB, f.CodeMiB, f.HWMMiB, f.CPUPercent, f.Threads)
 	}
 	p("\n")
 

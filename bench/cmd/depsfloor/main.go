@@ -4,7 +4,9 @@
 // main, whether the program calls it or not, so this is the start-up floor
 // of any program built on these libraries on the machine, and bpfsup
 // version's distance from it is what bpfsup's own code (and its choice of
-// standard packages) costs. The test keeps the list equal to what
+// standard packages) costs. With DEPSFLOOR_IDLE set in its environment it
+// sleeps until killed instead, and `make bench` reads its resident memory
+// beside bpfsup's idle footprint. The test keeps the list equal to what
 // cmd/bpfsup imports from outside the module and the standard library.
 package main
 
@@ -22,7 +24,15 @@ import (
 	_ "github.com/spf13/pflag"
 	_ "github.com/vishvananda/netns"
 	_ "golang.org/x/crypto/ssh"
-	_ "golang.org/x/sys/unix"
+	"golang.org/x/sys/unix"
 )
 
-func main() {}
+func main() {
+	// Asleep, it is the floor of resident memory: what the libraries'
+	// initialisation leaves behind, with nothing done.
+	if _, idle := unix.Getenv("DEPSFLOOR_IDLE"); idle {
+		for {
+			_ = unix.Pause()
+		}
+	}
+}
