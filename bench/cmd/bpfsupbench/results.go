@@ -394,8 +394,9 @@ func (b *bench) floorTargets() []Target {
 	if s100 != nil {
 		add("100 objects × 10 maps: adopt under 40 ms, `status` and `status --json` under 30 ms", true,
 			s100.Adopt.Median < 40 && s100.Status.Median < 30 && s100.JSON.Median < 30,
-			fmt.Sprintf("adopt %s ms, status %s ms, --json %s ms (medians); the floor on this machine: adopt %s ms, status %s ms (bench/cmd/pinfloor)",
-				fmtMs(s100.Adopt.Median), fmtMs(s100.Status.Median), fmtMs(s100.JSON.Median), fmtMs(s100.FloorAdopt.Median), fmtMs(s100.FloorStatus.Median)))
+			fmt.Sprintf("adopt %s ms, status %s ms, --json %s ms (medians); the floor on this machine: adopt %s ms, status %s ms (bench/cmd/pinfloor); adopt with each object's lock taken and manifest read, as the pin layout asks: %s ms",
+				fmtMs(s100.Adopt.Median), fmtMs(s100.Status.Median), fmtMs(s100.JSON.Median), fmtMs(s100.FloorAdopt.Median), fmtMs(s100.FloorStatus.Median),
+				fmtMs(s100.FloorLockedAdopt.Median)))
 	} else {
 		add("100 objects × 10 maps: adopt under 40 ms, `status` and `status --json` under 30 ms", false, false, "")
 	}

@@ -35,6 +35,10 @@ type ScaleRow struct {
 	FloorStatusMs []float64 `json:"floor_status_ms,omitempty"`
 	FloorAdopt    Stats     `json:"floor_adopt_stats_ms"`
 	FloorStatus   Stats     `json:"floor_status_stats_ms"`
+	// The floor under DESIGN.md's pin layout (pinfloor -state): the same,
+	// after each object's lock was taken and its manifest read and decoded.
+	FloorLockedAdoptMs []float64 `json:"floor_locked_adopt_ms,omitempty"`
+	FloorLockedAdopt   Stats     `json:"floor_locked_adopt_stats_ms"`
 }
 
 const (
@@ -127,6 +131,7 @@ func (b *bench) scaleSection() error {
 		}
 		row.Load, row.Adopt, row.Status, row.JSON = summarize(row.LoadMs), summarize(row.AdoptMs), summarize(row.StatusMs), summarize(row.JSONMs)
 		row.FloorAdopt, row.FloorStatus = summarize(row.FloorAdoptMs), summarize(row.FloorStatusMs)
+		row.FloorLockedAdopt = summarize(row.FloorLockedAdoptMs)
 		b.res.Scale = append(b.res.Scale, row)
 		logf("scale %4d objects: load %8.2f ms  adopt %7.2f ms  status %7.2f ms  --json %7.2f ms", k, row.Load.Median, row.Adopt.Median, row.Status.Median, row.JSON.Median)
 	}
@@ -135,19 +140,29 @@ func (b *bench) scaleSection() error {
 
 // scaleFloor times pinfloor on e's pins, taking its turn with bpfsup in
 // the same repetition: fork to the child running with every map's fd
-// (adopt), and fork to exit (status).
+// (adopt), without and then with each object's lock and manifest (-state),
+// and fork to exit (status).
 func (b *bench) scaleFloor(e *bpfsupEnv, row *ScaleRow) error {
-	args := []string{"adopt", e.pinRoot, b.childBin, "exit"}
-	if row.Handed == 0 {
-		args = []string{"adopt", "-no-maps", e.pinRoot, b.childBin, "exit"}
+	for _, locked := range []bool{false, true} {
+		args := []string{"adopt"}
+		if row.Handed == 0 {
+			args = append(args, "-no-maps")
+		}
+		if locked {
+			args = append(args, "-state", e.stateDir)
+		}
+		c := exec.Command(b.pinFloorBin, append(args, e.pinRoot, b.childBin, "exit")...)
+		c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path, "PINFLOOR_HELPER="+b.nativeHelper)
+		d, err := b.timeToChild("pinfloor "+strings.Join(args, " "), c, "", row.Handed)
+		if err != nil {
+			return err
+		}
+		if locked {
+			row.FloorLockedAdoptMs = append(row.FloorLockedAdoptMs, d)
+		} else {
+			row.FloorAdoptMs = append(row.FloorAdoptMs, d)
+		}
 	}
-	c := exec.Command(b.pinFloorBin, args...)
-	c.Env = append(os.Environ(), "BENCH_SOCK="+b.ready.path, "PINFLOOR_HELPER="+b.nativeHelper)
-	d, err := b.timeToChild("pinfloor adopt", c, "", row.Handed)
-	if err != nil {
-		return err
-	}
-	row.FloorAdoptMs = append(row.FloorAdoptMs, d)
 
 	t0 := mono()
 	out, err := runCmd(exec.Command(b.pinFloorBin, "status", e.pinRoot))

@@ -49,15 +49,27 @@ func main() {
 	if mode == "adopt" && len(args) > 0 && args[0] == "-no-maps" {
 		hand, args = false, args[1:]
 	}
+	state := ""
+	if mode == "adopt" && len(args) > 1 && args[0] == "-state" {
+		state, args = args[1], args[2:]
+	}
 	if (mode != "adopt" || len(args) < 2) && (mode != "status" || len(args) != 1) {
-		fmt.Fprintln(os.Stderr, "usage: pinfloor adopt [-no-maps] ROOT CMD [ARG...] | pinfloor status ROOT")
+		fmt.Fprintln(os.Stderr, "usage: pinfloor adopt [-no-maps] [-state DIR] ROOT CMD [ARG...] | pinfloor status ROOT")
 		os.Exit(2)
 	}
 	root := args[0]
-	pins, err := list(root)
+	pins, objects, err := list(root)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pinfloor:", err)
 		os.Exit(1)
+	}
+	if state != "" {
+		// The locks stay taken until the process exits, as a
+		// supervisor's do.
+		if err := lockAll(state, objects); err != nil {
+			fmt.Fprintln(os.Stderr, "pinfloor:", err)
+			os.Exit(1)
+		}
 	}
 	open(pins, mode == "status")
 	if mode == "status" {
@@ -87,14 +99,17 @@ func main() {
 	}
 }
 
-// list lists the pins of every object under root: root/OBJECT/KIND/NAME.
-func list(root string) ([]*pin, error) {
+// list lists the objects under root and the pins of each:
+// root/OBJECT/KIND/NAME.
+func list(root string) ([]*pin, []string, error) {
 	objects, err := os.ReadDir(root)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var pins []*pin
+	var objNames []string
 	for _, o := range objects {
+		objNames = append(objNames, o.Name())
 		for _, kind := range []string{"maps", "programs", "links"} {
 			dir := filepath.Join(root, o.Name(), kind)
 			names, err := os.ReadDir(dir)
@@ -106,7 +121,56 @@ func list(root string) ([]*pin, error) {
 			}
 		}
 	}
-	return pins, nil
+	return pins, objNames, nil
+}
+
+// lockAll takes each object's lock and reads its manifest, on GOMAXPROCS
+// goroutines: the lock file opened (created when missing) and write-locked
+// without waiting, the manifest read whole. The lock files stay open.
+func lockAll(state string, objects []string) error {
+	next := make(chan string)
+	errs := make(chan error, len(objects))
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for name := range next {
+				errs <- lockOne(state, name)
+			}
+		})
+	}
+	for _, name := range objects {
+		next <- name
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func lockOne(state, name string) error {
+	lock := filepath.Join(state, name+".lock")
+	fd, err := unix.Open(lock, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", lock, err)
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK}
+	if err := unix.FcntlFlock(uintptr(fd), unix.F_SETLK, &lk); err != nil {
+		return fmt.Errorf("lock %s: %w", lock, err)
+	}
+	path := filepath.Join(state, name+".json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if len(data) == 0 {
+		return fmt.Errorf("%s is empty", path)
+	}
+	return nil
 }
 
 // open opens every pin and reads its info, on GOMAXPROCS goroutines.
