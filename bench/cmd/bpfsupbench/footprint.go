@@ -16,10 +16,11 @@ import (
 // Footprint: bpfsup supervising a waiting child, with ten objects (the small
 // object ten times over, each attached to its own interface). After
 // footprintSettle, /proc/PID/stat (utime+stime) is read at the start and end
-// of a footprintWindow, and VmRSS once a second in between. Two runs: idle,
-// and with --metrics-addr scraped once a second. Only bpfsup's own process is
-// counted, not the child. Then the floor, measured the same way: depsfloor
-// asleep, a program that links bpfsup's libraries and does nothing else.
+// of a footprintWindow, and VmRSS once a second in between. Only bpfsup's
+// own process is counted, not the child. Three runs: idle after loading from nothing, idle
+// after a restart that adopted, and with --metrics-addr scraped once a
+// second. Then the floor, measured the same way: depsfloor asleep, a
+// program that links bpfsup's libraries and does nothing else.
 
 const (
 	footprintObjects = 10
@@ -51,8 +52,13 @@ type FootprintRun struct {
 	CodeMiB float64 `json:"code_mib"`
 }
 
-// footprintFloor names the floor's row.
-const footprintFloor = "floor: depsfloor asleep (bpfsup's libraries, nothing done)"
+// The rows of the footprint: idle after loading from nothing, idle after a
+// restart that adopted what the first run pinned, and the floor.
+const (
+	footprintIdle    = "idle"
+	footprintAdopted = "idle, after a restart that adopted"
+	footprintFloor   = "floor: depsfloor asleep (bpfsup's libraries, nothing done)"
+)
 
 func (b *bench) footprintSection() error {
 	e := b.newBpfsupEnv("footprint")
@@ -65,17 +71,21 @@ func (b *bench) footprintSection() error {
 	if err := writeConfig(cfg, objs); err != nil {
 		return err
 	}
-	for _, scraped := range []bool{false, true} {
+	// The first run loads from nothing; the pins stay when it stops, and
+	// the next ones adopt them, as a restart of bpfsup does.
+	for _, run := range []struct {
+		name    string
+		scraped bool
+	}{{footprintIdle, false}, {footprintAdopted, false}, {"metrics scraped every second", true}} {
+		name, scraped := run.name, run.scraped
 		args := []string{"-c", cfg, "--netns", b.rns.path, "--restart", "never"}
 		addr := ""
-		name := "idle"
 		if scraped {
 			var err error
 			if addr, err = freePort(); err != nil {
 				return err
 			}
 			args = append(args, "--metrics-addr", addr)
-			name = "metrics scraped every second"
 		}
 		c := e.cmd("run", append(args, "--", b.childBin, "wait")...)
 		b.ready.drain()

@@ -173,7 +173,8 @@ func (b *bench) report() string {
 	}
 
 	p("## 4. Footprint\n\n")
-	p("bpfsup supervising a waiting child with %d objects attached (the small object under ten names, one interface each). ", footprintObjects)
+	p("bpfsup supervising a waiting child with %d objects attached (the small object under ten names, one interface each): ", footprintObjects)
+	p("first after loading them from nothing, then, stopped and started again, after adopting what the first run pinned. ")
 	p("After %s of settling, CPU is utime+stime from `/proc/PID/stat` over %s, resident memory `VmRSS` from ", footprintSettle, footprintWindow)
 	p("`/proc/PID/status` once a second; bpfsup's process only, not the child. RSS is the sum of *anon* (`RssAnon`: heap, ")
 	p("stacks, the runtime's own) and *file* (`RssFile`: the binary's pages mapped in, clean, shared by every process ")

@@ -295,19 +295,24 @@ func (b *bench) targets() []Target {
 		t = append(t, notMeasured(name))
 	}
 
-	var idle, floor *FootprintRun
+	var idle, adopted, floor *FootprintRun
 	for i := range b.res.Footprint {
 		switch b.res.Footprint[i].Name {
-		case "idle":
+		case footprintIdle:
 			idle = &b.res.Footprint[i]
+		case footprintAdopted:
+			adopted = &b.res.Footprint[i]
 		case footprintFloor:
 			floor = &b.res.Footprint[i]
 		}
 	}
 	name = "bpfsup idle under 10 MiB resident with 10 objects"
 	if idle != nil {
-		m := fmt.Sprintf("%.1f MiB (max of %d samples; peak VmHWM %.1f MiB): %.1f MiB anonymous, %.1f MiB the binary's own pages mapped in, of its %.1f MiB of code and read-only data",
+		m := fmt.Sprintf("%.1f MiB after loading (max of %d samples; peak VmHWM %.1f MiB): %.1f MiB anonymous, %.1f MiB the binary's own pages mapped in, of its %.1f MiB of code and read-only data",
 			idle.RSS.Max, idle.RSS.N, idle.HWMMiB, idle.AnonMiB, idle.FileMiB, idle.CodeMiB)
+		if adopted != nil {
+			m += fmt.Sprintf("; %.1f MiB after a restart that adopted (%.1f anonymous, %.1f file)", adopted.RSS.Max, adopted.AnonMiB, adopted.FileMiB)
+		}
 		if floor != nil {
 			m += fmt.Sprintf("; an empty main linking bpfsup's libraries idles at %.1f MiB (%.1f anonymous, %.1f of its %.1f MiB of code and read-only data)",
 				floor.RSS.Median, floor.AnonMiB, floor.FileMiB, floor.CodeMiB)
