@@ -17,10 +17,10 @@ import (
 // object ten times over, each attached to its own interface). After
 // footprintSettle, /proc/PID/stat (utime+stime) is read at the start and end
 // of a footprintWindow, and VmRSS once a second in between. Only bpfsup's
-// own process is counted, not the child. Three runs: idle after loading from nothing, idle
-// after a restart that adopted, and with --metrics-addr scraped once a
-// second. Then the floor, measured the same way: depsfloor asleep, a
-// program that links bpfsup's libraries and does nothing else.
+// own process is counted, not the child. Three runs: idle after loading
+// from nothing, idle after a restart that adopted, and with --metrics-addr
+// scraped once a second. Then the floor, measured the same way: depsfloor
+// asleep, a program that links bpfsup's libraries and does nothing else.
 
 const (
 	footprintObjects = 10

@@ -36,7 +36,8 @@ type ScaleRow struct {
 	FloorAdopt    Stats     `json:"floor_adopt_stats_ms"`
 	FloorStatus   Stats     `json:"floor_status_stats_ms"`
 	// The floor under DESIGN.md's pin layout (pinfloor -state): the same,
-	// after each object's lock was taken and its manifest read and decoded.
+	// after each object's lock was taken and its manifest read (not
+	// decoded: the format is bpfsup's choice).
 	FloorLockedAdoptMs []float64 `json:"floor_locked_adopt_ms,omitempty"`
 	FloorLockedAdopt   Stats     `json:"floor_locked_adopt_stats_ms"`
 }

@@ -46,12 +46,15 @@ func main() {
 	if len(args) > 0 {
 		mode, args = args[0], args[1:]
 	}
-	if mode == "adopt" && len(args) > 0 && args[0] == "-no-maps" {
-		hand, args = false, args[1:]
-	}
 	state := ""
-	if mode == "adopt" && len(args) > 1 && args[0] == "-state" {
-		state, args = args[1], args[2:]
+	for mode == "adopt" && len(args) > 0 {
+		if args[0] == "-no-maps" {
+			hand, args = false, args[1:]
+		} else if args[0] == "-state" && len(args) > 1 {
+			state, args = args[1], args[2:]
+		} else {
+			break
+		}
 	}
 	if (mode != "adopt" || len(args) < 2) && (mode != "status" || len(args) != 1) {
 		fmt.Fprintln(os.Stderr, "usage: pinfloor adopt [-no-maps] [-state DIR] ROOT CMD [ARG...] | pinfloor status ROOT")
@@ -160,7 +163,8 @@ func lockOne(state, name string) error {
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK}
 	if err := unix.FcntlFlock(uintptr(fd), unix.F_SETLK, &lk); err != nil {
-		return fmt.Errorf("lock %s: %w", lock, err)
+		unix.Close(fd)
+		return fmt.Errorf("lock %s (a supervisor running on these pins?): %w", lock, err)
 	}
 	path := filepath.Join(state, name+".json")
 	data, err := os.ReadFile(path)
